@@ -39,6 +39,10 @@ mod store;
 mod uss;
 mod vfs;
 
+/// Fuzzing entry points over the private decoders. Not part of the API: it may change in any release.
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use codec::{MAX_ID_LEN, MAX_VALUE_LEN};
 pub use engine::Entry;
 pub use error::{Error, Result};

@@ -2,6 +2,8 @@
 
 mod common;
 mod concurrency;
+mod fuzz_corpus;
+mod fuzz_harness;
 mod misuse;
 mod model;
 mod recovery;
