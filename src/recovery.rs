@@ -11,6 +11,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::codec;
 use crate::engine::{Counters, Engine};
@@ -42,11 +43,7 @@ impl Engine {
             .mode(0o600)
             .open(&lock_path)
             .map_err(|e| Error::io("open lock file", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock store directory", &lock_path, e)),
-        }
+        take_lock(&lock, &lock_path)?;
 
         let mut ids = Vec::new();
         for name in vfs.list_dir(dir).map_err(|e| Error::io("list store directory", dir, e))? {
@@ -144,6 +141,28 @@ impl Engine {
             (Kind::Delete, None) => self.mark_dead(loc, rec.len() as u64),
         }
         Ok(())
+    }
+}
+
+/// How long `open` waits for a held lock before it reports [`Error::Locked`]. A lock can be held for a moment by
+/// no store at all: a child process that any thread of this process is starting shares the lock file's open
+/// description from fork until exec (close-on-exec closes it only then), so without patience a store closed and
+/// reopened while another thread spawns a process fails at random.
+const LOCK_PATIENCE: Duration = Duration::from_millis(500);
+
+fn take_lock(lock: &fs::File, path: &Path) -> Result<()> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: path.to_owned() }),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock store directory", path, e)),
+        }
     }
 }
 

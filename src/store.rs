@@ -169,8 +169,9 @@ impl Store {
 
     /// Opens (or creates) the store in `dir`.
     ///
-    /// Fails with [`Error::Locked`] if another process has it open, and with [`Error::Corrupted`] naming file and
-    /// offset if a segment is damaged anywhere but in a torn last write (which is cut off with a warning).
+    /// Fails with [`Error::Locked`] if another process has it open (after waiting up to half a second for it to
+    /// close), and with [`Error::Corrupted`] naming file and offset if a segment is damaged anywhere but in a torn
+    /// last write (which is cut off with a warning).
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let engine = Arc::new(Engine::open(dir.as_ref(), options)?);
         let background = match engine.durability() {

@@ -1,6 +1,8 @@
 //! Bad input and misuse get a clear error, never a panic.
 
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ussdb::{CampaignUserMap, Durability, Error, MAX_ID_LEN, MAX_VALUE_LEN, Options, Store};
 
@@ -60,6 +62,30 @@ fn a_second_open_of_the_same_directory_is_refused() {
     assert!(matches!(err, Error::Locked { .. }), "{err}");
     drop(store);
     Store::open(dir.path()).expect("open after the first handle is gone");
+}
+
+#[test]
+fn reopening_while_another_thread_spawns_processes_is_not_refused_as_locked() {
+    // Regression: `open` failed with `Locked` when any thread was starting a child process as the previous
+    // handle closed, because the child holds the lock file's description from fork until exec.
+    let dir = tempdir();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawner = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut spawned = 0u32;
+            while !stop.load(Ordering::Relaxed) && spawned < 10_000 {
+                std::process::Command::new("true").status().expect("run `true`");
+                spawned += 1;
+            }
+            spawned
+        })
+    };
+    let reopened = (0..500).map(|_| Store::open(dir.path()).map(drop)).collect::<Result<Vec<()>, Error>>();
+    stop.store(true, Ordering::Relaxed);
+    let spawned = spawner.join().expect("spawner thread");
+    assert!(spawned > 0, "no process was started while the store was reopened");
+    reopened.expect("every reopen succeeds");
 }
 
 #[test]
