@@ -2,6 +2,7 @@
 
 mod common;
 mod concurrency;
+mod crash;
 mod fuzz_corpus;
 mod fuzz_harness;
 mod misuse;
