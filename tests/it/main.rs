@@ -3,6 +3,7 @@
 mod common;
 mod concurrency;
 mod crash;
+mod faults;
 mod fuzz_corpus;
 mod fuzz_harness;
 mod misuse;
