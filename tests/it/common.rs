@@ -10,7 +10,9 @@ pub fn tempdir() -> tempfile::TempDir {
 
 /// Small segments, so a few hundred writes span several of them.
 pub fn small_segments() -> Options {
-    Options::default().segment_size(4096).durability(Durability::Never)
+    Options::default()
+        .segment_size(4096)
+        .durability(Durability::Never)
 }
 
 pub fn open(dir: &Path, options: Options) -> Store {

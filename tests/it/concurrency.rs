@@ -20,8 +20,15 @@ fn versioned(user: &str, campaign: &str, version: u64) -> CampaignUserMap {
 fn check(map: &CampaignUserMap, user: &str, campaign: &str) -> u64 {
     let parts: Vec<&str> = map.variation_name.split('|').collect();
     assert_eq!(parts.len(), 3, "{map:?}");
-    assert_eq!((parts[0], parts[1]), (user, campaign), "a get returned another key's value");
-    assert_eq!((map.user_id.as_str(), map.campaign_key.as_str()), (user, campaign));
+    assert_eq!(
+        (parts[0], parts[1]),
+        (user, campaign),
+        "a get returned another key's value"
+    );
+    assert_eq!(
+        (map.user_id.as_str(), map.campaign_key.as_str()),
+        (user, campaign)
+    );
     let version: u64 = parts[2].parse().expect("version");
     assert_eq!(map, &versioned(user, campaign, version), "torn value");
     version
@@ -30,7 +37,12 @@ fn check(map: &CampaignUserMap, user: &str, campaign: &str) -> u64 {
 #[test]
 fn eight_threads_of_readers_and_writers_see_whole_values_of_their_own_key() {
     let dir = tempdir();
-    let store = open(dir.path(), Options::default().segment_size(64 * 1024).durability(Durability::Never));
+    let store = open(
+        dir.path(),
+        Options::default()
+            .segment_size(64 * 1024)
+            .durability(Durability::Never),
+    );
     let done = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
         .map(|t| {
@@ -38,7 +50,9 @@ fn eight_threads_of_readers_and_writers_see_whole_values_of_their_own_key() {
             std::thread::spawn(move || {
                 for version in 0..1500u64 {
                     let user = format!("user-{}", version % 50);
-                    store.set(&versioned(&user, &format!("camp-{t}"), version)).expect("set");
+                    store
+                        .set(&versioned(&user, &format!("camp-{t}"), version))
+                        .expect("set");
                 }
             })
         })
@@ -78,8 +92,14 @@ fn eight_threads_of_readers_and_writers_see_whole_values_of_their_own_key() {
     // Each writer's last write of each user is the newest: versions 1450..1500.
     for t in 0..4 {
         for u in 0..50u64 {
-            let m = store.get(&format!("user-{u}"), &format!("camp-{t}")).expect("get").expect("present");
-            assert_eq!(check(&m, &format!("user-{u}"), &format!("camp-{t}")), 1450 + u);
+            let m = store
+                .get(&format!("user-{u}"), &format!("camp-{t}"))
+                .expect("get")
+                .expect("present");
+            assert_eq!(
+                check(&m, &format!("user-{u}"), &format!("camp-{t}")),
+                1450 + u
+            );
         }
     }
     drop(store);
@@ -90,13 +110,18 @@ fn eight_threads_of_readers_and_writers_see_whole_values_of_their_own_key() {
 #[test]
 fn concurrent_immediate_writers_all_get_their_writes_kept() {
     let dir = tempdir();
-    let store = open(dir.path(), Options::default().durability(Durability::Immediate));
+    let store = open(
+        dir.path(),
+        Options::default().durability(Durability::Immediate),
+    );
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let store = store.clone();
             std::thread::spawn(move || {
                 for i in 0..40u64 {
-                    store.set(&versioned(&format!("u{t}"), &format!("c{i}"), i)).expect("set");
+                    store
+                        .set(&versioned(&format!("u{t}"), &format!("c{i}"), i))
+                        .expect("set");
                 }
             })
         })
@@ -110,6 +135,12 @@ fn concurrent_immediate_writers_all_get_their_writes_kept() {
     drop(store);
     let store = Store::open(dir.path()).expect("reopen");
     for t in 0..8 {
-        assert_eq!(store.campaigns_of(&format!("u{t}")).expect("campaigns_of").len(), 40);
+        assert_eq!(
+            store
+                .campaigns_of(&format!("u{t}"))
+                .expect("campaigns_of")
+                .len(),
+            40
+        );
     }
 }

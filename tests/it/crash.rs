@@ -55,7 +55,7 @@ fn op(w: u64, seq: u64) -> Op {
         n if n % 5 == 4 => Op::Delete(u, c),
         _ => {
             // Values of varying size, so records straddle pages and segment ends at different offsets.
-            let goals = (seq % 4 != 0).then(|| "goal_vwo_".repeat((seq % 40) as usize));
+            let goals = (!seq.is_multiple_of(4)).then(|| "goal_vwo_".repeat((seq % 40) as usize));
             Op::Set(map(&u, &c, &format!("w{w}-s{seq}"), goals.as_deref()))
         }
     }

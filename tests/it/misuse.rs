@@ -13,7 +13,11 @@ fn empty_and_oversized_ids_are_refused() {
     let dir = tempdir();
     let store = open(dir.path(), small_segments());
     let long = "x".repeat(MAX_ID_LEN + 1);
-    for (u, c, field) in [("", "c", "user_id"), ("u", "", "campaign_key"), (long.as_str(), "c", "user_id")] {
+    for (u, c, field) in [
+        ("", "c", "user_id"),
+        ("u", "", "campaign_key"),
+        (long.as_str(), "c", "user_id"),
+    ] {
         match store.set(&map(u, c, "v", None)) {
             Err(Error::InvalidKey { field: f, .. }) => assert_eq!(f, field),
             other => panic!("set({u:.8}, {c}) gave {other:?}"),
@@ -21,10 +25,18 @@ fn empty_and_oversized_ids_are_refused() {
         assert!(matches!(store.get(u, c), Err(Error::InvalidKey { .. })));
         assert!(matches!(store.delete(u, c), Err(Error::InvalidKey { .. })));
     }
-    assert!(matches!(store.forget_user(""), Err(Error::InvalidKey { .. })));
-    assert!(matches!(store.campaigns_of(&long), Err(Error::InvalidKey { .. })));
+    assert!(matches!(
+        store.forget_user(""),
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        store.campaigns_of(&long),
+        Err(Error::InvalidKey { .. })
+    ));
     let max = "y".repeat(MAX_ID_LEN);
-    store.set(&map(&max, &max, "v", None)).expect("ids at the limit are fine");
+    store
+        .set(&map(&max, &max, "v", None))
+        .expect("ids at the limit are fine");
     assert!(store.get(&max, &max).expect("get").is_some());
 }
 
@@ -33,15 +45,29 @@ fn oversized_values_are_refused_and_nothing_is_written() {
     let dir = tempdir();
     let store = open(dir.path(), small_segments());
     let huge = "g".repeat(MAX_VALUE_LEN);
-    let err = store.set(&map("u", "c", "v", Some(&huge))).expect_err("too large");
+    let err = store
+        .set(&map("u", "c", "v", Some(&huge)))
+        .expect_err("too large");
     assert!(matches!(err, Error::ValueTooLarge { .. }), "{err}");
-    assert!(err.to_string().contains("\"u\""), "the error names the key: {err}");
+    assert!(
+        err.to_string().contains("\"u\""),
+        "the error names the key: {err}"
+    );
     assert_eq!(store.get("u", "c").expect("get"), None);
     let big = "g".repeat(MAX_VALUE_LEN - 64);
-    store.set(&map("u", "c", "v", Some(&big))).expect("just under the limit is fine, even above the segment size");
+    store
+        .set(&map("u", "c", "v", Some(&big)))
+        .expect("just under the limit is fine, even above the segment size");
     drop(store);
     let store = open(dir.path(), small_segments());
-    assert_eq!(store.get("u", "c").expect("get").and_then(|m| m.goal_identifier).map(|g| g.len()), Some(big.len()));
+    assert_eq!(
+        store
+            .get("u", "c")
+            .expect("get")
+            .and_then(|m| m.goal_identifier)
+            .map(|g| g.len()),
+        Some(big.len())
+    );
 }
 
 #[test]
@@ -49,7 +75,10 @@ fn a_file_is_not_a_store_directory() {
     let dir = tempdir();
     let file = dir.path().join("file");
     std::fs::write(&file, b"hello").expect("write");
-    assert!(matches!(Store::open(&file), Err(Error::NotADirectory { .. })));
+    assert!(matches!(
+        Store::open(&file),
+        Err(Error::NotADirectory { .. })
+    ));
     let err = Store::open(file.join("below")).expect_err("below a file");
     assert!(err.to_string().contains("below"), "{err}");
 }
@@ -75,16 +104,23 @@ fn reopening_while_another_thread_spawns_processes_is_not_refused_as_locked() {
         std::thread::spawn(move || {
             let mut spawned = 0u32;
             while !stop.load(Ordering::Relaxed) && spawned < 10_000 {
-                std::process::Command::new("true").status().expect("run `true`");
+                std::process::Command::new("true")
+                    .status()
+                    .expect("run `true`");
                 spawned += 1;
             }
             spawned
         })
     };
-    let reopened = (0..500).map(|_| Store::open(dir.path()).map(drop)).collect::<Result<Vec<()>, Error>>();
+    let reopened = (0..500)
+        .map(|_| Store::open(dir.path()).map(drop))
+        .collect::<Result<Vec<()>, Error>>();
     stop.store(true, Ordering::Relaxed);
     let spawned = spawner.join().expect("spawner thread");
-    assert!(spawned > 0, "no process was started while the store was reopened");
+    assert!(
+        spawned > 0,
+        "no process was started while the store was reopened"
+    );
     reopened.expect("every reopen succeeds");
 }
 
@@ -93,8 +129,15 @@ fn data_files_are_private_to_the_owner() {
     let dir = tempdir();
     let store = open(dir.path(), small_segments());
     store.set(&map("u", "c", "v", None)).expect("set");
-    for file in segment_files(dir.path()).into_iter().chain([dir.path().join("LOCK")]) {
-        let mode = std::fs::metadata(&file).expect("metadata").permissions().mode() & 0o777;
+    for file in segment_files(dir.path())
+        .into_iter()
+        .chain([dir.path().join("LOCK")])
+    {
+        let mode = std::fs::metadata(&file)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{}", file.display());
     }
 }
@@ -117,7 +160,11 @@ fn bad_magic_and_future_versions_are_named() {
     future[16..20].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&seg, &future).expect("write");
     match Store::open(dir.path()) {
-        Err(Error::UnsupportedVersion { found: 9, supported: 1, path }) => assert_eq!(path, seg),
+        Err(Error::UnsupportedVersion {
+            found: 9,
+            supported: 1,
+            path,
+        }) => assert_eq!(path, seg),
         other => panic!("{other:?}"),
     }
 }
@@ -130,7 +177,10 @@ fn invalid_options_are_refused() {
         Options::default().segment_size(u64::MAX),
         Options::default().durability(Durability::Periodic(std::time::Duration::ZERO)),
     ] {
-        assert!(matches!(Store::open_with(dir.path(), options), Err(Error::InvalidOption { .. })));
+        assert!(matches!(
+            Store::open_with(dir.path(), options),
+            Err(Error::InvalidOption { .. })
+        ));
     }
 }
 
@@ -140,7 +190,9 @@ fn errors_are_std_errors_with_context() {
     assert_error::<Error>();
     let dir = tempdir();
     let store = open(dir.path(), small_segments());
-    let err = store.set(&CampaignUserMap::new("", "c", "v")).expect_err("empty id");
+    let err = store
+        .set(&CampaignUserMap::new("", "c", "v"))
+        .expect_err("empty id");
     assert!(err.to_string().contains("user_id"), "{err}");
 }
 
@@ -150,7 +202,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

@@ -9,11 +9,26 @@ use crate::common::{map, small_segments, tempdir};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Set { user: u8, campaign: u8, variation: u8, goals: Option<String> },
-    Get { user: u8, campaign: u8 },
-    Delete { user: u8, campaign: u8 },
-    Forget { user: u8 },
-    CampaignsOf { user: u8 },
+    Set {
+        user: u8,
+        campaign: u8,
+        variation: u8,
+        goals: Option<String>,
+    },
+    Get {
+        user: u8,
+        campaign: u8,
+    },
+    Delete {
+        user: u8,
+        campaign: u8,
+    },
+    Forget {
+        user: u8,
+    },
+    CampaignsOf {
+        user: u8,
+    },
     Reopen,
 }
 
@@ -44,18 +59,38 @@ fn run(ops: &[Op], options: Options) {
     let mut model: HashMap<(String, String), CampaignUserMap> = HashMap::new();
     for op in ops {
         match op {
-            Op::Set { user: u, campaign: c, variation, goals } => {
-                let m = map(&user(*u), &campaign(*c), &format!("var{variation}"), goals.as_deref());
+            Op::Set {
+                user: u,
+                campaign: c,
+                variation,
+                goals,
+            } => {
+                let m = map(
+                    &user(*u),
+                    &campaign(*c),
+                    &format!("var{variation}"),
+                    goals.as_deref(),
+                );
                 store.set(&m).expect("set");
                 model.insert((user(*u), campaign(*c)), m);
             }
-            Op::Get { user: u, campaign: c } => {
+            Op::Get {
+                user: u,
+                campaign: c,
+            } => {
                 let got = store.get(&user(*u), &campaign(*c)).expect("get");
                 assert_eq!(got.as_ref(), model.get(&(user(*u), campaign(*c))), "{op:?}");
             }
-            Op::Delete { user: u, campaign: c } => {
+            Op::Delete {
+                user: u,
+                campaign: c,
+            } => {
                 let existed = store.delete(&user(*u), &campaign(*c)).expect("delete");
-                assert_eq!(existed, model.remove(&(user(*u), campaign(*c))).is_some(), "{op:?}");
+                assert_eq!(
+                    existed,
+                    model.remove(&(user(*u), campaign(*c))).is_some(),
+                    "{op:?}"
+                );
             }
             Op::Forget { user: u } => {
                 let n = store.forget_user(&user(*u)).expect("forget_user");
@@ -65,8 +100,11 @@ fn run(ops: &[Op], options: Options) {
             }
             Op::CampaignsOf { user: u } => {
                 let got = store.campaigns_of(&user(*u)).expect("campaigns_of");
-                let mut want: Vec<CampaignUserMap> =
-                    model.values().filter(|m| m.user_id == user(*u)).cloned().collect();
+                let mut want: Vec<CampaignUserMap> = model
+                    .values()
+                    .filter(|m| m.user_id == user(*u))
+                    .cloned()
+                    .collect();
                 want.sort_by(|a, b| a.campaign_key.cmp(&b.campaign_key));
                 assert_eq!(got, want, "{op:?}");
             }
@@ -85,7 +123,10 @@ fn run(ops: &[Op], options: Options) {
 }
 
 fn cases() -> u32 {
-    std::env::var("USSDB_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+    std::env::var("USSDB_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
 }
 
 proptest! {

@@ -18,21 +18,40 @@ fn a_torn_last_record_is_cut_at_every_byte_offset() {
     let (mut ends_c, mut ends_shared) = (Vec::new(), Vec::new());
     {
         let store = open(dir.path(), options.clone());
-        let len = || std::fs::metadata(&segment_files(dir.path())[0]).expect("len").len();
+        let len = || {
+            std::fs::metadata(&segment_files(dir.path())[0])
+                .expect("len")
+                .len()
+        };
         for i in 0..4 {
             let goals = (i % 2 == 1).then(|| "g".repeat(i * 7));
-            store.set(&map("user", &format!("c{i}"), &format!("v{i}"), goals.as_deref())).expect("set");
+            store
+                .set(&map(
+                    "user",
+                    &format!("c{i}"),
+                    &format!("v{i}"),
+                    goals.as_deref(),
+                ))
+                .expect("set");
             ends_c.push(len());
-            store.set(&map("user", "shared", &format!("v{i}"), None)).expect("overwrite");
+            store
+                .set(&map("user", "shared", &format!("v{i}"), None))
+                .expect("overwrite");
             ends_shared.push(len());
         }
     }
-    let seg_name = segment_files(dir.path())[0].file_name().expect("name").to_owned();
+    let seg_name = segment_files(dir.path())[0]
+        .file_name()
+        .expect("name")
+        .to_owned();
     let full = *ends_shared.last().expect("writes");
     for cut in 20..full {
         let copy = copy_dir(dir.path());
         let seg = copy.path().join(&seg_name);
-        let file = std::fs::OpenOptions::new().write(true).open(&seg).expect("open");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("open");
         file.set_len(cut).expect("truncate");
         drop(file);
         let store = Store::open_with(copy.path(), options.clone())
@@ -41,15 +60,26 @@ fn a_torn_last_record_is_cut_at_every_byte_offset() {
             let got = store.get("user", &format!("c{i}")).expect("get");
             assert_eq!(got.is_some(), end <= cut, "cut at {cut}: c{i}");
         }
-        let shared = store.get("user", "shared").expect("get").map(|m| m.variation_name);
+        let shared = store
+            .get("user", "shared")
+            .expect("get")
+            .map(|m| m.variation_name);
         let complete = ends_shared.iter().filter(|&&end| end <= cut).count();
         let want = complete.checked_sub(1).map(|i| format!("v{i}"));
-        assert_eq!(shared, want, "cut at {cut}: the newest complete overwrite wins");
+        assert_eq!(
+            shared, want,
+            "cut at {cut}: the newest complete overwrite wins"
+        );
         // The cut really happened: the store accepts writes and keeps them.
-        store.set(&map("after", "cut", "v", None)).expect("write after recovery");
+        store
+            .set(&map("after", "cut", "v", None))
+            .expect("write after recovery");
         drop(store);
         let store = Store::open_with(copy.path(), options.clone()).expect("reopen");
-        assert!(store.get("after", "cut").expect("get").is_some(), "cut at {cut}");
+        assert!(
+            store.get("after", "cut").expect("get").is_some(),
+            "cut at {cut}"
+        );
     }
 }
 
@@ -69,7 +99,11 @@ fn garbage_after_the_last_record_is_cut_off() {
     let store = open(dir.path(), small_segments());
     assert!(store.get("u", "c").expect("get").is_some());
     drop(store);
-    assert_eq!(std::fs::metadata(&seg).expect("len").len(), len as u64, "zeros cut off");
+    assert_eq!(
+        std::fs::metadata(&seg).expect("len").len(),
+        len as u64,
+        "zeros cut off"
+    );
 }
 
 #[test]
@@ -78,11 +112,22 @@ fn a_flipped_byte_in_an_old_segment_names_file_and_offset() {
     {
         let store = open(dir.path(), small_segments());
         for i in 0..300 {
-            store.set(&map(&format!("user-{i}"), "campaign", "variation", Some("goal"))).expect("set");
+            store
+                .set(&map(
+                    &format!("user-{i}"),
+                    "campaign",
+                    "variation",
+                    Some("goal"),
+                ))
+                .expect("set");
         }
     }
     let files = segment_files(dir.path());
-    assert!(files.len() >= 3, "the test needs several segments, got {}", files.len());
+    assert!(
+        files.len() >= 3,
+        "the test needs several segments, got {}",
+        files.len()
+    );
     let victim = &files[1];
     let mut bytes = std::fs::read(victim).expect("read");
     let at = bytes.len() / 2;
@@ -91,7 +136,10 @@ fn a_flipped_byte_in_an_old_segment_names_file_and_offset() {
     match Store::open_with(dir.path(), small_segments()) {
         Err(Error::Corrupted { path, offset, .. }) => {
             assert_eq!(&path, victim);
-            assert!(offset <= at as u64 && at as u64 - offset < 100, "offset {offset} vs flipped byte {at}");
+            assert!(
+                offset <= at as u64 && at as u64 - offset < 100,
+                "offset {offset} vs flipped byte {at}"
+            );
         }
         other => panic!("expected a corruption error, got {other:?}"),
     }
@@ -103,7 +151,9 @@ fn a_flipped_byte_in_the_middle_of_the_newest_segment_is_not_taken_for_a_torn_wr
     {
         let store = open(dir.path(), Options::default().durability(Durability::Never));
         for i in 0..50 {
-            store.set(&map(&format!("user-{i}"), "campaign", "variation", None)).expect("set");
+            store
+                .set(&map(&format!("user-{i}"), "campaign", "variation", None))
+                .expect("set");
         }
     }
     let seg = segment_files(dir.path()).pop().expect("segment");
@@ -112,7 +162,10 @@ fn a_flipped_byte_in_the_middle_of_the_newest_segment_is_not_taken_for_a_torn_wr
     bytes[at] ^= 0x01;
     std::fs::write(&seg, &bytes).expect("write");
     let err = Store::open(dir.path()).expect_err("damage must not be cut off silently");
-    assert!(matches!(&err, Error::Corrupted { path, .. } if *path == seg), "{err}");
+    assert!(
+        matches!(&err, Error::Corrupted { path, .. } if *path == seg),
+        "{err}"
+    );
     assert!(err.is_corruption());
 }
 
@@ -145,10 +198,16 @@ impl fmt::Debug for FailingFile {
 
 impl Vfs for FailingFsync {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
-        Ok(Box::new(FailingFile { inner: StdVfs.create_new(path)?, fail: Arc::clone(&self.fail) }))
+        Ok(Box::new(FailingFile {
+            inner: StdVfs.create_new(path)?,
+            fail: Arc::clone(&self.fail),
+        }))
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
-        Ok(Box::new(FailingFile { inner: StdVfs.open(path)?, fail: Arc::clone(&self.fail) }))
+        Ok(Box::new(FailingFile {
+            inner: StdVfs.open(path)?,
+            fail: Arc::clone(&self.fail),
+        }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         StdVfs.rename(from, to)
@@ -193,20 +252,36 @@ fn after_a_failed_fsync_the_store_refuses_writes_until_reopened() {
     let dir = tempdir();
     let vfs = Arc::new(FailingFsync::default());
     let fail = Arc::clone(&vfs.fail);
-    let options = Options::default().durability(Durability::Immediate).vfs(vfs);
+    let options = Options::default()
+        .durability(Durability::Immediate)
+        .vfs(vfs);
     let store = open(dir.path(), options.clone());
     store.set(&map("u", "before", "v", None)).expect("set");
     fail.store(true, Ordering::SeqCst);
-    let err = store.set(&map("u", "during", "v", None)).expect_err("fsync fails");
+    let err = store
+        .set(&map("u", "during", "v", None))
+        .expect_err("fsync fails");
     assert!(matches!(err, Error::Io { .. }), "{err}");
     fail.store(false, Ordering::SeqCst);
-    let err = store.set(&map("u", "after", "v", None)).expect_err("poisoned");
+    let err = store
+        .set(&map("u", "after", "v", None))
+        .expect_err("poisoned");
     assert!(matches!(err, Error::Poisoned { .. }), "{err}");
-    assert!(matches!(store.delete("u", "before"), Err(Error::Poisoned { .. })));
+    assert!(matches!(
+        store.delete("u", "before"),
+        Err(Error::Poisoned { .. })
+    ));
     assert!(matches!(store.sync(), Err(Error::Poisoned { .. })));
-    assert!(store.get("u", "before").expect("reads still work").is_some());
+    assert!(
+        store
+            .get("u", "before")
+            .expect("reads still work")
+            .is_some()
+    );
     drop(store);
     let store = open(dir.path(), options);
     assert!(store.get("u", "before").expect("get").is_some());
-    store.set(&map("u", "after", "v", None)).expect("a reopened store takes writes again");
+    store
+        .set(&map("u", "after", "v", None))
+        .expect("a reopened store takes writes again");
 }
