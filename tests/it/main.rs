@@ -2,6 +2,7 @@
 
 mod common;
 mod concurrency;
+mod corruption;
 mod crash;
 mod faults;
 mod fuzz_corpus;
