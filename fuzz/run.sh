@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS each (default 20), installing cargo-fuzz if it is missing.
 # Usage: fuzz/run.sh [SECONDS] [TARGET...]
-# A crash stops the run with a non-zero status and leaves its input in fuzz/artifacts/<target>/; commit it
-# there once fixed, and the stable `cargo test` replays it from then on.
+# A crash stops the run with a non-zero status and leaves its input in fuzz/artifacts/<target>/; once fixed,
+# commit it to fuzz/regressions/<target>/, and the stable `cargo test` replays it from then on.
 set -euo pipefail
 
 seconds="${1:-20}"

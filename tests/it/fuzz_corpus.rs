@@ -1,5 +1,6 @@
-//! Replays the committed fuzz corpus and every committed crash artifact under a stable `cargo test`, through
-//! the same entry points the fuzz targets call, so a crash the fuzzer once found stays fixed.
+//! Replays the fuzz corpus and every committed crash input (`fuzz/regressions/<target>/`, plus any fresh
+//! `fuzz/artifacts/<target>/`) under a stable `cargo test`, through the same entry points the fuzz targets
+//! call, so a crash the fuzzer once found stays fixed.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use ussdb::{Durability, Options, Store};
 use crate::common::{map, segment_files, tempdir};
 use crate::fuzz_harness::{self, encode_dir};
 
-/// The fuzz targets, by directory name under `fuzz/corpus` and `fuzz/artifacts`.
+/// The fuzz targets, by directory name under `fuzz/corpus`, `fuzz/regressions` and `fuzz/artifacts`.
 const TARGETS: [&str; 5] = [
     "record",
     "segment_header",
@@ -52,16 +53,15 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn the_committed_fuzz_corpus_and_crash_artifacts_replay_cleanly() {
+fn the_fuzz_corpus_and_every_crash_found_replay_cleanly() {
     let scratch = tempdir();
     let mut failures = Vec::new();
     for target in TARGETS {
         let corpus = inputs(&fuzz_dir().join("corpus").join(target));
         assert!(!corpus.is_empty(), "fuzz/corpus/{target} has no seeds");
-        for input in corpus
-            .iter()
-            .chain(&inputs(&fuzz_dir().join("artifacts").join(target)))
-        {
+        let regressions = inputs(&fuzz_dir().join("regressions").join(target));
+        let artifacts = inputs(&fuzz_dir().join("artifacts").join(target));
+        for input in corpus.iter().chain(&regressions).chain(&artifacts) {
             // A fuzzer running meanwhile may drop an input it has minimised.
             let Ok(data) = std::fs::read(input) else {
                 continue;
