@@ -7,6 +7,7 @@ mod crash;
 mod faults;
 mod fuzz_corpus;
 mod fuzz_harness;
+mod load;
 mod misuse;
 mod model;
 mod recovery;
