@@ -670,14 +670,29 @@ fn partial_states(before: &Model, op: &Op) -> Vec<Model> {
         .collect()
 }
 
+/// Per power cut: what it was, what `open` found, the states allowed, and the state after a repair.
+type CutOutcome = (String, Result<Model, Error>, Vec<Model>, Option<Model>);
+
+fn open_state(dir: &Path) -> Result<Model, Error> {
+    let store = Store::open_with(dir, Options::default().segment_size(4096))?;
+    let mut found = Model::new();
+    for u in USERS {
+        for m in store.campaigns_of(u).expect("campaigns_of") {
+            found.insert(key(&m.user_id, &m.campaign_key), m);
+        }
+    }
+    Ok(found)
+}
+
 /// Runs the workload with `Durability::Never` and a power cut at every call; after the cut, `restore` rebuilds
 /// the directory. Returns, per cut, the state found after reopening, or the error `open` gave, with every state
-/// the store passed through since its last explicit sync.
+/// the store passed through since its last explicit sync, and after a `Corrupted` error, the state found once
+/// the named file was cut at the named offset.
 fn power_cuts_without_fsyncs(
     ops: &[Op],
     segment_size: u64,
     mut restore: impl FnMut(&FaultyVfs),
-) -> Vec<(String, Result<Model, Error>, Vec<Model>)> {
+) -> Vec<CutOutcome> {
     let (_, _, mutations) = count_calls(ops);
     let mut outcomes = Vec::new();
     for n in 1..=mutations {
@@ -705,21 +720,21 @@ fn power_cuts_without_fsyncs(
             drop(store);
         }
         restore(&vfs);
-        let found =
-            Store::open_with(dir.path(), Options::default().segment_size(4096)).map(|store| {
-                let mut found = Model::new();
-                for u in USERS {
-                    for m in store.campaigns_of(u).expect("campaigns_of") {
-                        found.insert(key(&m.user_id, &m.campaign_key), m);
-                    }
-                }
-                found
-            });
-        outcomes.push((
-            format!("Never, power cut at call {n} of {mutations}"),
-            found,
-            states,
-        ));
+        let context = format!("Never, power cut at call {n} of {mutations}");
+        let found = open_state(dir.path());
+        if let Err(Error::Corrupted { path, offset, .. }) = &found {
+            // The documented repair: cut the named file at the named offset, and open again.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .expect("open damaged file");
+            file.set_len(*offset).expect("cut at the reported offset");
+            let repaired = open_state(dir.path())
+                .unwrap_or_else(|e| panic!("{context}: open after the repair failed: {e}"));
+            outcomes.push((context, found, states, Some(repaired)));
+            continue;
+        }
+        outcomes.push((context, found, states, None));
     }
     outcomes
 }
@@ -730,7 +745,7 @@ fn power_loss_without_fsyncs_keeps_a_prefix_of_the_writes_since_the_last_sync() 
     // after some prefix of them, never a mix, and nothing from before the last sync is lost.
     let ops = seeded_workload("power_loss_without_fsyncs");
     let outcomes = power_cuts_without_fsyncs(&ops, 4096, FaultyVfs::restore_durable_image);
-    for (context, found, states) in &outcomes {
+    for (context, found, states, _) in &outcomes {
         let found = found
             .as_ref()
             .unwrap_or_else(|e| panic!("{context}: reopen failed: {e}"));
@@ -749,14 +764,15 @@ fn power_loss_without_fsyncs_keeps_a_prefix_of_the_writes_since_the_last_sync() 
 fn power_loss_that_keeps_unsynced_pages_out_of_order_is_reported_never_misread() {
     // Pins a known limit (docs/RELIABILITY.md): without fsyncs, the page cache may write back a later page of
     // the newest segment and not an earlier one. Recovery cannot tell that hole from damage, so `open` refuses
-    // with `Corrupted` naming the file and offset; it must never open into a state that mixes writes.
+    // with `Corrupted` naming the file and offset; it must never open into a state that mixes writes, and
+    // cutting the file at that offset (the repair the docs give) must leave a state from since the last sync.
     let mut rng = Rng::seeded("power_loss_out_of_order");
     let ops = workload(&mut rng, env_count("USSDB_FAULT_OPS", 60) as usize);
     // Segments of 64 KiB, so the unsynced tail spans several pages.
     let outcomes =
         power_cuts_without_fsyncs(&ops, 64 << 10, |vfs| vfs.restore_scrambled_image(&mut rng));
     let mut refused = 0;
-    for (context, found, states) in &outcomes {
+    for (context, found, states, repaired) in &outcomes {
         match found {
             Ok(found) => assert!(
                 states.contains(found),
@@ -766,6 +782,12 @@ fn power_loss_that_keeps_unsynced_pages_out_of_order_is_reported_never_misread()
                 assert!(
                     path.extension().is_some_and(|e| e == "seg"),
                     "{context}: {path:?}"
+                );
+                // Cutting the named file at the named offset recovers a state from since the last sync.
+                let repaired = repaired.as_ref().expect("a repair was tried");
+                assert!(
+                    states.contains(repaired),
+                    "{context}: the repair left {repaired:?}, no state since the last sync"
                 );
                 refused += 1;
             }
