@@ -211,6 +211,10 @@ impl Vfs for FaultyVfs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut plan = self.plan();
         plan.mutation()?;
+        if !from.exists() {
+            // Fails as the real call does, without making up a file.
+            return StdVfs.rename(from, to);
+        }
         let inode = plan.inode(from);
         StdVfs.rename(from, to)?;
         plan.names.remove(from);
@@ -221,6 +225,9 @@ impl Vfs for FaultyVfs {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut plan = self.plan();
         plan.mutation()?;
+        if !path.exists() {
+            return StdVfs.remove_file(path);
+        }
         plan.inode(path);
         StdVfs.remove_file(path)?;
         plan.names.remove(path);
