@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per behaviour. They use only the public API.
 
 mod common;
+mod compaction;
 mod concurrency;
 mod misuse;
 mod model;
