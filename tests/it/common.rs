@@ -53,13 +53,12 @@ pub fn copy_dir(from: &Path) -> tempfile::TempDir {
 /// the disk.
 pub fn memory_tempdir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new()
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new()
             .prefix("ussdb-test")
             .tempdir_in(shm)
-        {
-            return dir;
-        }
+    {
+        return dir;
     }
     tempdir()
 }
