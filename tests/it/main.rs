@@ -2,7 +2,9 @@
 
 mod common;
 mod compaction;
+mod compaction_crash;
 mod concurrency;
+mod hints;
 mod misuse;
 mod model;
 mod recovery;
