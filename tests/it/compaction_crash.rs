@@ -201,7 +201,7 @@ fn build(dir: &Path, rounds: usize, delete_every: usize) -> (Model, Vec<(String,
         .collect();
     for round in 0..rounds {
         for (k, (u, c)) in keys.iter().enumerate() {
-            if (k + round) % delete_every == 0 {
+            if (k + round).is_multiple_of(delete_every) {
                 store.delete(u, c).expect("delete");
                 model.remove(&(u.clone(), c.clone()));
             } else {

@@ -30,7 +30,7 @@ fn hint_files(dir: &Path) -> Vec<PathBuf> {
 
 fn write_round(store: &Store, model: &mut Model, round: usize) {
     for k in 0..KEYS {
-        if (k + round) % 7 == 0 {
+        if (k + round).is_multiple_of(7) {
             store.delete(&format!("user-{k}"), "camp").expect("delete");
             model.remove(&(format!("user-{k}"), "camp".to_owned()));
             continue;
