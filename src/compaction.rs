@@ -210,13 +210,16 @@ impl Engine {
         let segment_size = self.options.segment_size;
         let mut runs = Vec::new();
         let mut run: Vec<Arc<Segment>> = Vec::new();
+        let mut run_over = false;
         let mut run_live = 0u64;
-        let flush = |run: &mut Vec<Arc<Segment>>, runs: &mut Vec<Vec<Arc<Segment>>>| {
-            let worth = run.len() >= 2 || run.iter().any(|s| s.dead() > 0 && !s.known_futile());
+        // A run is worth rewriting if one of its segments passed the threshold, or if it merges several files.
+        let mut flush = |run: &mut Vec<Arc<Segment>>, run_over: &mut bool, run_live: &mut u64| {
             let taken = std::mem::take(run);
-            if worth {
+            if *run_over || taken.len() >= 2 {
                 runs.push(taken);
             }
+            *run_over = false;
+            *run_live = 0;
         };
         for segment in self.sealed_in_order() {
             let (len, dead) = (segment.len(), segment.dead());
@@ -224,18 +227,17 @@ impl Engine {
             let over = dead > 0 && dead as f64 >= threshold * len as f64 && !segment.known_futile();
             let small = live < segment_size / SMALL_FRACTION;
             if !(over || small) {
-                flush(&mut run, &mut runs);
-                run_live = 0;
+                flush(&mut run, &mut run_over, &mut run_live);
                 continue;
             }
             if !run.is_empty() && run_live + live > segment_size {
-                flush(&mut run, &mut runs);
-                run_live = 0;
+                flush(&mut run, &mut run_over, &mut run_live);
             }
             run_live += live;
+            run_over |= over;
             run.push(segment);
         }
-        flush(&mut run, &mut runs);
+        flush(&mut run, &mut run_over, &mut run_live);
         runs
     }
 

@@ -405,6 +405,13 @@ fn spawn_compactor(engine: Weak<Engine>, threshold: f64) -> Result<JoinHandle<()
                     break;
                 }
                 if let Err(e) = strong.compact(threshold, false) {
+                    if strong
+                        .compaction
+                        .closing
+                        .load(std::sync::atomic::Ordering::Acquire)
+                    {
+                        break;
+                    }
                     if strong.poison.get().is_some() {
                         // The store refuses writes until reopened; so does compaction.
                         break;
