@@ -221,10 +221,12 @@ impl Engine {
             *run_over = false;
             *run_live = 0;
         };
-        for segment in self.sealed_in_order() {
+        for (i, segment) in self.sealed_in_order().into_iter().enumerate() {
             let (len, dead) = (segment.len(), segment.dead());
             let live = len.saturating_sub(dead);
-            let over = dead > 0 && dead as f64 >= threshold * len as f64 && !segment.known_futile();
+            // Tombstones that had to stay may go once their segment is the oldest: try it again then.
+            let futile = segment.known_futile() && i > 0;
+            let over = dead > 0 && dead as f64 >= threshold * len as f64 && !futile;
             let small = live < segment_size / SMALL_FRACTION;
             if !(over || small) {
                 flush(&mut run, &mut run_over, &mut run_live);

@@ -363,3 +363,22 @@ fn reads_and_writes_racing_compaction_always_see_the_newest_value() {
         assert_eq!(store.get(&u, "camp").expect("get"), v, "{u} after reopen");
     }
 }
+
+#[test]
+fn compaction_thresholds_outside_zero_to_one_are_refused() {
+    for bad in [-0.1, 1.5, f64::NAN] {
+        let dir = tempdir();
+        let err = Store::open_with(dir.path(), Options::default().compaction_threshold(bad))
+            .expect_err("bad threshold");
+        assert!(
+            matches!(
+                err,
+                ussdb::Error::InvalidOption {
+                    option: "compaction_threshold",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}
