@@ -120,11 +120,14 @@ fn steady(dir: &Path, mappings: u64, seconds: u64, segment_mib: u64) {
     let live = store.stats().live_bytes;
     let done = Arc::new(AtomicBool::new(false));
     let worst = Arc::new(AtomicU64::new(0));
+    let worst_segments = Arc::new(AtomicU64::new(0));
     let monitor = {
         let (dir, done, worst) = (dir.to_owned(), Arc::clone(&done), Arc::clone(&worst));
+        let (store, worst_segments) = (store.clone(), Arc::clone(&worst_segments));
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 worst.fetch_max(dir_bytes(&dir), Ordering::Relaxed);
+                worst_segments.fetch_max(store.stats().disk_bytes, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
@@ -150,11 +153,15 @@ fn steady(dir: &Path, mappings: u64, seconds: u64, segment_mib: u64) {
         "steady: {mappings} mappings, {writes} overwrites in {seconds} s, {segment_mib} MiB segments, background \
          compaction at the default threshold"
     );
+    let worst_segments = worst_segments.load(Ordering::Relaxed);
     println!(
-        "  live {:.1} MiB; largest directory seen {:.1} MiB = {:.2}x live; at the end {:.1} MiB = {:.2}x; {} runs",
+        "  live {:.1} MiB; largest directory seen {:.1} MiB = {:.2}x live (segment files alone: {:.1} MiB = {:.2}x); \
+         at the end {:.1} MiB = {:.2}x; {} runs",
         mib(live),
         mib(worst),
         worst as f64 / live as f64,
+        mib(worst_segments),
+        worst_segments as f64 / live as f64,
         mib(dir_bytes(dir)),
         dir_bytes(dir) as f64 / live as f64,
         stats.compactions

@@ -46,7 +46,7 @@ pub struct Options {
 /// The default [`Options::compaction_threshold`]: a sealed segment is compacted once half of it is dead.
 pub const DEFAULT_COMPACTION_THRESHOLD: f64 = 0.5;
 /// How often the background compaction thread looks for work when no segment was sealed meanwhile.
-const COMPACTION_POLL: Duration = Duration::from_secs(5);
+const COMPACTION_POLL: Duration = Duration::from_secs(1);
 
 /// The default segment size: 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
@@ -93,7 +93,7 @@ impl Options {
 
     /// Turns the background compaction thread on or off (default on). It writes a hint file for every sealed
     /// segment (for a fast open) and compacts segments over [`Options::compaction_threshold`], woken whenever a
-    /// segment is sealed and every few seconds. With it off, the directory only shrinks and hint files are only
+    /// segment is sealed and every second. With it off, the directory only shrinks and hint files are only
     /// written when [`Store::compact`] is called.
     pub fn auto_compaction(mut self, on: bool) -> Options {
         self.auto_compaction = on;
