@@ -69,7 +69,6 @@ pub(crate) struct Compaction {
     /// Set to stop a pass early (the store is closing).
     pub(crate) closing: AtomicBool,
     pub(crate) runs: AtomicU64,
-    pub(crate) passes: AtomicU64,
     /// Duration of the last pass that compacted something, in microseconds, plus one (0 = none yet).
     pub(crate) last_micros: AtomicU64,
     pub(crate) reclaimed: AtomicU64,
@@ -145,8 +144,8 @@ struct Output {
 }
 
 impl Engine {
-    /// One compaction pass: hint files for sealed segments that lack one, then every run of sealed segments whose
-    /// dead bytes reach `threshold` of their size (any dead byte at 0.0).
+    /// One compaction pass: every run of sealed segments whose dead bytes reach `threshold` of their size (any
+    /// dead byte at 0.0), then hint files for the sealed segments that still lack one.
     pub(crate) fn compact(&self, threshold: f64, seal_active: bool) -> Result<()> {
         let _pass = self.compaction.lock_pass();
         self.check_poison()?;
@@ -158,7 +157,6 @@ impl Engine {
                 self.rotate(&mut log)?;
             }
         }
-        self.write_missing_hints()?;
         let mut compacted = false;
         for run in self.pick_runs(threshold) {
             if self.compaction.closing.load(Ordering::Acquire) {
@@ -166,7 +164,8 @@ impl Engine {
             }
             compacted |= self.compact_run(&run)?;
         }
-        self.compaction.passes.fetch_add(1, Ordering::Relaxed);
+        // After the runs, so no hint is written for a segment about to be rewritten (outputs come with theirs).
+        self.write_missing_hints()?;
         if compacted {
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
             self.compaction
