@@ -30,8 +30,8 @@
 //! ## fsync order of one run
 //! 1. write the output to `NNNNNNNNNN.compact.tmp` and its hint to `NNNNNNNNNN.hint.tmp`; fsync both;
 //! 2. remove the old `NNNNNNNNNN.hint`, fsync the directory (a hint never describes the wrong contents);
-//! 3. rename the output onto `NNNNNNNNNN.seg` (N = the run's first id), the hint onto `NNNNNNNNNN.hint`; fsync
-//!    the directory;
+//! 3. rename the output onto `NNNNNNNNNN.seg` (N = the run's first id), fsync the directory; rename the hint onto
+//!    `NNNNNNNNNN.hint`, fsync the directory;
 //! 4. swap index entries, put the output in the segment table and take the inputs out (nothing reads them
 //!    after that: readers only touch a segment under the table's read lock);
 //! 5. for each other input, oldest first: unlink its segment and hint, fsync the directory.
@@ -497,6 +497,8 @@ impl Engine {
         self.vfs
             .rename(tmp, &seg_path)
             .map_err(|e| Error::io("rename compacted segment", tmp, e))?;
+        // Durable before the hint appears: after a power loss, the new hint must not sit beside the old segment.
+        sync_dir()?;
         self.vfs
             .rename(hint_tmp, &hint_path)
             .map_err(|e| Error::io("rename hint file", hint_tmp, e))?;
