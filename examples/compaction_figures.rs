@@ -4,11 +4,14 @@
 //! ```text
 //! cargo run --release --example compaction_figures -- disk    DIR [mappings] [rounds] [segment MiB]
 //! cargo run --release --example compaction_figures -- steady  DIR [mappings] [seconds] [segment MiB]
-//! cargo run --release --example compaction_figures -- open    DIR [mappings]
+//! cargo run --release --example compaction_figures -- open    DIR [mappings] [segment MiB] [extra value bytes]
 //! cargo run --release --example compaction_figures -- latency DIR [mappings] [seconds]
+//!
+//! cargo run --release --example compaction_figures -- reopen  DIR [times]
 //! ```
 //!
-//! DIR must not exist or be empty; it is removed at the end.
+//! DIR must not exist or be empty; it is removed at the end (except by `reopen`, which times opens of an existing
+//! store, for profiling; `KEEP=1` keeps the directory of the other modes).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,14 +31,32 @@ fn main() {
     match mode.as_str() {
         "disk" => disk(&dir, arg(2, 1_000_000), arg(3, 10), arg(4, 64)),
         "steady" => steady(&dir, arg(2, 1_000_000), arg(3, 60), arg(4, 64)),
-        "open" => open_times(&dir, arg(2, 10_000_000)),
+        "open" => open_times(&dir, arg(2, 10_000_000), arg(3, 64), arg(4, 0) as usize),
         "latency" => latency(&dir, arg(2, 1_000_000), arg(3, 10)),
+        "reopen" => {
+            // Times opens of an existing store and keeps it (for profiling).
+            let options = Options::default()
+                .durability(Durability::Never)
+                .auto_compaction(false);
+            for _ in 0..arg(2, 1) {
+                let started = Instant::now();
+                let store = Store::open_with(&dir, options.clone()).expect("open");
+                println!(
+                    "open: {:.2?}, {} mappings",
+                    started.elapsed(),
+                    store.stats().mappings
+                );
+            }
+            return;
+        }
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// An SDK-shaped mapping: a user id like the SDKs' UUIDs, a campaign key, a variation.
@@ -169,14 +190,20 @@ fn steady(dir: &Path, mappings: u64, seconds: u64, segment_mib: u64) {
 }
 
 /// (b) Open a store of N mappings with hint files, and by scanning (hint files moved away).
-fn open_times(dir: &Path, mappings: u64) {
+fn open_times(dir: &Path, mappings: u64, segment_mib: u64, pad: usize) {
     let options = Options::default()
         .durability(Durability::Never)
+        .segment_size(segment_mib << 20)
         .auto_compaction(false);
     {
         let store = Store::open_with(dir, options.clone()).expect("open");
         let started = Instant::now();
-        load(&store, mappings, 0);
+        for i in 0..mappings {
+            let mut m = mapping(i, 0);
+            // Extra value bytes, e.g. an SDK's metaData or a long goal list.
+            m.goal_identifier = (pad > 0).then(|| "g".repeat(pad));
+            store.set(&m).expect("set");
+        }
         println!(
             "open: loaded {mappings} mappings in {:.1?}",
             started.elapsed()
