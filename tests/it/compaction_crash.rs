@@ -238,3 +238,246 @@ fn a_crash_at_any_step_of_compacting_a_middle_run_keeps_tombstones() {
     });
     assert!(steps > 8, "compaction took only {steps} steps");
 }
+
+/// A power cut: only what was fsynced survives. File contents count as of their last `sync_data`, directory
+/// entries as of the last `sync_dir`. Everything is passed to the real file system too, so the store runs as
+/// usual; after `budget` changes the next one fails, and the image of that moment is kept.
+#[derive(Debug, Default)]
+struct Shadow {
+    files: HashMap<u64, (Vec<u8>, Vec<u8>)>,
+    dir: HashMap<String, u64>,
+    durable_dir: HashMap<String, u64>,
+    next_inode: u64,
+    budget: i64,
+    image: Option<HashMap<String, Vec<u8>>>,
+}
+
+impl Shadow {
+    fn spend(&mut self) -> io::Result<()> {
+        if self.image.is_none() && self.budget <= 0 {
+            let image = self
+                .durable_dir
+                .iter()
+                .map(|(name, inode)| (name.clone(), self.files[inode].1.clone()))
+                .collect();
+            self.image = Some(image);
+        }
+        self.budget -= 1;
+        match self.image {
+            Some(_) => Err(io::Error::other("power cut")),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PowerCut(Arc<std::sync::Mutex<Shadow>>);
+
+struct CutFile {
+    inner: Box<dyn VFile>,
+    inode: u64,
+    shadow: PowerCut,
+}
+
+impl fmt::Debug for CutFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CutFile({})", self.inode)
+    }
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .expect("file name")
+        .to_owned()
+}
+
+impl PowerCut {
+    /// Starts with every file of `dir` durable.
+    fn over(dir: &Path) -> PowerCut {
+        let mut shadow = Shadow {
+            budget: i64::MAX,
+            ..Shadow::default()
+        };
+        for entry in std::fs::read_dir(dir).expect("list") {
+            let path = entry.expect("entry").path();
+            let bytes = std::fs::read(&path).expect("read");
+            shadow.next_inode += 1;
+            shadow
+                .files
+                .insert(shadow.next_inode, (bytes.clone(), bytes));
+            shadow.dir.insert(name_of(&path), shadow.next_inode);
+        }
+        shadow.durable_dir = shadow.dir.clone();
+        PowerCut(Arc::new(std::sync::Mutex::new(shadow)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shadow> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Vfs for PowerCut {
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
+        let mut shadow = self.lock();
+        shadow.spend()?;
+        let inner = StdVfs.create_new(path)?;
+        shadow.next_inode += 1;
+        let inode = shadow.next_inode;
+        shadow.files.insert(inode, (Vec::new(), Vec::new()));
+        shadow.dir.insert(name_of(path), inode);
+        Ok(Box::new(CutFile {
+            inner,
+            inode,
+            shadow: self.clone(),
+        }))
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
+        let inode = *self
+            .lock()
+            .dir
+            .get(&name_of(path))
+            .expect("opened files are known");
+        Ok(Box::new(CutFile {
+            inner: StdVfs.open(path)?,
+            inode,
+            shadow: self.clone(),
+        }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut shadow = self.lock();
+        shadow.spend()?;
+        StdVfs.rename(from, to)?;
+        let inode = shadow
+            .dir
+            .remove(&name_of(from))
+            .expect("renamed file is known");
+        shadow.dir.insert(name_of(to), inode);
+        Ok(())
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut shadow = self.lock();
+        shadow.spend()?;
+        StdVfs.remove_file(path)?;
+        shadow.dir.remove(&name_of(path));
+        Ok(())
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut shadow = self.lock();
+        shadow.spend()?;
+        StdVfs.sync_dir(dir)?;
+        shadow.durable_dir = shadow.dir.clone();
+        Ok(())
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        StdVfs.list_dir(dir)
+    }
+}
+
+impl VFile for CutFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut shadow = self.shadow.lock();
+        shadow.spend()?;
+        self.inner.write_all_at(buf, offset)?;
+        let current = &mut shadow.files.get_mut(&self.inode).expect("inode").0;
+        let end = offset as usize + buf.len();
+        if current.len() < end {
+            current.resize(end, 0);
+        }
+        current[offset as usize..end].copy_from_slice(buf);
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        let mut shadow = self.shadow.lock();
+        shadow.spend()?;
+        self.inner.sync_data()?;
+        let file = shadow.files.get_mut(&self.inode).expect("inode");
+        file.1 = file.0.clone();
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut shadow = self.shadow.lock();
+        shadow.spend()?;
+        self.inner.set_len(len)?;
+        shadow
+            .files
+            .get_mut(&self.inode)
+            .expect("inode")
+            .0
+            .resize(len as usize, 0);
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn std_file(&self) -> &std::fs::File {
+        self.inner.std_file()
+    }
+}
+
+/// Runs `compact` with a power cut after 0, 1, 2, ... changes; the image of each cut must reopen as the model.
+fn power_cut_at_every_step(
+    template: &Path,
+    model: &Model,
+    keys: &[(String, String)],
+    compact: &dyn Fn(&Store),
+) -> usize {
+    for n in 0.. {
+        let copy = copy_dir_to_memory(template);
+        let cut = PowerCut::over(copy.path());
+        let store = open(copy.path(), manual().vfs(Arc::new(cut.clone())));
+        cut.lock().budget = n;
+        compact(&store);
+        drop(store);
+        let (image, finished) = {
+            let mut shadow = cut.lock();
+            let finished = shadow.image.is_none();
+            shadow.budget = 0;
+            let _ = shadow.spend();
+            (shadow.image.take().expect("image"), finished)
+        };
+        let after = memory_tempdir();
+        for (name, bytes) in &image {
+            std::fs::write(after.path().join(name), bytes).expect("write image");
+        }
+        let what = format!("power cut after {n} changes");
+        let store = check(after.path(), model, keys, &what);
+        store
+            .compact()
+            .unwrap_or_else(|e| panic!("{what}: compaction after reopen: {e}"));
+        drop(store);
+        drop(check(
+            after.path(),
+            model,
+            keys,
+            &format!("{what}, compacted again"),
+        ));
+        if finished {
+            return n as usize;
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn a_power_cut_at_any_step_of_a_full_compaction_loses_nothing() {
+    let template = memory_tempdir();
+    let (model, keys) = build(template.path(), 8, 5);
+    let steps = power_cut_at_every_step(template.path(), &model, &keys, &|store| {
+        let _ = store.compact();
+    });
+    assert!(steps > 20, "compaction took only {steps} steps");
+}
+
+#[test]
+fn a_power_cut_at_any_step_of_compacting_a_middle_run_keeps_tombstones() {
+    let template = memory_tempdir();
+    let (model, keys) = build(template.path(), 8, 3);
+    let steps = power_cut_at_every_step(template.path(), &model, &keys, &|store| {
+        let _ = store.compact_file_range_for_tests(3, 6);
+    });
+    assert!(steps > 8, "compaction took only {steps} steps");
+}
