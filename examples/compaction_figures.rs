@@ -234,26 +234,28 @@ fn open_times(dir: &Path, mappings: u64, segment_mib: u64, pad: usize) {
         assert_eq!(store.stats().mappings, mappings);
         took
     };
-    // Each twice, the second with a warm page cache for both, so the comparison is of CPU work.
-    let with_hints = [timed_open(), timed_open()];
+    // Three times each, the page cache warm for both (the store was just written), so the comparison is of the
+    // work done; the machine is shared, so the least of the three is the figure.
+    let with_hints: Vec<Duration> = (0..3).map(|_| timed_open()).collect();
     let aside = dir.join("hints-aside");
     std::fs::create_dir_all(&aside).expect("mkdir");
     for h in &hints {
         std::fs::rename(h, aside.join(h.file_name().expect("name"))).expect("move hint");
     }
-    let scanning = [timed_open(), timed_open()];
+    let scanning: Vec<Duration> = (0..3).map(|_| timed_open()).collect();
+    let best = |t: &[Duration]| t.iter().min().copied().unwrap_or_default();
     println!("  hint files: {:.1} MiB", mib(hint_bytes));
     println!(
-        "  open with hint files: {:.2?} (first), {:.2?} (second)",
-        with_hints[0], with_hints[1]
+        "  open with hint files: best {:.2?} of {with_hints:.2?}",
+        best(&with_hints)
     );
     println!(
-        "  open by scanning:     {:.2?} (first), {:.2?} (second)",
-        scanning[0], scanning[1]
+        "  open by scanning:     best {:.2?} of {scanning:.2?}",
+        best(&scanning)
     );
     println!(
-        "  speed-up (second runs): {:.1}x",
-        scanning[1].as_secs_f64() / with_hints[1].as_secs_f64()
+        "  speed-up (best against best): {:.1}x",
+        best(&scanning).as_secs_f64() / best(&with_hints).as_secs_f64()
     );
 }
 
