@@ -55,6 +55,10 @@ use crate::{Error, Result};
 
 /// Index entries moved per hold of the log mutex.
 const SWAP_BATCH: usize = 1024;
+/// The background thread leaves the newest sealed segments without hint files: under overwrites they are the ones
+/// about to die and be compacted, so their hints would be written only to be deleted (a hint is ~2/3 of an SDK
+/// segment). Open scans at most this many extra segments.
+const FRESH_WITHOUT_HINT: usize = 2;
 /// Output bytes buffered before a write.
 const WRITE_CHUNK: usize = 1 << 20;
 /// A sealed segment whose live bytes are under this fraction of the segment size is merged with its neighbours
@@ -165,7 +169,7 @@ impl Engine {
             compacted |= self.compact_run(&run)?;
         }
         // After the runs, so no hint is written for a segment about to be rewritten (outputs come with theirs).
-        self.write_missing_hints()?;
+        self.write_missing_hints(if seal_active { 0 } else { FRESH_WITHOUT_HINT })?;
         if compacted {
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
             self.compaction
@@ -536,10 +540,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Writes a hint file for every sealed segment without a sound one. A segment that does not scan cleanly
-    /// gets none (reads of it report the damage).
-    fn write_missing_hints(&self) -> Result<()> {
-        for segment in self.sealed_in_order() {
+    /// Writes a hint file for every sealed segment without a sound one, but the `skip_newest` newest. A segment
+    /// that does not scan cleanly gets none (reads of it report the damage).
+    fn write_missing_hints(&self, skip_newest: usize) -> Result<()> {
+        let sealed = self.sealed_in_order();
+        let keep = sealed.len().saturating_sub(skip_newest);
+        for segment in sealed.into_iter().take(keep) {
             if segment.hinted() || self.compaction.closing.load(Ordering::Acquire) {
                 continue;
             }

@@ -91,8 +91,8 @@ impl Options {
         self
     }
 
-    /// Turns the background compaction thread on or off (default on). It writes a hint file for every sealed
-    /// segment (for a fast open) and compacts segments over [`Options::compaction_threshold`], woken whenever a
+    /// Turns the background compaction thread on or off (default on). It writes hint files for sealed segments
+    /// (for a fast open; all but the two newest) and compacts segments over [`Options::compaction_threshold`], woken whenever a
     /// segment is sealed and every second. With it off, the directory only shrinks and hint files are only
     /// written when [`Store::compact`] is called.
     pub fn auto_compaction(mut self, on: bool) -> Options {
