@@ -151,7 +151,7 @@ pub struct Stats {
     pub mappings: u64,
     /// Segment files.
     pub segments: u64,
-    /// Bytes of all segment files.
+    /// Bytes of all segment files (hint files are not counted: they can be deleted at no loss).
     pub disk_bytes: u64,
     /// Bytes of records that hold the newest version of a live mapping (plus segment headers).
     pub live_bytes: u64,
