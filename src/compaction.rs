@@ -58,7 +58,7 @@ const SWAP_BATCH: usize = 1024;
 /// The background thread leaves the newest sealed segments without hint files: under overwrites they are the ones
 /// about to die and be compacted, so their hints would be written only to be deleted (a hint is ~2/3 of an SDK
 /// segment). Open scans at most this many extra segments.
-const FRESH_WITHOUT_HINT: usize = 2;
+pub(crate) const FRESH_WITHOUT_HINT: usize = 2;
 /// Output bytes buffered before a write.
 const WRITE_CHUNK: usize = 1 << 20;
 /// A sealed segment whose live bytes are under this fraction of the segment size is merged with its neighbours

@@ -112,8 +112,17 @@ impl Engine {
             compaction: Compaction::default(),
             _lock: lock,
         };
-        for id in ids {
-            engine.recover_sealed(id, hints.contains(&id))?;
+        let fresh_from = ids
+            .len()
+            .saturating_sub(crate::compaction::FRESH_WITHOUT_HINT);
+        for (i, id) in ids.into_iter().enumerate() {
+            let hint = match hints.contains(&id) {
+                true => Hint::Present,
+                // The background thread leaves the newest sealed segments without hints on purpose.
+                false if i >= fresh_from => Hint::NotYet,
+                false => Hint::Missing,
+            };
+            engine.recover_sealed(id, hint)?;
         }
         if let Some(bytes) = newest_bytes {
             engine.replay_all(active.id(), active.path(), &bytes)?;
@@ -122,7 +131,7 @@ impl Engine {
     }
 
     /// Reads sealed segment `id` into the index: through its hint file if there is a sound one, else by scanning.
-    fn recover_sealed(&self, id: u32, has_hint: bool) -> Result<()> {
+    fn recover_sealed(&self, id: u32, hint: Hint) -> Result<()> {
         let (path, file, len) = open_segment(&*self.vfs, &self.dir, id)?;
         let segment = Arc::new(Segment::active(id, path.clone(), file, len, 0).seal());
         self.segments
@@ -130,7 +139,7 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Arc::clone(&segment));
         let hint_path = segment.hint_path();
-        if has_hint {
+        if hint == Hint::Present {
             match self.replay_hint(&segment)? {
                 Ok(()) => {
                     segment.set_hinted(true);
@@ -144,8 +153,10 @@ impl Engine {
                     );
                 }
             }
-        } else {
+        } else if hint == Hint::Missing {
             log::warn!("{} has no hint file; scanning it", path.display());
+        } else {
+            log::info!("{} has no hint file yet; scanning it", path.display());
         }
         let mut buf = Vec::new();
         let bytes: &[u8] = match segment.mapped() {
@@ -272,6 +283,15 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// What open knows about a sealed segment's hint file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hint {
+    Present,
+    /// One of the newest sealed segments, which get their hints late.
+    NotYet,
+    Missing,
 }
 
 /// Why a hint file was not used.
