@@ -37,7 +37,7 @@
 //! 5. for each other input, oldest first: unlink its segment and hint, fsync the directory.
 //!
 //! If the output would be empty, steps 1-3 are skipped and step 5 covers the first input too.
-//! A failure in steps 1 leaves only temporary files (removed now, or on the next open). A failure from step 2 on
+//! A failure in step 1 leaves only temporary files (removed now, or on the next open). A failure from step 2 on
 //! leaves the directory in a state the argument above covers, but the in-memory view may no longer match it, so
 //! the store is poisoned (writes refused until reopened), exactly as after a failed fsync.
 
