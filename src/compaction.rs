@@ -115,6 +115,23 @@ impl Compaction {
         !wake.stop
     }
 
+    /// Waits for `timeout` or a stop, ignoring pokes; true unless stopped.
+    pub(crate) fn sleep(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        while !wake.stop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            wake = match self.cond.wait_timeout(wake, left) {
+                Ok((guard, _)) => guard,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        !wake.stop
+    }
+
     /// The duration of the last pass that compacted something.
     pub(crate) fn last_duration(&self) -> Option<Duration> {
         match self.last_micros.load(Ordering::Relaxed) {
