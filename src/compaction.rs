@@ -563,7 +563,10 @@ impl Engine {
         let sealed = self.sealed_in_order();
         let keep = sealed.len().saturating_sub(skip_newest);
         for segment in sealed.into_iter().take(keep) {
-            if segment.hinted() || self.compaction.closing.load(Ordering::Acquire) {
+            if segment.hinted()
+                || segment.unhintable()
+                || self.compaction.closing.load(Ordering::Acquire)
+            {
                 continue;
             }
             let mut owned = Vec::new();
@@ -586,8 +589,7 @@ impl Engine {
                         "{}: no hint file written, record at {offset}: {reason}",
                         segment.path().display()
                     );
-                    // Not hinted, but nothing to gain from trying again on every pass.
-                    segment.set_hinted(true);
+                    segment.set_unhintable();
                     continue;
                 }
             };
