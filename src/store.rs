@@ -93,10 +93,10 @@ impl Options {
         self
     }
 
-    /// Turns the background compaction thread on or off (default on). It writes hint files for sealed segments
-    /// (for a fast open; all but the two newest) and compacts segments over [`Options::compaction_threshold`], woken whenever a
-    /// segment is sealed and every second. With it off, the directory only shrinks and hint files are only
-    /// written when [`Store::compact`] is called.
+    /// Turns the background compaction thread on or off (default on). Woken whenever a segment is sealed and
+    /// every second, it compacts segments over [`Options::compaction_threshold`] and writes hint files for sealed
+    /// segments (for a fast open; all but the two newest). With it off, the directory only shrinks and hint
+    /// files are only written when [`Store::compact`] is called.
     pub fn auto_compaction(mut self, on: bool) -> Options {
         self.auto_compaction = on;
         self
