@@ -151,7 +151,8 @@ impl Segment {
             // SAFETY: a sealed segment is complete and fsynced, and ussdb never writes to it or truncates it
             // again (compaction replaces or unlinks whole files, which leaves existing maps of the old inode
             // valid). Other processes are kept out of the directory by the lock file and the files are created
-            // 0600, so nothing else changes the mapped bytes while the map lives. Reads stay within `len`, the length at sealing time.
+            // 0600, so nothing else changes the mapped bytes while the map lives. Reads stay within `len`, the
+            // length at sealing time.
             unsafe {
                 memmap2::MmapOptions::new()
                     .len(len as usize)
