@@ -15,7 +15,7 @@ fi
 
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-    targets=(record segment_header value_codec open_dir model)
+    targets=(record segment_header value_codec hint open_dir model)
 fi
 
 # Build first, so each target's time budget is spent fuzzing, not compiling.

@@ -318,6 +318,15 @@ impl Engine {
             }
         }
 
+        // A dropped record was made dead by a newer one that may still be unsynced in the active segment
+        // (Periodic, Never, or an Immediate writer between its write and its fsync): make that durable before
+        // the first input goes, or a power cut would take both versions.
+        if let Err(e) = self.sync() {
+            let _ = self.vfs.remove_file(&tmp);
+            let _ = self.vfs.remove_file(&hint_tmp);
+            return Err(e);
+        }
+
         // From here on a failure leaves the directory sound but maybe not what memory says: poison.
         let poisoning = |e: Error| {
             self.set_poison(format!(

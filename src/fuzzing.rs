@@ -71,3 +71,31 @@ pub fn value_codec(data: &[u8]) {
     let back = codec::decode_value(&again).expect("an encoded value decodes");
     assert_eq!(back, stored, "encode/decode round trip changed the value");
 }
+
+/// Hint file decoder: never panics; an accepted hint lays its entries end to end from the segment header to the
+/// segment length it states, and its entries encode back to exactly the bytes they were read from.
+pub fn hint(data: &[u8]) {
+    let Ok((header, entries)) = crate::hint::decode(data) else {
+        return;
+    };
+    let mut offset = record::SEGMENT_HEADER_LEN;
+    let mut body = Vec::new();
+    for e in &entries {
+        assert_eq!(e.offset, offset, "entries must lie end to end");
+        let value_len = e.len - (record::RECORD_HEADER_LEN + e.key.len()) as u64;
+        body.push(e.kind as u8);
+        body.extend_from_slice(&(e.key.len() as u16).to_le_bytes());
+        body.extend_from_slice(&(value_len as u32).to_le_bytes());
+        body.extend_from_slice(e.key);
+        offset += e.len;
+    }
+    assert_eq!(
+        offset, header.segment_len,
+        "entries must cover the stated segment length"
+    );
+    assert_eq!(
+        body,
+        data[crate::hint::HINT_HEADER_LEN..],
+        "entries must re-encode to their bytes"
+    );
+}

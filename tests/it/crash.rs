@@ -1,5 +1,5 @@
 //! Crash loop: a child process (this test binary, running the ignored `crash_child` test) writes with
-//! `Durability::Immediate` and reports every acknowledged write on stdout; the parent kills it with SIGKILL at
+//! `Durability::Immediate` while it compacts, and reports every acknowledged write on stdout; the parent kills it with SIGKILL at
 //! a random moment, reopens the store and checks that every acknowledged write is there with its newest value
 //! and that nothing else is. `USSDB_CRASH_KILLS=5000` runs the long version.
 
@@ -119,9 +119,17 @@ fn crash_child() {
             })
         })
         .collect();
+    // Compaction runs all the time too, so kills land in every step of it (and the background thread adds
+    // hint files and threshold compactions of its own).
+    let compactor = std::thread::spawn(move || {
+        for _ in 0..CHILD_MAX_OPS {
+            store.compact().expect("child: compact");
+        }
+    });
     for writer in writers {
         writer.join().expect("child writer");
     }
+    compactor.join().expect("child compactor");
 }
 
 /// Checks the reopened store against the acknowledged state; an in-flight operation's keys may hold either its

@@ -11,10 +11,11 @@ use crate::common::{map, segment_files, tempdir};
 use crate::fuzz_harness::{self, encode_dir};
 
 /// The fuzz targets, by directory name under `fuzz/corpus`, `fuzz/regressions` and `fuzz/artifacts`.
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 6] = [
     "record",
     "segment_header",
     "value_codec",
+    "hint",
     "open_dir",
     "model",
 ];
@@ -24,6 +25,7 @@ fn run_target(target: &str, data: &[u8], scratch: &Path) {
         "record" => ussdb::fuzzing::record(data),
         "segment_header" => ussdb::fuzzing::segment_header(data),
         "value_codec" => ussdb::fuzzing::value_codec(data),
+        "hint" => ussdb::fuzzing::hint(data),
         "open_dir" => {
             fuzz_harness::clear_dir(scratch);
             fuzz_harness::open_dir(scratch, data);
@@ -207,6 +209,35 @@ fn regenerate_fuzz_seed_corpus() {
         ]),
     );
     write("open_dir", "seed-empty", b"");
+
+    // After a compaction: hint files, and a directory that holds them.
+    let hinted = crate::common::copy_dir(dir.path());
+    Store::open_with(hinted.path(), Options::default().segment_size(4096))
+        .and_then(|store| store.compact())
+        .expect("compact");
+    let mut dir_files = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(hinted.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    names.sort();
+    for path in names {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_owned();
+        let bytes = std::fs::read(&path).expect("read");
+        if name.ends_with(".hint") {
+            write("hint", &format!("seed-{name}"), &bytes);
+        }
+        if let Some(i) = fuzz_harness::OPEN_DIR_NAMES.iter().position(|n| *n == name) {
+            dir_files.push((i, bytes));
+        }
+    }
+    let dir_files: Vec<(usize, &[u8])> =
+        dir_files.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+    write("open_dir", "seed-with-hints", &encode_dir(&dir_files));
 
     let programs: [&[u8]; 4] = [
         &[0, 0, 0, 1, 0, 5, 0, 0, 9, 5, 0, 0, 3, 0, 0, 5, 0, 0],
