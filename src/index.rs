@@ -268,6 +268,25 @@ impl Index {
         }
     }
 
+    /// Number of shards; [`Index::shard_entries`] takes 0..this.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// A copy of every entry of shard `i` (none past the last shard). The shard's lock is held only while copying.
+    pub fn shard_entries(&self, i: usize) -> Vec<(u64, Loc)> {
+        let Some(shard) = self.shards.get(i) else {
+            return Vec::new();
+        };
+        let table = shard.0.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .slots
+            .iter()
+            .filter(|s| s.loc != 0)
+            .map(|s| (s.hash, Loc(s.loc)))
+            .collect()
+    }
+
     /// Number of entries.
     pub fn len(&self) -> u64 {
         self.shards

@@ -27,6 +27,8 @@
 //! Durability is chosen per store with [`Options::durability`]; see [`Durability`] for what each mode can lose.
 //! The on-disk format is documented byte by byte in `docs/FORMAT.md`.
 
+#![deny(missing_docs)]
+
 mod codec;
 mod engine;
 mod error;
@@ -34,14 +36,22 @@ mod index;
 mod log;
 mod record;
 mod recovery;
+mod sdk_json;
 mod segment;
 mod store;
 mod uss;
+mod verify;
 mod vfs;
 
 pub use codec::{MAX_ID_LEN, MAX_VALUE_LEN};
-pub use engine::Entry;
+pub use engine::{Entries, Entry};
 pub use error::{Error, Result};
+pub use log::Batch;
+pub use sdk_json::{
+    ImportOptions, ImportReport, MAX_REPORTED_SKIPS, OnError, Position, SkippedRecord,
+    parse_json_record, to_json_record,
+};
 pub use store::{DEFAULT_SEGMENT_SIZE, Durability, Options, Stats, Store};
 pub use uss::{CampaignUserMap, GOAL_DELIMITER, UserStorageService};
+pub use verify::{Damage, VerifyReport, verify_dir, verify_dir_with_progress};
 pub use vfs::{StdFile, StdVfs, VFile, Vfs};

@@ -35,22 +35,7 @@ impl Engine {
             });
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("create store directory", dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| Error::io("open lock file", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io("lock store directory", &lock_path, e));
-            }
-        }
+        let lock = lock_dir(dir)?;
 
         let mut ids = Vec::new();
         for name in vfs
@@ -172,6 +157,24 @@ impl Engine {
     }
 }
 
+/// Takes the directory's lock file (creating it), so no other process or handle opens the store meanwhile.
+pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path: lock_path }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock store directory", &lock_path, e)),
+    }
+}
+
 /// Opens segment `id` and checks its header; returns its path, file and length.
 fn open_segment(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(PathBuf, Arc<dyn VFile>, u64)> {
     let path = dir.join(segment::file_name(id));
@@ -259,7 +262,7 @@ fn valid_prefix(bytes: &[u8]) -> usize {
     offset.min(bytes.len())
 }
 
-fn describe(e: DecodeError) -> String {
+pub(crate) fn describe(e: DecodeError) -> String {
     match e {
         DecodeError::Short { .. } => "record is cut short by the end of the file".to_owned(),
         DecodeError::Invalid(reason) => reason,
@@ -267,6 +270,6 @@ fn describe(e: DecodeError) -> String {
 }
 
 /// The first offset at or after `from` where an intact record starts, if any.
-fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
     (from..bytes.len()).find(|&at| record::decode(&bytes[at..]).is_ok())
 }
