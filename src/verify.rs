@@ -456,3 +456,93 @@ pub fn verify_dir_with_progress(
     walk.count_live_without_index();
     Ok(walk.report)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Store;
+    use crate::index::Loc;
+    use crate::store::{Durability, Options};
+    use crate::uss::CampaignUserMap;
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open_with(dir, Options::default().durability(Durability::Never)).expect("open")
+    }
+
+    #[test]
+    fn an_index_that_disagrees_with_the_log_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        for v in ["old", "new"] {
+            store
+                .set(&CampaignUserMap::new("u", "stale", v))
+                .expect("set");
+        }
+        store
+            .set(&CampaignUserMap::new("u", "lost", "v"))
+            .expect("set");
+        let engine = store.engine();
+        let hasher = engine.index.hasher().clone();
+        let find = |c: &str| {
+            let hash = hasher.hash("u", c);
+            let loc = engine
+                .index
+                .candidates(hash)
+                .iter()
+                .next()
+                .expect("indexed");
+            (hash, loc)
+        };
+        // Point "stale" back at its first record, and drop "lost" from the index.
+        let (hash, newest) = find("stale");
+        assert!(
+            engine
+                .index
+                .replace(hash, newest, Loc::new(newest.segment(), 20))
+        );
+        let (hash, loc) = find("lost");
+        assert!(engine.index.remove(hash, loc));
+        let report = store.verify().expect("verify");
+        let reasons: Vec<&str> = report.damage.iter().map(|d| d.reason.as_str()).collect();
+        assert_eq!(report.damage.len(), 3, "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("an old record of (\"u\", \"stale\")")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("newest record of (\"u\", \"stale\") is not in the index"))
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("newest record of (\"u\", \"lost\") is not in the index"))
+        );
+        assert_eq!(report.damage[0].offset, 20);
+    }
+
+    #[test]
+    fn an_index_entry_off_a_record_boundary_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        store
+            .set(&CampaignUserMap::new("u", "c", "v"))
+            .expect("set");
+        let engine = store.engine();
+        let hash = engine.index.hasher().hash("u", "c");
+        let loc = engine
+            .index
+            .candidates(hash)
+            .iter()
+            .next()
+            .expect("indexed");
+        engine
+            .index
+            .replace(hash, loc, Loc::new(loc.segment(), loc.offset() + 1));
+        let report = store.verify().expect("verify");
+        assert!(!report.is_clean());
+        assert_eq!(report.damage[0].offset, loc.offset() + 1);
+    }
+}

@@ -1,8 +1,12 @@
 //! Integration tests: one binary, one module per behaviour. They use only the public API.
 
+#[cfg(feature = "cli")]
+mod cli;
 mod common;
 mod concurrency;
+mod import_export;
 mod misuse;
 mod model;
 mod recovery;
 mod sdk;
+mod verify;
