@@ -339,7 +339,8 @@ fn verify(cli: &Cli) -> Result<ExitCode, String> {
     if !cli.dir.is_dir() {
         return Err(format!("no store at {}", cli.dir.display()));
     }
-    let bar = progress::bar("verify", None, true);
+    // The total is known once the store is open (or its files listed); the closure sets it.
+    let bar = progress::bar("verify", Some(0), true);
     let tick = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);

@@ -14,11 +14,12 @@ pub fn bar(message: &'static str, total: Option<u64>, bytes: bool) -> ProgressBa
         Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()),
         None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
     };
+    // Short enough for an 80-column terminal, where a wrapped bar redraws as a new line every tick.
     let template = match (total.is_some(), bytes) {
-        (true, true) => "{msg:>9} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        (true, false) => "{msg:>9} [{bar:32}] {human_pos}/{human_len} {per_sec} eta {eta}",
-        (false, true) => "{msg:>9} {spinner} {bytes} {bytes_per_sec}",
-        (false, false) => "{msg:>9} {spinner} {human_pos} {per_sec}",
+        (true, true) => "{msg} [{bar:25}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        (true, false) => "{msg} [{bar:25}] {human_pos}/{human_len} ({eta})",
+        (false, true) => "{msg} {spinner} {bytes} ({bytes_per_sec})",
+        (false, false) => "{msg} {spinner} {human_pos}",
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
