@@ -24,8 +24,33 @@
 //! # }
 //! ```
 //!
+//! Moving data in and out uses the SDKs' own JSON (any SDK's key style in, camelCase JSON Lines out), and
+//! [`Store::verify`] checks every record and the index:
+//!
+//! ```
+//! use ussdb::{ImportOptions, Store};
+//!
+//! # fn main() -> ussdb::Result<()> {
+//! # let dir = tempfile::tempdir().expect("temp dir");
+//! let store = Store::open(dir.path())?;
+//! let ruby_sdk_data = r#"{"user_id":"u1","campaign_key":"home","variation_name":"Control","goal_identifier":"_vwo_buy"}"#;
+//! let report = store.import_json(ruby_sdk_data.as_bytes(), &ImportOptions::default())?;
+//! assert_eq!(report.imported, 1);
+//!
+//! let mut exported = Vec::new();
+//! store.export_json(&mut exported)?;
+//! assert_eq!(
+//!     String::from_utf8_lossy(&exported),
+//!     "{\"userId\":\"u1\",\"campaignKey\":\"home\",\"variationName\":\"Control\",\"goalIdentifier\":\"_vwo_buy\"}\n"
+//! );
+//! assert!(store.verify()?.is_clean());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Durability is chosen per store with [`Options::durability`]; see [`Durability`] for what each mode can lose.
-//! The on-disk format is documented byte by byte in `docs/FORMAT.md`.
+//! The on-disk format is documented byte by byte in `docs/FORMAT.md`; `docs/GUIDE.md` covers operations (sizing,
+//! backups, verify, compaction) and `docs/ARCHITECTURE.md` the code.
 
 #![deny(missing_docs)]
 
