@@ -7,13 +7,11 @@
 //! (with `metaData` as JSON when present) that import reads back to the same mappings and metadata.
 
 use std::borrow::Cow;
-use std::cell::Cell;
 use std::fmt;
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::rc::Rc;
 
-use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+use serde::de;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -70,15 +68,20 @@ impl ImportOptions {
 pub enum Position {
     /// Line number (from 1) in JSON Lines.
     Line(u64),
-    /// Element number (from 1) in a JSON array.
-    Element(u64),
+    /// Element number (from 1) in a JSON array, and the line it starts on.
+    Element {
+        /// The element's number, from 1.
+        index: u64,
+        /// The line (from 1) where it starts.
+        line: u64,
+    },
 }
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Position::Line(n) => write!(f, "line {n}"),
-            Position::Element(n) => write!(f, "array element {n}"),
+            Position::Element { index, line } => write!(f, "array element {index} (line {line})"),
         }
     }
 }
@@ -295,20 +298,6 @@ fn json_error(position: Position, source: serde_json::Error) -> Error {
     }
 }
 
-/// A reader that counts the bytes read through it, for progress.
-struct Counted<R> {
-    inner: R,
-    count: Rc<Cell<u64>>,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
-        Ok(n)
-    }
-}
-
 impl Store {
     /// Imports user storage JSON (JSON Lines, or one JSON array) in any SDK's dialect; see the module docs of
     /// [`parse_json_record`] for the dialects. Mappings are written in batches ([`ImportOptions::batch_size`]);
@@ -356,14 +345,7 @@ impl Store {
         };
         let last = match first {
             None => Position::Line(1),
-            Some(b'[') => {
-                let count = Rc::new(Cell::new(skipped));
-                let reader = Counted {
-                    inner: input,
-                    count: Rc::clone(&count),
-                };
-                import_array(&mut importer, reader, &count, &mut progress)?
-            }
+            Some(b'[') => import_array(&mut importer, input, skipped, &mut progress)?,
             Some(_) => import_lines(&mut importer, input, skipped, &mut progress)?,
         };
         importer.flush(last)?;
@@ -433,85 +415,124 @@ fn import_lines(
     }
 }
 
-/// Imports one JSON array, element by element; returns the position after the last element.
-fn import_array<R: Read>(
+/// Imports one JSON array, element by element, with bounded memory: a small scanner finds where each element
+/// ends (tracking nesting and strings), and each element is parsed on its own, so a bad element can be skipped
+/// like a bad line. Returns the position after the last element.
+fn import_array(
     importer: &mut Importer<'_>,
-    input: R,
-    bytes: &Cell<u64>,
+    mut input: impl BufRead,
+    mut bytes: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Position> {
-    struct Elements<'i, 's, 'p> {
-        importer: &'i mut Importer<'s>,
-        bytes: &'i Cell<u64>,
-        progress: &'i mut dyn FnMut(u64),
-        count: u64,
-        /// The import's own error, carried out through serde's error type.
-        stopped: Option<Error>,
-        _p: std::marker::PhantomData<&'p ()>,
-    }
-
-    impl<'de> Visitor<'de> for &mut Elements<'_, '_, '_> {
-        type Value = ();
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an array of user storage records")
+    let mut element = Vec::new();
+    let mut index = 0u64;
+    let mut line = 1u64;
+    let mut element_line = 1u64;
+    // Nesting depth: 0 before the opening `[`, 1 between elements, more inside one.
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped, mut closed) = (false, false, false);
+    let position = |index: u64, line: u64| Position::Element { index, line };
+    loop {
+        let chunk = input
+            .fill_buf()
+            .map_err(|e| Error::io("read import input", PathBuf::from("<input>"), e))?;
+        if chunk.is_empty() {
+            break;
         }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
-            loop {
-                let position = Position::Element(self.count + 1);
-                let Some(raw) = seq.next_element::<Box<RawValue>>()? else {
-                    return Ok(());
-                };
-                self.count += 1;
-                let parsed = serde_json::from_str::<SdkRecord<'_>>(raw.get())
-                    .map(SdkRecord::into_parts)
-                    .map_err(|e| json_error(position, e));
-                if let Err(e) = self.importer.take(position, parsed) {
-                    self.stopped = Some(e);
-                    return Err(de::Error::custom("import stopped"));
+        let n = chunk.len();
+        for &b in chunk {
+            if b == b'\n' {
+                line += 1;
+            }
+            if closed {
+                if !b.is_ascii_whitespace() {
+                    return Err(array_error(
+                        importer,
+                        position(index + 1, line),
+                        "data after the end of the JSON array",
+                    ));
                 }
-                if self.count.is_multiple_of(4096) {
-                    (self.progress)(self.bytes.get());
+                continue;
+            }
+            if in_string {
+                element.push(b);
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match (depth, b) {
+                (0, b'[') => depth = 1,
+                (0, _) => {} // leading whitespace, already skipped by the caller
+                (1, b',' | b']') => {
+                    if element.iter().all(u8::is_ascii_whitespace) {
+                        if b == b']' && index == 0 {
+                            closed = true; // `[]`
+                            continue;
+                        }
+                        return Err(array_error(
+                            importer,
+                            position(index + 1, line),
+                            "empty array element",
+                        ));
+                    }
+                    index += 1;
+                    let at = position(index, element_line);
+                    let parsed = serde_json::from_slice::<SdkRecord<'_>>(&element)
+                        .map(SdkRecord::into_parts)
+                        .map_err(|e| json_error(at, e));
+                    importer.take(at, parsed)?;
+                    element.clear();
+                    closed = b == b']';
+                    if index.is_multiple_of(4096) {
+                        progress(bytes);
+                    }
+                }
+                (1, _) if b.is_ascii_whitespace() && element.is_empty() => {}
+                (_, _) => {
+                    if element.is_empty() {
+                        element_line = line;
+                    }
+                    element.push(b);
+                    match b {
+                        b'"' => in_string = true,
+                        b'{' | b'[' => depth += 1,
+                        // A mismatched bracket is left for the element's parser to name.
+                        b'}' | b']' if depth > 1 => depth -= 1,
+                        _ => {}
+                    }
                 }
             }
         }
+        input.consume(n);
+        bytes += n as u64;
     }
-
-    impl<'de> DeserializeSeed<'de> for &mut Elements<'_, '_, '_> {
-        type Value = ();
-
-        fn deserialize<D: de::Deserializer<'de>>(
-            self,
-            deserializer: D,
-        ) -> std::result::Result<(), D::Error> {
-            deserializer.deserialize_seq(self)
-        }
+    if !closed {
+        return Err(array_error(
+            importer,
+            position(index + 1, line),
+            "the JSON array is not closed with `]`",
+        ));
     }
+    progress(bytes);
+    Ok(position(index + 1, line))
+}
 
-    let mut elements = Elements {
-        importer,
-        bytes,
-        progress,
-        count: 0,
-        stopped: None,
-        _p: std::marker::PhantomData,
+/// An error in the array's own syntax: nothing after it can be read, whatever `on_error` says.
+fn array_error(importer: &mut Importer<'_>, at: Position, reason: &str) -> Error {
+    let source = Error::Json {
+        context: at.to_string(),
+        source: <serde_json::Error as de::Error>::custom(reason),
     };
-    let mut de = serde_json::Deserializer::from_reader(input);
-    let result = (&mut elements).deserialize(&mut de).and_then(|()| de.end());
-    let position = Position::Element(elements.count + 1);
-    if let Some(stopped) = elements.stopped {
-        return Err(stopped);
+    if let Err(e) = importer.flush(at) {
+        return e;
     }
-    if let Err(e) = result {
-        // A syntax error: nothing after it can be read, whatever `on_error` says.
-        elements.importer.flush(position)?;
-        return Err(Error::Import {
-            at: position.to_string(),
-            imported: elements.importer.report.imported,
-            source: Box::new(json_error(position, e)),
-        });
+    Error::Import {
+        at: at.to_string(),
+        imported: importer.report.imported,
+        source: Box::new(source),
     }
-    (elements.progress)(bytes.get());
-    Ok(position)
 }

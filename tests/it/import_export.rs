@@ -218,7 +218,7 @@ fn a_broken_json_array_stops_even_in_skip_mode_and_says_where() {
     )
     .expect_err("syntax");
     assert!(
-        matches!(&err, Error::Import { at, imported: 1, .. } if at == "array element 2"),
+        matches!(&err, Error::Import { at, imported: 1, .. } if at == "array element 2 (line 1)"),
         "{err:?}"
     );
     assert!(store.get("a", "c").expect("get").is_some());
@@ -350,4 +350,78 @@ fn sdk_records_parse_and_print_in_one_place() {
         ussdb::parse_json_record("{}"),
         Err(Error::Json { .. })
     ));
+}
+
+#[test]
+fn json_array_elements_are_split_correctly_and_bad_ones_skipped_by_line() {
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    let input = concat!(
+        "[\n",
+        r#"  {"userId":"a,]","campaignKey":"c","variationName":"V \"x\" ]}","metaData":{"n":[1,{"m":"]"}]}},"#,
+        "\n",
+        r#"  {"userId":"b","campaignKey":"c"},"#,
+        "\n",
+        "  42,\n",
+        r#"  {"userId":"d","campaignKey":"c","variationName":"V","goalIdentifiers":["g\\"]}"#,
+        "\n",
+        "]\n",
+    );
+    let report = import(
+        &store,
+        input,
+        &ImportOptions::default().on_error(OnError::Skip),
+    )
+    .expect("import");
+    assert_eq!((report.records, report.imported, report.skipped), (4, 2, 2));
+    let at: Vec<String> = report
+        .skips
+        .iter()
+        .map(|s| s.position.to_string())
+        .collect();
+    assert_eq!(at, ["array element 2 (line 3)", "array element 3 (line 4)"]);
+    assert_eq!(
+        store.get_with_meta("a,]", "c").expect("get"),
+        Some((
+            map("a,]", "c", "V \"x\" ]}", None),
+            Some(r#"{"n":[1,{"m":"]"}]}"#.to_owned())
+        ))
+    );
+    assert_eq!(
+        store
+            .get("d", "c")
+            .expect("get")
+            .and_then(|m| m.goal_identifier)
+            .as_deref(),
+        Some("g\\")
+    );
+
+    for (bad, at) in [
+        ("[", "array element 1 (line 1)"),
+        (
+            r#"[{"userId":"e","campaignKey":"c","variationName":"V"}] x"#,
+            "array element 2 (line 1)",
+        ),
+        (
+            "[{\"userId\":\"e\",\"campaignKey\":\"c\",\"variationName\":\"V\"},,]",
+            "array element 2 (line 1)",
+        ),
+    ] {
+        let err = import(
+            &store,
+            bad,
+            &ImportOptions::default().on_error(OnError::Skip),
+        )
+        .expect_err(bad);
+        assert!(
+            matches!(&err, Error::Import { at: got, .. } if got == at),
+            "{bad}: {err}"
+        );
+    }
+    assert_eq!(
+        import(&store, " [ ] ", &ImportOptions::default())
+            .expect("empty array")
+            .records,
+        0
+    );
 }
