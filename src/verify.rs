@@ -3,7 +3,7 @@
 //! and every key whose newest record is a put has an entry). Damage is reported by file and offset; nothing here
 //! repairs or writes anything.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -137,8 +137,12 @@ impl Walk<'_> {
         });
     }
 
-    fn path_of(&self, loc: Loc) -> PathBuf {
-        self.dir.join(segment::file_name(loc.segment()))
+    /// The file of the segment `loc` points into (its name need not follow from the in-memory id).
+    fn path_of(&self, loc: Loc, segments: &BTreeMap<u32, Arc<Segment>>) -> PathBuf {
+        segments.get(&loc.segment()).map_or_else(
+            || self.dir.join(segment::file_name(loc.segment())),
+            |s| s.path().to_owned(),
+        )
     }
 
     /// Reads every record of one segment's bytes. `newest`: it is the last segment, where a torn tail is legal.
@@ -243,15 +247,11 @@ impl Walk<'_> {
     }
 
     /// Compares the engine's index with the newest records found by the scan.
-    fn check_index(
-        &mut self,
-        engine: &Engine,
-        segments: &std::collections::BTreeMap<u32, Arc<Segment>>,
-    ) {
+    fn check_index(&mut self, engine: &Engine, segments: &BTreeMap<u32, Arc<Segment>>) {
         let hasher = engine.index.hasher();
         for shard in 0..engine.index.shard_count() {
             for (hash, loc) in engine.index.shard_entries(shard) {
-                let path = self.path_of(loc);
+                let path = self.path_of(loc, segments);
                 let Some(segment) = segments.get(&loc.segment()) else {
                     self.damage(
                         &path,
@@ -349,7 +349,7 @@ impl Walk<'_> {
                 })
                 .flatten()
                 .unwrap_or_else(|| "a key".to_owned());
-            let path = self.path_of(loc);
+            let path = self.path_of(loc, segments);
             self.damage(
                 &path,
                 loc.offset(),

@@ -13,12 +13,18 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use ussdb::{CampaignUserMap, Durability, ImportOptions, OnError, Options, Store};
 
-const EXIT_CODES: &str =
-    "Exit codes: 0 success; 1 nothing found (get, delete) or damage found (verify); 2 error.";
+const AFTER_HELP: &str = "\
+Examples:
+  ussdb --dir ./data set user-42 checkout-test Variation-1
+  ussdb --dir ./data get user-42 checkout-test
+  ussdb --dir ./data export --output users.jsonl
+  ussdb --dir ./data verify
+
+Exit codes: 0 success; 1 nothing found (get, delete) or damage found (verify); 2 error (one line on stderr).";
 
 /// An embedded user storage for A/B-testing SDKs: inspect, edit, import, export, verify and benchmark a store.
 #[derive(Parser)]
-#[command(version, about, long_about = None, after_help = EXIT_CODES)]
+#[command(version, about, long_about = None, after_help = AFTER_HELP)]
 struct Cli {
     /// The store directory.
     #[arg(long, global = true, default_value = "ussdb-data")]
