@@ -392,6 +392,22 @@ mod tests {
     }
 
     #[test]
+    fn shard_entries_cover_every_entry_once() {
+        let index = Index::new(KeyHasher::new(false));
+        let h = index.hasher().clone();
+        for i in 0..1000u64 {
+            index.insert(h.hash(&format!("u{i}"), "c"), Loc::new(1, 100 + i));
+        }
+        let mut all: Vec<Loc> = (0..index.shard_count() + 1)
+            .flat_map(|i| index.shard_entries(i))
+            .map(|(_, loc)| loc)
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 1000);
+    }
+
+    #[test]
     fn user_candidates_finds_all_of_a_users_keys() {
         let index = Index::new(KeyHasher::new(false));
         let h = index.hasher().clone();

@@ -425,3 +425,58 @@ fn json_array_elements_are_split_correctly_and_bad_ones_skipped_by_line() {
         0
     );
 }
+
+#[test]
+fn a_batch_in_immediate_mode_costs_one_fsync_not_one_per_mapping() {
+    let dir = tempdir();
+    let store = open(dir.path(), ussdb::Options::default());
+    let maps: Vec<CampaignUserMap> = (0..1000)
+        .map(|i| map(&format!("u{i}"), "c", "V", None))
+        .collect();
+    let before = store.stats().fsyncs;
+    store.set_many(&maps).expect("set_many");
+    let fsyncs = store.stats().fsyncs - before;
+    assert!(fsyncs <= 1, "{fsyncs} fsyncs for one batch");
+    assert_eq!(store.stats().sets, 1000);
+}
+
+#[test]
+fn entries_while_writers_run_never_fail_nor_repeat_a_key() {
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    for u in 0..300 {
+        store
+            .set(&map(&format!("stable-{u}"), "c", "V", None))
+            .expect("set");
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = &stop;
+    std::thread::scope(|s| {
+        let writer = store.clone();
+        s.spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Overwrites of the stable keys (moving them to newer segments) and fresh keys.
+                let m = map(&format!("stable-{}", i % 300), "c", &format!("V{i}"), None);
+                writer.set(&m).expect("overwrite");
+                writer
+                    .set(&map(&format!("fresh-{i}"), "c", "V", None))
+                    .expect("fresh");
+                i += 1;
+            }
+        });
+        for _ in 0..20 {
+            let mut seen = BTreeSet::new();
+            for entry in store.entries() {
+                let (m, _) = entry.expect("no error while writers run");
+                assert!(seen.insert((m.user_id, m.campaign_key)), "a key came twice");
+            }
+            let stable = seen
+                .iter()
+                .filter(|(u, _)| u.starts_with("stable-"))
+                .count();
+            assert_eq!(stable, 300, "every mapping present throughout is seen");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
