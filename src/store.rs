@@ -267,7 +267,7 @@ impl Store {
     /// record is a put is indexed. Problems are listed by file and offset in the report; an `Err` means the check
     /// itself could not run (e.g. a read failed). Writers wait while it runs; readers do not.
     ///
-    /// Memory: about 40 bytes per distinct key in the log, for the walk's table of newest records.
+    /// Memory: 35 to 70 bytes per distinct key in the log, for the walk's table of newest records.
     pub fn verify(&self) -> Result<VerifyReport> {
         self.verify_with_progress(|_, _| {})
     }
