@@ -235,3 +235,37 @@ fn compact_says_clearly_when_it_cannot_run() {
         assert_eq!(text(&out.stderr).lines().count(), 1);
     }
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_export_quietly() {
+    let dir = tempdir();
+    let d = dir.path();
+    let lines: String = (0..20_000)
+        .map(|i| {
+            format!("{{\"userId\":\"user-{i}\",\"campaignKey\":\"c\",\"variationName\":\"V\"}}\n")
+        })
+        .collect();
+    assert!(
+        ussdb_with_input(d, &["--durability", "never", "import", "-"], Some(&lines))
+            .status
+            .success()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ussdb"))
+        .arg("--dir")
+        .arg(d)
+        .arg("export")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ussdb");
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(child.stdout.as_mut().expect("stdout"), &mut first).expect("read");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(141));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}

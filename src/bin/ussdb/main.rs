@@ -141,6 +141,26 @@ enum Command {
     Bench(bench::Args),
 }
 
+/// `println!` that does not panic when stdout is closed: `ussdb export | head` ends quietly, as with other
+/// tools, with the exit status a shell reports for SIGPIPE.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*) {
+            stdout_failed(e);
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        eprintln!("ussdb: cannot write to standard output: {e}");
+        std::process::exit(2);
+    }
+    std::process::exit(141)
+}
+
 /// Sends the library's warnings (a torn write cut off on open, a failed background fsync) to stderr.
 struct StderrLog;
 
@@ -198,7 +218,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             .get_with_meta(user, campaign)
             .map_err(err)?
         {
-            Some((map, meta)) => println!("{}", ussdb::to_json_record(&map, meta.as_deref())),
+            Some((map, meta)) => out!("{}", ussdb::to_json_record(&map, meta.as_deref())),
             None => return Ok(ExitCode::from(1)),
         },
         Command::Set {
@@ -229,11 +249,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Command::ForgetUser { user } => {
-            println!("{}", open_existing(&cli)?.forget_user(user).map_err(err)?)
+            out!("{}", open_existing(&cli)?.forget_user(user).map_err(err)?)
         }
         Command::Campaigns { user } => {
             for map in open_existing(&cli)?.campaigns_of(user).map_err(err)? {
-                println!("{}", ussdb::to_json_record(&map, None));
+                out!("{}", ussdb::to_json_record(&map, None));
             }
         }
         Command::Import {
@@ -294,7 +314,7 @@ fn import(cli: &Cli, file: &Path, on_error: ErrorMode, batch_size: usize) -> Res
             report.skipped - report.skips.len() as u64
         );
     }
-    println!(
+    out!(
         "imported {} mappings from {} records ({} skipped) in {secs:.2} s ({:.0} mappings/s)",
         report.imported,
         report.records,
@@ -324,12 +344,14 @@ fn export(cli: &Cli, output: Option<&Path>) -> Result<(), String> {
         }
         None => {
             let stdout = std::io::stdout().lock();
-            let n = store
-                .export_json_with_progress(stdout, |n| bar.set_position(n))
-                .map_err(|e| e.to_string())?;
-            std::io::stdout()
-                .flush()
-                .map_err(|e| format!("cannot write output: {e}"))?;
+            let n = match store.export_json_with_progress(stdout, |n| bar.set_position(n)) {
+                Ok(n) => n,
+                Err(ussdb::Error::Io { source, .. }) => stdout_failed(source),
+                Err(e) => return Err(e.to_string()),
+            };
+            if let Err(e) = std::io::stdout().flush() {
+                stdout_failed(e);
+            }
             n
         }
     };
@@ -365,12 +387,12 @@ fn verify(cli: &Cli) -> Result<ExitCode, String> {
     };
     bar.finish_and_clear();
     for damage in &report.damage {
-        println!("damage: {damage}");
+        out!("damage: {damage}");
     }
     if let Some(torn) = &report.torn_tail {
-        println!("torn write: {torn}");
+        out!("torn write: {torn}");
     }
-    println!("{report}");
+    out!("{report}");
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {
@@ -380,11 +402,11 @@ fn verify(cli: &Cli) -> Result<ExitCode, String> {
 
 fn print_stats(store: &Store) {
     let s = store.stats();
-    println!("mappings             {}", s.mappings);
-    println!("segments             {}", s.segments);
-    println!("disk bytes           {}", s.disk_bytes);
-    println!("live bytes           {}", s.live_bytes);
-    println!("dead bytes           {}", s.dead_bytes);
-    println!("space amplification  {:.2}", s.space_amplification);
-    println!("index heap bytes     {}", s.index_heap_bytes);
+    out!("mappings             {}", s.mappings);
+    out!("segments             {}", s.segments);
+    out!("disk bytes           {}", s.disk_bytes);
+    out!("live bytes           {}", s.live_bytes);
+    out!("dead bytes           {}", s.dead_bytes);
+    out!("space amplification  {:.2}", s.space_amplification);
+    out!("index heap bytes     {}", s.index_heap_bytes);
 }
