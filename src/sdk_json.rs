@@ -440,7 +440,22 @@ fn import_array(
             break;
         }
         let n = chunk.len();
-        for &b in chunk {
+        let mut i = 0;
+        while let Some(&b) = chunk.get(i) {
+            if in_string && !escaped {
+                // Most bytes are inside strings: copy a run up to the next quote, escape or newline at once.
+                let rest = chunk.get(i..).unwrap_or_default();
+                let run = rest
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\' || c == b'\n')
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    element.extend_from_slice(rest.get(..run).unwrap_or_default());
+                    i += run;
+                    continue;
+                }
+            }
+            i += 1;
             if b == b'\n' {
                 line += 1;
             }
