@@ -55,8 +55,10 @@
 #![deny(missing_docs)]
 
 mod codec;
+mod compaction;
 mod engine;
 mod error;
+mod hint;
 mod index;
 mod log;
 mod record;
@@ -76,7 +78,9 @@ pub use sdk_json::{
     ImportOptions, ImportReport, MAX_REPORTED_SKIPS, OnError, Position, SkippedRecord,
     parse_json_record, to_json_record,
 };
-pub use store::{DEFAULT_SEGMENT_SIZE, Durability, Options, Stats, Store};
+pub use store::{
+    DEFAULT_COMPACTION_THRESHOLD, DEFAULT_SEGMENT_SIZE, Durability, Options, Stats, Store,
+};
 pub use uss::{CampaignUserMap, GOAL_DELIMITER, UserStorageService};
 pub use verify::{Damage, VerifyReport, verify_dir, verify_dir_with_progress};
 pub use vfs::{StdFile, StdVfs, VFile, Vfs};

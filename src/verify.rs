@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::codec;
 use crate::engine::Engine;
+use crate::hint;
 use crate::index::Loc;
 use crate::record::{self, HeaderError, Kind, RecordRef, SEGMENT_HEADER_LEN};
 use crate::recovery::{describe, lock_dir, next_intact_record};
@@ -38,6 +39,11 @@ pub struct VerifyReport {
     /// A torn last write at the end of the newest segment: what a crash mid-write leaves. Not damage: the next
     /// open cuts it off (losing only that unacknowledged write).
     pub torn_tail: Option<Damage>,
+    /// Hint files read and compared with their segments.
+    pub hint_files: u64,
+    /// Hint files that do not match their segment byte for byte (bit rot, or written to by something else). Not
+    /// damage to the data: open checks every hint and scans the segment instead of using a bad one.
+    pub hint_problems: Vec<Damage>,
 }
 
 /// One problem: where it is and what is wrong.
@@ -84,6 +90,16 @@ impl fmt::Display for VerifyReport {
             "{} segment(s), {} records, {} bytes, {} mappings",
             self.segments, self.records, self.bytes, self.mappings
         )?;
+        if self.hint_files > 0 {
+            write!(f, ", {} hint file(s)", self.hint_files)?;
+        }
+        if !self.hint_problems.is_empty() {
+            write!(
+                f,
+                " ({} not matching, to be rewritten)",
+                self.hint_problems.len()
+            )?;
+        }
         if self.index_checked {
             write!(f, "; index checked against the log")?;
         } else {
@@ -145,16 +161,17 @@ impl Walk<'_> {
         )
     }
 
-    /// Reads every record of one segment's bytes. `newest`: it is the last segment, where a torn tail is legal.
-    fn scan_segment(&mut self, id: u32, path: &Path, bytes: &[u8], newest: bool) {
+    /// Reads every record of one segment's bytes; `id` is its in-memory id, `file_id` the one in its name and
+    /// header. `newest`: it is the last segment, where a torn tail is legal.
+    fn scan_segment(&mut self, id: u32, file_id: u32, path: &Path, bytes: &[u8], newest: bool) {
         self.report.segments += 1;
         self.report.bytes += bytes.len() as u64;
         match record::decode_segment_header(bytes) {
-            Ok(found) if found == id => {}
+            Ok(found) if found == file_id => {}
             Ok(found) => self.damage(
                 path,
                 12,
-                format!("header names segment {found}, the file name {id}"),
+                format!("header names segment {found}, the file name {file_id}"),
             ),
             Err(HeaderError::Short) => {
                 return self.damage(path, 0, "segment header is incomplete");
@@ -217,6 +234,43 @@ impl Walk<'_> {
         }
         self.done += bytes.len() as u64;
         (self.progress)(self.done, self.total);
+    }
+
+    /// Compares a sealed segment's hint file, if it has one, with the hint its records make.
+    fn check_hint(&mut self, file_id: u32, segment: &[u8], hint_path: &Path) -> Result<()> {
+        let found = match hint::read(&StdVfs, hint_path) {
+            Ok(found) => found,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("read hint file", hint_path, e)),
+        };
+        self.report.hint_files += 1;
+        // A damaged segment is reported as such; its hint cannot be judged against it.
+        let Ok(expected) = hint::of_segment(segment, file_id) else {
+            return Ok(());
+        };
+        if found == expected {
+            return Ok(());
+        }
+        let offset = found
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(found.len().min(expected.len()));
+        let reason = match hint::decode(&found) {
+            Err(reason) => reason,
+            Ok((header, _)) if header.segment_len != segment.len() as u64 => format!(
+                "written for a segment of {} bytes, the segment has {}",
+                header.segment_len,
+                segment.len()
+            ),
+            Ok(_) => "its entries differ from the segment's records".to_owned(),
+        };
+        self.report.hint_problems.push(Damage {
+            path: hint_path.to_owned(),
+            offset: offset as u64,
+            reason: format!("{reason}; open scans the segment instead"),
+        });
+        Ok(())
     }
 
     fn record(&mut self, loc: Loc, rec: RecordRef<'_>, path: &Path) {
@@ -367,6 +421,8 @@ impl Engine {
     /// Verifies the open store. Holds the log lock throughout, so that log and index are compared at one instant:
     /// writers wait, readers do not.
     pub(crate) fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
+        // Compaction first, as it takes them: no pass is half done while the log and the index are compared.
+        let _pass = self.compaction.lock_pass();
         let _log = self.lock_log();
         let segments = self.segments().clone();
         let total = segments.values().map(|s| s.len()).sum();
@@ -381,9 +437,13 @@ impl Engine {
             total,
             progress,
         };
-        let last = segments.keys().next_back().copied();
+        // Replay order: a compaction output takes the file id (and place) of the oldest segment it replaced.
+        let mut in_order: Vec<&Arc<Segment>> = segments.values().collect();
+        in_order.sort_by_key(|s| s.file_id());
+        let last = in_order.last().map(|s| s.id());
         let mut buf = Vec::new();
-        for (&id, segment) in &segments {
+        for segment in in_order {
+            let id = segment.id();
             let bytes: &[u8] = match segment.mapped() {
                 Some(map) => map,
                 None => {
@@ -397,7 +457,16 @@ impl Engine {
                     &buf
                 }
             };
-            walk.scan_segment(id, segment.path(), bytes, Some(id) == last);
+            walk.scan_segment(
+                id,
+                segment.file_id(),
+                segment.path(),
+                bytes,
+                Some(id) == last,
+            );
+            if Some(id) != last {
+                walk.check_hint(segment.file_id(), bytes, &segment.hint_path())?;
+            }
         }
         walk.check_index(self, &segments);
         Ok(walk.report)
@@ -451,7 +520,10 @@ pub fn verify_dir_with_progress(
     for &id in &ids {
         let path = dir.join(segment::file_name(id));
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read segment", &path, e))?;
-        walk.scan_segment(id, &path, &bytes, Some(id) == last);
+        walk.scan_segment(id, id, &path, &bytes, Some(id) == last);
+        if Some(id) != last {
+            walk.check_hint(id, &bytes, &dir.join(segment::hint_file_name(id)))?;
+        }
     }
     walk.count_live_without_index();
     Ok(walk.report)

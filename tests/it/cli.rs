@@ -227,13 +227,34 @@ fn verify_is_one_line_when_clean_and_names_damage_with_exit_code_1() {
 }
 
 #[test]
-fn compact_says_clearly_when_it_cannot_run() {
+fn compact_reclaims_overwritten_records_and_verify_stays_clean() {
     let dir = tempdir();
-    let out = ussdb(dir.path(), &["compact"]);
-    if !out.status.success() {
-        assert_eq!(out.status.code(), Some(2));
-        assert_eq!(text(&out.stderr).lines().count(), 1);
+    let d = dir.path();
+    for round in 0..3 {
+        let lines: String = (0..2000)
+            .map(|i| format!("{{\"userId\":\"user-{i}\",\"campaignKey\":\"c\",\"variationName\":\"V{round}\"}}\n"))
+            .collect();
+        assert!(
+            ussdb_with_input(d, &["--durability", "never", "import", "-"], Some(&lines))
+                .status
+                .success()
+        );
     }
+    let out = ussdb(d, &["compact"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(summary.starts_with("compacted in "), "{summary}");
+    let stats = text(&ussdb(d, &["stats"]).stdout);
+    assert!(stats.contains("dead bytes           0"), "{stats}");
+    let out = ussdb(d, &["verify"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("2000 mappings"),
+        "{}",
+        text(&out.stdout)
+    );
+    let got = text(&ussdb(d, &["get", "user-7", "c"]).stdout);
+    assert!(got.contains("\"variationName\":\"V2\""), "{got}");
 }
 
 #[test]

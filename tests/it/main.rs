@@ -3,7 +3,10 @@
 #[cfg(feature = "cli")]
 mod cli;
 mod common;
+mod compaction;
+mod compaction_crash;
 mod concurrency;
+mod hints;
 mod import_export;
 mod misuse;
 mod model;

@@ -35,7 +35,7 @@ fn flip_byte(path: &Path, offset: u64) {
 #[test]
 fn a_healthy_store_is_clean_and_summarised_in_one_line() {
     let dir = tempdir();
-    let store = open(dir.path(), small_segments());
+    let store = open(dir.path(), small_segments().auto_compaction(false));
     fill(&store, 600);
     store.delete("user-1", "c1").expect("delete");
     let report = store.verify().expect("verify");
@@ -52,7 +52,7 @@ fn a_healthy_store_is_clean_and_summarised_in_one_line() {
 #[test]
 fn bit_rot_in_a_sealed_segment_after_open_is_named_by_file_and_offset() {
     let dir = tempdir();
-    let store = open(dir.path(), small_segments());
+    let store = open(dir.path(), small_segments().auto_compaction(false));
     fill(&store, 600);
     let first = segment_files(dir.path())[0].clone();
     // The first record starts right after the 20-byte header; byte 25 is inside its header's key length.
@@ -73,7 +73,7 @@ fn bit_rot_in_a_sealed_segment_after_open_is_named_by_file_and_offset() {
 fn a_store_that_refuses_to_open_is_verified_file_by_file() {
     let dir = tempdir();
     {
-        let store = open(dir.path(), small_segments());
+        let store = open(dir.path(), small_segments().auto_compaction(false));
         fill(&store, 600);
     }
     let files = segment_files(dir.path());
@@ -139,4 +139,72 @@ fn verify_dir_refuses_an_open_store_and_a_missing_one() {
         ussdb::verify_dir(dir.path().join("nope")),
         Err(Error::NotADirectory { .. })
     ));
+}
+
+#[test]
+fn hint_files_are_compared_with_their_segments() {
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments().auto_compaction(false));
+    fill(&store, 600);
+    store.compact().expect("compact writes hint files");
+    let report = store.verify().expect("verify");
+    assert!(
+        report.is_clean() && report.hint_problems.is_empty(),
+        "{report:?}"
+    );
+    assert!(report.hint_files > 0, "{report:?}");
+    assert_eq!(report.hint_files, store.stats().hint_files);
+    drop(store);
+
+    let hint = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "hint"))
+        .expect("a hint file");
+    flip_byte(&hint, 45);
+    let report = ussdb::verify_dir(dir.path()).expect("verify_dir");
+    assert!(
+        report.is_clean(),
+        "a bad hint is not damage to the data: {report:?}"
+    );
+    assert_eq!(report.hint_problems.len(), 1, "{report:?}");
+    assert_eq!(report.hint_problems[0].path, hint);
+    assert_eq!(report.hint_problems[0].offset, 45);
+}
+
+#[test]
+fn verify_stays_clean_while_writes_and_compaction_run() {
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    fill(&store, 300);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = &stop;
+    std::thread::scope(|s| {
+        let writer = store.clone();
+        s.spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writer
+                    .set(&map(
+                        &format!("user-{}", i % 40),
+                        "c0",
+                        &format!("W{i}"),
+                        None,
+                    ))
+                    .expect("set");
+                i += 1;
+            }
+        });
+        let compactor = store.clone();
+        s.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                compactor.compact().expect("compact");
+            }
+        });
+        for _ in 0..30 {
+            let report = store.verify().expect("verify");
+            assert!(report.is_clean(), "{:?}", report.damage);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
 }

@@ -192,11 +192,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens the store, creating it.
+/// Opens the store, creating it. Without background compaction: a one-shot command should not start rewriting
+/// segments behind the user's back (`ussdb compact` does it on request).
 fn open(cli: &Cli) -> ussdb::Result<Store> {
     Store::open_with(
         &cli.dir,
-        Options::default().durability(cli.durability.durability()),
+        Options::default()
+            .durability(cli.durability.durability())
+            .auto_compaction(false),
     )
 }
 
@@ -264,12 +267,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Export { output } => export(&cli, output.as_deref())?,
         Command::Stats => print_stats(&open_existing(&cli)?),
         Command::Verify => return verify(&cli),
-        Command::Compact => {
-            return Err(
-                "compact is not available in this build yet: the compaction engine has not landed"
-                    .into(),
-            );
-        }
+        Command::Compact => compact(&cli)?,
         Command::Bench(args) => bench::run(&cli.dir, cli.durability, args).map_err(err)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -389,6 +387,9 @@ fn verify(cli: &Cli) -> Result<ExitCode, String> {
     for damage in &report.damage {
         out!("damage: {damage}");
     }
+    for hint in &report.hint_problems {
+        out!("hint: {hint}");
+    }
     if let Some(torn) = &report.torn_tail {
         out!("torn write: {torn}");
     }
@@ -400,6 +401,29 @@ fn verify(cli: &Cli) -> Result<ExitCode, String> {
     })
 }
 
+fn compact(cli: &Cli) -> Result<(), String> {
+    let store = open_existing(cli)?;
+    let before = store.stats();
+    let bar = progress::bar("compact", None, false);
+    let started = Instant::now();
+    let result = store.compact();
+    bar.finish_and_clear();
+    result.map_err(|e| e.to_string())?;
+    let after = store.stats();
+    out!(
+        "compacted in {:.2} s: {} -> {} bytes on disk ({} reclaimed), {} -> {} segments, space amplification {:.2} -> {:.2}",
+        started.elapsed().as_secs_f64(),
+        before.disk_bytes,
+        after.disk_bytes,
+        before.disk_bytes.saturating_sub(after.disk_bytes),
+        before.segments,
+        after.segments,
+        before.space_amplification,
+        after.space_amplification
+    );
+    Ok(())
+}
+
 fn print_stats(store: &Store) {
     let s = store.stats();
     out!("mappings             {}", s.mappings);
@@ -409,4 +433,5 @@ fn print_stats(store: &Store) {
     out!("dead bytes           {}", s.dead_bytes);
     out!("space amplification  {:.2}", s.space_amplification);
     out!("index heap bytes     {}", s.index_heap_bytes);
+    out!("hint files           {}", s.hint_files);
 }
