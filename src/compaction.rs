@@ -37,7 +37,7 @@
 //! 5. for each other input, oldest first: unlink its segment and hint, fsync the directory.
 //!
 //! If the output would be empty, steps 1-3 are skipped and step 5 covers the first input too.
-//! A failure in steps 1 leaves only temporary files (removed now, or on the next open). A failure from step 2 on
+//! A failure in step 1 leaves only temporary files (removed now, or on the next open). A failure from step 2 on
 //! leaves the directory in a state the argument above covers, but the in-memory view may no longer match it, so
 //! the store is poisoned (writes refused until reopened), exactly as after a failed fsync.
 
@@ -58,7 +58,7 @@ const SWAP_BATCH: usize = 1024;
 /// The background thread leaves the newest sealed segments without hint files: under overwrites they are the ones
 /// about to die and be compacted, so their hints would be written only to be deleted (a hint is ~2/3 of an SDK
 /// segment). Open scans at most this many extra segments.
-const FRESH_WITHOUT_HINT: usize = 2;
+pub(crate) const FRESH_WITHOUT_HINT: usize = 2;
 /// Output bytes buffered before a write.
 const WRITE_CHUNK: usize = 1 << 20;
 /// A sealed segment whose live bytes are under this fraction of the segment size is merged with its neighbours
@@ -112,6 +112,23 @@ impl Compaction {
             };
         }
         wake.poked = false;
+        !wake.stop
+    }
+
+    /// Waits for `timeout` or a stop, ignoring pokes; true unless stopped.
+    pub(crate) fn sleep(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        while !wake.stop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            wake = match self.cond.wait_timeout(wake, left) {
+                Ok((guard, _)) => guard,
+                Err(e) => e.into_inner().0,
+            };
+        }
         !wake.stop
     }
 
@@ -546,7 +563,10 @@ impl Engine {
         let sealed = self.sealed_in_order();
         let keep = sealed.len().saturating_sub(skip_newest);
         for segment in sealed.into_iter().take(keep) {
-            if segment.hinted() || self.compaction.closing.load(Ordering::Acquire) {
+            if segment.hinted()
+                || segment.unhintable()
+                || self.compaction.closing.load(Ordering::Acquire)
+            {
                 continue;
             }
             let mut owned = Vec::new();
@@ -569,8 +589,7 @@ impl Engine {
                         "{}: no hint file written, record at {offset}: {reason}",
                         segment.path().display()
                     );
-                    // Not hinted, but nothing to gain from trying again on every pass.
-                    segment.set_hinted(true);
+                    segment.set_unhintable();
                     continue;
                 }
             };

@@ -159,8 +159,8 @@ impl Engine {
     }
 
     /// The index entry whose record has the encoded key `key`, with the record's length, reading only record
-    /// headers and keys (no values, no checksums). For recovery and compaction, where no segment is removed
-    /// behind the caller's back.
+    /// headers and keys (no values, no checksums). For compaction, the only remover of segments, so none
+    /// vanishes behind its back.
     pub(crate) fn find_key(&self, hash: u64, key: &[u8]) -> Result<Option<(Loc, u64)>> {
         for loc in self.index.candidates(hash).iter() {
             let Some(segment) = self.segments().get(&loc.segment()).cloned() else {

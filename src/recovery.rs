@@ -80,7 +80,7 @@ impl Engine {
             None => (Segment::create(&*vfs, dir, 1)?, None),
         };
         let active = Arc::new(active);
-        let engine = Engine {
+        let mut engine = Engine {
             dir: dir.to_owned(),
             vfs,
             index: Index::new(KeyHasher::new(options.weak_hash)),
@@ -97,8 +97,17 @@ impl Engine {
             compaction: Compaction::default(),
             _lock: lock,
         };
-        for id in ids {
-            engine.recover_sealed(id, hints.contains(&id))?;
+        let fresh_from = ids
+            .len()
+            .saturating_sub(crate::compaction::FRESH_WITHOUT_HINT);
+        for (i, id) in ids.into_iter().enumerate() {
+            let hint = match hints.contains(&id) {
+                true => Hint::Present,
+                // The background thread leaves the newest sealed segments without hints on purpose.
+                false if i >= fresh_from => Hint::NotYet,
+                false => Hint::Missing,
+            };
+            engine.recover_sealed(id, hint)?;
         }
         if let Some(bytes) = newest_bytes {
             engine.replay_all(active.id(), active.path(), &bytes)?;
@@ -107,15 +116,15 @@ impl Engine {
     }
 
     /// Reads sealed segment `id` into the index: through its hint file if there is a sound one, else by scanning.
-    fn recover_sealed(&self, id: u32, has_hint: bool) -> Result<()> {
+    fn recover_sealed(&mut self, id: u32, hint: Hint) -> Result<()> {
         let (path, file, len) = open_segment(&*self.vfs, &self.dir, id)?;
         let segment = Arc::new(Segment::active(id, path.clone(), file, len, 0).seal());
         self.segments
-            .write()
+            .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Arc::clone(&segment));
         let hint_path = segment.hint_path();
-        if has_hint {
+        if hint == Hint::Present {
             match self.replay_hint(&segment)? {
                 Ok(()) => {
                     segment.set_hinted(true);
@@ -129,8 +138,10 @@ impl Engine {
                     );
                 }
             }
-        } else {
+        } else if hint == Hint::Missing {
             log::warn!("{} has no hint file; scanning it", path.display());
+        } else {
+            log::info!("{} has no hint file yet; scanning it", path.display());
         }
         let mut buf = Vec::new();
         let bytes: &[u8] = match segment.mapped() {
@@ -158,7 +169,7 @@ impl Engine {
 
     /// Replays a segment from its hint file. Everything is checked before the first entry is applied, so a
     /// refused hint (the inner error) leaves the index as it was and the caller can scan the segment instead.
-    fn replay_hint(&self, segment: &Segment) -> Result<std::result::Result<(), HintRefused>> {
+    fn replay_hint(&mut self, segment: &Segment) -> Result<std::result::Result<(), HintRefused>> {
         let refuse = |reason: String| Ok(Err(HintRefused(reason)));
         let bytes = match hint::read(&*self.vfs, &segment.hint_path()) {
             Ok(bytes) => bytes,
@@ -207,7 +218,7 @@ impl Engine {
         // Knowing every key in advance lets the index fetch a batch of slots at once (it is memory-bound).
         const BATCH: usize = 32;
         for (entries, hashes) in entries.chunks(BATCH).zip(hashes.chunks(BATCH)) {
-            self.index.prefetch(hashes);
+            self.index.unshared().prefetch(hashes);
             for (entry, &hash) in entries.iter().zip(hashes) {
                 self.replay(
                     Loc::new(segment.id(), entry.offset),
@@ -222,7 +233,7 @@ impl Engine {
     }
 
     /// Replays the records of segment `id` (already checked by [`valid_prefix`]) into the index.
-    fn replay_all(&self, id: u32, path: &Path, bytes: &[u8]) -> Result<()> {
+    fn replay_all(&mut self, id: u32, path: &Path, bytes: &[u8]) -> Result<()> {
         let mut offset = SEGMENT_HEADER_LEN as usize;
         while offset < bytes.len() {
             let rec = record::decode(&bytes[offset..])
@@ -239,21 +250,45 @@ impl Engine {
     }
 
     /// Applies one record found during recovery to the index and the dead byte counts. Keys of earlier records
-    /// are compared without reading their values, so replay from hint files reads no values at all.
-    fn replay(&self, loc: Loc, hash: u64, kind: Kind, key: &[u8], len: u64) -> Result<()> {
-        let old = self.find_key(hash, key)?;
+    /// are compared without reading their values, so replay from hint files reads no values at all. Recovery
+    /// owns the engine alone, so it works on the index and the segment table without their locks.
+    fn replay(&mut self, loc: Loc, hash: u64, kind: Kind, key: &[u8], len: u64) -> Result<()> {
+        let segments = self.segments.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut index = self.index.unshared();
+        let mut old = None;
+        for candidate in index.candidates(hash).iter() {
+            let Some(segment) = segments.get(&candidate.segment()) else {
+                let path = self.dir.join(segment::file_name(candidate.segment()));
+                return Err(Error::corrupted(
+                    path,
+                    candidate.offset(),
+                    "index points into a missing segment",
+                ));
+            };
+            if let Some(old_len) =
+                segment.with_key(candidate.offset(), |_, k, n| (k == key).then_some(n))?
+            {
+                old = Some((candidate, old_len));
+                break;
+            }
+        }
+        let mark_dead = |loc: Loc, bytes: u64| {
+            if let Some(segment) = segments.get(&loc.segment()) {
+                segment.add_dead(bytes);
+            }
+        };
         match (kind, old) {
             (Kind::Put, Some((old_loc, old_len))) => {
-                self.index.replace(hash, old_loc, loc);
-                self.mark_dead(old_loc, old_len);
+                index.replace(hash, old_loc, loc);
+                mark_dead(old_loc, old_len);
             }
-            (Kind::Put, None) => self.index.insert(hash, loc),
+            (Kind::Put, None) => index.insert(hash, loc),
             (Kind::Delete, Some((old_loc, old_len))) => {
-                self.index.remove(hash, old_loc);
-                self.mark_dead(old_loc, old_len);
-                self.mark_dead(loc, len);
+                index.remove(hash, old_loc);
+                mark_dead(old_loc, old_len);
+                mark_dead(loc, len);
             }
-            (Kind::Delete, None) => self.mark_dead(loc, len),
+            (Kind::Delete, None) => mark_dead(loc, len),
         }
         Ok(())
     }
@@ -275,6 +310,15 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File> {
         Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path: lock_path }),
         Err(fs::TryLockError::Error(e)) => Err(Error::io("lock store directory", &lock_path, e)),
     }
+}
+
+/// What open knows about a sealed segment's hint file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hint {
+    Present,
+    /// One of the newest sealed segments, which get their hints late.
+    NotYet,
+    Missing,
 }
 
 /// Why a hint file was not used.

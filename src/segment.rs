@@ -69,6 +69,8 @@ pub struct Segment {
     len: AtomicU64,
     /// A valid hint file exists for this (sealed) segment.
     hinted: AtomicBool,
+    /// Writing a hint file failed on the segment's contents (damage); not retried.
+    unhintable: AtomicBool,
     /// The dead byte count at which compacting this segment on its own was found to reclaim nothing (tombstones
     /// that must stay); `u64::MAX` when never tried. Saves rewriting the same bytes pass after pass.
     futile_at: AtomicU64,
@@ -123,6 +125,7 @@ impl Segment {
             dead: AtomicU64::new(dead),
             len: AtomicU64::new(len),
             hinted: AtomicBool::new(false),
+            unhintable: AtomicBool::new(false),
             futile_at: AtomicU64::new(u64::MAX),
         }
     }
@@ -148,7 +151,8 @@ impl Segment {
             // SAFETY: a sealed segment is complete and fsynced, and ussdb never writes to it or truncates it
             // again (compaction replaces or unlinks whole files, which leaves existing maps of the old inode
             // valid). Other processes are kept out of the directory by the lock file and the files are created
-            // 0600, so nothing else changes the mapped bytes while the map lives. Reads stay within `len`, the length at sealing time.
+            // 0600, so nothing else changes the mapped bytes while the map lives. Reads stay within `len`, the
+            // length at sealing time.
             unsafe {
                 memmap2::MmapOptions::new()
                     .len(len as usize)
@@ -167,6 +171,7 @@ impl Segment {
             dead: AtomicU64::new(self.dead()),
             len: AtomicU64::new(len),
             hinted: AtomicBool::new(self.hinted()),
+            unhintable: AtomicBool::new(self.unhintable.load(Ordering::Relaxed)),
             futile_at: AtomicU64::new(self.futile_at.load(Ordering::Relaxed)),
         }
     }
@@ -194,6 +199,16 @@ impl Segment {
     /// Records that a valid hint file exists (or, with false, that it was removed).
     pub fn set_hinted(&self, hinted: bool) {
         self.hinted.store(hinted, Ordering::Release);
+    }
+
+    /// True once a hint could not be made of this segment's contents.
+    pub fn unhintable(&self) -> bool {
+        self.unhintable.load(Ordering::Relaxed)
+    }
+
+    /// Records that a hint cannot be made of this segment's contents, so none is tried again.
+    pub fn set_unhintable(&self) {
+        self.unhintable.store(true, Ordering::Relaxed);
     }
 
     /// True when compacting this segment alone was already found to reclaim nothing at its current dead count.

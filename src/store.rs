@@ -49,6 +49,8 @@ pub struct Options {
 pub const DEFAULT_COMPACTION_THRESHOLD: f64 = 0.5;
 /// How often the background compaction thread looks for work when no segment was sealed meanwhile.
 const COMPACTION_POLL: Duration = Duration::from_secs(1);
+/// The longest pause of the background compaction thread after failed passes.
+const COMPACTION_MAX_BACKOFF: Duration = Duration::from_secs(64);
 
 /// The default segment size: 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
@@ -93,10 +95,10 @@ impl Options {
         self
     }
 
-    /// Turns the background compaction thread on or off (default on). It writes hint files for sealed segments
-    /// (for a fast open; all but the two newest) and compacts segments over [`Options::compaction_threshold`], woken whenever a
-    /// segment is sealed and every second. With it off, the directory only shrinks and hint files are only
-    /// written when [`Store::compact`] is called.
+    /// Turns the background compaction thread on or off (default on). Woken whenever a segment is sealed and
+    /// every second, it compacts segments over [`Options::compaction_threshold`] and writes hint files for sealed
+    /// segments (for a fast open; all but the two newest). With it off, the directory only shrinks and hint
+    /// files are only written when [`Store::compact`] is called.
     pub fn auto_compaction(mut self, on: bool) -> Options {
         self.auto_compaction = on;
         self
@@ -436,6 +438,7 @@ fn spawn_compactor(engine: Weak<Engine>, threshold: f64) -> Result<JoinHandle<()
     std::thread::Builder::new()
         .name("ussdb-compact".into())
         .spawn(move || {
+            let mut backoff = COMPACTION_POLL;
             loop {
                 let Some(strong) = engine.upgrade() else {
                     break;
@@ -443,22 +446,22 @@ fn spawn_compactor(engine: Weak<Engine>, threshold: f64) -> Result<JoinHandle<()
                 if !strong.compaction.wait(COMPACTION_POLL) {
                     break;
                 }
-                if let Err(e) = strong.compact(threshold, false) {
-                    if strong
-                        .compaction
-                        .closing
-                        .load(std::sync::atomic::Ordering::Acquire)
-                    {
-                        break;
+                match strong.compact(threshold, false) {
+                    Ok(()) => backoff = COMPACTION_POLL,
+                    Err(_) if strong.compaction.closing.load(Ordering::Acquire) => break,
+                    // The store refuses writes until reopened; so does compaction.
+                    Err(_) if strong.poison.get().is_some() => break,
+                    Err(e) => {
+                        log::error!(
+                            "background compaction in {} failed (next try in {backoff:?}): {e}",
+                            strong.dir.display()
+                        );
+                        // A full disk or a damaged segment fails the same way each pass: do not hammer it.
+                        if !strong.compaction.sleep(backoff) {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(COMPACTION_MAX_BACKOFF);
                     }
-                    if strong.poison.get().is_some() {
-                        // The store refuses writes until reopened; so does compaction.
-                        break;
-                    }
-                    log::error!(
-                        "background compaction in {} failed: {e}",
-                        strong.dir.display()
-                    );
                 }
             }
         })
