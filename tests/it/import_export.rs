@@ -441,7 +441,7 @@ fn a_batch_in_immediate_mode_costs_one_fsync_not_one_per_mapping() {
 }
 
 #[test]
-fn entries_while_writers_run_never_fail_nor_repeat_a_key() {
+fn entries_while_writers_and_compaction_run_never_fail_nor_repeat_a_key() {
     let dir = tempdir();
     let store = open(dir.path(), small_segments());
     for u in 0..300 {
@@ -465,7 +465,13 @@ fn entries_while_writers_run_never_fail_nor_repeat_a_key() {
                 i += 1;
             }
         });
-        for _ in 0..20 {
+        let compactor = store.clone();
+        s.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                compactor.compact().expect("compact");
+            }
+        });
+        for _ in 0..50 {
             let mut seen = BTreeSet::new();
             for entry in store.entries() {
                 let (m, _) = entry.expect("no error while writers run");
@@ -479,4 +485,8 @@ fn entries_while_writers_run_never_fail_nor_repeat_a_key() {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
+    assert!(
+        store.stats().compactions > 0,
+        "compaction ran during the walks"
+    );
 }
