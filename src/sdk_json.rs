@@ -299,8 +299,9 @@ fn json_error(position: Position, source: serde_json::Error) -> Error {
 }
 
 impl Store {
-    /// Imports user storage JSON (JSON Lines, or one JSON array) in any SDK's dialect; see the module docs of
-    /// [`parse_json_record`] for the dialects. Mappings are written in batches ([`ImportOptions::batch_size`]);
+    /// Imports user storage JSON (JSON Lines, or one JSON array) in any SDK's dialect: camelCase, Python's
+    /// `goalIdentifiers`, Ruby's snake_case, goal lists as strings or arrays, `metaData` kept as JSON text (as
+    /// [`parse_json_record`] reads one record). Mappings are written in batches ([`ImportOptions::batch_size`]);
     /// a later record of the same user and campaign replaces an earlier one, as in the SDKs.
     ///
     /// A bad record (invalid JSON, a missing field, an id the store refuses) is skipped and counted with
