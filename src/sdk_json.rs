@@ -330,8 +330,18 @@ impl Store {
             report: ImportReport::default(),
         };
         let read_error = |e| Error::io("read import input", PathBuf::from("<input>"), e);
-        // Skip leading whitespace to see whether this is one JSON array or JSON Lines.
+        // Skip a byte order mark (some Windows tools write one) and leading whitespace, to see whether this is
+        // one JSON array or JSON Lines; the skipped newlines still count for line numbers.
         let mut skipped = 0u64;
+        let mut newlines = 0u64;
+        if input
+            .fill_buf()
+            .map_err(read_error)?
+            .starts_with(b"\xEF\xBB\xBF")
+        {
+            input.consume(3);
+            skipped += 3;
+        }
         let first = loop {
             let buf = input.fill_buf().map_err(read_error)?;
             let Some(&byte) = buf.first() else {
@@ -341,13 +351,14 @@ impl Store {
             if blanks == 0 {
                 break Some(byte);
             }
+            newlines += buf.iter().take(blanks).filter(|&&b| b == b'\n').count() as u64;
             input.consume(blanks);
             skipped += blanks as u64;
         };
         let last = match first {
             None => Position::Line(1),
-            Some(b'[') => import_array(&mut importer, input, skipped, &mut progress)?,
-            Some(_) => import_lines(&mut importer, input, skipped, &mut progress)?,
+            Some(b'[') => import_array(&mut importer, input, skipped, newlines, &mut progress)?,
+            Some(_) => import_lines(&mut importer, input, skipped, newlines, &mut progress)?,
         };
         importer.flush(last)?;
         Ok(importer.report)
@@ -388,10 +399,11 @@ fn import_lines(
     importer: &mut Importer<'_>,
     mut input: impl BufRead,
     mut bytes: u64,
+    lines_before: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Position> {
     let mut line = Vec::new();
-    let mut number = 0u64;
+    let mut number = lines_before;
     loop {
         line.clear();
         let n = input
@@ -423,12 +435,13 @@ fn import_array(
     importer: &mut Importer<'_>,
     mut input: impl BufRead,
     mut bytes: u64,
+    lines_before: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Position> {
     let mut element = Vec::new();
     let mut index = 0u64;
-    let mut line = 1u64;
-    let mut element_line = 1u64;
+    let mut line = lines_before + 1;
+    let mut element_line = line;
     // Nesting depth: 0 before the opening `[`, 1 between elements, more inside one.
     let mut depth = 0usize;
     let (mut in_string, mut escaped, mut closed) = (false, false, false);

@@ -490,3 +490,19 @@ fn entries_while_writers_and_compaction_run_never_fail_nor_repeat_a_key() {
         "compaction ran during the walks"
     );
 }
+
+#[test]
+fn line_numbers_count_leading_blank_lines_and_a_byte_order_mark_is_ignored() {
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    let skip = ImportOptions::default().on_error(OnError::Skip);
+    let input = "\u{feff}\n\n  {\"userId\":\"u\"}\n{\"userId\":\"a\",\"campaignKey\":\"c\",\"variationName\":\"V\"}\n";
+    let report = import(&store, input, &skip).expect("import");
+    assert_eq!(report.imported, 1);
+    assert_eq!(report.skips[0].position, Position::Line(3));
+    let report = import(&store, "\n\n[\n  {\"userId\":\"u\"}\n]", &skip).expect("import");
+    assert_eq!(
+        report.skips[0].position,
+        Position::Element { index: 1, line: 4 }
+    );
+}
