@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 
 use serde::de;
@@ -291,6 +291,17 @@ impl Importer<'_> {
     }
 }
 
+/// The longest record import reads (a line, or an element of an array): far above any storable mapping (values
+/// are at most 1 MiB encoded), low enough that garbage input cannot exhaust memory.
+const MAX_RECORD_TEXT: usize = 64 << 20;
+
+fn too_long() -> Error {
+    Error::Json {
+        context: format!("longer than {} MiB", MAX_RECORD_TEXT >> 20),
+        source: <serde_json::Error as de::Error>::custom("record too long"),
+    }
+}
+
 fn json_error(position: Position, source: serde_json::Error) -> Error {
     Error::Json {
         context: position.to_string(),
@@ -402,22 +413,40 @@ fn import_lines(
     lines_before: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Position> {
+    let read_error = |e| Error::io("read import input", PathBuf::from("<input>"), e);
     let mut line = Vec::new();
     let mut number = lines_before;
     loop {
         line.clear();
-        let n = input
+        let n = (&mut input)
+            .take(MAX_RECORD_TEXT as u64 + 1)
             .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io("read import input", PathBuf::from("<input>"), e))?;
+            .map_err(read_error)?;
         if n == 0 {
             return Ok(Position::Line(number + 1));
         }
         number += 1;
         bytes += n as u64;
+        let position = Position::Line(number);
+        if n > MAX_RECORD_TEXT && line.last() != Some(&b'\n') {
+            // Drop the rest of the line without keeping it: a runaway line must not exhaust memory.
+            loop {
+                line.clear();
+                let more = (&mut input)
+                    .take(1 << 20)
+                    .read_until(b'\n', &mut line)
+                    .map_err(read_error)?;
+                bytes += more as u64;
+                if more == 0 || line.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            importer.take(position, Err(too_long()))?;
+            continue;
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let position = Position::Line(number);
         let parsed = serde_json::from_slice::<SdkRecord<'_>>(&line)
             .map(SdkRecord::into_parts)
             .map_err(|e| json_error(position, e));
@@ -466,6 +495,13 @@ fn import_array(
                 if run > 0 {
                     element.extend_from_slice(rest.get(..run).unwrap_or_default());
                     i += run;
+                    if element.len() > MAX_RECORD_TEXT {
+                        return Err(array_error(
+                            importer,
+                            position(index + 1, element_line),
+                            "an array element longer than 64 MiB",
+                        ));
+                    }
                     continue;
                 }
             }
@@ -521,6 +557,13 @@ fn import_array(
                     }
                 }
                 (1, _) if b.is_ascii_whitespace() && element.is_empty() => {}
+                (_, _) if element.len() >= MAX_RECORD_TEXT => {
+                    return Err(array_error(
+                        importer,
+                        position(index + 1, element_line),
+                        "an array element longer than 64 MiB",
+                    ));
+                }
                 (_, _) => {
                     if element.is_empty() {
                         element_line = line;

@@ -506,3 +506,30 @@ fn line_numbers_count_leading_blank_lines_and_a_byte_order_mark_is_ignored() {
         Position::Element { index: 1, line: 4 }
     );
 }
+
+#[test]
+fn a_runaway_line_is_refused_without_reading_it_into_memory_whole() {
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    let mut input = String::from(
+        "{\"userId\":\"a\",\"campaignKey\":\"c\",\"variationName\":\"V\"}\n{\"userId\":\"",
+    );
+    input.push_str(&"x".repeat(65 << 20));
+    input.push_str("\"}\n{\"userId\":\"b\",\"campaignKey\":\"c\",\"variationName\":\"V\"}\n");
+    let report = import(
+        &store,
+        &input,
+        &ImportOptions::default().on_error(OnError::Skip),
+    )
+    .expect("import");
+    assert_eq!((report.imported, report.skipped), (2, 1));
+    assert_eq!(report.skips[0].position, Position::Line(2));
+    assert!(
+        report.skips[0].reason.contains("longer than 64 MiB"),
+        "{}",
+        report.skips[0].reason
+    );
+    let array = format!("[{}]", &input[..input.len() - 60].replace('\n', ","));
+    let err = import(&store, &array, &ImportOptions::default()).expect_err("too long");
+    assert!(err.to_string().contains("longer than 64 MiB"), "{err}");
+}
