@@ -263,3 +263,30 @@ def test_repr_and_path(store_dir):
         assert os.fspath(s.path) == store_dir
         assert "open" in repr(s)
     assert "closed" in repr(s)
+
+
+@pytest.mark.parametrize("durability", ["periodic", "immediate"])
+def test_acknowledged_sets_survive_sigkill(store_dir, durability):
+    # "periodic" promises that a set which returned survives the process dying; SIGKILL leaves no
+    # chance to flush or close.
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    child = textwrap.dedent(
+        """
+        import os, signal, sys, ussdb
+        s = ussdb.Store(sys.argv[1], durability=sys.argv[2])
+        for i in range(2000):
+            s.set({"userId": "u%d" % i, "campaignKey": "c", "variationName": "V%d" % (i % 2)})
+        print("acked", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", child, store_dir, durability], capture_output=True, text=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert p.stdout.strip() == "acked"
+    with ussdb.Store(store_dir) as s:
+        for i in range(2000):
+            assert s.get("u%d" % i, "c") == rec("u%d" % i, "c", "V%d" % (i % 2))
