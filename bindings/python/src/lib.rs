@@ -141,9 +141,16 @@ fn dict_to_record(data: &Bound<'_, PyDict>) -> PyResult<ussdb::CampaignUserMap> 
 
 fn stats_to_dict<'py>(py: Python<'py>, s: &ussdb::Stats) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("live_keys", s.live_keys)?;
+    d.set_item("mappings", s.mappings)?;
     d.set_item("segments", s.segments)?;
     d.set_item("disk_bytes", s.disk_bytes)?;
+    d.set_item("live_bytes", s.live_bytes)?;
+    d.set_item("dead_bytes", s.dead_bytes)?;
+    d.set_item("space_amplification", s.space_amplification)?;
+    d.set_item("index_heap_bytes", s.index_heap_bytes)?;
+    d.set_item("sets", s.sets)?;
+    d.set_item("deletes", s.deletes)?;
+    d.set_item("fsyncs", s.fsyncs)?;
     Ok(d)
 }
 
@@ -252,11 +259,6 @@ impl Store {
     /// Returns once everything written so far is on disk.
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
         self.call(py, |s| s.sync())
-    }
-
-    /// Rewrites the log without dead records.
-    fn compact(&self, py: Python<'_>) -> PyResult<()> {
-        self.call(py, |s| s.compact())
     }
 
     /// Engine counters as a dict.

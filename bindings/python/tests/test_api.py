@@ -80,18 +80,25 @@ def test_delete_forget_user_campaigns_of(store_dir):
         assert s.campaigns_of("other") == [rec("other", "c1")]
 
 
-def test_sync_compact_stats(store_dir):
+def test_sync_and_stats(store_dir):
     with ussdb.Store(store_dir) as s:
         for i in range(200):
             s.set(rec("u%d" % (i % 20), "c", "V%d" % i))
+        s.delete("u0", "c")
         s.sync()
-        s.compact()
         stats = s.stats()
-        assert isinstance(stats, dict) and stats
-        for i in range(20):
+        assert stats["mappings"] == 19
+        assert stats["sets"] == 200 and stats["deletes"] == 1
+        assert stats["segments"] >= 1
+        assert stats["disk_bytes"] >= stats["live_bytes"] > 0
+        assert stats["dead_bytes"] > 0
+        assert stats["space_amplification"] >= 1.0
+        for i in range(1, 20):
             assert s.get("u%d" % i, "c") == rec("u%d" % i, "c", "V%d" % (180 + i))
     with ussdb.Store(store_dir) as s:
         assert s.get("u19", "c") == rec("u19", "c", "V199")
+        assert s.get("u0", "c") is None
+        assert s.stats()["mappings"] == 19
 
 
 def test_small_segments_roll_over(store_dir):
