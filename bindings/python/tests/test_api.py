@@ -47,10 +47,18 @@ def test_set_overwrites_and_keeps_goal_text_byte_for_byte(store_dir):
         assert s.get("u", "c") == rec("u", "c", "B")
 
 
-def test_unicode_keys(store_dir):
+def test_unicode_and_nul_keys(store_dir):
     with ussdb.Store(store_dir) as s:
         s.set(rec("ユーザー", "キャンペーン", "变体"))
         assert s.get("ユーザー", "キャンペーン") == rec("ユーザー", "キャンペーン", "变体")
+        s.set(rec("a\x00b", "c"))
+        assert s.get("a\x00b", "c") == rec("a\x00b", "c")
+        assert s.get("a", "c") is None
+        # A lone surrogate has no UTF-8 form: Python's own error, before the engine is reached.
+        with pytest.raises(UnicodeEncodeError):
+            s.get("\ud800", "c")
+        with pytest.raises(UnicodeEncodeError):
+            s.set(rec("\ud800", "c"))
 
 
 def test_set_accepts_the_sdk_shape_and_extra_keys(store_dir):
