@@ -96,16 +96,31 @@ fn found_to_dict<'py>(
     Ok(d)
 }
 
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default()
+}
+
+/// A str field as an owned String; a non-str is a TypeError naming the field, while a str without a
+/// UTF-8 form (a lone surrogate) keeps Python's own UnicodeEncodeError.
+fn field_str(key: &Bound<'_, PyString>, v: &Bound<'_, PyAny>, expected: &str) -> PyResult<String> {
+    match v.cast::<PyString>() {
+        Ok(s) => Ok(s.to_str()?.to_owned()),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{key} must be {expected}, not {}",
+            type_name(v)
+        ))),
+    }
+}
+
 fn required_str(data: &Bound<'_, PyDict>, key: &Bound<'_, PyString>) -> PyResult<String> {
     match data.get_item(key)? {
-        Some(v) => v.extract::<String>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "{} must be a str, not {}",
-                key,
-                v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-            ))
-        }),
-        None => Err(PyValueError::new_err(format!("missing key {key:?} in the record"))),
+        Some(v) => field_str(key, &v, "a str"),
+        None => Err(PyValueError::new_err(format!(
+            "missing key {key:?} in the record"
+        ))),
     }
 }
 
@@ -113,13 +128,7 @@ fn optional_str(data: &Bound<'_, PyDict>, key: &Bound<'_, PyString>) -> PyResult
     match data.get_item(key)? {
         None => Ok(None),
         Some(v) if v.is_none() => Ok(None),
-        Some(v) => v.extract::<String>().map(Some).map_err(|_| {
-            PyTypeError::new_err(format!(
-                "{} must be a str or None, not {}",
-                key,
-                v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-            ))
-        }),
+        Some(v) => field_str(key, &v, "a str or None").map(Some),
     }
 }
 
@@ -209,7 +218,12 @@ impl Store {
     /// "immediate" (`set` returns after fsync) or "never" (the OS writes back when it likes).
     #[new]
     #[pyo3(signature = (path, durability = "periodic", segment_size = None))]
-    fn new(py: Python<'_>, path: PathBuf, durability: &str, segment_size: Option<u64>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        durability: &str,
+        segment_size: Option<u64>,
+    ) -> PyResult<Self> {
         let mut options = ussdb::Options::default().durability(parse_durability(durability)?);
         if let Some(bytes) = segment_size {
             options = options.segment_size(bytes);
@@ -218,7 +232,10 @@ impl Store {
         let store = py
             .detach(move || ussdb::Store::open_with(dir, options))
             .map_err(engine_error)?;
-        Ok(Store { inner: RwLock::new(Some(store)), path })
+        Ok(Store {
+            inner: RwLock::new(Some(store)),
+            path,
+        })
     }
 
     /// The record as a dict {"userId", "campaignKey", "variationName"[, "goalIdentifier"]}, or None.
@@ -270,7 +287,11 @@ impl Store {
     /// Syncs and closes; later calls raise ussdb.Error. Closing twice is harmless.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| {
-            let taken = self.inner.write().unwrap_or_else(PoisonError::into_inner).take();
+            let taken = self
+                .inner
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
             // Sync even under "never": a caller who closes expects the data to be on disk.
             match taken {
                 Some(store) => store.sync(),
@@ -282,7 +303,10 @@ impl Store {
 
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.read().unwrap_or_else(PoisonError::into_inner).is_none()
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
     }
 
     #[getter]
@@ -327,13 +351,17 @@ impl UserStorage {
         segment_size: Option<u64>,
     ) -> PyResult<Self> {
         if let Ok(store) = path_or_store.cast::<Store>() {
-            return Ok(UserStorage { store: store.clone().unbind() });
+            return Ok(UserStorage {
+                store: store.clone().unbind(),
+            });
         }
         let path: PathBuf = path_or_store.extract().map_err(|_| {
             PyTypeError::new_err("UserStorage takes a path (str or os.PathLike) or a ussdb.Store")
         })?;
         let store = Store::new(py, path, durability, segment_size)?;
-        Ok(UserStorage { store: Py::new(py, store)? })
+        Ok(UserStorage {
+            store: Py::new(py, store)?,
+        })
     }
 
     fn get<'py>(
@@ -341,7 +369,9 @@ impl UserStorage {
         user_id: &Bound<'py, PyString>,
         campaign_key: &Bound<'py, PyString>,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        self.store.get().get_shaped(user_id, campaign_key, Shape::Vwo)
+        self.store
+            .get()
+            .get_shaped(user_id, campaign_key, Shape::Vwo)
     }
 
     fn set(&self, data: &Bound<'_, PyDict>) -> PyResult<()> {
