@@ -305,3 +305,27 @@ def test_acknowledged_sets_survive_sigkill(store_dir, durability):
     with ussdb.Store(store_dir) as s:
         for i in range(2000):
             assert s.get("u%d" % i, "c") == rec("u%d" % i, "c", "V%d" % (i % 2))
+
+
+def test_gil_is_released_during_engine_calls(store_dir):
+    # With durability="immediate" a set waits for fdatasync, and writers that arrive meanwhile share
+    # the next one (group commit). If the binding held the GIL through set, no two threads could be
+    # inside the engine at once and every set would pay its own fsync.
+    n_threads, per = 8, 40
+    with ussdb.Store(store_dir, durability="immediate") as s:
+        before = s.stats()["fsyncs"]
+        barrier = threading.Barrier(n_threads)
+
+        def work(t):
+            barrier.wait()
+            for i in range(per):
+                s.set(rec("t%d-%d" % (t, i), "c"))
+
+        ts = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        stats = s.stats()
+        assert stats["mappings"] == n_threads * per
+        assert stats["fsyncs"] - before < n_threads * per, stats
