@@ -78,7 +78,10 @@ pub fn split_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
 /// Decodes an encoded key into its two ids.
 pub fn decode_key(key: &[u8]) -> Option<(&str, &str)> {
     let (user, campaign) = split_key(key)?;
-    Some((std::str::from_utf8(user).ok()?, std::str::from_utf8(campaign).ok()?))
+    Some((
+        std::str::from_utf8(user).ok()?,
+        std::str::from_utf8(campaign).ok()?,
+    ))
 }
 
 /// True when `key` is the key of (`user_id`, `campaign_key`); allocation-free, for the read path.
@@ -118,13 +121,19 @@ pub fn decode_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, String
     let (value, used): (StoredValue<'_>, usize) =
         bincode::serde::borrow_decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
     if used != bytes.len() {
-        return Err(format!("{} trailing bytes after the value", bytes.len() - used));
+        return Err(format!(
+            "{} trailing bytes after the value",
+            bytes.len() - used
+        ));
     }
     Ok(value)
 }
 
 /// Builds the public map from a record's key and value.
-pub fn decode_map(key: &[u8], value: &[u8]) -> std::result::Result<(CampaignUserMap, Option<String>), String> {
+pub fn decode_map(
+    key: &[u8],
+    value: &[u8],
+) -> std::result::Result<(CampaignUserMap, Option<String>), String> {
     let (user_id, campaign_key) = decode_key(key).ok_or("malformed key")?;
     let stored = decode_value(value)?;
     let map = CampaignUserMap {
@@ -161,7 +170,10 @@ mod tests {
     #[test]
     fn golden_value_bytes() {
         // Frozen on-disk bytes: a change here breaks every existing store.
-        assert_eq!(encode_value(&map(None), None).expect("encodes"), b"\x07Control\x00\x00");
+        assert_eq!(
+            encode_value(&map(None), None).expect("encodes"),
+            b"\x07Control\x00\x00"
+        );
         assert_eq!(
             encode_value(&map(Some("a_vwo_b")), Some("{\"k\":1}")).expect("encodes"),
             b"\x07Control\x01\x07a_vwo_b\x01\x07{\"k\":1}"
@@ -170,7 +182,13 @@ mod tests {
 
     #[test]
     fn value_round_trip_keeps_goal_strings_byte_for_byte() {
-        for goal in [None, Some(""), Some("_vwo_buy"), Some("buy_vwo_"), Some("a_vwo_b_vwo_ü")] {
+        for goal in [
+            None,
+            Some(""),
+            Some("_vwo_buy"),
+            Some("buy_vwo_"),
+            Some("a_vwo_b_vwo_ü"),
+        ] {
             let bytes = encode_value(&map(goal), Some("{}")).expect("encodes");
             let (back, meta) = decode_map(b"\x02\x00u1camp", &bytes).expect("decodes");
             assert_eq!(back, map(goal));
@@ -183,8 +201,14 @@ mod tests {
         assert!(decode_value(b"").is_err());
         assert!(decode_value(b"\x07Contr").is_err());
         assert!(decode_value(b"\x07Control\x00\x00\x00").is_err());
-        assert!(decode_value(b"\x02\xff\xfe\x00\x00").is_err(), "invalid UTF-8");
-        assert!(decode_value(b"\xfd\xff\xff\xff\xff\xff\xff\xff\x7f").is_err(), "huge length");
+        assert!(
+            decode_value(b"\x02\xff\xfe\x00\x00").is_err(),
+            "invalid UTF-8"
+        );
+        assert!(
+            decode_value(b"\xfd\xff\xff\xff\xff\xff\xff\xff\x7f").is_err(),
+            "huge length"
+        );
     }
 
     #[test]

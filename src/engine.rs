@@ -68,18 +68,27 @@ impl Engine {
 
     pub(crate) fn check_poison(&self) -> Result<()> {
         match self.poison.get() {
-            Some(reason) => Err(Error::Poisoned { reason: reason.clone() }),
+            Some(reason) => Err(Error::Poisoned {
+                reason: reason.clone(),
+            }),
             None => Ok(()),
         }
     }
 
     pub(crate) fn set_poison(&self, reason: String) {
-        log::error!("ussdb store in {} refuses writes from now on: {reason}", self.dir.display());
+        log::error!(
+            "ussdb store in {} refuses writes from now on: {reason}",
+            self.dir.display()
+        );
         let _ = self.poison.set(reason);
     }
 
     /// Reads the record at `loc` and hands it to `f`.
-    pub(crate) fn read_at<T>(&self, loc: Loc, f: impl FnOnce(RecordRef<'_>) -> T) -> Result<Found<T>> {
+    pub(crate) fn read_at<T>(
+        &self,
+        loc: Loc,
+        f: impl FnOnce(RecordRef<'_>) -> T,
+    ) -> Result<Found<T>> {
         let segments = self.segments();
         match segments.get(&loc.segment()) {
             Some(segment) => segment.with_record(loc.offset(), f).map(Found::Record),
@@ -119,15 +128,25 @@ impl Engine {
 
     /// The index entry of (`user_id`, `campaign_key`), with the length of its record. Called with the log locked,
     /// so the answer stays true until the caller unlocks it.
-    pub(crate) fn find_locked(&self, hash: u64, user_id: &str, campaign_key: &str) -> Result<Option<(Loc, u64)>> {
+    pub(crate) fn find_locked(
+        &self,
+        hash: u64,
+        user_id: &str,
+        campaign_key: &str,
+    ) -> Result<Option<(Loc, u64)>> {
         for loc in self.index.candidates(hash).iter() {
-            let found =
-                self.read_at(loc, |rec| codec::key_matches(rec.key, user_id, campaign_key).then(|| rec.len()))?;
+            let found = self.read_at(loc, |rec| {
+                codec::key_matches(rec.key, user_id, campaign_key).then(|| rec.len())
+            })?;
             match found {
                 Found::Record(Some(len)) => return Ok(Some((loc, len as u64))),
                 Found::Record(None) => {}
                 // Segments are only removed with the log locked, and the index never points into a removed one.
-                Found::Moved => return Err(self.corrupted_at(loc, "index points into a missing segment".into())),
+                Found::Moved => {
+                    return Err(
+                        self.corrupted_at(loc, "index points into a missing segment".into())
+                    );
+                }
             }
         }
         Ok(None)
@@ -141,7 +160,8 @@ impl Engine {
             let mut out = Vec::new();
             for (_, loc) in self.index.user_candidates(user_part) {
                 let found = self.read_at(loc, |rec| {
-                    codec::key_of_user(rec.key, user_id).then(|| self.decode_entry(loc, rec.key, rec.value))
+                    codec::key_of_user(rec.key, user_id)
+                        .then(|| self.decode_entry(loc, rec.key, rec.value))
                 })?;
                 match found {
                     Found::Record(Some(entry)) => out.push(entry?),

@@ -101,15 +101,31 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
-    pub(crate) fn corrupted(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Error {
-        Error::Corrupted { path: path.into(), offset, reason: reason.into() }
+    pub(crate) fn corrupted(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Error {
+        Error::Corrupted {
+            path: path.into(),
+            offset,
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn invalid_key(field: &'static str, key: &str, reason: impl Into<String>) -> Error {
-        Error::InvalidKey { field, key: shorten(key), reason: reason.into() }
+        Error::InvalidKey {
+            field,
+            key: shorten(key),
+            reason: reason.into(),
+        }
     }
 
     /// True when the error says the bytes on disk are damaged (as opposed to the OS failing or bad input).
@@ -135,26 +151,53 @@ pub(crate) fn shorten(s: &str) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io { op, path, source } => write!(f, "{op} failed for {}: {source}", path.display()),
-            Error::Corrupted { path, offset, reason } => {
-                write!(f, "corrupted data in {} at offset {offset}: {reason}", path.display())
+            Error::Io { op, path, source } => {
+                write!(f, "{op} failed for {}: {source}", path.display())
+            }
+            Error::Corrupted {
+                path,
+                offset,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "corrupted data in {} at offset {offset}: {reason}",
+                    path.display()
+                )
             }
             Error::BadMagic { path } => {
-                write!(f, "{} is not a ussdb file (wrong magic number)", path.display())
+                write!(
+                    f,
+                    "{} is not a ussdb file (wrong magic number)",
+                    path.display()
+                )
             }
-            Error::UnsupportedVersion { path, found, supported } => write!(
+            Error::UnsupportedVersion {
+                path,
+                found,
+                supported,
+            } => write!(
                 f,
                 "{} has format version {found}, this build reads up to version {supported}; upgrade ussdb",
                 path.display()
             ),
-            Error::InvalidKey { field, key, reason } => write!(f, "invalid {field} {key:?}: {reason}"),
-            Error::ValueTooLarge { user_id, campaign_key, len, max } => write!(
+            Error::InvalidKey { field, key, reason } => {
+                write!(f, "invalid {field} {key:?}: {reason}")
+            }
+            Error::ValueTooLarge {
+                user_id,
+                campaign_key,
+                len,
+                max,
+            } => write!(
                 f,
                 "value for user {:?} campaign {:?} is {len} bytes encoded, the limit is {max}",
                 shorten(user_id),
                 shorten(campaign_key)
             ),
-            Error::InvalidOption { option, reason } => write!(f, "invalid option {option}: {reason}"),
+            Error::InvalidOption { option, reason } => {
+                write!(f, "invalid option {option}: {reason}")
+            }
             Error::Locked { path } => write!(
                 f,
                 "the store is already open (lock {} is held by another process or handle)",
@@ -167,7 +210,9 @@ impl fmt::Display for Error {
                 f,
                 "the store refuses writes after an earlier failure ({reason}); reopen it to recover"
             ),
-            Error::Json { context, source } => write!(f, "invalid user storage JSON ({context}): {source}"),
+            Error::Json { context, source } => {
+                write!(f, "invalid user storage JSON ({context}): {source}")
+            }
         }
     }
 }

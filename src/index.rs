@@ -53,7 +53,10 @@ pub struct KeyHasher {
 impl KeyHasher {
     /// A hasher; `weak` makes nearly all keys collide, for tests of the collision paths.
     pub fn new(weak: bool) -> KeyHasher {
-        KeyHasher { state: RandomState::new(), weak }
+        KeyHasher {
+            state: RandomState::new(),
+            weak,
+        }
     }
 
     /// The index hash of a mapping's key.
@@ -108,7 +111,11 @@ impl Table {
     /// Visits the run that starts at the home slot of `hash`, until an empty slot.
     fn probe(&self, hash: u64) -> impl Iterator<Item = (usize, Slot)> + '_ {
         let mask = self.slots.len().wrapping_sub(1);
-        let start = if self.slots.is_empty() { 0 } else { self.home(hash) };
+        let start = if self.slots.is_empty() {
+            0
+        } else {
+            self.home(hash)
+        };
         (0..self.slots.len())
             .map(move |i| (start + i) & mask)
             .map(|i| (i, self.slots[i]))
@@ -116,7 +123,9 @@ impl Table {
     }
 
     fn find(&self, hash: u64, loc: Loc) -> Option<usize> {
-        self.probe(hash).find(|(_, s)| s.hash == hash && s.loc == loc.0).map(|(i, _)| i)
+        self.probe(hash)
+            .find(|(_, s)| s.hash == hash && s.loc == loc.0)
+            .map(|(i, _)| i)
     }
 
     fn insert(&mut self, hash: u64, loc: Loc) {
@@ -261,16 +270,26 @@ impl Index {
 
     /// Number of entries.
     pub fn len(&self) -> u64 {
-        self.shards.iter().map(|s| s.0.read().unwrap_or_else(|e| e.into_inner()).len as u64).sum()
+        self.shards
+            .iter()
+            .map(|s| s.0.read().unwrap_or_else(|e| e.into_inner()).len as u64)
+            .sum()
     }
 
     /// Heap bytes held by the tables.
     pub fn heap_bytes(&self) -> u64 {
-        let slots: usize =
-            self.shards.iter().map(|s| s.0.read().unwrap_or_else(|e| e.into_inner()).slots.capacity()).sum();
+        let slots: usize = self
+            .shards
+            .iter()
+            .map(|s| {
+                s.0.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .slots
+                    .capacity()
+            })
+            .sum();
         (slots * size_of::<Slot>() + self.shards.len() * size_of::<Shard>()) as u64
     }
-
 }
 
 /// A tiny inline vector for the usual zero or one candidate, so a lookup does not allocate.
@@ -297,7 +316,11 @@ mod smallvec_lite {
         }
 
         pub fn iter(&self) -> impl Iterator<Item = Loc> + '_ {
-            self.inline.iter().flatten().copied().chain(self.spill.iter().copied())
+            self.inline
+                .iter()
+                .flatten()
+                .copied()
+                .chain(self.spill.iter().copied())
         }
     }
 }
@@ -324,7 +347,9 @@ mod tests {
             let loc = Loc::new(1, step);
             if next() % 3 == 0 {
                 if let Some((&l, _)) = model.iter().find(|(_, h)| **h == hash) {
-                    let i = table.find(hash, Loc(l)).expect("model entry is in the table");
+                    let i = table
+                        .find(hash, Loc(l))
+                        .expect("model entry is in the table");
                     table.remove_at(i);
                     model.remove(&l);
                 }

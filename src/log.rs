@@ -122,7 +122,8 @@ impl Engine {
             let mut doomed = Vec::new();
             for (hash, loc) in self.index.user_candidates(user_part) {
                 let found = self.read_at(loc, |rec| {
-                    codec::key_of_user(rec.key, user_id).then(|| (rec.key.to_vec(), rec.len() as u64))
+                    codec::key_of_user(rec.key, user_id)
+                        .then(|| (rec.key.to_vec(), rec.len() as u64))
                 })?;
                 if let crate::engine::Found::Record(Some((key, len))) = found {
                     doomed.push((hash, loc, key, len));
@@ -139,7 +140,9 @@ impl Engine {
             }
             (doomed.len(), log.written)
         };
-        self.counters.deletes.fetch_add(count as u64, Ordering::Relaxed);
+        self.counters
+            .deletes
+            .fetch_add(count as u64, Ordering::Relaxed);
         if count > 0 {
             self.wait_durable(position)?;
         }
@@ -158,7 +161,10 @@ impl Engine {
         if offset + len > MAX_OFFSET {
             return Err(Error::InvalidOption {
                 option: "segment_size",
-                reason: format!("segment {} would pass the largest offset the index holds", segment.id()),
+                reason: format!(
+                    "segment {} would pass the largest offset the index holds",
+                    segment.id()
+                ),
             });
         }
         if let Err(e) = segment.file().write_all_at(rec, offset) {
@@ -184,7 +190,9 @@ impl Engine {
         if log.next_id > MAX_SEGMENT_ID {
             return Err(Error::InvalidOption {
                 option: "segment_size",
-                reason: format!("the store has used all {MAX_SEGMENT_ID} segment ids; use larger segments"),
+                reason: format!(
+                    "the store has used all {MAX_SEGMENT_ID} segment ids; use larger segments"
+                ),
             });
         }
         let new = Arc::new(Segment::create(&*self.vfs, &self.dir, log.next_id)?);
@@ -231,7 +239,11 @@ impl Engine {
                 return Ok(());
             }
             if state.busy {
-                state = self.syncer.done.wait(state).unwrap_or_else(|e| e.into_inner());
+                state = self
+                    .syncer
+                    .done
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             state.busy = true;

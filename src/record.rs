@@ -104,7 +104,9 @@ pub fn decode(bytes: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
     let key_len = u16::from_le_bytes([header[5], header[6]]) as usize;
     let value_len = u32::from_le_bytes([header[7], header[8], header[9], header[10]]) as usize;
     if key_len < 3 {
-        return Err(DecodeError::Invalid(format!("key length {key_len} is below the minimum of 3")));
+        return Err(DecodeError::Invalid(format!(
+            "key length {key_len} is below the minimum of 3"
+        )));
     }
     if value_len > MAX_RECORD_VALUE_LEN {
         return Err(DecodeError::Invalid(format!(
@@ -112,11 +114,15 @@ pub fn decode(bytes: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
         )));
     }
     if kind == Kind::Delete && value_len != 0 {
-        return Err(DecodeError::Invalid(format!("delete record with a {value_len}-byte value")));
+        return Err(DecodeError::Invalid(format!(
+            "delete record with a {value_len}-byte value"
+        )));
     }
     let total = RECORD_HEADER_LEN + key_len + value_len;
     let Some(record) = bytes.get(..total) else {
-        return Err(DecodeError::Short { needed: Some(total) });
+        return Err(DecodeError::Short {
+            needed: Some(total),
+        });
     };
     let crc = crc32fast::hash(&record[4..]);
     if crc != stored_crc {
@@ -185,11 +191,20 @@ mod tests {
         encode(&mut out, Kind::Put, b"\x01\x00uc", b"v");
         assert_eq!(
             out,
-            [0xa7, 0x82, 0x3e, 0xdf, 1, 4, 0, 1, 0, 0, 0, 1, 0, b'u', b'c', b'v'],
+            [
+                0xa7, 0x82, 0x3e, 0xdf, 1, 4, 0, 1, 0, 0, 0, 1, 0, b'u', b'c', b'v'
+            ],
             "the record encoding is frozen: a change here breaks every existing store"
         );
         let rec = decode(&out).expect("round trip");
-        assert_eq!(rec, RecordRef { kind: Kind::Put, key: b"\x01\x00uc", value: b"v" });
+        assert_eq!(
+            rec,
+            RecordRef {
+                kind: Kind::Put,
+                key: b"\x01\x00uc",
+                value: b"v"
+            }
+        );
         assert_eq!(rec.len(), out.len());
     }
 
@@ -213,7 +228,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = rec.clone();
                 bad[byte] ^= 1 << bit;
-                assert!(decode(&bad).is_err(), "flip of bit {bit} in byte {byte} went unnoticed");
+                assert!(
+                    decode(&bad).is_err(),
+                    "flip of bit {bit} in byte {byte} went unnoticed"
+                );
             }
         }
     }
@@ -223,7 +241,10 @@ mod tests {
         let mut rec = Vec::new();
         encode(&mut rec, Kind::Delete, b"\x01\x00ab", b"");
         for cut in 0..rec.len() {
-            assert!(matches!(decode(&rec[..cut]), Err(DecodeError::Short { .. })), "cut at {cut}");
+            assert!(
+                matches!(decode(&rec[..cut]), Err(DecodeError::Short { .. })),
+                "cut at {cut}"
+            );
         }
     }
 }

@@ -30,7 +30,9 @@ impl Engine {
         options.validate()?;
         let vfs = Arc::clone(&options.vfs);
         if dir.exists() && !dir.is_dir() {
-            return Err(Error::NotADirectory { path: dir.to_owned() });
+            return Err(Error::NotADirectory {
+                path: dir.to_owned(),
+            });
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("create store directory", dir, e))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -45,16 +47,25 @@ impl Engine {
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock store directory", &lock_path, e)),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io("lock store directory", &lock_path, e));
+            }
         }
 
         let mut ids = Vec::new();
-        for name in vfs.list_dir(dir).map_err(|e| Error::io("list store directory", dir, e))? {
+        for name in vfs
+            .list_dir(dir)
+            .map_err(|e| Error::io("list store directory", dir, e))?
+        {
             let Some(name) = name.to_str() else { continue };
             if name.ends_with(TMP_SUFFIX) {
-                log::warn!("removing {name} in {}, left over from an interrupted write", dir.display());
+                log::warn!(
+                    "removing {name} in {}, left over from an interrupted write",
+                    dir.display()
+                );
                 let path = dir.join(name);
-                vfs.remove_file(&path).map_err(|e| Error::io("remove temporary file", &path, e))?;
+                vfs.remove_file(&path)
+                    .map_err(|e| Error::io("remove temporary file", &path, e))?;
             } else if let Some(id) = segment::parse_file_name(name) {
                 ids.push(id);
             }
@@ -75,7 +86,11 @@ impl Engine {
             index: Index::new(KeyHasher::new(options.weak_hash)),
             options,
             segments: RwLock::new(BTreeMap::from([(active.id(), Arc::clone(&active))])),
-            log: Mutex::new(LogState { next_id: active.id() + 1, active: Arc::clone(&active), written: 0 }),
+            log: Mutex::new(LogState {
+                next_id: active.id() + 1,
+                active: Arc::clone(&active),
+                written: 0,
+            }),
             syncer: Syncer::default(),
             poison: OnceLock::new(),
             counters: Counters::default(),
@@ -93,20 +108,29 @@ impl Engine {
     fn recover_sealed(&self, id: u32) -> Result<()> {
         let (path, file, len) = open_segment(&*self.vfs, &self.dir, id)?;
         let segment = Arc::new(Segment::active(id, path.clone(), file, len, 0).seal());
-        self.segments.write().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::clone(&segment));
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Arc::clone(&segment));
         let mut buf = Vec::new();
         let bytes: &[u8] = match segment.mapped() {
             Some(map) => map,
             None => {
                 buf.resize(len as usize, 0);
-                let got = segment.file().read_at(&mut buf, 0).map_err(|e| Error::io("read segment", &path, e))?;
+                let got = segment
+                    .file()
+                    .read_at(&mut buf, 0)
+                    .map_err(|e| Error::io("read segment", &path, e))?;
                 buf.truncate(got);
                 &buf
             }
         };
         let end = valid_prefix(bytes);
         if end < bytes.len() {
-            let reason = record::decode(&bytes[end..]).err().map(describe).unwrap_or_default();
+            let reason = record::decode(&bytes[end..])
+                .err()
+                .map(describe)
+                .unwrap_or_default();
             return Err(Error::corrupted(&path, end as u64, reason));
         }
         self.replay_all(id, &path, bytes)
@@ -116,7 +140,8 @@ impl Engine {
     fn replay_all(&self, id: u32, path: &Path, bytes: &[u8]) -> Result<()> {
         let mut offset = SEGMENT_HEADER_LEN as usize;
         while offset < bytes.len() {
-            let rec = record::decode(&bytes[offset..]).map_err(|e| Error::corrupted(path, offset as u64, describe(e)))?;
+            let rec = record::decode(&bytes[offset..])
+                .map_err(|e| Error::corrupted(path, offset as u64, describe(e)))?;
             self.replay(Loc::new(id, offset as u64), rec)?;
             offset += rec.len();
         }
@@ -151,20 +176,37 @@ impl Engine {
 fn open_segment(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(PathBuf, Arc<dyn VFile>, u64)> {
     let path = dir.join(segment::file_name(id));
     if id == 0 || id > MAX_SEGMENT_ID {
-        return Err(Error::corrupted(&path, 0, format!("segment id {id} is out of range")));
+        return Err(Error::corrupted(
+            &path,
+            0,
+            format!("segment id {id} is out of range"),
+        ));
     }
-    let file: Arc<dyn VFile> = Arc::from(vfs.open(&path).map_err(|e| Error::io("open segment", &path, e))?);
-    let len = file.len().map_err(|e| Error::io("read segment length", &path, e))?;
+    let file: Arc<dyn VFile> = Arc::from(
+        vfs.open(&path)
+            .map_err(|e| Error::io("open segment", &path, e))?,
+    );
+    let len = file
+        .len()
+        .map_err(|e| Error::io("read segment length", &path, e))?;
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-    let got = file.read_at(&mut header, 0).map_err(|e| Error::io("read segment header", &path, e))?;
+    let got = file
+        .read_at(&mut header, 0)
+        .map_err(|e| Error::io("read segment header", &path, e))?;
     match record::decode_segment_header(&header[..got]) {
         Ok(found) if found == id => Ok((path, file, len)),
-        Ok(found) => Err(Error::corrupted(&path, 12, format!("header names segment {found}, the file name {id}"))),
+        Ok(found) => Err(Error::corrupted(
+            &path,
+            12,
+            format!("header names segment {found}, the file name {id}"),
+        )),
         Err(HeaderError::Short) => Err(Error::corrupted(&path, 0, "segment header is incomplete")),
         Err(HeaderError::BadMagic) => Err(Error::BadMagic { path }),
-        Err(HeaderError::Version(found)) => {
-            Err(Error::UnsupportedVersion { path, found, supported: record::FORMAT_VERSION })
-        }
+        Err(HeaderError::Version(found)) => Err(Error::UnsupportedVersion {
+            path,
+            found,
+            supported: record::FORMAT_VERSION,
+        }),
         Err(HeaderError::Invalid(reason)) => Err(Error::corrupted(&path, 0, reason)),
     }
 }
@@ -173,19 +215,30 @@ fn open_segment(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(PathBuf, Arc<dyn 
 fn open_newest(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(Segment, Vec<u8>)> {
     let (path, file, len) = open_segment(vfs, dir, id)?;
     let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-    let got = file.read_at(&mut bytes, 0).map_err(|e| Error::io("read segment", &path, e))?;
+    let got = file
+        .read_at(&mut bytes, 0)
+        .map_err(|e| Error::io("read segment", &path, e))?;
     bytes.truncate(got);
     let end = valid_prefix(&bytes);
     if end < bytes.len() {
-        let reason = record::decode(&bytes[end..]).err().map(describe).unwrap_or_default();
+        let reason = record::decode(&bytes[end..])
+            .err()
+            .map(describe)
+            .unwrap_or_default();
         if let Some(next) = next_intact_record(&bytes, end + 1) {
             return Err(Error::corrupted(
                 &path,
                 end as u64,
-                format!("{reason}; an intact record follows at offset {next}, so this is damage, not a torn write"),
+                format!(
+                    "{reason}; an intact record follows at offset {next}, so this is damage, not a torn write"
+                ),
             ));
         }
-        log::warn!("{}: cutting off a torn write of {} bytes at offset {end} ({reason})", path.display(), bytes.len() - end);
+        log::warn!(
+            "{}: cutting off a torn write of {} bytes at offset {end} ({reason})",
+            path.display(),
+            bytes.len() - end
+        );
         file.set_len(end as u64)
             .and_then(|()| file.sync_data())
             .map_err(|e| Error::io("cut torn tail", &path, e))?;

@@ -56,23 +56,44 @@ impl Segment {
         let path = dir.join(file_name(id));
         let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(id)));
         let _ = vfs.remove_file(&tmp);
-        let file = vfs.create_new(&tmp).map_err(|e| Error::io("create segment", &tmp, e))?;
+        let file = vfs
+            .create_new(&tmp)
+            .map_err(|e| Error::io("create segment", &tmp, e))?;
         let written = file
             .write_all_at(&record::segment_header(id), 0)
             .and_then(|()| file.sync_data())
             .map_err(|e| Error::io("write segment header", &tmp, e))
-            .and_then(|()| vfs.rename(&tmp, &path).map_err(|e| Error::io("rename segment", &tmp, e)))
-            .and_then(|()| vfs.sync_dir(dir).map_err(|e| Error::io("sync directory", dir, e)));
+            .and_then(|()| {
+                vfs.rename(&tmp, &path)
+                    .map_err(|e| Error::io("rename segment", &tmp, e))
+            })
+            .and_then(|()| {
+                vfs.sync_dir(dir)
+                    .map_err(|e| Error::io("sync directory", dir, e))
+            });
         if let Err(e) = written {
             let _ = vfs.remove_file(&tmp);
             return Err(e);
         }
-        Ok(Segment::active(id, path, Arc::from(file), SEGMENT_HEADER_LEN, 0))
+        Ok(Segment::active(
+            id,
+            path,
+            Arc::from(file),
+            SEGMENT_HEADER_LEN,
+            0,
+        ))
     }
 
     /// A segment that is (still) appended to.
     pub fn active(id: u32, path: PathBuf, file: Arc<dyn VFile>, len: u64, dead: u64) -> Segment {
-        Segment { id, path, file, map: None, dead: AtomicU64::new(dead), len: AtomicU64::new(len) }
+        Segment {
+            id,
+            path,
+            file,
+            map: None,
+            dead: AtomicU64::new(dead),
+            len: AtomicU64::new(len),
+        }
     }
 
     /// A sealed copy of this complete, fsynced segment, read through a memory map. If mapping fails the segment
@@ -84,7 +105,12 @@ impl Segment {
             // again (compaction deletes whole files, which leaves existing maps valid). Other processes are kept
             // out of the directory by the lock file and the files are created 0600, so nothing else changes the
             // mapped bytes while the map lives. Reads stay within `len`, the length at sealing time.
-            unsafe { memmap2::MmapOptions::new().len(len as usize).map(self.file.std_file()) }.ok()
+            unsafe {
+                memmap2::MmapOptions::new()
+                    .len(len as usize)
+                    .map(self.file.std_file())
+            }
+            .ok()
         } else {
             None
         };
@@ -141,18 +167,30 @@ impl Segment {
     /// Reads and checks the record at `offset`, and hands it to `f`.
     pub fn with_record<T>(&self, offset: u64, f: impl FnOnce(RecordRef<'_>) -> T) -> Result<T> {
         if let Some(map) = &self.map {
-            let bytes = usize::try_from(offset).ok().and_then(|o| map.get(o..)).unwrap_or_default();
-            return record::decode(bytes).map(f).map_err(|e| self.decode_error(offset, e));
+            let bytes = usize::try_from(offset)
+                .ok()
+                .and_then(|o| map.get(o..))
+                .unwrap_or_default();
+            return record::decode(bytes)
+                .map(f)
+                .map_err(|e| self.decode_error(offset, e));
         }
         let mut small = [0u8; READ_AHEAD];
-        let got = self.file.read_at(&mut small, offset).map_err(|e| Error::io("read record", &self.path, e))?;
+        let got = self
+            .file
+            .read_at(&mut small, offset)
+            .map_err(|e| Error::io("read record", &self.path, e))?;
         match record::decode(&small[..got]) {
             Ok(rec) => Ok(f(rec)),
             Err(DecodeError::Short { needed: Some(n) }) if got == READ_AHEAD => {
                 let mut big = vec![0u8; n];
-                let got =
-                    self.file.read_at(&mut big, offset).map_err(|e| Error::io("read record", &self.path, e))?;
-                record::decode(&big[..got]).map(f).map_err(|e| self.decode_error(offset, e))
+                let got = self
+                    .file
+                    .read_at(&mut big, offset)
+                    .map_err(|e| Error::io("read record", &self.path, e))?;
+                record::decode(&big[..got])
+                    .map(f)
+                    .map_err(|e| self.decode_error(offset, e))
             }
             Err(e) => Err(self.decode_error(offset, e)),
         }

@@ -97,13 +97,14 @@ impl Options {
                 ),
             });
         }
-        if let Durability::Periodic(interval) = self.durability {
-            if interval.is_zero() {
-                return Err(Error::InvalidOption {
-                    option: "durability",
-                    reason: "a Periodic interval must be longer than zero; use Immediate instead".into(),
-                });
-            }
+        if let Durability::Periodic(interval) = self.durability
+            && interval.is_zero()
+        {
+            return Err(Error::InvalidOption {
+                option: "durability",
+                reason: "a Periodic interval must be longer than zero; use Immediate instead"
+                    .into(),
+            });
         }
         Ok(())
     }
@@ -157,7 +158,9 @@ struct Stop {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.inner.engine.dir).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.inner.engine.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -174,10 +177,17 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let engine = Arc::new(Engine::open(dir.as_ref(), options)?);
         let background = match engine.durability() {
-            Durability::Periodic(interval) => Some(spawn_syncer(Arc::downgrade(&engine), interval)?),
+            Durability::Periodic(interval) => {
+                Some(spawn_syncer(Arc::downgrade(&engine), interval)?)
+            }
             Durability::Immediate | Durability::Never => None,
         };
-        Ok(Store { inner: Arc::new(Shared { engine, background: Mutex::new(background) }) })
+        Ok(Store {
+            inner: Arc::new(Shared {
+                engine,
+                background: Mutex::new(background),
+            }),
+        })
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -186,7 +196,10 @@ impl Store {
 
     /// The mapping of `user_id` in `campaign_key`, if any.
     pub fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
-        Ok(self.engine().get(user_id, campaign_key)?.map(|(map, _)| map))
+        Ok(self
+            .engine()
+            .get(user_id, campaign_key)?
+            .map(|(map, _)| map))
     }
 
     /// Stores `map`, replacing any earlier mapping of its user and campaign.
@@ -217,7 +230,12 @@ impl Store {
 
     /// Every mapping of `user_id`, sorted by campaign key. Costs in proportion to that user's mappings.
     pub fn campaigns_of(&self, user_id: &str) -> Result<Vec<CampaignUserMap>> {
-        Ok(self.engine().campaigns_of(user_id)?.into_iter().map(|(map, _)| map).collect())
+        Ok(self
+            .engine()
+            .campaigns_of(user_id)?
+            .into_iter()
+            .map(|(map, _)| map)
+            .collect())
     }
 
     /// Returns once everything written so far is on stable storage, whatever the durability mode.
@@ -231,7 +249,9 @@ impl Store {
         let (segments, disk_bytes, dead_bytes) = engine
             .segments()
             .values()
-            .fold((0, 0, 0), |(n, disk, dead), s| (n + 1, disk + s.len(), dead + s.dead()));
+            .fold((0, 0, 0), |(n, disk, dead), s| {
+                (n + 1, disk + s.len(), dead + s.dead())
+            });
         let live_bytes = disk_bytes.saturating_sub(dead_bytes);
         Stats {
             mappings: engine.index.len(),
@@ -263,7 +283,10 @@ fn spawn_syncer(engine: Weak<Engine>, interval: Duration) -> Result<(Arc<Stop>, 
     let handle = std::thread::Builder::new()
         .name("ussdb-sync".into())
         .spawn(move || {
-            let mut stopped = stop_in_thread.stopped.lock().unwrap_or_else(|e| e.into_inner());
+            let mut stopped = stop_in_thread
+                .stopped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             while !*stopped {
                 stopped = match stop_in_thread.wake.wait_timeout(stopped, interval) {
                     Ok((guard, _)) => guard,
@@ -272,13 +295,18 @@ fn spawn_syncer(engine: Weak<Engine>, interval: Duration) -> Result<(Arc<Stop>, 
                 if *stopped {
                     break;
                 }
-                let Some(engine) = engine.upgrade() else { break };
+                let Some(engine) = engine.upgrade() else {
+                    break;
+                };
                 drop(stopped);
                 if let Err(e) = engine.sync() {
                     log::error!("background fsync of {} failed: {e}", engine.dir.display());
                 }
                 drop(engine);
-                stopped = stop_in_thread.stopped.lock().unwrap_or_else(|e| e.into_inner());
+                stopped = stop_in_thread
+                    .stopped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
             }
         })
         .map_err(|e| Error::io("start the background fsync thread", "ussdb-sync", e))?;
@@ -287,15 +315,20 @@ fn spawn_syncer(engine: Weak<Engine>, interval: Duration) -> Result<(Arc<Stop>, 
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Some((stop, handle)) = self.background.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some((stop, handle)) = self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             *stop.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
             stop.wake.notify_all();
             let _ = handle.join();
         }
-        if self.engine.poison.get().is_none() {
-            if let Err(e) = self.engine.sync() {
-                log::error!("final fsync of {} failed: {e}", self.engine.dir.display());
-            }
+        if self.engine.poison.get().is_none()
+            && let Err(e) = self.engine.sync()
+        {
+            log::error!("final fsync of {} failed: {e}", self.engine.dir.display());
         }
     }
 }

@@ -67,7 +67,11 @@ impl CampaignUserMap {
 
     /// The goals tracked so far, in order (empty pieces from a leading or trailing delimiter are skipped).
     pub fn goals(&self) -> impl Iterator<Item = &str> {
-        self.goal_identifier.as_deref().unwrap_or_default().split(GOAL_DELIMITER).filter(|g| !g.is_empty())
+        self.goal_identifier
+            .as_deref()
+            .unwrap_or_default()
+            .split(GOAL_DELIMITER)
+            .filter(|g| !g.is_empty())
     }
 
     /// True when `goal` was already tracked.
@@ -131,8 +135,14 @@ mod tests {
         );
         map.goal_identifier = Some("a_vwo_b".into());
         let json = serde_json::to_string(&map).expect("serializes");
-        assert_eq!(json, r#"{"userId":"u","campaignKey":"c","variationName":"v","goalIdentifier":"a_vwo_b"}"#);
-        assert_eq!(serde_json::from_str::<CampaignUserMap>(&json).expect("parses"), map);
+        assert_eq!(
+            json,
+            r#"{"userId":"u","campaignKey":"c","variationName":"v","goalIdentifier":"a_vwo_b"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<CampaignUserMap>(&json).expect("parses"),
+            map
+        );
     }
 
     #[test]
@@ -147,11 +157,16 @@ mod tests {
             r#"{"userId":"u","campaignKey":"c","variationName":"v","goalIdentifier":"_vwo_g1_vwo_g2","metaData":{"a":1}}"#,
             r#"{"userId":"u","campaignKey":"c","variationName":"v","goalIdentifiers":["","g1","g2"]}"#,
         ] {
-            assert_eq!(serde_json::from_str::<CampaignUserMap>(json).expect(json), want, "{json}");
+            assert_eq!(
+                serde_json::from_str::<CampaignUserMap>(json).expect(json),
+                want,
+                "{json}"
+            );
         }
-        let none: CampaignUserMap =
-            serde_json::from_str(r#"{"userId":"u","campaignKey":"c","variationName":"v","goalIdentifier":null}"#)
-                .expect("parses");
+        let none: CampaignUserMap = serde_json::from_str(
+            r#"{"userId":"u","campaignKey":"c","variationName":"v","goalIdentifier":null}"#,
+        )
+        .expect("parses");
         assert_eq!(none.goal_identifier, None);
     }
 
@@ -161,8 +176,14 @@ mod tests {
         assert!(map.add_goal("buy-now-clicked"));
         assert!(map.add_goal("product-bought"));
         assert!(!map.add_goal("buy-now-clicked"));
-        assert_eq!(map.goal_identifier.as_deref(), Some("buy-now-clicked_vwo_product-bought"));
-        let mut java = CampaignUserMap { goal_identifier: Some("a_vwo_".into()), ..map.clone() };
+        assert_eq!(
+            map.goal_identifier.as_deref(),
+            Some("buy-now-clicked_vwo_product-bought")
+        );
+        let mut java = CampaignUserMap {
+            goal_identifier: Some("a_vwo_".into()),
+            ..map.clone()
+        };
         assert!(java.add_goal("b"));
         assert_eq!(java.goal_identifier.as_deref(), Some("a_vwo_b"));
     }
