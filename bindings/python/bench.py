@@ -42,16 +42,27 @@ def records(n):
     return out
 
 
-def best_rate(fn, ops, runs):
-    """(ops/s by the wall clock, CPU ns/op), each the best of `runs`. CPU time (user + system of this
-    process) is the steadier figure on a shared machine; wall time is what includes waiting for fsync."""
-    wall = cpu = float("inf")
-    for _ in range(runs):
+class Timing:
+    """Best-of-runs wall rate and CPU ns/op for one case. CPU time (user + system of this process) is
+    the steadier figure on a shared machine; wall time is what includes waiting for fsync."""
+
+    def __init__(self, ops):
+        self.ops = ops
+        self.wall = self.cpu = float("inf")
+
+    def measure(self, fn):
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        wall = min(wall, time.perf_counter() - t0)
-        cpu = min(cpu, time.process_time() - c0)
-    return ops / wall, cpu / ops * 1e9
+        self.wall = min(self.wall, time.perf_counter() - t0)
+        self.cpu = min(self.cpu, time.process_time() - c0)
+
+    @property
+    def rate(self):
+        return self.ops / self.wall
+
+    @property
+    def cpu_ns(self):
+        return self.cpu / self.ops * 1e9
 
 
 # ---- dict -------------------------------------------------------------------------------------
@@ -127,7 +138,6 @@ def main():
     recs = records(a.n)
     users = [r["userId"] for r in recs]
     random.Random(11).shuffle(users)
-    results = []  # (op, durability, backend, ops/s)
 
     def fresh(name):
         p = os.path.join(base, name)
@@ -139,62 +149,65 @@ def main():
                 os.remove(p + ".sqlite" + suffix)
         return p
 
-    try:
-        # set, process-crash-safe tier; every run starts from an empty store
-        def run_dict_set():
-            dict_set({}, recs)
-
-        results.append(("set", "in memory", "dict", best_rate(run_dict_set, a.n, a.runs)))
-
-        def run_sqlite_set():
-            conn = sqlite_open(fresh("sq") + ".sqlite", "NORMAL")
-            sqlite_set(conn, recs)
-            conn.close()
-
-        results.append(("set", "process-crash safe", "sqlite3 WAL synchronous=NORMAL", best_rate(run_sqlite_set, a.n, a.runs)))
-
-        def run_ussdb_set():
-            with ussdb.Store(fresh("us"), durability="periodic") as s:
-                ussdb_set(s, recs)
-
-        results.append(("set", "process-crash safe", 'ussdb durability="periodic"', best_rate(run_ussdb_set, a.n, a.runs)))
-
-        # set, fsync per set
-        srecs = recs[: a.sync_n]
-
-        def run_sqlite_full():
-            conn = sqlite_open(fresh("sqf") + ".sqlite", "FULL")
-            sqlite_set(conn, srecs)
-            conn.close()
-
-        results.append(("set", "fsync per set", "sqlite3 WAL synchronous=FULL", best_rate(run_sqlite_full, a.sync_n, a.runs)))
-
-        def run_ussdb_immediate():
-            with ussdb.Store(fresh("usi"), durability="immediate") as s:
-                ussdb_set(s, srecs)
-
-        results.append(("set", "fsync per set", 'ussdb durability="immediate"', best_rate(run_ussdb_immediate, a.sync_n, a.runs)))
-
-        # get, on stores holding all n records
-        d = {}
-        dict_set(d, recs)
-        results.append(("get", "-", "dict", best_rate(lambda: dict_get(d, users), a.n, a.runs)))
-
-        conn = sqlite_open(fresh("sqg") + ".sqlite", "NORMAL")
+    def sqlite_filled(name, synchronous):
+        conn = sqlite_open(fresh(name) + ".sqlite", synchronous)
         conn.execute("BEGIN")
         sqlite_set(conn, recs)
         conn.execute("COMMIT")
-        results.append(("get", "-", "sqlite3", best_rate(lambda: sqlite_get(conn, users), a.n, a.runs)))
-        conn.close()
+        return conn
 
+    srecs = recs[: a.sync_n]
+
+    def set_dict():
+        dict_set({}, recs)
+
+    def set_sqlite(name, synchronous, rs):
+        def run():
+            conn = sqlite_open(fresh(name) + ".sqlite", synchronous)
+            sqlite_set(conn, rs)
+            conn.close()
+
+        return run
+
+    def set_ussdb(name, durability, rs):
+        def run():
+            with ussdb.Store(fresh(name), durability=durability) as s:
+                ussdb_set(s, rs)
+
+        return run
+
+    try:
+        d = {}
+        dict_set(d, recs)
+        conn = sqlite_filled("sqg", "NORMAL")
         # The default 64 MiB segment holds all n records, so every get reads the active segment (pread);
         # with 1 MiB segments nearly all records sit in sealed, memory-mapped segments.
+        stores = {}
         for label, seg in (("ussdb", None), ("ussdb segment_size=1MiB", 1 << 20)):
             p = fresh("usg%s" % (seg or ""))
             with ussdb.Store(p, durability="periodic", segment_size=seg) as s:
                 ussdb_set(s, recs)
-            with ussdb.Store(p, segment_size=seg) as s:
-                results.append(("get", "-", label, best_rate(lambda: ussdb_get(s, users), a.n, a.runs)))
+            stores[label] = ussdb.Store(p, segment_size=seg)
+
+        # (op, durability, backend, ops, fn); every round runs each case once, so a burst of load
+        # from elsewhere on the machine hits all of them alike, and each keeps its best round.
+        cases = [
+            ("set", "in memory", "dict", a.n, set_dict),
+            ("set", "process-crash safe", "sqlite3 WAL synchronous=NORMAL", a.n, set_sqlite("sq", "NORMAL", recs)),
+            ("set", "process-crash safe", 'ussdb durability="periodic"', a.n, set_ussdb("us", "periodic", recs)),
+            ("set", "fsync per set", "sqlite3 WAL synchronous=FULL", a.sync_n, set_sqlite("sqf", "FULL", srecs)),
+            ("set", "fsync per set", 'ussdb durability="immediate"', a.sync_n, set_ussdb("usi", "immediate", srecs)),
+            ("get", "-", "dict", a.n, lambda: dict_get(d, users)),
+            ("get", "-", "sqlite3", a.n, lambda: sqlite_get(conn, users)),
+        ] + [("get", "-", label, a.n, (lambda s=s: ussdb_get(s, users))) for label, s in stores.items()]
+        timings = [Timing(ops) for (_, _, _, ops, _) in cases]
+        for _ in range(a.runs):
+            for (_, _, _, _, fn), t in zip(cases, timings):
+                t.measure(fn)
+        results = [(op, dur, backend, t) for (op, dur, backend, _, _), t in zip(cases, timings)]
+        conn.close()
+        for s in stores.values():
+            s.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -203,16 +216,23 @@ def main():
     print()
     print("| op | durability | backend | ops/s (wall) | ns/op (wall) | CPU ns/op |")
     print("| --- | --- | --- | ---: | ---: | ---: |")
-    for op, dur, backend, (rate, cpu_ns) in results:
-        print("| %s | %s | %s | %s | %.0f | %.0f |" % (op, dur, backend, format(int(rate), ","), 1e9 / rate, cpu_ns))
-    rates = {(op, b): r for op, _, b, (r, _) in results}
-    g_us = rates[("get", "ussdb")]
+    for op, dur, backend, t in results:
+        print("| %s | %s | %s | %s | %.0f | %.0f |" % (op, dur, backend, format(int(t.rate), ","), 1e9 / t.rate, t.cpu_ns))
+    rates = {(op, b): t.rate for op, _, b, t in results}
+    cpu = {(op, b): t.cpu_ns for op, _, b, t in results}
     print()
-    print("get: ussdb is %.1fx sqlite3 and %.1fx slower than dict"
-          % (g_us / rates[("get", "sqlite3")], rates[("get", "dict")] / g_us))
-    print("set: ussdb periodic is %.1fx sqlite3 NORMAL; ussdb immediate is %.1fx sqlite3 FULL"
-          % (rates[("set", 'ussdb durability="periodic"')] / rates[("set", "sqlite3 WAL synchronous=NORMAL")],
-             rates[("set", 'ussdb durability="immediate"')] / rates[("set", "sqlite3 WAL synchronous=FULL")]))
+    for label in ("ussdb", "ussdb segment_size=1MiB"):
+        print("get, %s: %.1fx sqlite3's rate, %.1fx dict's time (by CPU: %.1fx and %.1fx)" % (
+            label,
+            rates[("get", label)] / rates[("get", "sqlite3")],
+            rates[("get", "dict")] / rates[("get", label)],
+            cpu[("get", "sqlite3")] / cpu[("get", label)],
+            cpu[("get", label)] / cpu[("get", "dict")],
+        ))
+    print("set: ussdb periodic %.1fx sqlite3 NORMAL; ussdb immediate %.1fx sqlite3 FULL" % (
+        rates[("set", 'ussdb durability="periodic"')] / rates[("set", "sqlite3 WAL synchronous=NORMAL")],
+        rates[("set", 'ussdb durability="immediate"')] / rates[("set", "sqlite3 WAL synchronous=FULL")],
+    ))
     return 0
 
 
