@@ -14,6 +14,10 @@ Durability is matched pairwise:
                     (write to the WAL per commit, fsync at checkpoints): both survive a process crash.
   ussdb "immediate" (fsync before set returns)            ~ sqlite synchronous=FULL (fsync per commit).
 Gets look up all n records in a shuffled order, on a store reopened after loading them.
+
+Last, the same three as the VWO Python SDK's user storage (if `vwo` is installed): CPU time per
+activate() for first visits (get misses, set) and returning users (get hits), with the settings file
+of the tests (one VISUAL_AB campaign), to show what the storage weighs in a whole SDK call.
 """
 
 import argparse
@@ -110,6 +114,73 @@ def sqlite_get(conn, users):
         ex(q, (u, c)).fetchone()
 
 
+# ---- the VWO SDK on top ------------------------------------------------------------------------
+
+
+class DictUserStorage:
+    def __init__(self):
+        self.d = {}
+
+    def get(self, user_id, campaign_key):
+        return self.d.get((user_id, campaign_key))
+
+    def set(self, data):
+        self.d[(data["userId"], data["campaignKey"])] = data
+
+
+class SqliteUserStorage:
+    def __init__(self, path):
+        self.conn = sqlite_open(path, "NORMAL")
+
+    def get(self, user_id, campaign_key):
+        row = self.conn.execute(
+            "SELECT variation_name, goal_identifier FROM campaign_user WHERE user_id = ? AND campaign_key = ?",
+            (user_id, campaign_key),
+        ).fetchone()
+        if row is None:
+            return None
+        d = {"userId": user_id, "campaignKey": campaign_key, "variationName": row[0]}
+        if row[1] is not None:
+            d["goalIdentifiers"] = row[1]
+        return d
+
+    def set(self, data):
+        self.conn.execute(
+            "INSERT OR REPLACE INTO campaign_user VALUES (?, ?, ?, ?)",
+            (data["userId"], data["campaignKey"], data["variationName"], data.get("goalIdentifiers")),
+        )
+
+
+def sdk_rows(base, n_users):
+    try:
+        import vwo
+    except ImportError:
+        return []
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
+    from conftest import CAMPAIGN_KEY, settings_file
+
+    users = ["sdk-user-%06d" % i for i in range(n_users)]
+    rows = []
+    for label, make in (
+        ("dict", DictUserStorage),
+        ("sqlite3 WAL synchronous=NORMAL", lambda: SqliteUserStorage(os.path.join(base, "sdk.sqlite"))),
+        ('ussdb.UserStorage durability="periodic"', lambda: ussdb.UserStorage(os.path.join(base, "sdk-ussdb"))),
+    ):
+        storage = make()
+        sdk = vwo.launch(settings_file(50, 50), user_storage=storage, is_development_mode=True,
+                         log_level=vwo.LOG_LEVELS.ERROR)
+        per_phase = []
+        for _ in ("first visit", "returning"):
+            c0 = time.process_time()
+            for u in users:
+                sdk.activate(CAMPAIGN_KEY, u)
+            per_phase.append((time.process_time() - c0) / n_users * 1e6)
+        rows.append((label, per_phase[0], per_phase[1]))
+        if hasattr(storage, "close"):
+            storage.close()
+    return rows
+
+
 # ---- ussdb ------------------------------------------------------------------------------------
 
 
@@ -131,6 +202,7 @@ def main():
     ap.add_argument("--n", type=int, default=200_000, help="records for the get and periodic-set runs")
     ap.add_argument("--sync-n", type=int, default=2_000, help="records for the fsync-per-set runs")
     ap.add_argument("--runs", type=int, default=3, help="best of this many runs")
+    ap.add_argument("--sdk-users", type=int, default=5_000, help="users for the VWO SDK activate() runs")
     ap.add_argument("--dir", default=None, help="where to put the stores (default: a temp dir)")
     a = ap.parse_args()
 
@@ -208,6 +280,7 @@ def main():
         conn.close()
         for s in stores.values():
             s.close()
+        sdk = sdk_rows(base, a.sdk_users)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -233,6 +306,12 @@ def main():
         rates[("set", 'ussdb durability="periodic"')] / rates[("set", "sqlite3 WAL synchronous=NORMAL")],
         rates[("set", 'ussdb durability="immediate"')] / rates[("set", "sqlite3 WAL synchronous=FULL")],
     ))
+    if sdk:
+        print()
+        print("| VWO SDK user storage | CPU us/activate, first visit | CPU us/activate, returning |")
+        print("| --- | ---: | ---: |")
+        for label, first, returning in sdk:
+            print("| %s | %.1f | %.1f |" % (label, first, returning))
     return 0
 
 
