@@ -10,7 +10,7 @@ shape with the bound method hoisted, so the numbers differ by the backend's own 
            get is execute(...).fetchone() and returns a tuple.
   ussdb    Store.set(dict) / Store.get(u, c) returning a new dict.
 Durability is matched pairwise:
-  ussdb "periodic"  (write(2) per set, fsync every second) ~ sqlite synchronous=NORMAL in WAL mode
+  ussdb "periodic"  (write(2) per set, fsync every 100 ms) ~ sqlite synchronous=NORMAL in WAL mode
                     (write to the WAL per commit, fsync at checkpoints): both survive a process crash.
   ussdb "immediate" (fsync before set returns)            ~ sqlite synchronous=FULL (fsync per commit).
 Gets look up all n records in a shuffled order, on a store reopened after loading them.
