@@ -1,7 +1,11 @@
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Optional, TypedDict, Union
+from typing import Literal, Optional, TypedDict, Union, final
+
+from typing_extensions import Self
+
+__all__ = ["Error", "Store", "UserStorage", "__version__"]
 
 __version__: str
 
@@ -30,13 +34,14 @@ class _RecordIn(_RecordBase, total=False):
     goalIdentifier: Optional[str]
     goalIdentifiers: Optional[str]
 
+@final
 class Store:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: _PathLike,
         durability: _Durability = "periodic",
         segment_size: Optional[int] = None,
-    ) -> None: ...
+    ) -> Self: ...
     def get(self, user_id: str, campaign_key: str) -> Optional[_Record]: ...
     def set(self, data: _RecordIn) -> None: ...
     def delete(self, user_id: str, campaign_key: str) -> bool: ...
@@ -57,13 +62,14 @@ class Store:
         tb: Optional[TracebackType],
     ) -> bool: ...
 
+@final
 class UserStorage:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path_or_store: Union[_PathLike, Store],
         durability: _Durability = "periodic",
         segment_size: Optional[int] = None,
-    ) -> None: ...
+    ) -> Self: ...
     def get(self, user_id: str, campaign_key: str) -> Optional[_VwoRecord]: ...
     def set(self, data: _RecordIn) -> None: ...
     @property
