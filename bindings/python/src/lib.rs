@@ -6,6 +6,7 @@
 //! `UserStorage` translates, `Store` speaks the engine's shape.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
@@ -31,6 +32,24 @@ fn engine_error(e: ussdb::Error) -> PyErr {
 
 fn closed_error() -> PyErr {
     Error::new_err("store is closed")
+}
+
+/// Bumped in the child after every `os.fork()`. A forked child shares the parent's open files and
+/// its directory lock but not its engine state or its fsync thread, so two processes writing one
+/// log through copies of one engine would corrupt it: a `Store` opened before a fork refuses work
+/// in the child (prefork servers such as gunicorn must open the store after forking).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+#[pyfunction]
+fn _after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+fn forked_error(path: &std::path::Path) -> PyErr {
+    Error::new_err(format!(
+        "the store at {} was opened before this process was forked; open it after forking, in one process",
+        path.display()
+    ))
 }
 
 fn parse_durability(s: &str) -> PyResult<ussdb::Durability> {
@@ -171,15 +190,35 @@ struct Store {
     // instead of pulling the store from under a running call.
     inner: RwLock<Option<ussdb::Store>>,
     path: PathBuf,
+    /// `FORK_GENERATION` when opened; any other value means this is a forked child's copy.
+    fork_generation: u64,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.forked() {
+            // Dropping would fsync and join a syncer thread that exists only in the parent; the
+            // parent still owns the files, so the child's copy is leaked instead.
+            let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+            std::mem::forget(inner.take());
+        }
+    }
 }
 
 impl Store {
+    fn forked(&self) -> bool {
+        FORK_GENERATION.load(Ordering::Relaxed) != self.fork_generation
+    }
+
     /// Runs `f` on the open engine with the GIL released.
     fn call<T, F>(&self, py: Python<'_>, f: F) -> PyResult<T>
     where
         T: Send,
         F: FnOnce(&ussdb::Store) -> ussdb::Result<T> + Send,
     {
+        if self.forked() {
+            return Err(forked_error(&self.path));
+        }
         let out = py.detach(|| {
             let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
             guard.as_ref().map(f)
@@ -235,6 +274,7 @@ impl Store {
         Ok(Store {
             inner: RwLock::new(Some(store)),
             path,
+            fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
         })
     }
 
@@ -286,6 +326,15 @@ impl Store {
 
     /// Syncs and closes; later calls raise ussdb.Error. Closing twice is harmless.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if self.forked() {
+            let taken = self
+                .inner
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            std::mem::forget(taken);
+            return Ok(());
+        }
         py.detach(|| {
             let taken = self
                 .inner
@@ -413,6 +462,14 @@ mod ussdb_module {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        m.add("__version__", env!("CARGO_PKG_VERSION"))
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        let py = m.py();
+        let hook = wrap_pyfunction!(super::_after_fork_in_child, py)?;
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("after_in_child", hook)?;
+        py.import("os")?
+            .getattr("register_at_fork")?
+            .call((), Some(&kwargs))?;
+        Ok(())
     }
 }

@@ -329,3 +329,36 @@ def test_gil_is_released_during_engine_calls(store_dir):
         stats = s.stats()
         assert stats["mappings"] == n_threads * per
         assert stats["fsyncs"] - before < n_threads * per, stats
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_store_opened_before_fork_refuses_work_in_the_child(store_dir):
+    # Prefork servers (gunicorn --preload, multiprocessing's fork) hand children copies of an open
+    # engine; letting them write would corrupt the parent's log.
+    with ussdb.Store(store_dir) as s:
+        s.set(rec("u", "c"))
+        us = ussdb.UserStorage(s)
+        pid = os.fork()
+        if pid == 0:  # child: report through the exit code, never return into pytest
+            code = 0
+            try:
+                for call in (lambda: s.get("u", "c"), lambda: s.set(rec("x", "c")), lambda: us.get("u", "c")):
+                    try:
+                        call()
+                        code |= 1
+                    except ussdb.Error as e:
+                        if "forked" not in str(e):
+                            code |= 2
+                s.close()
+                del s, us
+            except BaseException:
+                code |= 4
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        # The parent's store is untouched and still works.
+        assert s.get("u", "c") == rec("u", "c")
+        assert s.get("x", "c") is None
+        s.set(rec("y", "c"))
+    with ussdb.Store(store_dir) as s:
+        assert s.get("y", "c") == rec("y", "c")
