@@ -72,40 +72,22 @@ enum Shape {
     Vwo,
 }
 
-fn record_to_dict<'py>(
-    py: Python<'py>,
-    map: ussdb::CampaignUserMap,
-    shape: Shape,
-) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item(intern!(py, "userId"), map.user_id)?;
-    d.set_item(intern!(py, "campaignKey"), map.campaign_key)?;
-    d.set_item(intern!(py, "variationName"), map.variation_name)?;
-    if let Some(goals) = map.goal_identifier {
-        let key = match shape {
-            Shape::Engine => intern!(py, "goalIdentifier"),
-            Shape::Vwo => intern!(py, "goalIdentifiers"),
-        };
-        d.set_item(key, goals)?;
-    }
-    Ok(d)
-}
-
-/// Same as `record_to_dict`, but reuses the caller's key strings: they are equal to the stored ones
-/// (the engine looked the record up by them), and skipping two string allocations is a visible part
-/// of a `get`'s cost.
-fn found_to_dict<'py>(
-    user_id: &Bound<'py, PyString>,
-    campaign_key: &Bound<'py, PyString>,
-    map: ussdb::CampaignUserMap,
+/// Builds a record dict from the key objects and the engine's answer. `get` passes the caller's own
+/// key strings (equal to the stored ones, since the engine matched them): skipping two string
+/// allocations is a visible part of a get's cost.
+fn record_dict<'py>(
+    user_id: &Bound<'py, PyAny>,
+    campaign_key: &Bound<'py, PyAny>,
+    variation_name: String,
+    goal_identifier: Option<String>,
     shape: Shape,
 ) -> PyResult<Bound<'py, PyDict>> {
     let py = user_id.py();
     let d = PyDict::new(py);
     d.set_item(intern!(py, "userId"), user_id)?;
     d.set_item(intern!(py, "campaignKey"), campaign_key)?;
-    d.set_item(intern!(py, "variationName"), map.variation_name)?;
-    if let Some(goals) = map.goal_identifier {
+    d.set_item(intern!(py, "variationName"), variation_name)?;
+    if let Some(goals) = goal_identifier {
         let key = match shape {
             Shape::Engine => intern!(py, "goalIdentifier"),
             Shape::Vwo => intern!(py, "goalIdentifiers"),
@@ -238,7 +220,14 @@ impl Store {
         let py = user_id.py();
         let (u, c) = (user_id.to_str()?, campaign_key.to_str()?);
         match self.call(py, |s| s.get(u, c))? {
-            Some(map) => found_to_dict(user_id, campaign_key, map, shape).map(Some),
+            Some(map) => record_dict(
+                user_id.as_any(),
+                campaign_key.as_any(),
+                map.variation_name,
+                map.goal_identifier,
+                shape,
+            )
+            .map(Some),
             None => Ok(None),
         }
     }
@@ -308,7 +297,15 @@ impl Store {
         let maps = self.call(py, |s| s.campaigns_of(user_id))?;
         let list = PyList::empty(py);
         for m in maps {
-            list.append(record_to_dict(py, m, Shape::Engine)?)?;
+            let user_id = PyString::new(py, &m.user_id);
+            let campaign_key = PyString::new(py, &m.campaign_key);
+            list.append(record_dict(
+                user_id.as_any(),
+                campaign_key.as_any(),
+                m.variation_name,
+                m.goal_identifier,
+                Shape::Engine,
+            )?)?;
         }
         Ok(list)
     }
