@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 
 use crate::codec;
+use crate::compaction::Compaction;
 use crate::index::{Index, Loc};
 use crate::log::{LogState, Syncer};
 use crate::record::RecordRef;
@@ -34,6 +35,8 @@ pub(crate) struct Engine {
     /// Set by the first failed fsync or unrecoverable write; writes are refused from then on.
     pub(crate) poison: OnceLock<String>,
     pub(crate) counters: Counters,
+    /// Compaction's own state: one pass at a time, its counters, the background thread's wake-up.
+    pub(crate) compaction: Compaction,
     /// Held (flock) for the engine's lifetime, so a second process cannot open the directory.
     pub(crate) _lock: File,
 }
@@ -101,7 +104,10 @@ impl Engine {
     }
 
     pub(crate) fn corrupted_at(&self, loc: Loc, reason: String) -> Error {
-        let path = self.dir.join(crate::segment::file_name(loc.segment()));
+        let path = match self.segments().get(&loc.segment()) {
+            Some(segment) => segment.path().to_owned(),
+            None => self.dir.join(crate::segment::file_name(loc.segment())),
+        };
         Error::corrupted(path, loc.offset(), reason)
     }
 
@@ -147,6 +153,23 @@ impl Engine {
                         self.corrupted_at(loc, "index points into a missing segment".into())
                     );
                 }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The index entry whose record has the encoded key `key`, with the record's length, reading only record
+    /// headers and keys (no values, no checksums). For compaction, the only remover of segments, so none
+    /// vanishes behind its back.
+    pub(crate) fn find_key(&self, hash: u64, key: &[u8]) -> Result<Option<(Loc, u64)>> {
+        for loc in self.index.candidates(hash).iter() {
+            let Some(segment) = self.segments().get(&loc.segment()).cloned() else {
+                return Err(self.corrupted_at(loc, "index points into a missing segment".into()));
+            };
+            if let Some(len) =
+                segment.with_key(loc.offset(), |_, k, len| (k == key).then_some(len))?
+            {
+                return Ok(Some((loc, len)));
             }
         }
         Ok(None)

@@ -28,8 +28,10 @@
 //! The on-disk format is documented byte by byte in `docs/FORMAT.md`.
 
 mod codec;
+mod compaction;
 mod engine;
 mod error;
+mod hint;
 mod index;
 mod log;
 mod record;
@@ -42,6 +44,8 @@ mod vfs;
 pub use codec::{MAX_ID_LEN, MAX_VALUE_LEN};
 pub use engine::Entry;
 pub use error::{Error, Result};
-pub use store::{DEFAULT_SEGMENT_SIZE, Durability, Options, Stats, Store};
+pub use store::{
+    DEFAULT_COMPACTION_THRESHOLD, DEFAULT_SEGMENT_SIZE, Durability, Options, Stats, Store,
+};
 pub use uss::{CampaignUserMap, GOAL_DELIMITER, UserStorageService};
 pub use vfs::{StdFile, StdVfs, VFile, Vfs};

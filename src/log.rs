@@ -183,7 +183,7 @@ impl Engine {
     }
 
     /// Seals the active segment and starts the next one.
-    fn rotate(&self, log: &mut LogState) -> Result<()> {
+    pub(crate) fn rotate(&self, log: &mut LogState) -> Result<()> {
         let old = Arc::clone(&log.active);
         self.fsync(&old)?;
         self.syncer.advance(log.written);
@@ -204,6 +204,8 @@ impl Engine {
             segments.insert(new.id(), Arc::clone(&new));
         }
         log.active = new;
+        // The sealed segment wants a hint file, and may be worth compacting.
+        self.compaction.poke();
         Ok(())
     }
 

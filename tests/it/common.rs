@@ -48,3 +48,27 @@ pub fn copy_dir(from: &Path) -> tempfile::TempDir {
     }
     to
 }
+
+/// A temporary directory in memory (`/dev/shm`) when there is one: for tests that fsync a lot to check logic, not
+/// the disk.
+pub fn memory_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new()
+            .prefix("ussdb-test")
+            .tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempdir()
+}
+
+/// Copies every file of `from` into a fresh [`memory_tempdir`].
+pub fn copy_dir_to_memory(from: &Path) -> tempfile::TempDir {
+    let to = memory_tempdir();
+    for entry in std::fs::read_dir(from).expect("list") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.path().join(entry.file_name())).expect("copy");
+    }
+    to
+}
