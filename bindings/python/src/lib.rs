@@ -161,6 +161,13 @@ fn stats_to_dict<'py>(py: Python<'py>, s: &ussdb::Stats) -> PyResult<Bound<'py, 
     d.set_item("sets", s.sets)?;
     d.set_item("deletes", s.deletes)?;
     d.set_item("fsyncs", s.fsyncs)?;
+    d.set_item("compactions", s.compactions)?;
+    d.set_item(
+        "last_compaction_seconds",
+        s.last_compaction.map(|t| t.as_secs_f64()),
+    )?;
+    d.set_item("reclaimed_bytes", s.reclaimed_bytes)?;
+    d.set_item("hint_files", s.hint_files)?;
     Ok(d)
 }
 
@@ -244,17 +251,33 @@ impl Store {
     ///
     /// durability: "periodic" (default; `set` returns after write(2), fsync every 100 ms),
     /// "immediate" (`set` returns after fsync) or "never" (the OS writes back when it likes).
+    /// compaction_threshold: dead fraction of a sealed segment that triggers background compaction
+    /// (engine default 0.5); auto_compaction=False leaves compaction to `compact()`.
     #[new]
-    #[pyo3(signature = (path, durability = "periodic", segment_size = None))]
+    #[pyo3(signature = (
+        path,
+        durability = "periodic",
+        segment_size = None,
+        *,
+        compaction_threshold = None,
+        auto_compaction = true
+    ))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         durability: &str,
         segment_size: Option<u64>,
+        compaction_threshold: Option<f64>,
+        auto_compaction: bool,
     ) -> PyResult<Self> {
-        let mut options = ussdb::Options::default().durability(parse_durability(durability)?);
+        let mut options = ussdb::Options::default()
+            .durability(parse_durability(durability)?)
+            .auto_compaction(auto_compaction);
         if let Some(bytes) = segment_size {
             options = options.segment_size(bytes);
+        }
+        if let Some(ratio) = compaction_threshold {
+            options = options.compaction_threshold(ratio);
         }
         let dir = path.clone();
         let store = py
@@ -313,6 +336,12 @@ impl Store {
     /// Returns once everything written so far is on disk.
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
         self.call(py, |s| s.sync())
+    }
+
+    /// Compacts now and returns when done: rewrites the segments that hold overwritten or deleted
+    /// records, whatever `compaction_threshold` says. Reads and writes go on meanwhile.
+    fn compact(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |s| s.compact())
     }
 
     /// Engine counters as a dict.
@@ -404,7 +433,7 @@ impl UserStorage {
         let path: PathBuf = path_or_store.extract().map_err(|_| {
             PyTypeError::new_err("UserStorage takes a path (str or os.PathLike) or a ussdb.Store")
         })?;
-        let store = Store::new(py, path, durability, segment_size)?;
+        let store = Store::new(py, path, durability, segment_size, None, true)?;
         Ok(UserStorage {
             store: Py::new(py, store)?,
         })

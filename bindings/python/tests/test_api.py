@@ -362,3 +362,38 @@ def test_a_store_opened_before_fork_refuses_work_in_the_child(store_dir):
         s.set(rec("y", "c"))
     with ussdb.Store(store_dir) as s:
         assert s.get("y", "c") == rec("y", "c")
+
+
+def test_compact_reclaims_dead_bytes_and_keeps_data(store_dir):
+    with ussdb.Store(store_dir, segment_size=64 * 1024, auto_compaction=False) as s:
+        for round_ in range(5):
+            for i in range(1000):
+                s.set(rec("u%04d" % i, "c", "V%d" % round_, "g" * 30))
+        for i in range(0, 1000, 2):
+            s.delete("u%04d" % i, "c")
+        before = s.stats()
+        assert before["compactions"] == 0 and before["last_compaction_seconds"] is None
+        s.compact()
+        after = s.stats()
+        assert after["compactions"] >= 1 and after["last_compaction_seconds"] >= 0
+        assert after["reclaimed_bytes"] > 0
+        assert after["dead_bytes"] < before["dead_bytes"]
+        assert after["disk_bytes"] < before["disk_bytes"]
+        assert after["mappings"] == 500
+        for i in range(1000):
+            expect = None if i % 2 == 0 else rec("u%04d" % i, "c", "V4", "g" * 30)
+            assert s.get("u%04d" % i, "c") == expect
+    with ussdb.Store(store_dir, segment_size=64 * 1024) as s:
+        assert s.get("u0001", "c") == rec("u0001", "c", "V4", "g" * 30)
+        assert s.get("u0000", "c") is None
+        assert s.stats()["mappings"] == 500
+
+
+def test_compaction_options(store_dir):
+    with pytest.raises(ussdb.Error, match="compaction_threshold"):
+        ussdb.Store(store_dir, compaction_threshold=1.5)
+    with pytest.raises(TypeError):
+        ussdb.Store(store_dir, "periodic", None, 0.5)  # keyword-only
+    with ussdb.Store(store_dir, compaction_threshold=0.2, auto_compaction=False) as s:
+        s.set(rec("u", "c"))
+        assert s.get("u", "c") == rec("u", "c")
