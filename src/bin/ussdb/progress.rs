@@ -19,7 +19,7 @@ pub fn bar(message: &'static str, total: Option<u64>, bytes: bool) -> ProgressBa
         (true, true) => "{msg} [{bar:25}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
         (true, false) => "{msg} [{bar:25}] {human_pos}/{human_len} ({eta})",
         (false, true) => "{msg} {spinner} {bytes} ({bytes_per_sec})",
-        (false, false) => "{msg} {spinner} {human_pos}",
+        (false, false) => "{msg} {spinner} {elapsed}",
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
