@@ -48,6 +48,9 @@ pub(crate) struct Counters {
     pub(crate) fsyncs: AtomicU64,
 }
 
+/// How often a read looks a key up again after finding its segment compacted away.
+const MAX_LOOKUPS: usize = 1000;
+
 /// What reading a location found.
 pub(crate) enum Found<T> {
     /// The record is there; `f` made this of it.
@@ -116,7 +119,8 @@ impl Engine {
         codec::check_id("user_id", user_id)?;
         codec::check_id("campaign_key", campaign_key)?;
         let hash = self.index.hasher().hash(user_id, campaign_key);
-        'lookup: loop {
+        let mut moved = None;
+        'lookup: for _ in 0..MAX_LOOKUPS {
             for loc in self.index.candidates(hash).iter() {
                 let found = self.read_at(loc, |rec| {
                     codec::key_matches(rec.key, user_id, campaign_key)
@@ -125,11 +129,15 @@ impl Engine {
                 match found {
                     Found::Record(Some(entry)) => return entry.map(Some),
                     Found::Record(None) => {}
-                    Found::Moved => continue 'lookup,
+                    Found::Moved => {
+                        moved = Some(loc);
+                        continue 'lookup;
+                    }
                 }
             }
             return Ok(None);
         }
+        Err(self.lost(moved))
     }
 
     /// The index entry of (`user_id`, `campaign_key`), with the length of its record. Called with the log locked,
@@ -179,7 +187,8 @@ impl Engine {
     pub(crate) fn campaigns_of(&self, user_id: &str) -> Result<Vec<Entry>> {
         codec::check_id("user_id", user_id)?;
         let user_part = self.index.hasher().user_part(user_id);
-        'lookup: loop {
+        let mut moved = None;
+        'lookup: for _ in 0..MAX_LOOKUPS {
             let mut out = Vec::new();
             for (_, loc) in self.index.user_candidates(user_part) {
                 let found = self.read_at(loc, |rec| {
@@ -189,11 +198,24 @@ impl Engine {
                 match found {
                     Found::Record(Some(entry)) => out.push(entry?),
                     Found::Record(None) => {}
-                    Found::Moved => continue 'lookup,
+                    Found::Moved => {
+                        moved = Some(loc);
+                        continue 'lookup;
+                    }
                 }
             }
             out.sort_by(|a, b| a.0.campaign_key.cmp(&b.0.campaign_key));
             return Ok(out);
+        }
+        Err(self.lost(moved))
+    }
+
+    /// The error for a lookup that kept finding its segment gone: compaction moves a record once per pass, so
+    /// this many misses in a row means the index points into a segment that no longer exists.
+    fn lost(&self, moved: Option<Loc>) -> Error {
+        match moved {
+            Some(loc) => self.corrupted_at(loc, "index points into a missing segment".into()),
+            None => Error::corrupted(&self.dir, 0, "index lookup did not settle"),
         }
     }
 

@@ -201,7 +201,7 @@ impl fmt::Display for Error {
                 max,
             } => write!(
                 f,
-                "value for user {:?} campaign {:?} is {len} bytes encoded, the limit is {max}",
+                "value for user {:?} campaign {:?} is {len} bytes, over the limit of {max} bytes encoded",
                 shorten(user_id),
                 shorten(campaign_key)
             ),
