@@ -38,16 +38,7 @@ impl Engine {
             });
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("create store directory", dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| Error::io("open lock file", &lock_path, e))?;
-        take_lock(&lock, &lock_path)?;
+        let lock = lock_dir(dir)?;
 
         let mut ids = Vec::new();
         let mut hints = BTreeSet::new();
@@ -310,23 +301,29 @@ impl Engine {
 /// reopened while another thread spawns a process fails at random.
 const LOCK_PATIENCE: Duration = Duration::from_millis(500);
 
-fn take_lock(lock: &fs::File, path: &Path) -> Result<()> {
+/// Takes the directory's lock file (creating it), so no other process or handle opens the store meanwhile.
+pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::io("open lock file", &lock_path, e))?;
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
         match lock.try_lock() {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(lock),
             Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_PATIENCE => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::Locked {
-                    path: path.to_owned(),
-                });
-            }
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
             Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io("lock store directory", path, e));
+                return Err(Error::io("lock store directory", &lock_path, e));
             }
         }
     }
@@ -431,7 +428,7 @@ fn valid_prefix(bytes: &[u8]) -> usize {
     offset.min(bytes.len())
 }
 
-fn describe(e: DecodeError) -> String {
+pub(crate) fn describe(e: DecodeError) -> String {
     match e {
         DecodeError::Short { .. } => "record is cut short by the end of the file".to_owned(),
         DecodeError::Invalid(reason) => reason,
@@ -439,6 +436,6 @@ fn describe(e: DecodeError) -> String {
 }
 
 /// The first offset at or after `from` where an intact record starts, if any.
-fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
     (from..bytes.len()).find(|&at| record::decode(&bytes[at..]).is_ok())
 }
