@@ -2,9 +2,10 @@
 //! index, cutting off a torn tail of the newest segment.
 //!
 //! Only the newest segment can legitimately end in a torn record (rotation fsyncs a segment before the next one
-//! exists). A bad record there is a torn write when no intact record follows it: it is cut off with a warning.
-//! An intact record after a bad one means the damage is not a torn write, and anything wrong in an older segment
-//! is damage too: both are reported as [`Error::Corrupted`] with the file and offset.
+//! exists). A bad record there is a torn write when no intact record follows it, or when the gap before the
+//! next intact record has the shape of pages the kernel never wrote back (see [`lost_writeback`]): it is cut off
+//! with a warning, after everything else opened. Any other bad record followed by intact ones, and anything wrong
+//! in an older segment, is damage: reported as [`Error::Corrupted`] with the file and offset.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
@@ -73,12 +74,12 @@ impl Engine {
                 .map_err(|e| Error::io("remove stale hint file", &path, e))?;
         }
 
-        let (active, newest_bytes) = match ids.pop() {
+        let (active, newest_bytes, torn) = match ids.pop() {
             Some(id) => {
-                let (segment, bytes) = open_newest(&*vfs, dir, id)?;
-                (segment, Some(bytes))
+                let (segment, bytes, torn) = open_newest(&*vfs, dir, id)?;
+                (segment, Some(bytes), torn)
             }
-            None => (Segment::create(&*vfs, dir, 1)?, None),
+            None => (Segment::create(&*vfs, dir, 1)?, None, None),
         };
         let active = Arc::new(active);
         let mut engine = Engine {
@@ -112,6 +113,9 @@ impl Engine {
         }
         if let Some(bytes) = newest_bytes {
             engine.replay_all(active.id(), active.path(), &bytes)?;
+        }
+        if let Some(torn) = torn {
+            torn.cut()?;
         }
         Ok(engine)
     }
@@ -381,7 +385,7 @@ fn open_segment(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(PathBuf, Arc<dyn 
 }
 
 /// Opens the newest segment as the active one, cutting off a torn tail; returns it with its bytes.
-fn open_newest(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(Segment, Vec<u8>)> {
+fn open_newest(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(Segment, Vec<u8>, Option<TornTail>)> {
     let (path, file, len) = open_segment(vfs, dir, id)?;
     let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
     let got = file
@@ -389,31 +393,76 @@ fn open_newest(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(Segment, Vec<u8>)>
         .map_err(|e| Error::io("read segment", &path, e))?;
     bytes.truncate(got);
     let end = valid_prefix(&bytes);
+    let mut torn = None;
     if end < bytes.len() {
-        let reason = record::decode(&bytes[end..])
+        let mut reason = record::decode(&bytes[end..])
             .err()
             .map(describe)
             .unwrap_or_default();
         if let Some(next) = next_intact_record(&bytes, end + 1) {
-            return Err(Error::corrupted(
-                &path,
-                end as u64,
-                format!(
-                    "{reason}; an intact record follows at offset {next}, so this is damage, not a torn write"
-                ),
-            ));
+            if !lost_writeback(&bytes, end, next) {
+                return Err(Error::corrupted(
+                    &path,
+                    end as u64,
+                    format!(
+                        "{reason}; an intact record follows at offset {next}, so this is damage, not a torn write"
+                    ),
+                ));
+            }
+            reason = format!(
+                "{reason}; the page cache wrote back later pages but not this one before a power loss"
+            );
         }
-        log::warn!(
-            "{}: cutting off a torn write of {} bytes at offset {end} ({reason})",
-            path.display(),
-            bytes.len() - end
-        );
-        file.set_len(end as u64)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| Error::io("cut torn tail", &path, e))?;
+        torn = Some(TornTail {
+            file: Arc::clone(&file),
+            path: path.clone(),
+            at: end as u64,
+            cut: bytes.len() - end,
+            reason,
+        });
         bytes.truncate(end);
     }
-    Ok((Segment::active(id, path, file, end as u64, 0), bytes))
+    Ok((Segment::active(id, path, file, end as u64, 0), bytes, torn))
+}
+
+/// A torn write found at the end of the newest segment, cut off only once the rest of the store has opened, so
+/// a failed open leaves the directory as it found it.
+struct TornTail {
+    file: Arc<dyn VFile>,
+    path: PathBuf,
+    at: u64,
+    cut: usize,
+    reason: String,
+}
+
+impl TornTail {
+    fn cut(self) -> Result<()> {
+        log::warn!(
+            "{}: cutting off a torn write of {} bytes at offset {} ({})",
+            self.path.display(),
+            self.cut,
+            self.at,
+            self.reason
+        );
+        self.file
+            .set_len(self.at)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| Error::io("cut torn tail", &self.path, e))
+    }
+}
+
+/// True when the damage at `from`, followed by an intact record at `next`, has the shape of writes that never
+/// reached the disk: some 4 KiB page between them ends in zeros, as a page does that the kernel had not written
+/// back when the power went (it wrote a later page first). Bit rot flips bits; it does not zero a page's tail.
+/// Without fsyncs (`Periodic`, `Never`) such a hole can precede intact records; with `Immediate`, anything after
+/// it was never acknowledged, since the fsync that acknowledges a write covers every page before it.
+fn lost_writeback(bytes: &[u8], from: usize, next: usize) -> bool {
+    const PAGE: usize = 4096;
+    const ZERO_TAIL: usize = 64;
+    (from / PAGE + 1..=next / PAGE)
+        .map(|page| page * PAGE)
+        .filter_map(|boundary| bytes.get(boundary - ZERO_TAIL..boundary))
+        .any(|tail| tail.iter().all(|&b| b == 0))
 }
 
 /// The length of the longest prefix of a segment's bytes that is the header and whole, intact records.
