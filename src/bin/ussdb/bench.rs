@@ -19,6 +19,9 @@ const PROGRESS_STEP: u64 = 1024;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
+    /// Segment size in MiB (default: the library's default).
+    #[arg(long)]
+    segment_mib: Option<u64>,
     /// Users loaded before the workload starts.
     #[arg(long, default_value_t = 50_000)]
     users: u64,
@@ -37,6 +40,15 @@ pub struct Args {
     /// Keep the bench store afterwards instead of removing it.
     #[arg(long)]
     keep: bool,
+}
+
+impl Args {
+    fn options(&self) -> Options {
+        match self.segment_mib {
+            Some(mib) => Options::default().segment_size(mib << 20),
+            None => Options::default(),
+        }
+    }
 }
 
 /// Log-linear latency histogram: exact below 64 ns, then 32 buckets per power of two (about 3% resolution).
@@ -153,7 +165,7 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
     let started = Instant::now();
     let bar = progress::bar("load", Some(mappings), false);
     {
-        let store = Store::open_with(&dir, Options::default().durability(Durability::Never))?;
+        let store = Store::open_with(&dir, args.options().durability(Durability::Never))?;
         let threads = args.threads.max(1);
         std::thread::scope(|s| -> ussdb::Result<()> {
             let handles: Vec<_> = (0..threads)
@@ -197,7 +209,7 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
     );
 
     let started = Instant::now();
-    let store = Store::open_with(&dir, Options::default().durability(mode.durability()))?;
+    let store = Store::open_with(&dir, args.options().durability(mode.durability()))?;
     let open = started.elapsed();
     let stats = store.stats();
     println!(
