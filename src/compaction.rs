@@ -397,7 +397,7 @@ impl Engine {
             hint: Vec::new(),
             file: None,
         };
-        let mut hint = HintBuilder::default();
+        let mut hint = HintBuilder::new(self.index.hasher());
         let mut buf = Vec::with_capacity(WRITE_CHUNK);
         let mut flushed = 0u64;
         let mut file: Option<Arc<dyn crate::vfs::VFile>> = None;
@@ -479,7 +479,7 @@ impl Engine {
                 } else {
                     out.kept_tombstones += rec.len() as u64;
                 }
-                hint.push(rec.kind, rec.key, encoded);
+                hint.push(rec.kind, hash, encoded);
                 buf.extend_from_slice(encoded);
                 out.len += rec.len() as u64;
                 if buf.len() >= WRITE_CHUNK {
@@ -582,7 +582,7 @@ impl Engine {
                     &owned
                 }
             };
-            let bytes = match hint::of_segment(bytes, segment.file_id()) {
+            let bytes = match hint::of_segment(bytes, segment.file_id(), self.index.hasher()) {
                 Ok(bytes) => bytes,
                 Err((offset, reason)) => {
                     log::warn!(

@@ -36,6 +36,7 @@ mod index;
 mod log;
 mod record;
 mod recovery;
+mod seed;
 mod segment;
 mod store;
 mod uss;
