@@ -264,6 +264,17 @@ pub fn write_tmp(vfs: &dyn Vfs, tmp: &Path, bytes: &[u8]) -> Result<()> {
     written
 }
 
+/// The number of entries a hint file says it has, from its header alone, or `None` if the header is unsound.
+/// Never more than the file's length allows, so a damaged count cannot make a caller reserve without bound.
+pub fn entry_count(vfs: &dyn Vfs, path: &Path) -> Option<u64> {
+    let file = vfs.open(path).ok()?;
+    let mut bytes = [0u8; HINT_HEADER_LEN];
+    let got = file.read_at(&mut bytes, 0).ok()?;
+    let header = decode_header(&bytes[..got]).ok()?;
+    let room = file.len().ok()?.saturating_sub(HINT_HEADER_LEN as u64) / HINT_ENTRY_LEN as u64;
+    Some(u64::from(header.count).min(room))
+}
+
 /// Reads a whole hint file.
 pub fn read(vfs: &dyn Vfs, path: &Path) -> std::io::Result<Vec<u8>> {
     let file = vfs.open(path)?;

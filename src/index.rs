@@ -204,10 +204,16 @@ impl Table {
 
     /// Grows the table (once) so that `more` further entries fit without a resize.
     fn reserve(&mut self, more: usize) {
-        let want = self.len + more;
+        // Checked: a count that cannot fit is no reason to fail, the table just grows as usual.
+        let Some(want) = self.len.checked_add(more).and_then(|n| n.checked_mul(4)) else {
+            return;
+        };
         let mut capacity = self.slots.len().max(MIN_CAPACITY);
-        while want * 4 > capacity * 3 {
-            capacity *= 2;
+        while want > capacity * 3 {
+            match capacity.checked_mul(2).filter(|c| c.checked_mul(3).is_some()) {
+                Some(c) => capacity = c,
+                None => return,
+            }
         }
         if capacity > self.slots.len() {
             self.resize(capacity);
@@ -395,7 +401,7 @@ impl Unshared<'_> {
     pub fn reserve(&mut self, entries: usize) {
         // A little slack: shards a few percent above the average share must not each grow once more.
         let per_shard = entries.div_ceil(self.shards.len());
-        let per_shard = per_shard + per_shard / 16;
+        let per_shard = per_shard.saturating_add(per_shard / 16);
         for shard in self.shards.iter_mut() {
             shard
                 .0

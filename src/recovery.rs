@@ -115,6 +115,19 @@ impl Engine {
             compaction: Compaction::default(),
             _lock: lock,
         };
+        // Size the index once for everything the hints list, instead of doubling every shard ~20 times and
+        // rehashing what it holds at each step. Hints list live records (compaction output) or at most about
+        // 1 / (1 - compaction threshold) times the live ones (sealed segments), so this stays within one
+        // doubling of the need; segments that are scanned grow the index as they go.
+        let hinted: u64 = ids
+            .iter()
+            .filter(|id| hints.contains(id))
+            .filter_map(|&id| hint::entry_count(&*engine.vfs, &dir.join(segment::hint_file_name(id))))
+            .sum();
+        engine
+            .index
+            .unshared()
+            .reserve(usize::try_from(hinted).unwrap_or(usize::MAX));
         let fresh_from = ids
             .len()
             .saturating_sub(crate::compaction::FRESH_WITHOUT_HINT);
