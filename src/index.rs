@@ -210,7 +210,10 @@ impl Table {
         };
         let mut capacity = self.slots.len().max(MIN_CAPACITY);
         while want > capacity * 3 {
-            match capacity.checked_mul(2).filter(|c| c.checked_mul(3).is_some()) {
+            match capacity
+                .checked_mul(2)
+                .filter(|c| c.checked_mul(3).is_some())
+            {
                 Some(c) => capacity = c,
                 None => return,
             }

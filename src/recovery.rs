@@ -122,7 +122,9 @@ impl Engine {
         let hinted: u64 = ids
             .iter()
             .filter(|id| hints.contains(id))
-            .filter_map(|&id| hint::entry_count(&*engine.vfs, &dir.join(segment::hint_file_name(id))))
+            .filter_map(|&id| {
+                hint::entry_count(&*engine.vfs, &dir.join(segment::hint_file_name(id)))
+            })
             .sum();
         engine
             .index
