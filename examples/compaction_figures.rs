@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example compaction_figures -- disk    DIR [mappings] [rounds] [segment MiB]
 //! cargo run --release --example compaction_figures -- steady  DIR [mappings] [seconds] [segment MiB]
-//! cargo run --release --example compaction_figures -- open    DIR [mappings] [segment MiB] [extra value bytes]
+//! cargo run --release --example compaction_figures -- open    DIR [mappings] [segment MiB] [extra value bytes] [seal]
 //! cargo run --release --example compaction_figures -- latency DIR [mappings] [seconds]
 //!
 //! cargo run --release --example compaction_figures -- reopen  DIR [times]
@@ -31,7 +31,13 @@ fn main() {
     match mode.as_str() {
         "disk" => disk(&dir, arg(2, 1_000_000), arg(3, 10), arg(4, 64)),
         "steady" => steady(&dir, arg(2, 1_000_000), arg(3, 60), arg(4, 64)),
-        "open" => open_times(&dir, arg(2, 10_000_000), arg(3, 64), arg(4, 0) as usize),
+        "open" => open_times(
+            &dir,
+            arg(2, 10_000_000),
+            arg(3, 64),
+            arg(4, 0) as usize,
+            arg(5, 0) == 1,
+        ),
         "latency" => latency(&dir, arg(2, 1_000_000), arg(3, 10)),
         "reopen" => {
             // Times opens of an existing store and keeps it (for profiling).
@@ -191,7 +197,11 @@ fn steady(dir: &Path, mappings: u64, seconds: u64, segment_mib: u64) {
 }
 
 /// (b) Open a store of N mappings with hint files, and by scanning (hint files moved away).
-fn open_times(dir: &Path, mappings: u64, segment_mib: u64, pad: usize) {
+/// With `seal`, the newest mapping is written once more before the `compact()`, which gives the active segment a
+/// dead record, so the pass seals it and writes its hint too: every mapping is then in a hinted segment, and the
+/// open scans only an empty active segment. Without it, the last partly filled segment stays active and is
+/// scanned by every open, hints or not.
+fn open_times(dir: &Path, mappings: u64, segment_mib: u64, pad: usize, seal: bool) {
     let options = Options::default()
         .durability(Durability::Never)
         .segment_size(segment_mib << 20)
@@ -209,6 +219,11 @@ fn open_times(dir: &Path, mappings: u64, segment_mib: u64, pad: usize) {
             "open: loaded {mappings} mappings in {:.1?}",
             started.elapsed()
         );
+        if seal && mappings > 0 {
+            let mut m = mapping(mappings - 1, 0);
+            m.goal_identifier = (pad > 0).then(|| "g".repeat(pad));
+            store.set(&m).expect("set");
+        }
         store.compact().expect("write hints");
         let stats = store.stats();
         println!(

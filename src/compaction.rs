@@ -56,7 +56,7 @@ use crate::{Error, Result};
 /// Index entries moved per hold of the log mutex.
 const SWAP_BATCH: usize = 1024;
 /// The background thread leaves the newest sealed segments without hint files: under overwrites they are the ones
-/// about to die and be compacted, so their hints would be written only to be deleted (a hint is ~2/3 of an SDK
+/// about to die and be compacted, so their hints would be written only to be deleted (a hint is ~1/5 of an SDK
 /// segment). Open scans at most this many extra segments.
 pub(crate) const FRESH_WITHOUT_HINT: usize = 2;
 /// Output bytes buffered before a write.
