@@ -140,7 +140,7 @@ impl Compaction {
         }
     }
 
-    fn lock_pass(&self) -> MutexGuard<'_, ()> {
+    pub(crate) fn lock_pass(&self) -> MutexGuard<'_, ()> {
         self.pass.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -48,6 +48,9 @@ pub(crate) struct Counters {
     pub(crate) fsyncs: AtomicU64,
 }
 
+/// How often a read looks a key up again after finding its segment compacted away.
+const MAX_LOOKUPS: usize = 1000;
+
 /// What reading a location found.
 pub(crate) enum Found<T> {
     /// The record is there; `f` made this of it.
@@ -116,7 +119,8 @@ impl Engine {
         codec::check_id("user_id", user_id)?;
         codec::check_id("campaign_key", campaign_key)?;
         let hash = self.index.hasher().hash(user_id, campaign_key);
-        'lookup: loop {
+        let mut moved = None;
+        'lookup: for _ in 0..MAX_LOOKUPS {
             for loc in self.index.candidates(hash).iter() {
                 let found = self.read_at(loc, |rec| {
                     codec::key_matches(rec.key, user_id, campaign_key)
@@ -125,11 +129,15 @@ impl Engine {
                 match found {
                     Found::Record(Some(entry)) => return entry.map(Some),
                     Found::Record(None) => {}
-                    Found::Moved => continue 'lookup,
+                    Found::Moved => {
+                        moved = Some(loc);
+                        continue 'lookup;
+                    }
                 }
             }
             return Ok(None);
         }
+        Err(self.lost(moved))
     }
 
     /// The index entry of (`user_id`, `campaign_key`), with the length of its record. Called with the log locked,
@@ -179,7 +187,8 @@ impl Engine {
     pub(crate) fn campaigns_of(&self, user_id: &str) -> Result<Vec<Entry>> {
         codec::check_id("user_id", user_id)?;
         let user_part = self.index.hasher().user_part(user_id);
-        'lookup: loop {
+        let mut moved = None;
+        'lookup: for _ in 0..MAX_LOOKUPS {
             let mut out = Vec::new();
             for (_, loc) in self.index.user_candidates(user_part) {
                 let found = self.read_at(loc, |rec| {
@@ -189,11 +198,24 @@ impl Engine {
                 match found {
                     Found::Record(Some(entry)) => out.push(entry?),
                     Found::Record(None) => {}
-                    Found::Moved => continue 'lookup,
+                    Found::Moved => {
+                        moved = Some(loc);
+                        continue 'lookup;
+                    }
                 }
             }
             out.sort_by(|a, b| a.0.campaign_key.cmp(&b.0.campaign_key));
             return Ok(out);
+        }
+        Err(self.lost(moved))
+    }
+
+    /// The error for a lookup that kept finding its segment gone: compaction moves a record once per pass, so
+    /// this many misses in a row means the index points into a segment that no longer exists.
+    fn lost(&self, moved: Option<Loc>) -> Error {
+        match moved {
+            Some(loc) => self.corrupted_at(loc, "index points into a missing segment".into()),
+            None => Error::corrupted(&self.dir, 0, "index lookup did not settle"),
         }
     }
 
@@ -202,5 +224,103 @@ impl Engine {
         if let Some(segment) = self.segments().get(&loc.segment()) {
             segment.add_dead(bytes);
         }
+    }
+}
+
+/// Every live mapping of a store, one index shard at a time; made by [`crate::Store::entries`].
+///
+/// Memory stays bounded by one shard's locations (1/64 of the index, 16 bytes each) and no lock is held while a
+/// record is read: each shard's locations are copied, then read in file order from a snapshot of the segment
+/// list, whose `Arc`s keep a compacted-away segment readable until the shard is done. Mappings written while
+/// the iteration runs may or may not be seen; each mapping present throughout is yielded exactly once.
+pub struct Entries<'a> {
+    engine: &'a Engine,
+    next_shard: usize,
+    pending: std::vec::IntoIter<Loc>,
+    segments: BTreeMap<u32, Arc<Segment>>,
+    failed: bool,
+}
+
+impl std::fmt::Debug for Entries<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entries")
+            .field("next_shard", &self.next_shard)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Entries<'a> {
+    pub(crate) fn new(engine: &'a Engine) -> Entries<'a> {
+        Entries {
+            engine,
+            next_shard: 0,
+            pending: Vec::new().into_iter(),
+            segments: BTreeMap::new(),
+            failed: false,
+        }
+    }
+
+    /// Loads the next non-empty shard; false when there is none.
+    fn load_shard(&mut self) -> bool {
+        while self.next_shard < self.engine.index.shard_count() {
+            let shard = self.next_shard;
+            self.next_shard += 1;
+            loop {
+                let mut locs: Vec<Loc> = self
+                    .engine
+                    .index
+                    .shard_entries(shard)
+                    .into_iter()
+                    .map(|(_, loc)| loc)
+                    .collect();
+                // Taken after the locations, so every segment they point into is in it unless compaction removed
+                // it in between; then the shard's entries have moved and are copied again.
+                let segments = self.engine.segments().clone();
+                if locs.iter().all(|l| segments.contains_key(&l.segment())) {
+                    locs.sort_unstable();
+                    self.pending = locs.into_iter();
+                    self.segments = segments;
+                    break;
+                }
+            }
+            if self.pending.len() > 0 {
+                return true;
+            }
+        }
+        self.segments.clear();
+        false
+    }
+
+    fn read(&self, loc: Loc) -> Result<Entry> {
+        let segment = self
+            .segments
+            .get(&loc.segment())
+            .ok_or_else(|| self.engine.corrupted_at(loc, "segment vanished".into()))?;
+        segment
+            .with_record(loc.offset(), |rec| {
+                codec::decode_map(rec.key, rec.value)
+                    .map_err(|reason| self.engine.corrupted_at(loc, reason))
+            })
+            .and_then(|entry| entry)
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        if self.failed {
+            return None;
+        }
+        let loc = match self.pending.next() {
+            Some(loc) => loc,
+            None if self.load_shard() => self.pending.next()?,
+            None => return None,
+        };
+        let entry = self.read(loc);
+        // A damaged record ends the walk: the caller sees the error once, not a stream of them.
+        self.failed = entry.is_err();
+        Some(entry)
     }
 }

@@ -345,6 +345,25 @@ impl Index {
         self.write(hash).remove(hash, loc)
     }
 
+    /// Number of shards; [`Index::shard_entries`] takes 0..this.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// A copy of every entry of shard `i` (none past the last shard). The shard's lock is held only while copying.
+    pub fn shard_entries(&self, i: usize) -> Vec<(u64, Loc)> {
+        let Some(shard) = self.shards.get(i) else {
+            return Vec::new();
+        };
+        let table = shard.0.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .slots
+            .iter()
+            .filter(|s| s.loc != 0)
+            .map(|s| (s.hash, Loc(s.loc)))
+            .collect()
+    }
+
     /// Number of entries.
     pub fn len(&self) -> u64 {
         self.shards
@@ -517,6 +536,22 @@ mod tests {
         assert_eq!((loc.segment(), loc.offset()), (MAX_SEGMENT_ID, MAX_OFFSET));
         let loc = Loc::new(1, 20);
         assert_eq!((loc.segment(), loc.offset()), (1, 20));
+    }
+
+    #[test]
+    fn shard_entries_cover_every_entry_once() {
+        let index = Index::new(KeyHasher::new(Seed::random(), false));
+        let h = index.hasher().clone();
+        for i in 0..1000u64 {
+            index.insert(h.hash(&format!("u{i}"), "c"), Loc::new(1, 100 + i));
+        }
+        let mut all: Vec<Loc> = (0..index.shard_count() + 1)
+            .flat_map(|i| index.shard_entries(i))
+            .map(|(_, loc)| loc)
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 1000);
     }
 
     #[test]

@@ -38,22 +38,7 @@ impl Engine {
             });
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("create store directory", dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| Error::io("open lock file", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io("lock store directory", &lock_path, e));
-            }
-        }
+        let lock = lock_dir(dir)?;
 
         let mut ids = Vec::new();
         let mut hints = BTreeSet::new();
@@ -342,6 +327,24 @@ impl Engine {
     }
 }
 
+/// Takes the directory's lock file (creating it), so no other process or handle opens the store meanwhile.
+pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path: lock_path }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock store directory", &lock_path, e)),
+    }
+}
+
 /// What open knows about a sealed segment's hint file.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Hint {
@@ -441,7 +444,7 @@ fn valid_prefix(bytes: &[u8]) -> usize {
     offset.min(bytes.len())
 }
 
-fn describe(e: DecodeError) -> String {
+pub(crate) fn describe(e: DecodeError) -> String {
     match e {
         DecodeError::Short { .. } => "record is cut short by the end of the file".to_owned(),
         DecodeError::Invalid(reason) => reason,
@@ -449,6 +452,6 @@ fn describe(e: DecodeError) -> String {
 }
 
 /// The first offset at or after `from` where an intact record starts, if any.
-fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
     (from..bytes.len()).find(|&at| record::decode(&bytes[at..]).is_ok())
 }

@@ -129,23 +129,14 @@ impl Seed {
 /// held, before anything is read with the seed, so no hint can ever be written with a seed that is not durable.
 pub fn load_or_create(vfs: &dyn Vfs, dir: &Path) -> Result<Seed> {
     let path = dir.join(SEED_FILE);
-    match vfs.open(&path) {
-        Ok(file) => {
-            let mut bytes = [0u8; SEED_LEN + 1];
-            let got = file
-                .read_at(&mut bytes, 0)
-                .map_err(|e| Error::io("read seed file", &path, e))?;
-            match Seed::decode(&bytes[..got]) {
-                Ok(seed) => return Ok(seed),
-                // Only hints depend on the seed, and each names its seed: a new seed costs a scan, never data.
-                Err(reason) => log::warn!(
-                    "{}: {reason}; making a new hash seed (hint files of the old one will be ignored)",
-                    path.display()
-                ),
-            }
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("open seed file", &path, e)),
+    match read(vfs, dir)? {
+        Ok(seed) => return Ok(seed),
+        Err(None) => {}
+        // Only hints depend on the seed, and each names its seed: a new seed costs a scan, never data.
+        Err(Some(reason)) => log::warn!(
+            "{}: {reason}; making a new hash seed (hint files of the old one will be ignored)",
+            path.display()
+        ),
     }
     let seed = Seed::random();
     let tmp = dir.join(format!("{SEED_FILE}{TMP_SUFFIX}"));
@@ -168,6 +159,23 @@ pub fn load_or_create(vfs: &dyn Vfs, dir: &Path) -> Result<Seed> {
     vfs.sync_dir(dir)
         .map_err(|e| Error::io("sync directory", dir, e))?;
     Ok(seed)
+}
+
+/// Reads the seed of the store in `dir` without making one: the inner error is `None` if there is no seed file,
+/// else what is wrong with it. An error reading an existing file is the outer error.
+pub fn read(vfs: &dyn Vfs, dir: &Path) -> Result<std::result::Result<Seed, Option<String>>> {
+    let path = dir.join(SEED_FILE);
+    match vfs.open(&path) {
+        Ok(file) => {
+            let mut bytes = [0u8; SEED_LEN + 1];
+            let got = file
+                .read_at(&mut bytes, 0)
+                .map_err(|e| Error::io("read seed file", &path, e))?;
+            Ok(Seed::decode(&bytes[..got]).map_err(Some))
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Err(None)),
+        Err(e) => Err(Error::io("open seed file", &path, e)),
+    }
 }
 
 /// SipHash-1-3 (one compression round per 8-byte word, three finalization rounds), the variant std's `HashMap`

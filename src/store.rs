@@ -6,9 +6,11 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::engine::{Engine, Entry};
+use crate::engine::{Engine, Entries, Entry};
+use crate::log::Batch;
 use crate::record::SEGMENT_HEADER_LEN;
 use crate::uss::CampaignUserMap;
+use crate::verify::VerifyReport;
 use crate::vfs::{StdVfs, Vfs};
 use crate::{Error, Result};
 
@@ -288,6 +290,43 @@ impl Store {
             .into_iter()
             .map(|(map, _)| map)
             .collect())
+    }
+
+    /// Stores every mapping of `batch`, in order, with one lock of the log and at most one fsync: much faster than
+    /// one [`Store::set`] each when loading many mappings. Not atomic: if it fails or the process crashes midway,
+    /// a prefix of the batch may be stored.
+    pub fn write_batch(&self, batch: &Batch) -> Result<()> {
+        self.engine().write_batch(batch)
+    }
+
+    /// Stores every map of `maps` as one [`Batch`]. Fails, storing nothing, if any map cannot be stored.
+    pub fn set_many<'m>(&self, maps: impl IntoIterator<Item = &'m CampaignUserMap>) -> Result<()> {
+        let mut batch = Batch::new();
+        for map in maps {
+            batch.push(map, None)?;
+        }
+        self.write_batch(&batch)
+    }
+
+    /// Every live mapping with its `metaData`, in no particular order. Holds no lock while it reads a record and
+    /// keeps memory bounded; see [`Entries`] for what concurrent writes do to it.
+    pub fn entries(&self) -> Entries<'_> {
+        Entries::new(self.engine())
+    }
+
+    /// Reads every record of every segment, checks its checksum, key and value, and checks that the index agrees
+    /// with the log: every index entry points at the newest intact record of its key, and every key whose newest
+    /// record is a put is indexed. Problems are listed by file and offset in the report; an `Err` means the check
+    /// itself could not run (e.g. a read failed). Writers wait while it runs; readers do not.
+    ///
+    /// Memory: 35 to 70 bytes per distinct key in the log, for the walk's table of newest records.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        self.verify_with_progress(|_, _| {})
+    }
+
+    /// [`Store::verify`], calling `progress(bytes_done, bytes_total)` as it goes.
+    pub fn verify_with_progress(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
+        self.engine().verify(&mut progress)
     }
 
     /// Returns once everything written so far is on stable storage, whatever the durability mode.

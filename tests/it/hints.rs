@@ -396,3 +396,21 @@ fn a_version_1_hint_is_ignored_and_rewritten() {
     let store = check(dir.path(), &model, "rewritten");
     assert_eq!(store.stats().hint_files, sealed);
 }
+
+#[test]
+fn verify_judges_hints_by_the_stores_seed_and_writes_none() {
+    let (dir, _model, sealed) = hinted_store(manual());
+    let report = ussdb::verify_dir(dir.path()).expect("verify_dir");
+    assert!(
+        report.is_clean() && report.hint_problems.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(report.hint_files, sealed);
+    // Without the seed no hint can be used (open makes a new seed): each is reported, the data is not damaged,
+    // and checking makes no seed file.
+    std::fs::remove_file(dir.path().join("SEED")).expect("remove seed");
+    let report = ussdb::verify_dir(dir.path()).expect("verify_dir");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.hint_problems.len() as u64, sealed, "{report:?}");
+    assert!(!dir.path().join("SEED").exists());
+}

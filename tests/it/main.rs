@@ -1,11 +1,15 @@
 //! Integration tests: one binary, one module per behaviour. They use only the public API.
 
+#[cfg(feature = "cli")]
+mod cli;
 mod common;
 mod compaction;
 mod compaction_crash;
 mod concurrency;
 mod hints;
+mod import_export;
 mod misuse;
 mod model;
 mod recovery;
 mod sdk;
+mod verify;
