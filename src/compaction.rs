@@ -56,7 +56,7 @@ use crate::{Error, Result};
 /// Index entries moved per hold of the log mutex.
 const SWAP_BATCH: usize = 1024;
 /// The background thread leaves the newest sealed segments without hint files: under overwrites they are the ones
-/// about to die and be compacted, so their hints would be written only to be deleted (a hint is ~2/3 of an SDK
+/// about to die and be compacted, so their hints would be written only to be deleted (a hint is ~1/5 of an SDK
 /// segment). Open scans at most this many extra segments.
 pub(crate) const FRESH_WITHOUT_HINT: usize = 2;
 /// Output bytes buffered before a write.
@@ -406,7 +406,7 @@ impl Engine {
             hint: Vec::new(),
             file: None,
         };
-        let mut hint = HintBuilder::default();
+        let mut hint = HintBuilder::new(self.index.hasher());
         let mut buf = Vec::with_capacity(WRITE_CHUNK);
         let mut flushed = 0u64;
         let mut file: Option<Arc<dyn crate::vfs::VFile>> = None;
@@ -488,7 +488,7 @@ impl Engine {
                 } else {
                     out.kept_tombstones += rec.len() as u64;
                 }
-                hint.push(rec.kind, rec.key, encoded);
+                hint.push(rec.kind, hash, encoded);
                 buf.extend_from_slice(encoded);
                 out.len += rec.len() as u64;
                 if buf.len() >= WRITE_CHUNK {
@@ -591,7 +591,7 @@ impl Engine {
                     &owned
                 }
             };
-            let bytes = match hint::of_segment(bytes, segment.file_id()) {
+            let bytes = match hint::of_segment(bytes, segment.file_id(), self.index.hasher()) {
                 Ok(bytes) => bytes,
                 Err((offset, reason)) => {
                     log::warn!(

@@ -1,12 +1,14 @@
-//! Hint files: the keys, kinds and record lengths of one sealed segment, so that `open` rebuilds the index without
-//! reading values. Encoding and decoding are pure; [`write_tmp`] and [`read`] are the only I/O.
+//! Hint files: the index hashes, kinds and record lengths of one sealed segment, so that `open` rebuilds the
+//! index without reading keys or values. Encoding and decoding are pure; [`write_tmp`] and [`read`] are the only
+//! I/O.
 //!
 //! A hint is only ever an accelerator: whatever is wrong with one (missing, cut short, a bad checksum, written for
-//! other contents of its segment) makes `open` scan the segment instead, with a warning.
+//! other contents of its segment, or made with another hash seed) makes `open` scan the segment instead, with a
+//! warning.
 //!
-//! ## Format (all integers little-endian; see `docs/FORMAT.md`)
+//! ## Format, version 2 (all integers little-endian; see `docs/FORMAT.md`)
 //!
-//! Header, 40 bytes:
+//! Header, 48 bytes:
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
@@ -16,48 +18,56 @@
 //! | 16 | 8 | length of the segment file in bytes |
 //! | 24 | 4 | the stored crc32 of the segment's last record (0 if it has none) |
 //! | 28 | 4 | number of entries |
-//! | 32 | 4 | crc32 of the entries (bytes 40..end of file) |
-//! | 36 | 4 | crc32 of bytes 0..36 |
+//! | 32 | 8 | identity of the hash function (seed and mode) the hashes were made with |
+//! | 40 | 4 | crc32 of the entries (bytes 48..end of file) |
+//! | 44 | 4 | crc32 of bytes 0..44 |
 //!
-//! Then one entry per record of the segment, in file order. A record's offset is not stored: the first record
-//! starts right after the 20-byte segment header and each next one where the previous ends, and the lengths must
-//! add up to the segment length.
+//! Then one 13-byte entry per record of the segment, in file order. A record's offset is not stored: the first
+//! record starts right after the 20-byte segment header and each next one where the previous ends, and the
+//! lengths must add up to the segment length (which checks them all at once).
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 1 | record kind: 1 = put, 2 = delete |
-//! | 1 | 2 | key length K |
-//! | 3 | 4 | value length of the record (its length on disk is 11 + K + this) |
-//! | 7 | K | key |
+//! | 1 | 4 | length of the whole record on disk |
+//! | 5 | 8 | index hash of the record's key |
 
 use std::path::Path;
 
+use crate::codec;
+use crate::index::KeyHasher;
 use crate::record::{self, Kind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::vfs::Vfs;
 use crate::{Error, Result};
 
 /// Magic number at the start of every hint file.
 pub const HINT_MAGIC: [u8; 8] = *b"USSDBHNT";
-/// The hint format version this build writes and reads.
-pub const HINT_VERSION: u32 = 1;
+/// The hint format version this build writes and reads (version 1 held keys instead of hashes).
+pub const HINT_VERSION: u32 = 2;
 /// Size of the hint header in bytes.
-pub const HINT_HEADER_LEN: usize = 40;
-const ENTRY_HEADER_LEN: usize = 7;
+pub const HINT_HEADER_LEN: usize = 48;
+/// Size of one entry in bytes.
+pub const HINT_ENTRY_LEN: usize = 13;
+/// The shortest record: header and a key of a one-byte user id and a one-byte campaign key.
+const MIN_RECORD_LEN: u64 = (RECORD_HEADER_LEN + 4) as u64;
+/// The longest record: the longest key and the longest value.
+const MAX_RECORD_LEN: u64 =
+    (RECORD_HEADER_LEN + u16::MAX as usize + record::MAX_RECORD_VALUE_LEN) as u64;
 
 /// One record of a segment, as its hint tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HintEntry<'a> {
+pub struct HintEntry {
     /// Put or delete.
     pub kind: Kind,
-    /// The encoded key.
-    pub key: &'a [u8],
+    /// The index hash of the record's key.
+    pub hash: u64,
     /// Offset of the record in the segment.
     pub offset: u64,
     /// Length of the whole record on disk.
     pub len: u64,
 }
 
-/// What a hint's header says about its segment; checked against the segment before the hint is used.
+/// What a hint's header says about its segment and hashes; checked before the hint is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HintHeader {
     /// File id of the segment.
@@ -66,6 +76,10 @@ pub struct HintHeader {
     pub segment_len: u64,
     /// Stored crc32 of the segment's last record.
     pub last_crc: u32,
+    /// Number of entries.
+    pub count: u32,
+    /// [`KeyHasher::identity`] of the hasher that made the hashes.
+    pub hasher: u64,
 }
 
 /// Builds a hint while records are written or scanned, in file order.
@@ -75,29 +89,28 @@ pub struct HintBuilder {
     count: u32,
     segment_len: u64,
     last_crc: u32,
+    hasher: u64,
 }
 
-impl Default for HintBuilder {
-    fn default() -> HintBuilder {
+impl HintBuilder {
+    /// An empty hint whose hashes are made by `hasher`.
+    pub fn new(hasher: &KeyHasher) -> HintBuilder {
         HintBuilder {
             entries: Vec::new(),
             count: 0,
             segment_len: SEGMENT_HEADER_LEN,
             last_crc: 0,
+            hasher: hasher.identity(),
         }
     }
-}
 
-impl HintBuilder {
-    /// Adds the next record of the segment; `encoded` is the whole record as stored.
-    pub fn push(&mut self, kind: Kind, key: &[u8], encoded: &[u8]) {
-        let value_len = encoded.len() - RECORD_HEADER_LEN - key.len();
+    /// Adds the next record of the segment: its kind, the index hash of its key (from the hasher given to
+    /// [`HintBuilder::new`]) and the whole record as stored.
+    pub fn push(&mut self, kind: Kind, hash: u64, encoded: &[u8]) {
         self.entries.push(kind as u8);
         self.entries
-            .extend_from_slice(&(key.len() as u16).to_le_bytes());
-        self.entries
-            .extend_from_slice(&(value_len as u32).to_le_bytes());
-        self.entries.extend_from_slice(key);
+            .extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+        self.entries.extend_from_slice(&hash.to_le_bytes());
         self.count += 1;
         self.segment_len += encoded.len() as u64;
         self.last_crc = encoded
@@ -114,6 +127,7 @@ impl HintBuilder {
         out.extend_from_slice(&self.segment_len.to_le_bytes());
         out.extend_from_slice(&self.last_crc.to_le_bytes());
         out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.hasher.to_le_bytes());
         out.extend_from_slice(&crc32fast::hash(&self.entries).to_le_bytes());
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -122,22 +136,31 @@ impl HintBuilder {
     }
 }
 
-/// The hint of a whole segment, from its bytes; fails where a record does not decode.
-pub fn of_segment(bytes: &[u8], file_id: u32) -> std::result::Result<Vec<u8>, (u64, String)> {
-    let mut builder = HintBuilder::default();
+/// The hint of a whole segment, from its bytes; fails where a record or its key does not decode.
+pub fn of_segment(
+    bytes: &[u8],
+    file_id: u32,
+    hasher: &KeyHasher,
+) -> std::result::Result<Vec<u8>, (u64, String)> {
+    let mut builder = HintBuilder::new(hasher);
     let mut offset = SEGMENT_HEADER_LEN as usize;
     while let Some(rest) = bytes.get(offset..).filter(|r| !r.is_empty()) {
         let rec = record::decode(rest).map_err(|e| (offset as u64, format!("{e:?}")))?;
-        builder.push(rec.kind, rec.key, &rest[..rec.len()]);
+        let Some((user_id, campaign_key)) = codec::decode_key(rec.key) else {
+            return Err((offset as u64, "record key is malformed".into()));
+        };
+        builder.push(
+            rec.kind,
+            hasher.hash(user_id, campaign_key),
+            &rest[..rec.len()],
+        );
         offset += rec.len();
     }
     Ok(builder.finish(file_id))
 }
 
-/// Decodes and checks a whole hint file: header, both checksums, every entry, and that the entries cover
-/// exactly the segment length the header states. Nothing is returned unless all of it is sound, so a caller
-/// never applies half a hint.
-pub fn decode(bytes: &[u8]) -> std::result::Result<(HintHeader, Vec<HintEntry<'_>>), String> {
+/// Decodes and checks a hint file's header (the first [`HINT_HEADER_LEN`] bytes): magic, version, checksum.
+pub fn decode_header(bytes: &[u8]) -> std::result::Result<HintHeader, String> {
     let Some(h) = bytes.get(..HINT_HEADER_LEN) else {
         return Err(format!(
             "{} bytes is shorter than the {HINT_HEADER_LEN}-byte header",
@@ -145,74 +168,76 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<(HintHeader, Vec<HintEntry<'_
         ));
     };
     let u32_at = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
     if h[..8] != HINT_MAGIC {
         return Err("wrong magic number".into());
     }
-    let stored = u32_at(36);
-    let computed = crc32fast::hash(&h[..36]);
-    if stored != computed {
-        return Err(format!(
-            "header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
-        ));
-    }
+    // Before the checksum: a hint of another version has its checksum elsewhere, and the version is the reason.
     let version = u32_at(8);
     if version != HINT_VERSION {
         return Err(format!(
             "hint format version {version}, this build reads {HINT_VERSION}"
         ));
     }
-    let mut len_bytes = [0u8; 8];
-    len_bytes.copy_from_slice(&h[16..24]);
-    let header = HintHeader {
+    let stored = u32_at(44);
+    let computed = crc32fast::hash(&h[..44]);
+    if stored != computed {
+        return Err(format!(
+            "header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+        ));
+    }
+    Ok(HintHeader {
         file_id: u32_at(12),
-        segment_len: u64::from_le_bytes(len_bytes),
+        segment_len: u64_at(16),
         last_crc: u32_at(24),
-    };
-    let count = u32_at(28) as usize;
+        count: u32_at(28),
+        hasher: u64_at(32),
+    })
+}
+
+/// Decodes and checks a whole hint file: header, both checksums, every entry, and that the entries cover
+/// exactly the segment length the header states. Nothing is returned unless all of it is sound, so a caller
+/// never applies half a hint.
+pub fn decode(bytes: &[u8]) -> std::result::Result<(HintHeader, Vec<HintEntry>), String> {
+    let header = decode_header(bytes)?;
     let body = &bytes[HINT_HEADER_LEN..];
-    let stored = u32_at(32);
+    let stored = u32::from_le_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]);
     let computed = crc32fast::hash(body);
     if stored != computed {
         return Err(format!(
             "entries checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
         ));
     }
-    let mut entries = Vec::with_capacity(count.min(body.len() / (ENTRY_HEADER_LEN + 3) + 1));
-    let mut at = 0usize;
+    let count = header.count as usize;
+    if body.len() != count * HINT_ENTRY_LEN {
+        return Err(format!(
+            "{} bytes of entries, the header says {count} entries of {HINT_ENTRY_LEN}",
+            body.len()
+        ));
+    }
+    let mut entries = Vec::with_capacity(count);
     let mut offset = SEGMENT_HEADER_LEN;
-    while at < body.len() {
-        let Some(e) = body.get(at..at + ENTRY_HEADER_LEN) else {
-            return Err(format!("entry at byte {at} is cut short"));
-        };
+    for (i, e) in body.chunks_exact(HINT_ENTRY_LEN).enumerate() {
         let Some(kind) = Kind::from_byte(e[0]) else {
-            return Err(format!("entry at byte {at} has unknown kind {}", e[0]));
+            return Err(format!("entry {i} has unknown kind {}", e[0]));
         };
-        let key_len = u16::from_le_bytes([e[1], e[2]]) as usize;
-        let value_len = u32::from_le_bytes([e[3], e[4], e[5], e[6]]) as usize;
-        if value_len > record::MAX_RECORD_VALUE_LEN || (kind == Kind::Delete && value_len != 0) {
-            return Err(format!(
-                "entry at byte {at} has an impossible value length {value_len}"
-            ));
+        let len = u64::from(u32::from_le_bytes([e[1], e[2], e[3], e[4]]));
+        if !(MIN_RECORD_LEN..=MAX_RECORD_LEN).contains(&len) {
+            return Err(format!("entry {i} has an impossible record length {len}"));
         }
-        let key_start = at + ENTRY_HEADER_LEN;
-        let Some(key) = body.get(key_start..key_start + key_len) else {
-            return Err(format!("entry at byte {at} is cut short"));
-        };
-        let len = (RECORD_HEADER_LEN + key_len + value_len) as u64;
+        let mut hash = [0u8; 8];
+        hash.copy_from_slice(&e[5..13]);
         entries.push(HintEntry {
             kind,
-            key,
+            hash: u64::from_le_bytes(hash),
             offset,
             len,
         });
         offset += len;
-        at = key_start + key_len;
-    }
-    if entries.len() != count {
-        return Err(format!(
-            "{} entries, the header says {count}",
-            entries.len()
-        ));
     }
     if offset != header.segment_len {
         return Err(format!(
@@ -239,6 +264,17 @@ pub fn write_tmp(vfs: &dyn Vfs, tmp: &Path, bytes: &[u8]) -> Result<()> {
     written
 }
 
+/// The number of entries a hint file says it has, from its header alone, or `None` if the header is unsound.
+/// Never more than the file's length allows, so a damaged count cannot make a caller reserve without bound.
+pub fn entry_count(vfs: &dyn Vfs, path: &Path) -> Option<u64> {
+    let file = vfs.open(path).ok()?;
+    let mut bytes = [0u8; HINT_HEADER_LEN];
+    let got = file.read_at(&mut bytes, 0).ok()?;
+    let header = decode_header(&bytes[..got]).ok()?;
+    let room = file.len().ok()?.saturating_sub(HINT_HEADER_LEN as u64) / HINT_ENTRY_LEN as u64;
+    Some(u64::from(header.count).min(room))
+}
+
 /// Reads a whole hint file.
 pub fn read(vfs: &dyn Vfs, path: &Path) -> std::io::Result<Vec<u8>> {
     let file = vfs.open(path)?;
@@ -252,6 +288,7 @@ pub fn read(vfs: &dyn Vfs, path: &Path) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seed::Seed;
 
     fn segment() -> Vec<u8> {
         let mut seg = record::segment_header(3).to_vec();
@@ -261,40 +298,74 @@ mod tests {
         seg
     }
 
+    fn hasher() -> KeyHasher {
+        KeyHasher::new(Seed::from_keys(1, 2), false)
+    }
+
     #[test]
     fn a_hint_round_trips_and_covers_the_segment() {
         let seg = segment();
-        let hint = of_segment(&seg, 3).expect("hint");
+        let hint = of_segment(&seg, 3, &hasher()).expect("hint");
         assert_eq!(&hint[..8], b"USSDBHNT");
+        assert_eq!(hint.len(), HINT_HEADER_LEN + 3 * HINT_ENTRY_LEN);
         let (header, entries) = decode(&hint).expect("decodes");
         assert_eq!(header.file_id, 3);
         assert_eq!(header.segment_len, seg.len() as u64);
+        assert_eq!(header.hasher, hasher().identity());
+        assert_ne!(
+            header.hasher,
+            KeyHasher::new(Seed::from_keys(1, 3), false).identity()
+        );
+        assert_ne!(
+            header.hasher,
+            KeyHasher::new(Seed::from_keys(1, 2), true).identity()
+        );
         let last = entries.last().expect("entries");
         assert_eq!(
             &seg[last.offset as usize..last.offset as usize + 4],
             &header.last_crc.to_le_bytes()
         );
-        let kinds: Vec<_> = entries.iter().map(|e| (e.kind, e.key, e.offset)).collect();
+        let h = hasher();
+        let kinds: Vec<_> = entries.iter().map(|e| (e.kind, e.hash, e.offset)).collect();
         assert_eq!(
             kinds,
             [
-                (Kind::Put, &b"\x01\x00uc"[..], 20),
-                (Kind::Delete, &b"\x01\x00ud"[..], 40),
-                (Kind::Put, b"\x02\x00u1camp", 55)
+                (Kind::Put, h.hash("u", "c"), 20),
+                (Kind::Delete, h.hash("u", "d"), 40),
+                (Kind::Put, h.hash("u1", "camp"), 55)
             ]
         );
         for e in &entries {
             let rec = record::decode(&seg[e.offset as usize..]).expect("record");
-            assert_eq!(
-                (rec.kind, rec.key, rec.len() as u64),
-                (e.kind, e.key, e.len)
-            );
+            assert_eq!((rec.kind, rec.len() as u64), (e.kind, e.len));
         }
     }
 
     #[test]
+    fn golden_hint_bytes() {
+        let mut seg = record::segment_header(1).to_vec();
+        record::encode(&mut seg, Kind::Put, b"\x01\x00uc", b"v");
+        let hint = of_segment(&seg, 1, &hasher()).expect("hint");
+        let identity = hasher().identity().to_le_bytes();
+        let hash = hasher().hash("u", "c").to_le_bytes();
+        let mut want = Vec::new();
+        want.extend_from_slice(b"USSDBHNT");
+        want.extend_from_slice(&[2, 0, 0, 0, 1, 0, 0, 0]);
+        want.extend_from_slice(&(20u64 + 16).to_le_bytes());
+        want.extend_from_slice(&seg[20..24]);
+        want.extend_from_slice(&[1, 0, 0, 0]);
+        want.extend_from_slice(&identity);
+        let mut entry = vec![1u8, 16, 0, 0, 0];
+        entry.extend_from_slice(&hash);
+        want.extend_from_slice(&crc32fast::hash(&entry).to_le_bytes());
+        want.extend_from_slice(&crc32fast::hash(&want).to_le_bytes());
+        want.extend_from_slice(&entry);
+        assert_eq!(hint, want);
+    }
+
+    #[test]
     fn every_flipped_bit_and_every_cut_is_refused() {
-        let hint = of_segment(&segment(), 3).expect("hint");
+        let hint = of_segment(&segment(), 3, &hasher()).expect("hint");
         for cut in 0..hint.len() {
             assert!(decode(&hint[..cut]).is_err(), "cut at {cut}");
         }
@@ -308,9 +379,17 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_hint_is_refused_for_its_version() {
+        let mut old = of_segment(&segment(), 3, &hasher()).expect("hint");
+        old[8] = 1;
+        let reason = decode(&old).expect_err("refused");
+        assert!(reason.contains("version 1"), "{reason}");
+    }
+
+    #[test]
     fn an_empty_segment_has_an_empty_hint() {
         let seg = record::segment_header(9).to_vec();
-        let hint = of_segment(&seg, 9).expect("hint");
+        let hint = of_segment(&seg, 9, &hasher()).expect("hint");
         let (header, entries) = decode(&hint).expect("decodes");
         assert_eq!(
             (header.segment_len, header.last_crc, entries.len()),

@@ -9,8 +9,9 @@
 //! The table is split into shards, each an open-addressing table with linear probing behind its own `RwLock`:
 //! readers of different shards never meet, a resize moves one shard, and no lock is held while a record is read.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::seed::Seed;
 
 /// Where a record lives: segment id (24 bits) and byte offset (40 bits), packed. Zero is never a location
 /// (segment ids start at 1), which lets the table use it for an empty slot.
@@ -42,21 +43,26 @@ const USER_SHIFT: u32 = 24;
 const SHARD_BITS: u32 = 6;
 const MIN_CAPACITY: usize = 16;
 
-/// Hashes keys for the index. Keys are seeded per process (SipHash with random keys), so a client cannot
-/// choose ids that pile up in one run of the table.
+/// Hashes keys for the index: SipHash keyed with the store's secret seed (`seed.rs`), so a client cannot choose
+/// ids that pile up in one run of the table, while the hashes stay the same across processes (hint files carry
+/// them instead of keys).
 #[derive(Debug, Clone)]
 pub struct KeyHasher {
-    state: RandomState,
+    seed: Seed,
     weak: bool,
 }
 
 impl KeyHasher {
-    /// A hasher; `weak` makes nearly all keys collide, for tests of the collision paths.
-    pub fn new(weak: bool) -> KeyHasher {
-        KeyHasher {
-            state: RandomState::new(),
-            weak,
-        }
+    /// A hasher keyed with `seed`; `weak` makes nearly all keys collide, for tests of the collision paths.
+    pub fn new(seed: Seed, weak: bool) -> KeyHasher {
+        KeyHasher { seed, weak }
+    }
+
+    /// Names the hash function (seed and mode) without revealing the seed: a hint file made under another one
+    /// holds other hashes and must not be used.
+    pub fn identity(&self) -> u64 {
+        // The weak mode hashes differently from its seed, so it gets an identity of its own.
+        self.seed.identity() ^ if self.weak { 0x5745_414b_5745_414b } else { 0 }
     }
 
     /// The index hash of a mapping's key.
@@ -69,14 +75,14 @@ impl KeyHasher {
         if self.weak {
             return u64::from(user_id.as_bytes().first().copied().unwrap_or(0) & 1);
         }
-        self.state.hash_one(user_id) >> USER_SHIFT
+        self.seed.hash(user_id.as_bytes()) >> USER_SHIFT
     }
 
     fn campaign_part(&self, campaign_key: &str) -> u64 {
         if self.weak {
             return u64::from(campaign_key.as_bytes().first().copied().unwrap_or(0) & 1);
         }
-        self.state.hash_one(campaign_key) & ((1 << USER_SHIFT) - 1)
+        self.seed.hash(campaign_key.as_bytes()) & ((1 << USER_SHIFT) - 1)
     }
 }
 
@@ -178,8 +184,50 @@ impl Table {
         self.len += 1;
     }
 
+    /// Inserts (`hash`, `loc`) unless an entry with this hash exists; one probe does both (recovery from hints).
+    fn insert_new_hash(&mut self, hash: u64, loc: Loc) -> bool {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let mask = self.mask();
+        let mut i = self.home(hash);
+        while self.slots[i].loc != 0 {
+            if self.slots[i].hash == hash {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = Slot { hash, loc: loc.0 };
+        self.len += 1;
+        true
+    }
+
+    /// Grows the table (once) so that `more` further entries fit without a resize.
+    fn reserve(&mut self, more: usize) {
+        // Checked: a count that cannot fit is no reason to fail, the table just grows as usual.
+        let Some(want) = self.len.checked_add(more).and_then(|n| n.checked_mul(4)) else {
+            return;
+        };
+        let mut capacity = self.slots.len().max(MIN_CAPACITY);
+        while want > capacity * 3 {
+            match capacity
+                .checked_mul(2)
+                .filter(|c| c.checked_mul(3).is_some())
+            {
+                Some(c) => capacity = c,
+                None => return,
+            }
+        }
+        if capacity > self.slots.len() {
+            self.resize(capacity);
+        }
+    }
+
     fn grow(&mut self) {
-        let capacity = (self.slots.len() * 2).max(MIN_CAPACITY);
+        self.resize((self.slots.len() * 2).max(MIN_CAPACITY));
+    }
+
+    fn resize(&mut self, capacity: usize) {
         let old = std::mem::replace(&mut self.slots, vec![Slot::default(); capacity]);
         let mask = self.mask();
         for slot in old.into_iter().filter(|s| s.loc != 0) {
@@ -363,6 +411,28 @@ impl Unshared<'_> {
         std::hint::black_box(sum);
     }
 
+    /// Inserts (`hash`, `loc`) if no entry has this hash, and says whether it did. No entry with the hash means
+    /// no entry for the key, so recovery from hints needs no key for it.
+    pub fn insert_new_hash(&mut self, hash: u64, loc: Loc) -> bool {
+        self.table(hash).insert_new_hash(hash, loc)
+    }
+
+    /// Makes room for about `entries` more entries spread over all shards, so a bulk build does not rehash
+    /// each shard again and again as it fills. Shards take users by hash, so each gets close to an equal share;
+    /// one that gets more simply grows once more.
+    pub fn reserve(&mut self, entries: usize) {
+        // A little slack: shards a few percent above the average share must not each grow once more.
+        let per_shard = entries.div_ceil(self.shards.len());
+        let per_shard = per_shard.saturating_add(per_shard / 16);
+        for shard in self.shards.iter_mut() {
+            shard
+                .0
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .reserve(per_shard);
+        }
+    }
+
     /// As [`Index::candidates`].
     pub fn candidates(&mut self, hash: u64) -> Candidates {
         self.table(hash).candidates(hash)
@@ -405,6 +475,10 @@ mod smallvec_lite {
                 Some(slot) => *slot = Some(loc),
                 None => self.spill.push(loc),
             }
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.inline[0].is_none()
         }
 
         pub fn iter(&self) -> impl Iterator<Item = Loc> + '_ {
@@ -466,7 +540,7 @@ mod tests {
 
     #[test]
     fn shard_entries_cover_every_entry_once() {
-        let index = Index::new(KeyHasher::new(false));
+        let index = Index::new(KeyHasher::new(Seed::random(), false));
         let h = index.hasher().clone();
         for i in 0..1000u64 {
             index.insert(h.hash(&format!("u{i}"), "c"), Loc::new(1, 100 + i));
@@ -482,7 +556,7 @@ mod tests {
 
     #[test]
     fn user_candidates_finds_all_of_a_users_keys() {
-        let index = Index::new(KeyHasher::new(false));
+        let index = Index::new(KeyHasher::new(Seed::random(), false));
         let h = index.hasher().clone();
         for c in 0..50u64 {
             index.insert(h.hash("alice", &format!("c{c}")), Loc::new(1, 100 + c));

@@ -64,6 +64,7 @@ mod log;
 mod record;
 mod recovery;
 mod sdk_json;
+mod seed;
 mod segment;
 mod store;
 mod uss;

@@ -21,6 +21,7 @@ use crate::hint;
 use crate::index::{Index, KeyHasher, Loc, MAX_SEGMENT_ID};
 use crate::log::{LogState, Syncer};
 use crate::record::{self, DecodeError, HeaderError, Kind, SEGMENT_HEADER_LEN};
+use crate::seed;
 use crate::segment::{self, Segment, TMP_SUFFIX};
 use crate::store::Options;
 use crate::vfs::{VFile, Vfs};
@@ -63,6 +64,8 @@ impl Engine {
             }
         }
         ids.sort_unstable();
+        // After the *.tmp cleanup (which takes a left-over SEED.tmp) and before anything is hashed.
+        let seed = seed::load_or_create(&*vfs, dir)?;
         // A hint without its segment is left by a crash between removing a compacted segment and its hint; one
         // for the newest segment cannot be right for long, because that segment is appended to from now on.
         for &id in hints
@@ -85,7 +88,7 @@ impl Engine {
         let mut engine = Engine {
             dir: dir.to_owned(),
             vfs,
-            index: Index::new(KeyHasher::new(options.weak_hash)),
+            index: Index::new(KeyHasher::new(seed, options.weak_hash)),
             options,
             segments: RwLock::new(BTreeMap::from([(active.id(), Arc::clone(&active))])),
             log: Mutex::new(LogState {
@@ -99,6 +102,21 @@ impl Engine {
             compaction: Compaction::default(),
             _lock: lock,
         };
+        // Size the index once for everything the hints list, instead of doubling every shard ~20 times and
+        // rehashing what it holds at each step. Hints list live records (compaction output) or at most about
+        // 1 / (1 - compaction threshold) times the live ones (sealed segments), so this stays within one
+        // doubling of the need; segments that are scanned grow the index as they go.
+        let hinted: u64 = ids
+            .iter()
+            .filter(|id| hints.contains(id))
+            .filter_map(|&id| {
+                hint::entry_count(&*engine.vfs, &dir.join(segment::hint_file_name(id)))
+            })
+            .sum();
+        engine
+            .index
+            .unshared()
+            .reserve(usize::try_from(hinted).unwrap_or(usize::MAX));
         let fresh_from = ids
             .len()
             .saturating_sub(crate::compaction::FRESH_WITHOUT_HINT);
@@ -210,28 +228,43 @@ impl Engine {
                 return refuse("its last record does not match the segment's".into());
             }
         }
-        let mut hashes = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let Some((user_id, campaign_key)) = codec::decode_key(entry.key) else {
-                return refuse(format!(
-                    "malformed key for the record at offset {}",
-                    entry.offset
-                ));
-            };
-            hashes.push(self.index.hasher().hash(user_id, campaign_key));
+        if header.hasher != self.index.hasher().identity() {
+            return refuse("made with another hash seed".into());
         }
-        // Knowing every key in advance lets the index fetch a batch of slots at once (it is memory-bound).
+        // Most entries are keys the index has not seen: no entry with their hash means no entry for their key,
+        // so they go in without any key at all. Only where an entry with the same hash exists (the key was
+        // written in an earlier segment too, or two keys collide) are the keys read from the records and
+        // compared, exactly as a scan would.
         const BATCH: usize = 32;
-        for (entries, hashes) in entries.chunks(BATCH).zip(hashes.chunks(BATCH)) {
-            self.index.unshared().prefetch(hashes);
-            for (entry, &hash) in entries.iter().zip(hashes) {
-                self.replay(
-                    Loc::new(segment.id(), entry.offset),
-                    hash,
-                    entry.kind,
-                    entry.key,
-                    entry.len,
-                )?;
+        for batch in entries.chunks(BATCH) {
+            // The index is memory-bound: touching a batch of home slots first lets their cache misses overlap.
+            let hashes: [u64; BATCH] = std::array::from_fn(|i| batch.get(i).map_or(0, |e| e.hash));
+            self.index.unshared().prefetch(&hashes[..batch.len()]);
+            for entry in batch {
+                let loc = Loc::new(segment.id(), entry.offset);
+                match entry.kind {
+                    Kind::Put if self.index.unshared().insert_new_hash(entry.hash, loc) => continue,
+                    Kind::Delete if self.index.unshared().candidates(entry.hash).is_empty() => {
+                        segment.add_dead(entry.len);
+                        continue;
+                    }
+                    _ => {}
+                }
+                let key = segment.with_key(entry.offset, |kind, key, len| {
+                    (kind == entry.kind && len == entry.len).then(|| key.to_vec())
+                })?;
+                // The hint passed every check, so a record that does not match it is damage in the segment.
+                let matches = key
+                    .as_deref()
+                    .and_then(codec::decode_key)
+                    .is_some_and(|(u, c)| self.index.hasher().hash(u, c) == entry.hash);
+                let (Some(key), true) = (key, matches) else {
+                    return Err(self.corrupted_at(
+                        loc,
+                        "the record differs from its hint file's entry".into(),
+                    ));
+                };
+                self.replay(loc, entry.hash, entry.kind, &key, entry.len)?;
             }
         }
         Ok(Ok(()))

@@ -247,3 +247,170 @@ fn hints_without_a_segment_and_hints_of_the_newest_segment_are_removed_on_open()
     assert!(!newest_hint.exists());
     assert_eq!(store.stats().mappings, 300);
 }
+
+/// A store of `write_round`s over several segments, compacted so that every sealed segment has a hint.
+fn hinted_store(options: Options) -> (tempfile::TempDir, Model, u64) {
+    let dir = memory_tempdir();
+    let mut model = Model::new();
+    let store = open(dir.path(), options);
+    for round in 0..8 {
+        write_round(&store, &mut model, round);
+    }
+    store.compact().expect("compact");
+    let sealed = store.stats().segments - 1;
+    assert!(sealed >= 2, "{sealed} sealed segments");
+    assert_eq!(store.stats().hint_files, sealed);
+    (dir, model, sealed)
+}
+
+#[test]
+fn the_seed_file_is_made_once_with_mode_0600_and_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, model, sealed) = hinted_store(manual());
+    let seed = dir.path().join("SEED");
+    let bytes = std::fs::read(&seed).expect("seed file");
+    assert_eq!((bytes.len(), &bytes[..8]), (32, &b"USSDBKEY"[..]));
+    let mode = std::fs::metadata(&seed).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let store = check(dir.path(), &model, "reopened");
+    assert_eq!(store.stats().hint_files, sealed, "every hint was used");
+    drop(store);
+    assert_eq!(std::fs::read(&seed).expect("seed file"), bytes);
+    assert!(!dir.path().join("SEED.tmp").exists());
+}
+
+#[test]
+fn a_missing_or_damaged_seed_is_replaced_and_the_hints_of_the_old_one_are_not_used() {
+    // The hints hold hashes of the old seed: applied under a new one, they would put every key where no lookup
+    // looks. Each hint names its seed, so they are refused, the segments scanned, and the hints made again.
+    let (dir, model, sealed) = hinted_store(manual());
+    let seed = dir.path().join("SEED");
+    let good = std::fs::read(&seed).expect("seed file");
+    let other_store = memory_tempdir();
+    drop(open(other_store.path(), manual()));
+    let foreign = std::fs::read(other_store.path().join("SEED")).expect("other seed");
+    assert_ne!(good, foreign);
+    type Damage = Box<dyn Fn(&Path)>;
+    let damages: Vec<(&str, Damage)> = vec![
+        (
+            "deleted",
+            Box::new(|p: &Path| std::fs::remove_file(p).expect("remove")),
+        ),
+        ("empty", Box::new(|p: &Path| cut(p, |_| 0))),
+        ("cut short", Box::new(|p: &Path| cut(p, |len| len - 1))),
+        ("flipped key byte", Box::new(|p: &Path| flip(p, |_| 14))),
+        ("flipped checksum", Box::new(|p: &Path| flip(p, |_| 30))),
+        ("flipped version", Box::new(|p: &Path| flip(p, |_| 9))),
+        ("garbage appended", Box::new(|p: &Path| append(p, b"x"))),
+        (
+            "a sound seed of another store",
+            Box::new(move |p: &Path| std::fs::write(p, &foreign).expect("write")),
+        ),
+    ];
+    for (what, damage) in &damages {
+        let copy = copy_dir_to_memory(dir.path());
+        let seed = copy.path().join("SEED");
+        damage(&seed);
+        let store = check(copy.path(), &model, what);
+        assert_eq!(
+            store.stats().hint_files,
+            0,
+            "{what}: no hint of the old seed is used"
+        );
+        let new = std::fs::read(&seed).expect("a new seed file");
+        assert_eq!(new.len(), 32, "{what}");
+        assert_ne!(new, good, "{what}");
+        // The next compaction writes hints under the new seed, and the next open uses all of them.
+        store.compact().expect("compact");
+        assert_eq!(store.stats().hint_files, sealed, "{what}");
+        drop(store);
+        let store = check(copy.path(), &model, &format!("{what}, hints rewritten"));
+        assert_eq!(store.stats().hint_files, sealed, "{what}");
+        drop(store);
+        assert_eq!(std::fs::read(&seed).expect("seed"), new, "{what}: kept");
+    }
+}
+
+#[test]
+fn a_seed_file_that_cannot_be_read_fails_open() {
+    use std::os::unix::fs::PermissionsExt;
+    // Running as root reads any file, so only check that an unreadable seed is never silently replaced.
+    let (dir, _model, _) = hinted_store(manual());
+    let seed = dir.path().join("SEED");
+    let good = std::fs::read(&seed).expect("seed file");
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    let opened = Store::open_with(dir.path(), manual());
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    match opened {
+        Ok(store) => assert_eq!(store.stats().hint_files, store.stats().segments - 1),
+        Err(e) => assert!(matches!(e, Error::Io { .. }), "{e:?}"),
+    }
+    assert_eq!(std::fs::read(&seed).expect("seed file"), good);
+}
+
+#[test]
+fn hints_made_with_colliding_hashes_are_not_used_with_real_ones_and_back() {
+    // The test-only colliding mode hashes differently from the seed, so its hints name another hash function.
+    let weak = || manual().colliding_hashes_for_tests(true);
+    let (dir, model, sealed) = hinted_store(weak());
+    let open_check = |options: Options, what: &str| {
+        let store = Store::open_with(dir.path(), options).unwrap_or_else(|e| panic!("{what}: {e}"));
+        for k in 0..KEYS {
+            let user = format!("user-{k}");
+            let want = model.get(&(user.clone(), "camp".to_owned()));
+            assert_eq!(
+                store.get(&user, "camp").expect("get").as_ref(),
+                want,
+                "{what}: {user}"
+            );
+        }
+        assert_eq!(store.stats().mappings, model.len() as u64, "{what}");
+        store
+    };
+    // Colliding hashes through hints: every entry shares a hash with others, so keys are compared from records.
+    let store = open_check(weak(), "colliding, from hints");
+    assert_eq!(store.stats().hint_files, sealed);
+    drop(store);
+    let store = open_check(manual(), "real hashes, colliding hints");
+    assert_eq!(store.stats().hint_files, 0);
+    store.compact().expect("compact");
+    drop(store);
+    let store = open_check(manual(), "real hashes, from hints");
+    assert_eq!(store.stats().hint_files, sealed);
+    drop(store);
+    let store = open_check(weak(), "colliding, real-hash hints");
+    assert_eq!(store.stats().hint_files, 0);
+}
+
+#[test]
+fn a_version_1_hint_is_ignored_and_rewritten() {
+    let (dir, model, sealed) = hinted_store(manual());
+    let hint = dir.path().join("0000000001.hint");
+    let mut bytes = std::fs::read(&hint).expect("hint");
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&hint, &bytes).expect("write");
+    let store = check(dir.path(), &model, "version 1 hint");
+    assert_eq!(store.stats().hint_files, sealed - 1);
+    store.compact().expect("compact");
+    drop(store);
+    let store = check(dir.path(), &model, "rewritten");
+    assert_eq!(store.stats().hint_files, sealed);
+}
+
+#[test]
+fn verify_judges_hints_by_the_stores_seed_and_writes_none() {
+    let (dir, _model, sealed) = hinted_store(manual());
+    let report = ussdb::verify_dir(dir.path()).expect("verify_dir");
+    assert!(
+        report.is_clean() && report.hint_problems.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(report.hint_files, sealed);
+    // Without the seed no hint can be used (open makes a new seed): each is reported, the data is not damaged,
+    // and checking makes no seed file.
+    std::fs::remove_file(dir.path().join("SEED")).expect("remove seed");
+    let report = ussdb::verify_dir(dir.path()).expect("verify_dir");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.hint_problems.len() as u64, sealed, "{report:?}");
+    assert!(!dir.path().join("SEED").exists());
+}

@@ -1,0 +1,328 @@
+//! The store's hash seed: two secret 64-bit SipHash keys kept in the file `SEED`, so that the index hash of a key
+//! is the same in every process that opens the store. That lets hint files carry index hashes instead of keys
+//! (`docs/DESIGN.md`, "Hint files"); the seed stays secret to clients, so they still cannot choose ids that pile
+//! into one run of the index.
+//!
+//! The seed is never data: losing or damaging the file loses nothing but the hints made with it. A missing or
+//! unreadable-as-a-seed file is therefore replaced by a fresh seed (with a warning for a damaged one), and every
+//! hint file names the seed it was made with ([`Seed::identity`]), so hints of another seed are ignored and
+//! rewritten instead of being applied with the wrong hashes.
+//!
+//! ## Format (32 bytes, little-endian; see `docs/FORMAT.md`)
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 8 | magic `USSDBKEY` |
+//! | 8 | 4 | seed format version, [`SEED_VERSION`] |
+//! | 12 | 8 | SipHash key k0 |
+//! | 20 | 8 | SipHash key k1 |
+//! | 28 | 4 | crc32 of bytes 0..28 |
+
+use std::hash::{BuildHasher, RandomState};
+use std::io::ErrorKind;
+use std::path::Path;
+
+use crate::segment::TMP_SUFFIX;
+use crate::vfs::Vfs;
+use crate::{Error, Result};
+
+/// Name of the seed file in a store directory.
+pub const SEED_FILE: &str = "SEED";
+/// Magic number at the start of the seed file.
+pub const SEED_MAGIC: [u8; 8] = *b"USSDBKEY";
+/// The seed format version this build writes and reads.
+pub const SEED_VERSION: u32 = 1;
+/// Size of the seed file in bytes.
+pub const SEED_LEN: usize = 32;
+
+/// The two SipHash keys of a store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Seed {
+    k0: u64,
+    k1: u64,
+}
+
+impl std::fmt::Debug for Seed {
+    // The keys are the secret that keeps clients from aiming ids at one run of the index: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Seed({:#018x})", self.identity())
+    }
+}
+
+impl Seed {
+    /// A seed from explicit keys (tests).
+    #[cfg(test)]
+    pub fn from_keys(k0: u64, k1: u64) -> Seed {
+        Seed { k0, k1 }
+    }
+
+    /// A fresh random seed. `RandomState` is keyed from the operating system's random source once per process
+    /// and then varies per instance, and the clock and the process id keep two fresh seeds of one process apart.
+    pub fn random() -> Seed {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let salt = (nanos, std::process::id());
+        Seed {
+            k0: RandomState::new().hash_one(salt),
+            k1: RandomState::new().hash_one(salt),
+        }
+    }
+
+    /// SipHash-1-3 of `bytes` under this seed.
+    pub fn hash(&self, bytes: &[u8]) -> u64 {
+        siphash13(self.k0, self.k1, bytes)
+    }
+
+    /// A name for this seed that does not reveal it: what hint files record to say which seed made their hashes.
+    pub fn identity(&self) -> u64 {
+        self.hash(b"ussdb seed identity")
+    }
+
+    /// The file's bytes.
+    pub fn encode(&self) -> [u8; SEED_LEN] {
+        let mut out = [0u8; SEED_LEN];
+        out[..8].copy_from_slice(&SEED_MAGIC);
+        out[8..12].copy_from_slice(&SEED_VERSION.to_le_bytes());
+        out[12..20].copy_from_slice(&self.k0.to_le_bytes());
+        out[20..28].copy_from_slice(&self.k1.to_le_bytes());
+        let crc = crc32fast::hash(&out[..28]);
+        out[28..].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes a seed file; the error says what is wrong with it.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Seed, String> {
+        if bytes.len() != SEED_LEN {
+            return Err(format!("{} bytes, a seed file has {SEED_LEN}", bytes.len()));
+        }
+        if bytes[..8] != SEED_MAGIC {
+            return Err("wrong magic number".into());
+        }
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let stored = u32::from_le_bytes([bytes[28], bytes[29], bytes[30], bytes[31]]);
+        let computed = crc32fast::hash(&bytes[..28]);
+        if stored != computed {
+            return Err(format!(
+                "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+            ));
+        }
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        if version != SEED_VERSION {
+            return Err(format!(
+                "seed format version {version}, this build reads {SEED_VERSION}"
+            ));
+        }
+        Ok(Seed {
+            k0: u64_at(12),
+            k1: u64_at(20),
+        })
+    }
+}
+
+/// The seed of the store in `dir`: read from its seed file, or made and written durably (`SEED.tmp`, fsync,
+/// rename, directory fsync) when the file is missing or is not a sound seed file. Called with the directory lock
+/// held, before anything is read with the seed, so no hint can ever be written with a seed that is not durable.
+pub fn load_or_create(vfs: &dyn Vfs, dir: &Path) -> Result<Seed> {
+    let path = dir.join(SEED_FILE);
+    match read(vfs, dir)? {
+        Ok(seed) => return Ok(seed),
+        Err(None) => {}
+        // Only hints depend on the seed, and each names its seed: a new seed costs a scan, never data.
+        Err(Some(reason)) => log::warn!(
+            "{}: {reason}; making a new hash seed (hint files of the old one will be ignored)",
+            path.display()
+        ),
+    }
+    let seed = Seed::random();
+    let tmp = dir.join(format!("{SEED_FILE}{TMP_SUFFIX}"));
+    let _ = vfs.remove_file(&tmp);
+    let file = vfs
+        .create_new(&tmp)
+        .map_err(|e| Error::io("create seed file", &tmp, e))?;
+    let written = file
+        .write_all_at(&seed.encode(), 0)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| Error::io("write seed file", &tmp, e))
+        .and_then(|()| {
+            vfs.rename(&tmp, &path)
+                .map_err(|e| Error::io("rename seed file", &tmp, e))
+        });
+    if written.is_err() {
+        let _ = vfs.remove_file(&tmp);
+    }
+    written?;
+    vfs.sync_dir(dir)
+        .map_err(|e| Error::io("sync directory", dir, e))?;
+    Ok(seed)
+}
+
+/// Reads the seed of the store in `dir` without making one: the inner error is `None` if there is no seed file,
+/// else what is wrong with it. An error reading an existing file is the outer error.
+pub fn read(vfs: &dyn Vfs, dir: &Path) -> Result<std::result::Result<Seed, Option<String>>> {
+    let path = dir.join(SEED_FILE);
+    match vfs.open(&path) {
+        Ok(file) => {
+            let mut bytes = [0u8; SEED_LEN + 1];
+            let got = file
+                .read_at(&mut bytes, 0)
+                .map_err(|e| Error::io("read seed file", &path, e))?;
+            Ok(Seed::decode(&bytes[..got]).map_err(Some))
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Err(None)),
+        Err(e) => Err(Error::io("open seed file", &path, e)),
+    }
+}
+
+/// SipHash-1-3 (one compression round per 8-byte word, three finalization rounds), the variant std's `HashMap`
+/// uses; written out because std offers no keyed constructor for it.
+fn siphash13(k0: u64, k1: u64, bytes: &[u8]) -> u64 {
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(word);
+        let m = u64::from_le_bytes(b);
+        v[3] ^= m;
+        sip_round(&mut v);
+        v[0] ^= m;
+    }
+    let mut last = [0u8; 8];
+    let tail = words.remainder();
+    last[..tail.len()].copy_from_slice(tail);
+    let m = u64::from_le_bytes(last) | ((bytes.len() as u64 & 0xff) << 56);
+    v[3] ^= m;
+    sip_round(&mut v);
+    v[0] ^= m;
+    v[2] ^= 0xff;
+    for _ in 0..3 {
+        sip_round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+#[inline(always)]
+fn sip_round(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13);
+    v[1] ^= v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16);
+    v[3] ^= v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21);
+    v[3] ^= v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17);
+    v[1] ^= v[2];
+    v[2] = v[2].rotate_left(32);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SipHash with c compression and d finalization rounds, to check the round structure against std's
+    /// SipHash-2-4 (the only keyed SipHash std exposes).
+    #[allow(deprecated)]
+    fn std_siphash24(k0: u64, k1: u64, bytes: &[u8]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+        h.write(bytes);
+        h.finish()
+    }
+
+    fn siphash24(k0: u64, k1: u64, bytes: &[u8]) -> u64 {
+        let mut v = [
+            k0 ^ 0x736f_6d65_7073_6575,
+            k1 ^ 0x646f_7261_6e64_6f6d,
+            k0 ^ 0x6c79_6765_6e65_7261,
+            k1 ^ 0x7465_6462_7974_6573,
+        ];
+        let mut words = bytes.chunks_exact(8);
+        let absorb = |v: &mut [u64; 4], m: u64| {
+            v[3] ^= m;
+            sip_round(v);
+            sip_round(v);
+            v[0] ^= m;
+        };
+        for word in &mut words {
+            absorb(
+                &mut v,
+                u64::from_le_bytes(word.try_into().expect("8 bytes")),
+            );
+        }
+        let mut last = [0u8; 8];
+        last[..words.remainder().len()].copy_from_slice(words.remainder());
+        absorb(
+            &mut v,
+            u64::from_le_bytes(last) | ((bytes.len() as u64 & 0xff) << 56),
+        );
+        v[2] ^= 0xff;
+        for _ in 0..4 {
+            sip_round(&mut v);
+        }
+        v[0] ^ v[1] ^ v[2] ^ v[3]
+    }
+
+    #[test]
+    fn the_sip_rounds_match_std_siphash_2_4() {
+        let data: Vec<u8> = (0..64u8).collect();
+        for len in 0..data.len() {
+            for (k0, k1) in [
+                (0, 0),
+                (0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908),
+                (7, u64::MAX),
+            ] {
+                assert_eq!(
+                    siphash24(k0, k1, &data[..len]),
+                    std_siphash24(k0, k1, &data[..len])
+                );
+            }
+        }
+        // SipHash-1-3 itself, against CPython's (`PYTHONHASHSEED=0` keys it with zeros; `hash(b"...")`).
+        assert_eq!(siphash13(0, 0, b"abc"), 0xc03b_c3a0_0426_30f2);
+        assert_eq!(
+            siphash13(0, 0, b"user-1234567890abcdef"),
+            0x8db8_489a_69fc_88c8
+        );
+        assert_eq!(siphash13(0, 0, &data), 0x75e0_5fd5_bbc8_70c6);
+        let seed = Seed::from_keys(1, 2);
+        assert_ne!(seed.hash(b"a"), Seed::from_keys(1, 3).hash(b"a"));
+        assert_ne!(seed.hash(b"a"), seed.hash(b"b"));
+    }
+
+    #[test]
+    fn a_seed_round_trips_and_every_flip_or_cut_is_refused() {
+        let seed = Seed::from_keys(0x1122_3344_5566_7788, 42);
+        let bytes = seed.encode();
+        assert_eq!(&bytes[..8], b"USSDBKEY");
+        assert_eq!(Seed::decode(&bytes), Ok(seed));
+        for cut in 0..bytes.len() {
+            assert!(Seed::decode(&bytes[..cut]).is_err());
+        }
+        for byte in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut bad = bytes;
+                bad[byte] ^= 1 << bit;
+                assert!(Seed::decode(&bad).is_err(), "bit {bit} of byte {byte}");
+            }
+        }
+        assert!(!format!("{seed:?}").contains("1122334455667788"));
+    }
+
+    #[test]
+    fn random_seeds_differ() {
+        assert_ne!(Seed::random(), Seed::random());
+    }
+}
