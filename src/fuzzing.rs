@@ -82,11 +82,11 @@ pub fn hint(data: &[u8]) {
     let mut body = Vec::new();
     for e in &entries {
         assert_eq!(e.offset, offset, "entries must lie end to end");
-        let value_len = e.len - (record::RECORD_HEADER_LEN + e.key.len()) as u64;
         body.push(e.kind as u8);
-        body.extend_from_slice(&(e.key.len() as u16).to_le_bytes());
-        body.extend_from_slice(&(value_len as u32).to_le_bytes());
-        body.extend_from_slice(e.key);
+        let len =
+            u32::try_from(e.len).expect("an accepted record length fits the entry's four bytes");
+        body.extend_from_slice(&len.to_le_bytes());
+        body.extend_from_slice(&e.hash.to_le_bytes());
         offset += e.len;
     }
     assert_eq!(
