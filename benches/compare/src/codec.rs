@@ -115,6 +115,11 @@ mod tests {
         let key = encode_key("ab", "c");
         assert!(key.starts_with(&user_prefix("ab")));
         assert!(!key.starts_with(&user_prefix("a")));
-        assert_eq!(decode_entry("ab", &key, &[0, 0, 1, b'v']).unwrap().campaign_key, "c");
+        assert_eq!(
+            decode_entry("ab", &key, &[0, 0, 1, b'v'])
+                .unwrap()
+                .campaign_key,
+            "c"
+        );
     }
 }

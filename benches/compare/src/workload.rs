@@ -88,7 +88,7 @@ impl Workload {
     /// New mappings, none of them stored nor among `missing`: `stream` picks a disjoint id range
     /// so that several writers never collide.
     pub fn fresh(&self, stream: usize, count: usize) -> Vec<CampaignUserMap> {
-        let mut rng = SmallRng::seed_from_u64(self.seed ^ (stream as u64 + 1) * 0x9e37_79b9);
+        let mut rng = SmallRng::seed_from_u64(self.seed ^ ((stream as u64 + 1) * 0x9e37_79b9));
         // Past the stored and missing users; each stream gets its own block of 2^32 ids.
         let base = (1u64 << 40) + ((stream as u64) << 32);
         (0..count)
@@ -153,11 +153,8 @@ mod tests {
         for m in fresh.iter().chain(&other) {
             assert!(!stored.contains(&(m.user_id.clone(), m.campaign_key.clone())));
         }
-        assert!(
-            w.stored
-                .iter()
-                .all(|m| (8..=64).contains(&m.user_id.len())
-                    && (8..=64).contains(&m.campaign_key.len()))
-        );
+        assert!(w.stored.iter().all(
+            |m| (8..=64).contains(&m.user_id.len()) && (8..=64).contains(&m.campaign_key.len())
+        ));
     }
 }

@@ -6,9 +6,11 @@ use crate::{CampaignUserMap, Kv, Res};
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+type Bytes = Box<[u8]>;
+
 #[derive(Default)]
 pub struct HashMapStore {
-    map: RwLock<HashMap<Box<[u8]>, Box<[u8]>>>,
+    map: RwLock<HashMap<Bytes, Bytes>>,
 }
 
 impl Kv for HashMapStore {

@@ -27,7 +27,8 @@ impl Syncer {
         let thread = std::thread::Builder::new()
             .name(format!("{name}-sync"))
             .spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(crate::SYNC_PERIOD) {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(crate::SYNC_PERIOD)
+                {
                     sync();
                 }
             })
