@@ -5,7 +5,9 @@
 use super::Syncer;
 use crate::codec::{decode_entry, decode_value, encode_key, encode_value, user_prefix, with_key};
 use crate::{CampaignUserMap, Kv, Mode, Res};
-use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,6 +21,12 @@ impl RocksStore {
     pub fn open(dir: &Path, mode: Mode) -> Res<RocksStore> {
         let mut options = Options::default();
         options.create_if_missing(true);
+        // The same 1 GiB of cache as the other stores, and bloom filters so that a miss need
+        // not read a block (fjall has them by default).
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(1 << 30));
+        table.set_bloom_filter(10.0, false);
+        options.set_block_based_table_factory(&table);
         let db = Arc::new(DB::open(&options, dir)?);
         let syncer = (mode == Mode::Buffered).then(|| {
             let db = Arc::clone(&db);
