@@ -1,0 +1,364 @@
+//! The main job: a simulated SDK workload against a fresh store, with throughput and latency percentiles.
+//!
+//! Shape of the load, per operation: 90% activate of a known user (one get), 5% first visit of a new user (a
+//! get that misses, then a set of the assigned variation), 5% track of a goal (a get, then a set with the goal
+//! appended with `_vwo_`, unless it was tracked already).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ussdb::{CampaignUserMap, Durability, Options, Store};
+
+use crate::Mode;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Users loaded before the workload starts.
+    #[arg(long, default_value_t = 50_000)]
+    users: u64,
+    /// Campaigns each loaded user is part of.
+    #[arg(long, default_value_t = 4)]
+    campaigns: u64,
+    /// Operations in the measured workload, over all threads.
+    #[arg(long, default_value_t = 200_000)]
+    ops: u64,
+    /// Threads issuing operations (like a server's request threads).
+    #[arg(long, default_value_t = 4)]
+    threads: u64,
+    /// Percent of operations that are sets (half new users, half goal tracks).
+    #[arg(long, default_value_t = 10)]
+    set_percent: u64,
+    /// Keep the bench store afterwards instead of removing it.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Log-linear latency histogram: exact below 64 ns, then 32 buckets per power of two (about 3% resolution).
+#[derive(Clone)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            counts: vec![0; 64 + 58 * 32],
+            total: 0,
+        }
+    }
+
+    fn bucket(ns: u64) -> usize {
+        if ns < 64 {
+            return ns as usize;
+        }
+        let exp = 63 - ns.leading_zeros() as usize;
+        let mantissa = (ns >> (exp - 5)) as usize;
+        64 + (exp - 6) * 32 + (mantissa - 32)
+    }
+
+    fn lower_bound(bucket: usize) -> u64 {
+        if bucket < 64 {
+            return bucket as u64;
+        }
+        let exp = (bucket - 64) / 32 + 6;
+        let mantissa = ((bucket - 64) % 32 + 32) as u64;
+        mantissa << (exp - 5)
+    }
+
+    fn record(&mut self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(c) = self.counts.get_mut(Self::bucket(ns)) {
+            *c += 1;
+            self.total += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let rank = ((self.total as f64) * p / 100.0).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bucket, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Duration::from_nanos(Self::lower_bound(bucket));
+            }
+        }
+        Duration::ZERO
+    }
+}
+
+fn user(n: u64) -> String {
+    // Ids of realistic shape and length (UUID-like, 36 bytes).
+    format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        n.wrapping_mul(0x9E37_79B9),
+        n % 0xffff,
+        n % 0xfff,
+        (n >> 12) % 0xfff,
+        n
+    )
+}
+
+fn campaign(n: u64) -> String {
+    format!("campaign-{n:03}")
+}
+
+/// A small, fast generator; the workload needs variety, not cryptographic randomness.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+struct Tally {
+    get: Histogram,
+    set: Histogram,
+}
+
+pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
+    let dir = dir.join("bench");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| ussdb::Error::Io {
+            op: "remove the previous bench store",
+            path: dir.clone(),
+            source: e,
+        })?;
+    }
+    let mappings = args.users * args.campaigns;
+    println!(
+        "ussdb bench: {} users x {} campaigns = {mappings} mappings, then {} ops on {} threads, durability {:?}",
+        args.users, args.campaigns, args.ops, args.threads, mode
+    );
+
+    // Load with the OS deciding when to write back, then reopen in the mode under test: the load is set-up,
+    // not what is measured.
+    let started = Instant::now();
+    {
+        let store = Store::open_with(&dir, Options::default().durability(Durability::Never))?;
+        let threads = args.threads.max(1);
+        std::thread::scope(|s| -> ussdb::Result<()> {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let store = store.clone();
+                    s.spawn(move || -> ussdb::Result<()> {
+                        for u in (t..args.users).step_by(threads as usize) {
+                            for c in 0..args.campaigns {
+                                let variation = if (u + c).is_multiple_of(2) {
+                                    "Control"
+                                } else {
+                                    "Variation-1"
+                                };
+                                store.set(&CampaignUserMap::new(
+                                    user(u),
+                                    campaign(c),
+                                    variation,
+                                ))?;
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().unwrap_or(Ok(())))
+        })?;
+        store.sync()?;
+    }
+    let load = started.elapsed();
+    println!(
+        "load   {mappings} sets in {:.2} s ({:.0} sets/s)",
+        load.as_secs_f64(),
+        mappings as f64 / load.as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let store = Store::open_with(&dir, Options::default().durability(mode.durability()))?;
+    let open = started.elapsed();
+    let stats = store.stats();
+    println!(
+        "open   {:.3} s for {} mappings in {} segments",
+        open.as_secs_f64(),
+        stats.mappings,
+        stats.segments
+    );
+
+    let next_user = Arc::new(AtomicU64::new(args.users));
+    let fsyncs_before = stats.fsyncs;
+    let started = Instant::now();
+    let tallies: Vec<ussdb::Result<Tally>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..args.threads.max(1))
+            .map(|t| {
+                let store = store.clone();
+                let next_user = Arc::clone(&next_user);
+                let ops = args.ops / args.threads.max(1);
+                s.spawn(move || worker(&store, args, t, ops, &next_user))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(panicked())))
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    let mut get = Histogram::new();
+    let mut set = Histogram::new();
+    for tally in tallies {
+        let tally = tally?;
+        get.merge(&tally.get);
+        set.merge(&tally.set);
+    }
+    let stats = store.stats();
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "run    {} ops in {secs:.2} s: {:.0} ops/s",
+        get.total + set.total,
+        (get.total + set.total) as f64 / secs
+    );
+    for (name, h) in [("get", &get), ("set", &set)] {
+        println!(
+            "  {name}  {:>9} ops  {:>10.0} ops/s  p50 {:>9.1?}  p99 {:>9.1?}  p99.9 {:>9.1?}",
+            h.total,
+            h.total as f64 / secs,
+            h.percentile(50.0),
+            h.percentile(99.0),
+            h.percentile(99.9)
+        );
+    }
+    let fsyncs = stats.fsyncs - fsyncs_before;
+    println!(
+        "fsyncs {fsyncs} for {} sets ({:.3} per set)",
+        set.total,
+        fsyncs as f64 / set.total.max(1) as f64
+    );
+    println!(
+        "memory index heap {} bytes = {:.1} bytes per mapping ({} mappings); disk {} bytes = {:.1} bytes per mapping",
+        stats.index_heap_bytes,
+        stats.index_heap_bytes as f64 / stats.mappings.max(1) as f64,
+        stats.mappings,
+        stats.disk_bytes,
+        stats.disk_bytes as f64 / stats.mappings.max(1) as f64
+    );
+    drop(store);
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+fn panicked() -> ussdb::Error {
+    ussdb::Error::Io {
+        op: "run a bench thread",
+        path: "bench".into(),
+        source: std::io::Error::other("a bench thread panicked"),
+    }
+}
+
+fn worker(
+    store: &Store,
+    args: &Args,
+    thread: u64,
+    ops: u64,
+    next_user: &AtomicU64,
+) -> ussdb::Result<Tally> {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ (thread + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut tally = Tally {
+        get: Histogram::new(),
+        set: Histogram::new(),
+    };
+    let goals = ["add-to-cart", "checkout", "purchase", "signup"];
+    for _ in 0..ops {
+        let roll = rng.next() % 100;
+        let c = campaign(rng.next() % args.campaigns.max(1));
+        if roll >= args.set_percent || args.users == 0 {
+            let u = user(rng.next() % args.users.max(1));
+            let t = Instant::now();
+            let found = store.get(&u, &c)?;
+            tally.get.record(t.elapsed());
+            std::hint::black_box(found);
+        } else if roll < args.set_percent / 2 {
+            // First visit: the lookup misses, the SDK assigns a variation and stores it.
+            let u = user(next_user.fetch_add(1, Ordering::Relaxed));
+            let t = Instant::now();
+            let found = store.get(&u, &c)?;
+            tally.get.record(t.elapsed());
+            if found.is_none() {
+                let map = CampaignUserMap::new(
+                    u,
+                    c,
+                    if rng.next().is_multiple_of(2) {
+                        "Control"
+                    } else {
+                        "Variation-1"
+                    },
+                );
+                let t = Instant::now();
+                store.set(&map)?;
+                tally.set.record(t.elapsed());
+            }
+        } else {
+            // Track: read the mapping, append the goal unless it was tracked already.
+            let u = user(rng.next() % args.users.max(1));
+            let t = Instant::now();
+            let found = store.get(&u, &c)?;
+            tally.get.record(t.elapsed());
+            if let Some(mut map) = found
+                && map.add_goal(goals[(rng.next() % 4) as usize])
+            {
+                let t = Instant::now();
+                store.set(&map)?;
+                tally.set.record(t.elapsed());
+            }
+        }
+    }
+    Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Histogram;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_buckets_are_monotonic_and_tight() {
+        let mut last = 0;
+        for ns in [
+            0u64,
+            1,
+            63,
+            64,
+            65,
+            100,
+            1_000,
+            123_456,
+            10_000_000_000,
+            u64::MAX / 2,
+        ] {
+            let b = Histogram::bucket(ns);
+            assert!(b >= last);
+            last = b;
+            let low = Histogram::lower_bound(b);
+            assert!(low <= ns && ns - low <= ns / 32 + 1, "{ns} -> {low}");
+        }
+        let mut h = Histogram::new();
+        for us in 1..=100 {
+            h.record(Duration::from_micros(us));
+        }
+        let p50 = h.percentile(50.0).as_micros();
+        assert!((48..=50).contains(&p50), "{p50}");
+    }
+}

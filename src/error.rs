@@ -1,0 +1,228 @@
+//! The one error type of the crate.
+//!
+//! Every variant carries the context a user needs to act on it: which file, which offset, which key. `Corrupted`
+//! (bytes on disk are wrong) is kept apart from `Io` (the operating system refused), because they call for
+//! different responses: restore or repair the first, retry or free space for the second.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in ussdb.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operating system refused an I/O operation.
+    Io {
+        /// What ussdb was doing, e.g. "append to segment".
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Bytes on disk are not what ussdb wrote: a checksum mismatch, an impossible length, an undecodable value.
+    Corrupted {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damaged record or header within the file.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file that does not start with the ussdb magic number where a segment or hint file was expected.
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file written by a newer (or unknown) on-disk format version.
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version found in the file.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// A user id or campaign key that cannot be stored (empty or too long).
+    InvalidKey {
+        /// Which argument: `"user_id"` or `"campaign_key"`.
+        field: &'static str,
+        /// The offending value, shortened to 64 characters.
+        key: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// An encoded value larger than the format allows.
+    ValueTooLarge {
+        /// The mapping's user id.
+        user_id: String,
+        /// The mapping's campaign key.
+        campaign_key: String,
+        /// Size of the encoded value in bytes.
+        len: usize,
+        /// The limit, [`crate::MAX_VALUE_LEN`].
+        max: usize,
+    },
+    /// An option outside its documented range.
+    InvalidOption {
+        /// The option's name.
+        option: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Another process (or another `Store` in this process) has the directory open.
+    Locked {
+        /// The lock file that is held.
+        path: PathBuf,
+    },
+    /// The path given to `open` exists and is not a directory.
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// An earlier fsync or write failed, so the on-disk state is unknown; the store refuses writes until it is
+    /// reopened (a failed fsync may have silently dropped dirty pages, so retrying it would lie).
+    Poisoned {
+        /// The failure that poisoned the store.
+        reason: String,
+    },
+    /// A user storage record in JSON that could not be read.
+    Json {
+        /// Where it came from (a line number, a file) when known.
+        context: String,
+        /// The parser's message.
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupted(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Error {
+        Error::Corrupted {
+            path: path.into(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn invalid_key(field: &'static str, key: &str, reason: impl Into<String>) -> Error {
+        Error::InvalidKey {
+            field,
+            key: shorten(key),
+            reason: reason.into(),
+        }
+    }
+
+    /// True when the error says the bytes on disk are damaged (as opposed to the OS failing or bad input).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupted { .. } | Error::BadMagic { .. } | Error::UnsupportedVersion { .. }
+        )
+    }
+}
+
+/// Keeps error messages readable when a caller passes a megabyte-long id.
+pub(crate) fn shorten(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(MAX).collect();
+    out.push('…');
+    out
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { op, path, source } => {
+                write!(f, "{op} failed for {}: {source}", path.display())
+            }
+            Error::Corrupted {
+                path,
+                offset,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "corrupted data in {} at offset {offset}: {reason}",
+                    path.display()
+                )
+            }
+            Error::BadMagic { path } => {
+                write!(
+                    f,
+                    "{} is not a ussdb file (wrong magic number)",
+                    path.display()
+                )
+            }
+            Error::UnsupportedVersion {
+                path,
+                found,
+                supported,
+            } => write!(
+                f,
+                "{} has format version {found}, this build reads up to version {supported}; upgrade ussdb",
+                path.display()
+            ),
+            Error::InvalidKey { field, key, reason } => {
+                write!(f, "invalid {field} {key:?}: {reason}")
+            }
+            Error::ValueTooLarge {
+                user_id,
+                campaign_key,
+                len,
+                max,
+            } => write!(
+                f,
+                "value for user {:?} campaign {:?} is {len} bytes encoded, the limit is {max}",
+                shorten(user_id),
+                shorten(campaign_key)
+            ),
+            Error::InvalidOption { option, reason } => {
+                write!(f, "invalid option {option}: {reason}")
+            }
+            Error::Locked { path } => write!(
+                f,
+                "the store is already open (lock {} is held by another process or handle)",
+                path.display()
+            ),
+            Error::NotADirectory { path } => {
+                write!(f, "{} exists and is not a directory", path.display())
+            }
+            Error::Poisoned { reason } => write!(
+                f,
+                "the store refuses writes after an earlier failure ({reason}); reopen it to recover"
+            ),
+            Error::Json { context, source } => {
+                write!(f, "invalid user storage JSON ({context}): {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Json { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The write path: one appender for the active segment, rotation when it is full, and group commit.
+//!
+//! Every write takes the log mutex, finds the key's current record, appends its own record with one `pwrite`,
+//! and updates the index before unlocking, so the order of records in the log, the order of index updates and
+//! the order in which writers were served are the same. Durability waits happen after the unlock:
+//! with [`Durability::Immediate`] a writer waits until an fsync covers its record; the first waiter runs that
+//! fsync for everyone (the leader) and writers that arrive meanwhile share the next one.
+//!
+//! fsync order: a record is durable once the active segment is `fdatasync`ed. Rotation fsyncs the full segment
+//! before the next one is created (so only the newest segment can ever hold a torn record), and creation writes
+//! the new header to a temporary file, fsyncs it, renames it into place and fsyncs the directory.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::codec;
+use crate::engine::Engine;
+use crate::index::{Loc, MAX_OFFSET, MAX_SEGMENT_ID};
+use crate::record::{self, Kind, SEGMENT_HEADER_LEN};
+use crate::segment::Segment;
+use crate::store::Durability;
+use crate::uss::CampaignUserMap;
+use crate::{Error, Result};
+
+/// State of the appender, behind the log mutex.
+pub(crate) struct LogState {
+    /// The segment appended to.
+    pub(crate) active: Arc<Segment>,
+    /// The id the next segment gets.
+    pub(crate) next_id: u32,
+    /// Bytes appended since open, across segments: the position group commit counts in.
+    pub(crate) written: u64,
+}
+
+/// Group commit bookkeeping.
+#[derive(Default)]
+pub(crate) struct Syncer {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Everything up to this log position is durable.
+    synced: u64,
+    /// A leader is running an fsync.
+    busy: bool,
+}
+
+impl Syncer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that everything up to `position` is durable (rotation fsynced it).
+    fn advance(&self, position: u64) {
+        let mut state = self.lock();
+        if position > state.synced {
+            state.synced = position;
+            self.done.notify_all();
+        }
+    }
+}
+
+impl Engine {
+    /// Stores a mapping (replacing any earlier one).
+    pub(crate) fn put(&self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
+        let key = codec::encode_key(&map.user_id, &map.campaign_key)?;
+        let value = codec::encode_value(map, meta_data)?;
+        let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len() + value.len());
+        record::encode(&mut rec, Kind::Put, &key, &value);
+        let hash = self.index.hasher().hash(&map.user_id, &map.campaign_key);
+        let position = {
+            let mut log = self.lock_log();
+            self.check_poison()?;
+            let old = self.find_locked(hash, &map.user_id, &map.campaign_key)?;
+            let loc = self.append(&mut log, &rec)?;
+            match old {
+                Some((old_loc, old_len)) => {
+                    self.index.replace(hash, old_loc, loc);
+                    self.mark_dead(old_loc, old_len);
+                }
+                None => self.index.insert(hash, loc),
+            }
+            log.written
+        };
+        self.counters.sets.fetch_add(1, Ordering::Relaxed);
+        self.wait_durable(position)
+    }
+
+    /// Erases a mapping; false if there was none.
+    pub(crate) fn delete(&self, user_id: &str, campaign_key: &str) -> Result<bool> {
+        let key = codec::encode_key(user_id, campaign_key)?;
+        let hash = self.index.hasher().hash(user_id, campaign_key);
+        let position = {
+            let mut log = self.lock_log();
+            self.check_poison()?;
+            let Some((old_loc, old_len)) = self.find_locked(hash, user_id, campaign_key)? else {
+                return Ok(false);
+            };
+            let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len());
+            record::encode(&mut rec, Kind::Delete, &key, &[]);
+            let loc = self.append(&mut log, &rec)?;
+            self.index.remove(hash, old_loc);
+            self.mark_dead(old_loc, old_len);
+            // A tombstone is dead weight from birth: it only shadows the records it deletes.
+            self.mark_dead(loc, rec.len() as u64);
+            log.written
+        };
+        self.counters.deletes.fetch_add(1, Ordering::Relaxed);
+        self.wait_durable(position)?;
+        Ok(true)
+    }
+
+    /// Erases every mapping of `user_id`; returns how many there were.
+    pub(crate) fn forget_user(&self, user_id: &str) -> Result<usize> {
+        codec::check_id("user_id", user_id)?;
+        let user_part = self.index.hasher().user_part(user_id);
+        let (count, position) = {
+            let mut log = self.lock_log();
+            self.check_poison()?;
+            let mut doomed = Vec::new();
+            for (hash, loc) in self.index.user_candidates(user_part) {
+                let found = self.read_at(loc, |rec| {
+                    codec::key_of_user(rec.key, user_id)
+                        .then(|| (rec.key.to_vec(), rec.len() as u64))
+                })?;
+                if let crate::engine::Found::Record(Some((key, len))) = found {
+                    doomed.push((hash, loc, key, len));
+                }
+            }
+            let mut rec = Vec::new();
+            for (hash, old_loc, key, old_len) in &doomed {
+                rec.clear();
+                record::encode(&mut rec, Kind::Delete, key, &[]);
+                let loc = self.append(&mut log, &rec)?;
+                self.index.remove(*hash, *old_loc);
+                self.mark_dead(*old_loc, *old_len);
+                self.mark_dead(loc, rec.len() as u64);
+            }
+            (doomed.len(), log.written)
+        };
+        self.counters
+            .deletes
+            .fetch_add(count as u64, Ordering::Relaxed);
+        if count > 0 {
+            self.wait_durable(position)?;
+        }
+        Ok(count)
+    }
+
+    /// Appends one encoded record to the active segment, rotating first if it would overflow.
+    pub(crate) fn append(&self, log: &mut LogState, rec: &[u8]) -> Result<Loc> {
+        let len = rec.len() as u64;
+        let used = log.active.len();
+        if used > SEGMENT_HEADER_LEN && used + len > self.options.segment_size {
+            self.rotate(log)?;
+        }
+        let segment = &log.active;
+        let offset = segment.len();
+        if offset + len > MAX_OFFSET {
+            return Err(Error::InvalidOption {
+                option: "segment_size",
+                reason: format!(
+                    "segment {} would pass the largest offset the index holds",
+                    segment.id()
+                ),
+            });
+        }
+        if let Err(e) = segment.file().write_all_at(rec, offset) {
+            // A torn record in the middle of the log would hide every later one: cut it off, or stop writing.
+            if let Err(cut) = segment.file().set_len(offset) {
+                self.set_poison(format!(
+                    "a failed append to {} could not be undone: {cut}",
+                    segment.path().display()
+                ));
+            }
+            return Err(Error::io("append to segment", segment.path(), e));
+        }
+        segment.grew(len);
+        log.written += len;
+        Ok(Loc::new(segment.id(), offset))
+    }
+
+    /// Seals the active segment and starts the next one.
+    fn rotate(&self, log: &mut LogState) -> Result<()> {
+        let old = Arc::clone(&log.active);
+        self.fsync(&old)?;
+        self.syncer.advance(log.written);
+        if log.next_id > MAX_SEGMENT_ID {
+            return Err(Error::InvalidOption {
+                option: "segment_size",
+                reason: format!(
+                    "the store has used all {MAX_SEGMENT_ID} segment ids; use larger segments"
+                ),
+            });
+        }
+        let new = Arc::new(Segment::create(&*self.vfs, &self.dir, log.next_id)?);
+        log.next_id += 1;
+        let sealed = Arc::new(old.seal());
+        {
+            let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
+            segments.insert(sealed.id(), sealed);
+            segments.insert(new.id(), Arc::clone(&new));
+        }
+        log.active = new;
+        Ok(())
+    }
+
+    /// fsyncs one segment; a failure poisons the store.
+    fn fsync(&self, segment: &Segment) -> Result<()> {
+        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        segment.file().sync_data().map_err(|e| {
+            self.set_poison(format!("fsync of {} failed: {e}", segment.path().display()));
+            Error::io("fsync segment", segment.path(), e)
+        })
+    }
+
+    /// Returns once the write that ended at `position` is as durable as the durability mode promises.
+    fn wait_durable(&self, position: u64) -> Result<()> {
+        match self.durability() {
+            Durability::Immediate => self.sync_to(position),
+            Durability::Periodic(_) | Durability::Never => Ok(()),
+        }
+    }
+
+    /// Makes everything written so far durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let position = self.lock_log().written;
+        self.sync_to(position)
+    }
+
+    /// Group commit: returns once an fsync covered `position`, running it if no one else is.
+    fn sync_to(&self, position: u64) -> Result<()> {
+        let mut state = self.syncer.lock();
+        loop {
+            self.check_poison()?;
+            if state.synced >= position {
+                return Ok(());
+            }
+            if state.busy {
+                state = self
+                    .syncer
+                    .done
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            state.busy = true;
+            drop(state);
+            let (segment, target) = {
+                let log = self.lock_log();
+                (Arc::clone(&log.active), log.written)
+            };
+            let result = self.fsync(&segment);
+            state = self.syncer.lock();
+            state.busy = false;
+            if result.is_ok() && target > state.synced {
+                state.synced = target;
+            }
+            self.syncer.done.notify_all();
+            result?;
+        }
+    }
+}

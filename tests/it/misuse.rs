@@ -1,0 +1,180 @@
+//! Bad input and misuse get a clear error, never a panic.
+
+use std::os::unix::fs::PermissionsExt;
+
+use ussdb::{CampaignUserMap, Durability, Error, MAX_ID_LEN, MAX_VALUE_LEN, Options, Store};
+
+use crate::common::{map, open, segment_files, small_segments, tempdir};
+
+#[test]
+fn empty_and_oversized_ids_are_refused() {
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    let long = "x".repeat(MAX_ID_LEN + 1);
+    for (u, c, field) in [
+        ("", "c", "user_id"),
+        ("u", "", "campaign_key"),
+        (long.as_str(), "c", "user_id"),
+    ] {
+        match store.set(&map(u, c, "v", None)) {
+            Err(Error::InvalidKey { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("set({u:.8}, {c}) gave {other:?}"),
+        }
+        assert!(matches!(store.get(u, c), Err(Error::InvalidKey { .. })));
+        assert!(matches!(store.delete(u, c), Err(Error::InvalidKey { .. })));
+    }
+    assert!(matches!(
+        store.forget_user(""),
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        store.campaigns_of(&long),
+        Err(Error::InvalidKey { .. })
+    ));
+    let max = "y".repeat(MAX_ID_LEN);
+    store
+        .set(&map(&max, &max, "v", None))
+        .expect("ids at the limit are fine");
+    assert!(store.get(&max, &max).expect("get").is_some());
+}
+
+#[test]
+fn oversized_values_are_refused_and_nothing_is_written() {
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    let huge = "g".repeat(MAX_VALUE_LEN);
+    let err = store
+        .set(&map("u", "c", "v", Some(&huge)))
+        .expect_err("too large");
+    assert!(matches!(err, Error::ValueTooLarge { .. }), "{err}");
+    assert!(
+        err.to_string().contains("\"u\""),
+        "the error names the key: {err}"
+    );
+    assert_eq!(store.get("u", "c").expect("get"), None);
+    let big = "g".repeat(MAX_VALUE_LEN - 64);
+    store
+        .set(&map("u", "c", "v", Some(&big)))
+        .expect("just under the limit is fine, even above the segment size");
+    drop(store);
+    let store = open(dir.path(), small_segments());
+    assert_eq!(
+        store
+            .get("u", "c")
+            .expect("get")
+            .and_then(|m| m.goal_identifier)
+            .map(|g| g.len()),
+        Some(big.len())
+    );
+}
+
+#[test]
+fn a_file_is_not_a_store_directory() {
+    let dir = tempdir();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"hello").expect("write");
+    assert!(matches!(
+        Store::open(&file),
+        Err(Error::NotADirectory { .. })
+    ));
+    let err = Store::open(file.join("below")).expect_err("below a file");
+    assert!(err.to_string().contains("below"), "{err}");
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    let err = Store::open(dir.path()).expect_err("second open");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    drop(store);
+    Store::open(dir.path()).expect("open after the first handle is gone");
+}
+
+#[test]
+fn data_files_are_private_to_the_owner() {
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    store.set(&map("u", "c", "v", None)).expect("set");
+    for file in segment_files(dir.path())
+        .into_iter()
+        .chain([dir.path().join("LOCK")])
+    {
+        let mode = std::fs::metadata(&file)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}
+
+#[test]
+fn bad_magic_and_future_versions_are_named() {
+    let dir = tempdir();
+    drop(open(dir.path(), small_segments()));
+    let seg = segment_files(dir.path()).remove(0);
+    let good = std::fs::read(&seg).expect("read");
+
+    let mut bad = good.clone();
+    bad[0] = b'X';
+    std::fs::write(&seg, &bad).expect("write");
+    assert!(matches!(Store::open(dir.path()), Err(Error::BadMagic { path }) if path == seg));
+
+    let mut future = good.clone();
+    future[8] = 9;
+    let crc = crc32(&future[..16]);
+    future[16..20].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&seg, &future).expect("write");
+    match Store::open(dir.path()) {
+        Err(Error::UnsupportedVersion {
+            found: 9,
+            supported: 1,
+            path,
+        }) => assert_eq!(path, seg),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn invalid_options_are_refused() {
+    let dir = tempdir();
+    for options in [
+        Options::default().segment_size(10),
+        Options::default().segment_size(u64::MAX),
+        Options::default().durability(Durability::Periodic(std::time::Duration::ZERO)),
+    ] {
+        assert!(matches!(
+            Store::open_with(dir.path(), options),
+            Err(Error::InvalidOption { .. })
+        ));
+    }
+}
+
+#[test]
+fn errors_are_std_errors_with_context() {
+    fn assert_error<E: std::error::Error + Send + Sync + 'static>() {}
+    assert_error::<Error>();
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    let err = store
+        .set(&CampaignUserMap::new("", "c", "v"))
+        .expect_err("empty id");
+    assert!(err.to_string().contains("user_id"), "{err}");
+}
+
+/// A plain CRC-32 (IEEE), so the test does not lean on the crate's own checksum code.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
