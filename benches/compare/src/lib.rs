@@ -13,8 +13,7 @@ use std::error::Error;
 use std::path::Path;
 use std::time::Duration;
 
-pub mod shim;
-pub use shim::CampaignUserMap;
+pub use ussdb::CampaignUserMap;
 
 pub type BoxError = Box<dyn Error + Send + Sync>;
 pub type Res<T> = std::result::Result<T, BoxError>;

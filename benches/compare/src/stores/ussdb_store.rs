@@ -1,6 +1,6 @@
-use crate::shim::{Durability, Options, Store};
 use crate::{CampaignUserMap, Kv, Mode, Res, SYNC_PERIOD};
 use std::path::Path;
+use ussdb::{Durability, Options, Store};
 
 pub struct UssdbStore {
     store: Store,
