@@ -12,7 +12,16 @@ impl UssdbStore {
             Mode::Buffered => Durability::Periodic(SYNC_PERIOD),
             Mode::Durable => Durability::Immediate,
         };
-        let store = Store::open_with(dir, Options::default().durability(durability))?;
+        let mut options = Options::default().durability(durability);
+        // For experiments only (the tables use the default): smaller segments put more of the
+        // data in sealed, memory-mapped segments.
+        if let Some(bytes) = std::env::var("USSDB_SEGMENT_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            options = options.segment_size(bytes);
+        }
+        let store = Store::open_with(dir, options)?;
         Ok(UssdbStore { store })
     }
 }
