@@ -67,12 +67,16 @@ fn main() {
     } else {
         Mode::Buffered
     };
-    {
-        let store = kind.open(dir.path(), Mode::Buffered).expect("open");
-        w.prefill(&*store).expect("prefill");
-        store.sync().expect("sync");
-    }
-    let store = kind.open(dir.path(), mode).expect("reopen");
+    let store = kind.open(dir.path(), Mode::Buffered).expect("open");
+    w.prefill(&*store).expect("prefill");
+    store.sync().expect("sync");
+    // Reopen only for the durable mode, and never the in-memory map (it would come back empty).
+    let store = if mode == Mode::Durable && kind.is_persistent() {
+        drop(store);
+        kind.open(dir.path(), mode).expect("reopen")
+    } else {
+        store
+    };
     let started = Instant::now();
     if workload == "set_new" || workload == "durable_set" {
         let fresh = w.fresh(0, ops);

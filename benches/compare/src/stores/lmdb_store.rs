@@ -15,14 +15,19 @@ pub struct LmdbStore {
     env: Env,
 }
 
-/// Address space only: LMDB maps this much but the file grows with the data.
-const MAP_SIZE: usize = 256 << 30;
+/// Address space only: LMDB maps this much but the file grows with the data. `LMDB_MAP_SIZE`
+/// overrides it (valgrind cannot map the default).
+const MAP_SIZE: usize = 64 << 30;
 
 impl LmdbStore {
     pub fn open(dir: &Path, mode: Mode) -> Res<LmdbStore> {
         std::fs::create_dir_all(dir)?;
         let mut options = EnvOpenOptions::new();
-        options.map_size(MAP_SIZE).max_dbs(1);
+        let map_size = std::env::var("LMDB_MAP_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAP_SIZE);
+        options.map_size(map_size).max_dbs(1);
         if mode == Mode::Buffered {
             // SAFETY: no other process opens this directory, and a crash may lose (never
             // corrupt) the writes since the last sync, which is what Buffered means.
