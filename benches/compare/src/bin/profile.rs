@@ -3,7 +3,7 @@
 //!
 //! `valgrind --tool=callgrind --toggle-collect='*hot_loop*' target/release/profile ussdb get_hit 100000 200000`
 //!
-//! Workloads: get_hit, get_miss, campaigns_of, overwrite, set_new, durable_set.
+//! Workloads: get_hit, get_miss, campaigns_of, overwrite, set_new, durable_set, open.
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -45,6 +45,11 @@ fn hot_loop(store: &dyn Kv, w: &Workload, workload: &str, ops: usize) {
 }
 
 #[inline(never)]
+fn hot_loop_open(kind: Kind, dir: &std::path::Path) -> Box<dyn Kv> {
+    kind.open(dir, Mode::Buffered).expect("reopen")
+}
+
+#[inline(never)]
 fn hot_loop_sets(store: &dyn Kv, fresh: &[ussdb_compare::CampaignUserMap]) {
     for m in fresh {
         store.set(m).expect("set");
@@ -78,7 +83,13 @@ fn main() {
         store
     };
     let started = Instant::now();
-    if workload == "set_new" || workload == "durable_set" {
+    if workload == "open" {
+        drop(store);
+        let started = Instant::now();
+        let store = hot_loop_open(kind, dir.path());
+        eprintln!("open in {:?}", started.elapsed());
+        drop(store);
+    } else if workload == "set_new" || workload == "durable_set" {
         let fresh = w.fresh(0, ops);
         let started = Instant::now();
         hot_loop_sets(&*store, &fresh);
