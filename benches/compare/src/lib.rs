@@ -95,6 +95,17 @@ impl Kind {
         !matches!(self, Kind::Sled | Kind::HashMap)
     }
 
+    /// False for stores written in C or C++ whose allocations bypass Rust's global allocator, so
+    /// that a counting allocator cannot see their heap.
+    pub fn heap_visible(self) -> bool {
+        match self {
+            Kind::Lmdb => false,
+            #[cfg(feature = "rocksdb")]
+            Kind::RocksDb => false,
+            _ => true,
+        }
+    }
+
     pub fn is_persistent(self) -> bool {
         self != Kind::HashMap
     }

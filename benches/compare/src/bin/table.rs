@@ -179,7 +179,9 @@ fn build(kind: Kind, w: &Workload, dir: &Path, r: &mut Results) -> Option<Box<dy
     w.prefill(&*store).expect("prefill");
     let prefill_s = started.elapsed().as_secs_f64();
     COUNTING.store(false, Relaxed);
-    r.heap_per_mapping = Some(LIVE.load(Relaxed) as f64 / n as f64);
+    r.heap_per_mapping = kind
+        .heap_visible()
+        .then(|| LIVE.load(Relaxed) as f64 / n as f64);
     r.ops.insert(
         ROWS[11],
         Measure {
@@ -506,7 +508,9 @@ fn render(all: &[(Kind, Results)], n: usize, secs: f64, rounds: usize) -> String
     }
     out.push_str(
         "\n† sled's flush ends in sync_file_range, not fsync: its durable figures are not \
-         durable in the same sense.\n",
+         durable in the same sense.\n\
+         Heap: \"–\" for LMDB and RocksDB, whose C/C++ allocations bypass the counting Rust \
+         allocator (LMDB keeps its data in an mmap anyway). No store's page cache is counted.\n",
     );
     if let Some(u) = ussdb {
         out.push_str(&goals(all, u));
