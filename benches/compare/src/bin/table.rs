@@ -379,8 +379,7 @@ fn us(ns: u64) -> String {
 }
 
 fn ratio(ours: f64, theirs: f64) -> String {
-    // Below one unit (LMDB's heap: its data is in the page cache) a ratio says nothing.
-    if theirs >= 1.0 {
+    if theirs > 0.0 {
         format!(" ({:.2}×)", ours / theirs)
     } else {
         String::new()
