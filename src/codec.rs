@@ -101,17 +101,22 @@ pub fn encode_value(map: &CampaignUserMap, meta_data: Option<&str>) -> Result<Ve
         goal_identifier: map.goal_identifier.as_deref().map(Cow::Borrowed),
         meta_data: meta_data.map(Cow::Borrowed),
     };
-    let too_large = || Error::ValueTooLarge {
+    let too_large = |len: usize| Error::ValueTooLarge {
         user_id: map.user_id.clone(),
         campaign_key: map.campaign_key.clone(),
-        len: map.variation_name.len()
-            + map.goal_identifier.as_ref().map_or(0, String::len)
-            + meta_data.map_or(0, str::len),
+        len,
         max: MAX_VALUE_LEN,
     };
-    let bytes = bincode::serde::encode_to_vec(&stored, config()).map_err(|_| too_large())?;
+    // The encoding is a few bytes longer than the strings; refuse hopeless values before copying them.
+    let raw = map.variation_name.len()
+        + map.goal_identifier.as_ref().map_or(0, String::len)
+        + meta_data.map_or(0, str::len);
+    if raw > MAX_VALUE_LEN {
+        return Err(too_large(raw));
+    }
+    let bytes = bincode::serde::encode_to_vec(&stored, config()).map_err(|_| too_large(raw))?;
     if bytes.len() > MAX_VALUE_LEN {
-        return Err(too_large());
+        return Err(too_large(bytes.len()));
     }
     Ok(bytes)
 }

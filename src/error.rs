@@ -90,6 +90,16 @@ pub enum Error {
         /// The failure that poisoned the store.
         reason: String,
     },
+    /// An import stopped at a record it could not read or store. The mappings before it were stored, none after
+    /// it, so the import can be resumed right after the record once it is fixed.
+    Import {
+        /// Where the record is, e.g. `line 17` or `array element 17`.
+        at: String,
+        /// Mappings stored before it.
+        imported: u64,
+        /// What is wrong with the record (or with writing it).
+        source: Box<Error>,
+    },
     /// A user storage record in JSON that could not be read.
     Json {
         /// Where it came from (a line number, a file) when known.
@@ -191,7 +201,7 @@ impl fmt::Display for Error {
                 max,
             } => write!(
                 f,
-                "value for user {:?} campaign {:?} is {len} bytes encoded, the limit is {max}",
+                "value for user {:?} campaign {:?} is {len} bytes, over the limit of {max} bytes encoded",
                 shorten(user_id),
                 shorten(campaign_key)
             ),
@@ -210,6 +220,14 @@ impl fmt::Display for Error {
                 f,
                 "the store refuses writes after an earlier failure ({reason}); reopen it to recover"
             ),
+            Error::Import {
+                at,
+                imported,
+                source,
+            } => write!(
+                f,
+                "import stopped at {at}: {source} ({imported} mappings before it were imported, none after it)"
+            ),
             Error::Json { context, source } => {
                 write!(f, "invalid user storage JSON ({context}): {source}")
             }
@@ -222,6 +240,7 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::Json { source, .. } => Some(source),
+            Error::Import { source, .. } => Some(&**source),
             _ => None,
         }
     }

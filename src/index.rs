@@ -122,6 +122,43 @@ impl Table {
             .take_while(|(_, s)| s.loc != 0)
     }
 
+    fn candidates(&self, hash: u64) -> Candidates {
+        let mut out = Candidates::new();
+        for (_, slot) in self.probe(hash).filter(|(_, s)| s.hash == hash) {
+            out.push(Loc(slot.loc));
+        }
+        out
+    }
+
+    fn replace(&mut self, hash: u64, old: Loc, new: Loc) -> bool {
+        match self.find(hash, old) {
+            Some(i) => {
+                self.slots[i].loc = new.0;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&mut self, hash: u64, loc: Loc) -> bool {
+        match self.find(hash, loc) {
+            Some(i) => {
+                self.remove_at(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads the home slot of `hash`, to bring it into the cache.
+    fn touch(&self, hash: u64) -> u64 {
+        if self.slots.is_empty() {
+            0
+        } else {
+            self.slots[self.home(hash)].loc
+        }
+    }
+
     fn find(&self, hash: u64, loc: Loc) -> Option<usize> {
         self.probe(hash)
             .find(|(_, s)| s.hash == hash && s.loc == loc.0)
@@ -180,6 +217,10 @@ impl Table {
     }
 }
 
+fn shard_of(hash: u64) -> usize {
+    (mix(hash >> USER_SHIFT) >> (64 - SHARD_BITS)) as usize
+}
+
 #[repr(align(64))]
 #[derive(Default)]
 struct Shard(RwLock<Table>);
@@ -206,8 +247,7 @@ impl Index {
     }
 
     fn shard(&self, hash: u64) -> &RwLock<Table> {
-        let i = (mix(hash >> USER_SHIFT) >> (64 - SHARD_BITS)) as usize;
-        &self.shards[i].0
+        &self.shards[shard_of(hash)].0
     }
 
     fn read(&self, hash: u64) -> RwLockReadGuard<'_, Table> {
@@ -218,14 +258,17 @@ impl Index {
         self.shard(hash).write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Exclusive access without the shard locks, for a single-threaded bulk build (recovery, before the index
+    /// is shared): a lock round trip per operation costs as much as the operation.
+    pub fn unshared(&mut self) -> Unshared<'_> {
+        Unshared {
+            shards: &mut self.shards,
+        }
+    }
+
     /// Locations of every entry with this exact hash (usually zero or one).
     pub fn candidates(&self, hash: u64) -> Candidates {
-        let table = self.read(hash);
-        let mut out = Candidates::new();
-        for (_, slot) in table.probe(hash).filter(|(_, s)| s.hash == hash) {
-            out.push(Loc(slot.loc));
-        }
-        out
+        self.read(hash).candidates(hash)
     }
 
     /// Locations of every entry whose user part is `user_part` (a superset of one user's mappings).
@@ -246,26 +289,31 @@ impl Index {
 
     /// Points the entry (`hash`, `old`) at `new`; false if there is no such entry (it moved or was removed).
     pub fn replace(&self, hash: u64, old: Loc, new: Loc) -> bool {
-        let mut table = self.write(hash);
-        match table.find(hash, old) {
-            Some(i) => {
-                table.slots[i].loc = new.0;
-                true
-            }
-            None => false,
-        }
+        self.write(hash).replace(hash, old, new)
     }
 
     /// Removes the entry (`hash`, `loc`); false if there is none.
     pub fn remove(&self, hash: u64, loc: Loc) -> bool {
-        let mut table = self.write(hash);
-        match table.find(hash, loc) {
-            Some(i) => {
-                table.remove_at(i);
-                true
-            }
-            None => false,
-        }
+        self.write(hash).remove(hash, loc)
+    }
+
+    /// Number of shards; [`Index::shard_entries`] takes 0..this.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// A copy of every entry of shard `i` (none past the last shard). The shard's lock is held only while copying.
+    pub fn shard_entries(&self, i: usize) -> Vec<(u64, Loc)> {
+        let Some(shard) = self.shards.get(i) else {
+            return Vec::new();
+        };
+        let table = shard.0.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .slots
+            .iter()
+            .filter(|s| s.loc != 0)
+            .map(|s| (s.hash, Loc(s.loc)))
+            .collect()
     }
 
     /// Number of entries.
@@ -289,6 +337,50 @@ impl Index {
             })
             .sum();
         (slots * size_of::<Slot>() + self.shards.len() * size_of::<Shard>()) as u64
+    }
+}
+
+/// The index, borrowed exclusively: the same operations as [`Index`] without locking (see [`Index::unshared`]).
+pub struct Unshared<'a> {
+    shards: &'a mut [Shard],
+}
+
+impl Unshared<'_> {
+    fn table(&mut self, hash: u64) -> &mut Table {
+        self.shards[shard_of(hash)]
+            .0
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads the home slots of `hashes` into the cache, so that the lookups that follow do not each wait for
+    /// memory: the loads here are independent, and the CPU overlaps their misses. For bulk work that knows its
+    /// keys in advance (recovery from hint files).
+    pub fn prefetch(&mut self, hashes: &[u64]) {
+        let sum = hashes.iter().fold(0u64, |sum, &hash| {
+            sum.wrapping_add(self.table(hash).touch(hash))
+        });
+        std::hint::black_box(sum);
+    }
+
+    /// As [`Index::candidates`].
+    pub fn candidates(&mut self, hash: u64) -> Candidates {
+        self.table(hash).candidates(hash)
+    }
+
+    /// As [`Index::insert`].
+    pub fn insert(&mut self, hash: u64, loc: Loc) {
+        self.table(hash).insert(hash, loc);
+    }
+
+    /// As [`Index::replace`].
+    pub fn replace(&mut self, hash: u64, old: Loc, new: Loc) -> bool {
+        self.table(hash).replace(hash, old, new)
+    }
+
+    /// As [`Index::remove`].
+    pub fn remove(&mut self, hash: u64, loc: Loc) -> bool {
+        self.table(hash).remove(hash, loc)
     }
 }
 
@@ -370,6 +462,22 @@ mod tests {
         assert_eq!((loc.segment(), loc.offset()), (MAX_SEGMENT_ID, MAX_OFFSET));
         let loc = Loc::new(1, 20);
         assert_eq!((loc.segment(), loc.offset()), (1, 20));
+    }
+
+    #[test]
+    fn shard_entries_cover_every_entry_once() {
+        let index = Index::new(KeyHasher::new(false));
+        let h = index.hasher().clone();
+        for i in 0..1000u64 {
+            index.insert(h.hash(&format!("u{i}"), "c"), Loc::new(1, 100 + i));
+        }
+        let mut all: Vec<Loc> = (0..index.shard_count() + 1)
+            .flat_map(|i| index.shard_entries(i))
+            .map(|(_, loc)| loc)
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 1000);
     }
 
     #[test]

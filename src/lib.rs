@@ -24,24 +24,67 @@
 //! # }
 //! ```
 //!
+//! Moving data in and out uses the SDKs' own JSON (any SDK's key style in, camelCase JSON Lines out), and
+//! [`Store::verify`] checks every record and the index:
+//!
+//! ```
+//! use ussdb::{ImportOptions, Store};
+//!
+//! # fn main() -> ussdb::Result<()> {
+//! # let dir = tempfile::tempdir().expect("temp dir");
+//! let store = Store::open(dir.path())?;
+//! let ruby_sdk_data = r#"{"user_id":"u1","campaign_key":"home","variation_name":"Control","goal_identifier":"_vwo_buy"}"#;
+//! let report = store.import_json(ruby_sdk_data.as_bytes(), &ImportOptions::default())?;
+//! assert_eq!(report.imported, 1);
+//!
+//! let mut exported = Vec::new();
+//! store.export_json(&mut exported)?;
+//! assert_eq!(
+//!     String::from_utf8_lossy(&exported),
+//!     "{\"userId\":\"u1\",\"campaignKey\":\"home\",\"variationName\":\"Control\",\"goalIdentifier\":\"_vwo_buy\"}\n"
+//! );
+//! assert!(store.verify()?.is_clean());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Durability is chosen per store with [`Options::durability`]; see [`Durability`] for what each mode can lose.
-//! The on-disk format is documented byte by byte in `docs/FORMAT.md`.
+//! The on-disk format is documented byte by byte in `docs/FORMAT.md`; `docs/GUIDE.md` covers operations (sizing,
+//! backups, verify, compaction) and `docs/ARCHITECTURE.md` the code.
+
+#![deny(missing_docs)]
 
 mod codec;
+mod compaction;
 mod engine;
 mod error;
+mod hint;
 mod index;
 mod log;
 mod record;
 mod recovery;
+mod sdk_json;
 mod segment;
 mod store;
 mod uss;
+mod verify;
 mod vfs;
 
+/// Fuzzing entry points over the private decoders. Not part of the API: it may change in any release.
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use codec::{MAX_ID_LEN, MAX_VALUE_LEN};
-pub use engine::Entry;
+pub use engine::{Entries, Entry};
 pub use error::{Error, Result};
-pub use store::{DEFAULT_SEGMENT_SIZE, Durability, Options, Stats, Store};
+pub use log::Batch;
+pub use sdk_json::{
+    ImportOptions, ImportReport, MAX_REPORTED_SKIPS, OnError, Position, SkippedRecord,
+    parse_json_record, to_json_record,
+};
+pub use store::{
+    DEFAULT_COMPACTION_THRESHOLD, DEFAULT_SEGMENT_SIZE, Durability, Options, Stats, Store,
+};
 pub use uss::{CampaignUserMap, GOAL_DELIMITER, UserStorageService};
+pub use verify::{Damage, VerifyReport, verify_dir, verify_dir_with_progress};
 pub use vfs::{StdFile, StdVfs, VFile, Vfs};

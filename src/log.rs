@@ -62,6 +62,55 @@ impl Syncer {
     }
 }
 
+/// Mappings to store together with one lock of the log, few `pwrite`s and at most one fsync: the fast way to
+/// load many. Build it with [`Batch::push`], write it with [`crate::Store::write_batch`].
+///
+/// Each mapping is checked and encoded by `push`, so a mapping that cannot be stored is refused there, before
+/// anything is written. Within a batch, a later mapping of the same user and campaign wins. A batch is not
+/// atomic: a crash while it is written can keep a prefix of it (each record is checksummed on its own).
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    /// Encoded records, back to back.
+    records: Vec<u8>,
+    /// (start, length, key length) of each record in `records`.
+    items: Vec<(usize, usize, usize)>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Adds `map`, with the SDK's `metaData` JSON text if any (see [`crate::Store::set_with_meta`]). Fails, adding
+    /// nothing, if the mapping cannot be stored (an empty or too long id, a value over [`crate::MAX_VALUE_LEN`]).
+    pub fn push(&mut self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
+        let key = codec::encode_key(&map.user_id, &map.campaign_key)?;
+        let value = codec::encode_value(map, meta_data)?;
+        let start = self.records.len();
+        record::encode(&mut self.records, Kind::Put, &key, &value);
+        self.items
+            .push((start, self.records.len() - start, key.len()));
+        Ok(())
+    }
+
+    /// Number of mappings in the batch.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True when the batch holds no mapping.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Empties the batch, keeping its buffers for reuse.
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.items.clear();
+    }
+}
+
 impl Engine {
     /// Stores a mapping (replacing any earlier one).
     pub(crate) fn put(&self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
@@ -86,6 +135,73 @@ impl Engine {
         };
         self.counters.sets.fetch_add(1, Ordering::Relaxed);
         self.wait_durable(position)
+    }
+
+    /// Stores every mapping of `batch` in order: records that fit in the active segment go out in one `pwrite`,
+    /// then the index takes them one by one, all under one lock of the log; one durability wait at the end.
+    pub(crate) fn write_batch(&self, batch: &Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let position = {
+            let mut log = self.lock_log();
+            self.check_poison()?;
+            let mut i = 0;
+            while let Some(&(start, len, _)) = batch.items.get(i) {
+                let used = log.active.len();
+                if used > SEGMENT_HEADER_LEN && used + len as u64 > self.options.segment_size {
+                    self.rotate(&mut log)?;
+                    continue;
+                }
+                // The records that fit: at least one (a record larger than a segment gets one of its own).
+                let room = self.options.segment_size.saturating_sub(log.active.len());
+                let mut end = start + len;
+                let mut j = i + 1;
+                while let Some(&(s, l, _)) = batch.items.get(j) {
+                    if (s + l - start) as u64 > room {
+                        break;
+                    }
+                    end = s + l;
+                    j += 1;
+                }
+                let chunk = batch.records.get(start..end).unwrap_or_default();
+                let first = self.append(&mut log, chunk)?;
+                for &(s, _, key_len) in batch.items.get(i..j).unwrap_or_default() {
+                    let loc = Loc::new(first.segment(), first.offset() + (s - start) as u64);
+                    let key = batch
+                        .records
+                        .get(s + record::RECORD_HEADER_LEN..s + record::RECORD_HEADER_LEN + key_len)
+                        .unwrap_or_default();
+                    if let Err(e) = self.index_put(loc, key) {
+                        // The records are in the log but not all in the index: reads could miss them until a
+                        // reopen replays the log, so stop writing now.
+                        self.set_poison(format!("indexing a written batch failed: {e}"));
+                        return Err(e);
+                    }
+                }
+                i = j;
+            }
+            log.written
+        };
+        self.counters
+            .sets
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.wait_durable(position)
+    }
+
+    /// Points the index at the put record of `key` just written at `loc`. Called with the log locked.
+    fn index_put(&self, loc: Loc, key: &[u8]) -> Result<()> {
+        let (user_id, campaign_key) = codec::decode_key(key)
+            .ok_or_else(|| self.corrupted_at(loc, "batch record key is malformed".into()))?;
+        let hash = self.index.hasher().hash(user_id, campaign_key);
+        match self.find_locked(hash, user_id, campaign_key)? {
+            Some((old_loc, old_len)) => {
+                self.index.replace(hash, old_loc, loc);
+                self.mark_dead(old_loc, old_len);
+            }
+            None => self.index.insert(hash, loc),
+        }
+        Ok(())
     }
 
     /// Erases a mapping; false if there was none.
@@ -183,7 +299,7 @@ impl Engine {
     }
 
     /// Seals the active segment and starts the next one.
-    fn rotate(&self, log: &mut LogState) -> Result<()> {
+    pub(crate) fn rotate(&self, log: &mut LogState) -> Result<()> {
         let old = Arc::clone(&log.active);
         self.fsync(&old)?;
         self.syncer.advance(log.written);
@@ -204,6 +320,8 @@ impl Engine {
             segments.insert(new.id(), Arc::clone(&new));
         }
         log.active = new;
+        // The sealed segment wants a hint file, and may be worth compacting.
+        self.compaction.poke();
         Ok(())
     }
 

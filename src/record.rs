@@ -62,6 +62,17 @@ impl RecordRef<'_> {
     }
 }
 
+impl Kind {
+    /// The kind of a stored kind byte.
+    pub fn from_byte(byte: u8) -> Option<Kind> {
+        match byte {
+            1 => Some(Kind::Put),
+            2 => Some(Kind::Delete),
+            _ => None,
+        }
+    }
+}
+
 /// Why bytes do not decode as a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
@@ -90,8 +101,53 @@ pub fn encode(out: &mut Vec<u8>, kind: Kind, key: &[u8], value: &[u8]) {
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// A record header, decoded and checked for plausibility (the checksum needs the whole record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The stored checksum.
+    pub crc: u32,
+    /// Put or delete.
+    pub kind: Kind,
+    /// Key length.
+    pub key_len: usize,
+    /// Value length.
+    pub value_len: usize,
+}
+
+impl Header {
+    /// Length of the whole record on disk.
+    pub fn len(&self) -> usize {
+        RECORD_HEADER_LEN + self.key_len + self.value_len
+    }
+}
+
 /// Decodes the record at the start of `bytes`, checking lengths, kind and checksum.
 pub fn decode(bytes: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
+    let Header {
+        crc: stored_crc,
+        kind,
+        key_len,
+        value_len,
+    } = decode_header(bytes)?;
+    let total = RECORD_HEADER_LEN + key_len + value_len;
+    let Some(record) = bytes.get(..total) else {
+        return Err(DecodeError::Short {
+            needed: Some(total),
+        });
+    };
+    let crc = crc32fast::hash(&record[4..]);
+    if crc != stored_crc {
+        return Err(DecodeError::Invalid(format!(
+            "checksum mismatch: stored {stored_crc:#010x}, computed {crc:#010x}"
+        )));
+    }
+    let key = &record[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len];
+    let value = &record[RECORD_HEADER_LEN + key_len..];
+    Ok(RecordRef { kind, key, value })
+}
+
+/// Decodes and checks the 11-byte header at the start of `bytes` (kind, plausible lengths); not the checksum.
+pub fn decode_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     let Some(header) = bytes.get(..RECORD_HEADER_LEN) else {
         return Err(DecodeError::Short { needed: None });
     };
@@ -118,21 +174,12 @@ pub fn decode(bytes: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
             "delete record with a {value_len}-byte value"
         )));
     }
-    let total = RECORD_HEADER_LEN + key_len + value_len;
-    let Some(record) = bytes.get(..total) else {
-        return Err(DecodeError::Short {
-            needed: Some(total),
-        });
-    };
-    let crc = crc32fast::hash(&record[4..]);
-    if crc != stored_crc {
-        return Err(DecodeError::Invalid(format!(
-            "checksum mismatch: stored {stored_crc:#010x}, computed {crc:#010x}"
-        )));
-    }
-    let key = &record[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len];
-    let value = &record[RECORD_HEADER_LEN + key_len..];
-    Ok(RecordRef { kind, key, value })
+    Ok(Header {
+        crc: stored_crc,
+        kind,
+        key_len,
+        value_len,
+    })
 }
 
 /// The 20-byte header of segment `id`.

@@ -6,17 +6,20 @@
 //! An intact record after a bad one means the damage is not a torn write, and anything wrong in an older segment
 //! is damage too: both are reported as [`Error::Corrupted`] with the file and offset.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::codec;
+use crate::compaction::Compaction;
 use crate::engine::{Counters, Engine};
+use crate::hint;
 use crate::index::{Index, KeyHasher, Loc, MAX_SEGMENT_ID};
 use crate::log::{LogState, Syncer};
-use crate::record::{self, DecodeError, HeaderError, Kind, RecordRef, SEGMENT_HEADER_LEN};
+use crate::record::{self, DecodeError, HeaderError, Kind, SEGMENT_HEADER_LEN};
 use crate::segment::{self, Segment, TMP_SUFFIX};
 use crate::store::Options;
 use crate::vfs::{VFile, Vfs};
@@ -35,24 +38,10 @@ impl Engine {
             });
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("create store directory", dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| Error::io("open lock file", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io("lock store directory", &lock_path, e));
-            }
-        }
+        let lock = lock_dir(dir)?;
 
         let mut ids = Vec::new();
+        let mut hints = BTreeSet::new();
         for name in vfs
             .list_dir(dir)
             .map_err(|e| Error::io("list store directory", dir, e))?
@@ -68,9 +57,21 @@ impl Engine {
                     .map_err(|e| Error::io("remove temporary file", &path, e))?;
             } else if let Some(id) = segment::parse_file_name(name) {
                 ids.push(id);
+            } else if let Some(id) = segment::parse_hint_file_name(name) {
+                hints.insert(id);
             }
         }
         ids.sort_unstable();
+        // A hint without its segment is left by a crash between removing a compacted segment and its hint; one
+        // for the newest segment cannot be right for long, because that segment is appended to from now on.
+        for &id in hints
+            .iter()
+            .filter(|&&id| ids.binary_search(&id).is_err() || ids.last() == Some(&id))
+        {
+            let path = dir.join(segment::hint_file_name(id));
+            vfs.remove_file(&path)
+                .map_err(|e| Error::io("remove stale hint file", &path, e))?;
+        }
 
         let (active, newest_bytes) = match ids.pop() {
             Some(id) => {
@@ -80,7 +81,7 @@ impl Engine {
             None => (Segment::create(&*vfs, dir, 1)?, None),
         };
         let active = Arc::new(active);
-        let engine = Engine {
+        let mut engine = Engine {
             dir: dir.to_owned(),
             vfs,
             index: Index::new(KeyHasher::new(options.weak_hash)),
@@ -94,10 +95,20 @@ impl Engine {
             syncer: Syncer::default(),
             poison: OnceLock::new(),
             counters: Counters::default(),
+            compaction: Compaction::default(),
             _lock: lock,
         };
-        for id in ids {
-            engine.recover_sealed(id)?;
+        let fresh_from = ids
+            .len()
+            .saturating_sub(crate::compaction::FRESH_WITHOUT_HINT);
+        for (i, id) in ids.into_iter().enumerate() {
+            let hint = match hints.contains(&id) {
+                true => Hint::Present,
+                // The background thread leaves the newest sealed segments without hints on purpose.
+                false if i >= fresh_from => Hint::NotYet,
+                false => Hint::Missing,
+            };
+            engine.recover_sealed(id, hint)?;
         }
         if let Some(bytes) = newest_bytes {
             engine.replay_all(active.id(), active.path(), &bytes)?;
@@ -105,13 +116,34 @@ impl Engine {
         Ok(engine)
     }
 
-    fn recover_sealed(&self, id: u32) -> Result<()> {
+    /// Reads sealed segment `id` into the index: through its hint file if there is a sound one, else by scanning.
+    fn recover_sealed(&mut self, id: u32, hint: Hint) -> Result<()> {
         let (path, file, len) = open_segment(&*self.vfs, &self.dir, id)?;
         let segment = Arc::new(Segment::active(id, path.clone(), file, len, 0).seal());
         self.segments
-            .write()
+            .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Arc::clone(&segment));
+        let hint_path = segment.hint_path();
+        if hint == Hint::Present {
+            match self.replay_hint(&segment)? {
+                Ok(()) => {
+                    segment.set_hinted(true);
+                    return Ok(());
+                }
+                Err(HintRefused(reason)) => {
+                    log::warn!(
+                        "{}: {reason}; scanning {} instead",
+                        hint_path.display(),
+                        path.display()
+                    );
+                }
+            }
+        } else if hint == Hint::Missing {
+            log::warn!("{} has no hint file; scanning it", path.display());
+        } else {
+            log::info!("{} has no hint file yet; scanning it", path.display());
+        }
         let mut buf = Vec::new();
         let bytes: &[u8] = match segment.mapped() {
             Some(map) => map,
@@ -136,41 +168,178 @@ impl Engine {
         self.replay_all(id, &path, bytes)
     }
 
+    /// Replays a segment from its hint file. Everything is checked before the first entry is applied, so a
+    /// refused hint (the inner error) leaves the index as it was and the caller can scan the segment instead.
+    fn replay_hint(&mut self, segment: &Segment) -> Result<std::result::Result<(), HintRefused>> {
+        let refuse = |reason: String| Ok(Err(HintRefused(reason)));
+        let bytes = match hint::read(&*self.vfs, &segment.hint_path()) {
+            Ok(bytes) => bytes,
+            Err(e) => return refuse(format!("unreadable: {e}")),
+        };
+        let (header, entries) = match hint::decode(&bytes) {
+            Ok(decoded) => decoded,
+            Err(reason) => return refuse(reason),
+        };
+        if header.file_id != segment.file_id() {
+            return refuse(format!("written for segment {}", header.file_id));
+        }
+        if header.segment_len != segment.len() {
+            return refuse(format!(
+                "written for a segment of {} bytes, the segment has {}",
+                header.segment_len,
+                segment.len()
+            ));
+        }
+        if let Some(last) = entries.last() {
+            let mut crc = [0u8; 4];
+            let got = match segment.mapped() {
+                Some(map) => usize::try_from(last.offset)
+                    .ok()
+                    .and_then(|o| map.get(o..o + 4))
+                    .map_or(0, |b| {
+                        crc.copy_from_slice(b);
+                        4
+                    }),
+                None => segment.file().read_at(&mut crc, last.offset).unwrap_or(0),
+            };
+            if got != 4 || u32::from_le_bytes(crc) != header.last_crc {
+                return refuse("its last record does not match the segment's".into());
+            }
+        }
+        let mut hashes = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let Some((user_id, campaign_key)) = codec::decode_key(entry.key) else {
+                return refuse(format!(
+                    "malformed key for the record at offset {}",
+                    entry.offset
+                ));
+            };
+            hashes.push(self.index.hasher().hash(user_id, campaign_key));
+        }
+        // Knowing every key in advance lets the index fetch a batch of slots at once (it is memory-bound).
+        const BATCH: usize = 32;
+        for (entries, hashes) in entries.chunks(BATCH).zip(hashes.chunks(BATCH)) {
+            self.index.unshared().prefetch(hashes);
+            for (entry, &hash) in entries.iter().zip(hashes) {
+                self.replay(
+                    Loc::new(segment.id(), entry.offset),
+                    hash,
+                    entry.kind,
+                    entry.key,
+                    entry.len,
+                )?;
+            }
+        }
+        Ok(Ok(()))
+    }
+
     /// Replays the records of segment `id` (already checked by [`valid_prefix`]) into the index.
-    fn replay_all(&self, id: u32, path: &Path, bytes: &[u8]) -> Result<()> {
+    fn replay_all(&mut self, id: u32, path: &Path, bytes: &[u8]) -> Result<()> {
         let mut offset = SEGMENT_HEADER_LEN as usize;
         while offset < bytes.len() {
             let rec = record::decode(&bytes[offset..])
                 .map_err(|e| Error::corrupted(path, offset as u64, describe(e)))?;
-            self.replay(Loc::new(id, offset as u64), rec)?;
+            let loc = Loc::new(id, offset as u64);
+            let Some((user_id, campaign_key)) = codec::decode_key(rec.key) else {
+                return Err(self.corrupted_at(loc, "record key is malformed".into()));
+            };
+            let hash = self.index.hasher().hash(user_id, campaign_key);
+            self.replay(loc, hash, rec.kind, rec.key, rec.len() as u64)?;
             offset += rec.len();
         }
         Ok(())
     }
 
-    /// Applies one record found during recovery to the index and the dead byte counts.
-    fn replay(&self, loc: Loc, rec: RecordRef<'_>) -> Result<()> {
-        let Some((user_id, campaign_key)) = codec::decode_key(rec.key) else {
-            return Err(self.corrupted_at(loc, "record key is malformed".into()));
+    /// Applies one record found during recovery to the index and the dead byte counts. Keys of earlier records
+    /// are compared without reading their values, so replay from hint files reads no values at all. Recovery
+    /// owns the engine alone, so it works on the index and the segment table without their locks.
+    fn replay(&mut self, loc: Loc, hash: u64, kind: Kind, key: &[u8], len: u64) -> Result<()> {
+        let segments = self.segments.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut index = self.index.unshared();
+        let mut old = None;
+        for candidate in index.candidates(hash).iter() {
+            let Some(segment) = segments.get(&candidate.segment()) else {
+                let path = self.dir.join(segment::file_name(candidate.segment()));
+                return Err(Error::corrupted(
+                    path,
+                    candidate.offset(),
+                    "index points into a missing segment",
+                ));
+            };
+            if let Some(old_len) =
+                segment.with_key(candidate.offset(), |_, k, n| (k == key).then_some(n))?
+            {
+                old = Some((candidate, old_len));
+                break;
+            }
+        }
+        let mark_dead = |loc: Loc, bytes: u64| {
+            if let Some(segment) = segments.get(&loc.segment()) {
+                segment.add_dead(bytes);
+            }
         };
-        let hash = self.index.hasher().hash(user_id, campaign_key);
-        let old = self.find_locked(hash, user_id, campaign_key)?;
-        match (rec.kind, old) {
+        match (kind, old) {
             (Kind::Put, Some((old_loc, old_len))) => {
-                self.index.replace(hash, old_loc, loc);
-                self.mark_dead(old_loc, old_len);
+                index.replace(hash, old_loc, loc);
+                mark_dead(old_loc, old_len);
             }
-            (Kind::Put, None) => self.index.insert(hash, loc),
+            (Kind::Put, None) => index.insert(hash, loc),
             (Kind::Delete, Some((old_loc, old_len))) => {
-                self.index.remove(hash, old_loc);
-                self.mark_dead(old_loc, old_len);
-                self.mark_dead(loc, rec.len() as u64);
+                index.remove(hash, old_loc);
+                mark_dead(old_loc, old_len);
+                mark_dead(loc, len);
             }
-            (Kind::Delete, None) => self.mark_dead(loc, rec.len() as u64),
+            (Kind::Delete, None) => mark_dead(loc, len),
         }
         Ok(())
     }
 }
+
+/// How long `open` waits for a held lock before it reports [`Error::Locked`]. A lock can be held for a moment by
+/// no store at all: a child process that any thread of this process is starting shares the lock file's open
+/// description from fork until exec (close-on-exec closes it only then), so without patience a store closed and
+/// reopened while another thread spawns a process fails at random.
+const LOCK_PATIENCE: Duration = Duration::from_millis(500);
+
+/// Takes the directory's lock file (creating it), so no other process or handle opens the store meanwhile.
+pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io("lock store directory", &lock_path, e));
+            }
+        }
+    }
+}
+
+/// What open knows about a sealed segment's hint file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hint {
+    Present,
+    /// One of the newest sealed segments, which get their hints late.
+    NotYet,
+    Missing,
+}
+
+/// Why a hint file was not used.
+struct HintRefused(String);
 
 /// Opens segment `id` and checks its header; returns its path, file and length.
 fn open_segment(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(PathBuf, Arc<dyn VFile>, u64)> {
@@ -259,7 +428,7 @@ fn valid_prefix(bytes: &[u8]) -> usize {
     offset.min(bytes.len())
 }
 
-fn describe(e: DecodeError) -> String {
+pub(crate) fn describe(e: DecodeError) -> String {
     match e {
         DecodeError::Short { .. } => "record is cut short by the end of the file".to_owned(),
         DecodeError::Invalid(reason) => reason,
@@ -267,6 +436,6 @@ fn describe(e: DecodeError) -> String {
 }
 
 /// The first offset at or after `from` where an intact record starts, if any.
-fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
     (from..bytes.len()).find(|&at| record::decode(&bytes[at..]).is_ok())
 }

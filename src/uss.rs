@@ -98,7 +98,9 @@ impl CampaignUserMap {
 }
 
 /// Reads a goal list written as a string, null, or an array of strings.
-fn goals_from_json<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn goals_from_json<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Goals {

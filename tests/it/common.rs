@@ -48,3 +48,70 @@ pub fn copy_dir(from: &Path) -> tempfile::TempDir {
     }
     to
 }
+
+/// A small deterministic generator (SplitMix64), so a randomised test prints a seed that replays it.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `USSDB_SEED` if set, else from the clock; prints the seed so a failure can be replayed.
+    pub fn seeded(test: &str) -> Rng {
+        let seed = match std::env::var("USSDB_SEED") {
+            Ok(s) => s.parse().expect("USSDB_SEED is a u64"),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_nanos() as u64,
+        };
+        eprintln!("{test}: seed {seed} (replay with USSDB_SEED={seed})");
+        Rng(seed)
+    }
+
+    /// A generator for a seed drawn from another (one per thread).
+    pub fn from_seed(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform enough in `0..n` for test schedules.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A count from the environment variable `name`, or `default`: how the long versions of the tests are run.
+pub fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().map_or(default, |v| {
+        v.parse().unwrap_or_else(|_| panic!("{name} is a number"))
+    })
+}
+
+/// A temporary directory in memory (`/dev/shm`) when there is one: for tests that fsync a lot to check logic, not
+/// the disk.
+pub fn memory_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new()
+            .prefix("ussdb-test")
+            .tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempdir()
+}
+
+/// Copies every file of `from` into a fresh [`memory_tempdir`].
+pub fn copy_dir_to_memory(from: &Path) -> tempfile::TempDir {
+    let to = memory_tempdir();
+    for entry in std::fs::read_dir(from).expect("list") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.path().join(entry.file_name())).expect("copy");
+    }
+    to
+}

@@ -1,6 +1,8 @@
 //! Bad input and misuse get a clear error, never a panic.
 
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use ussdb::{CampaignUserMap, Durability, Error, MAX_ID_LEN, MAX_VALUE_LEN, Options, Store};
 
@@ -89,6 +91,43 @@ fn a_second_open_of_the_same_directory_is_refused() {
     assert!(matches!(err, Error::Locked { .. }), "{err}");
     drop(store);
     Store::open(dir.path()).expect("open after the first handle is gone");
+}
+
+#[test]
+fn reopening_while_another_thread_spawns_processes_is_not_refused_as_locked() {
+    // Regression: `open` failed with `Locked` when any thread was starting a child process as the previous
+    // handle closed, because the child holds the lock file's description from fork until exec.
+    let dir = tempdir();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawned = Arc::new(AtomicU32::new(0));
+    let spawner = {
+        let (stop, spawned) = (Arc::clone(&stop), Arc::clone(&spawned));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) && spawned.load(Ordering::Relaxed) < 10_000 {
+                std::process::Command::new("true")
+                    .status()
+                    .expect("run `true`");
+                spawned.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // At least 500 reopens, and on until 20 processes were started meanwhile (bounded either way).
+    let mut reopens = 0u32;
+    let mut result = Ok(());
+    while result.is_ok()
+        && reopens < 200_000
+        && (reopens < 500 || spawned.load(Ordering::Relaxed) < 20)
+    {
+        result = Store::open(dir.path()).map(drop);
+        reopens += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    spawner.join().expect("spawner thread");
+    result.unwrap_or_else(|e| panic!("reopen {reopens} failed: {e}"));
+    assert!(
+        spawned.load(Ordering::Relaxed) >= 20,
+        "too few processes were started while the store was reopened"
+    );
 }
 
 #[test]

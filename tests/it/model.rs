@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 use ussdb::{CampaignUserMap, Options, Store};
 
-use crate::common::{map, small_segments, tempdir};
+use crate::common::{map, memory_tempdir, small_segments};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -30,6 +30,13 @@ enum Op {
         user: u8,
     },
     Reopen,
+    /// A full compaction pass (`Store::compact`).
+    Compact,
+    /// Compaction of the sealed segments with file ids `first..=first + span`, whatever their dead bytes.
+    CompactRange {
+        first: u8,
+        span: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -41,6 +48,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..6u8).prop_map(|user| Op::Forget { user }),
         2 => (0..6u8).prop_map(|user| Op::CampaignsOf { user }),
         1 => Just(Op::Reopen),
+        1 => Just(Op::Compact),
+        1 => (1..12u8, 0..3u8).prop_map(|(first, span)| Op::CompactRange { first, span }),
     ]
 }
 
@@ -54,7 +63,7 @@ fn campaign(c: u8) -> String {
 }
 
 fn run(ops: &[Op], options: Options) {
-    let dir = tempdir();
+    let dir = memory_tempdir();
     let mut store = Store::open_with(dir.path(), options.clone()).expect("open");
     let mut model: HashMap<(String, String), CampaignUserMap> = HashMap::new();
     for op in ops {
@@ -112,6 +121,13 @@ fn run(ops: &[Op], options: Options) {
                 drop(store);
                 store = Store::open_with(dir.path(), options.clone()).expect("reopen");
             }
+            Op::Compact => store.compact().expect("compact"),
+            Op::CompactRange { first, span } => {
+                let first = u32::from(*first);
+                store
+                    .compact_file_range_for_tests(first, first + u32::from(*span))
+                    .expect("compact a range");
+            }
         }
     }
     drop(store);
@@ -134,12 +150,18 @@ proptest! {
 
     #[test]
     fn store_matches_a_hashmap(ops in proptest::collection::vec(op(), 1..200)) {
-        run(&ops, small_segments());
+        run(&ops, small_segments().auto_compaction(false));
     }
 
     #[test]
     fn store_matches_a_hashmap_when_every_hash_collides(ops in proptest::collection::vec(op(), 1..200)) {
         // Pins: keys with equal index hashes must still be told apart by their full keys.
-        run(&ops, small_segments().colliding_hashes_for_tests(true));
+        run(&ops, small_segments().auto_compaction(false).colliding_hashes_for_tests(true));
+    }
+
+    #[test]
+    fn store_matches_a_hashmap_while_background_compaction_runs(ops in proptest::collection::vec(op(), 1..200)) {
+        // Compaction on its own thread, at every sealed segment, racing the operations.
+        run(&ops, small_segments().compaction_threshold(0.0));
     }
 }

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use ussdb::{CampaignUserMap, Durability, Options, Store};
 
 use crate::Mode;
+use crate::progress;
+
+/// Progress is counted in steps of this many operations, so the counting does not show in the figures.
+const PROGRESS_STEP: u64 = 1024;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -147,6 +151,7 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
     // Load with the OS deciding when to write back, then reopen in the mode under test: the load is set-up,
     // not what is measured.
     let started = Instant::now();
+    let bar = progress::bar("load", Some(mappings), false);
     {
         let store = Store::open_with(&dir, Options::default().durability(Durability::Never))?;
         let threads = args.threads.max(1);
@@ -154,8 +159,12 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     let store = store.clone();
+                    let bar = &bar;
                     s.spawn(move || -> ussdb::Result<()> {
-                        for u in (t..args.users).step_by(threads as usize) {
+                        for (i, u) in (t..args.users).step_by(threads as usize).enumerate() {
+                            if i as u64 % PROGRESS_STEP == PROGRESS_STEP - 1 {
+                                bar.inc(PROGRESS_STEP * args.campaigns);
+                            }
                             for c in 0..args.campaigns {
                                 let variation = if (u + c).is_multiple_of(2) {
                                     "Control"
@@ -179,6 +188,7 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
         })?;
         store.sync()?;
     }
+    bar.finish_and_clear();
     let load = started.elapsed();
     println!(
         "load   {mappings} sets in {:.2} s ({:.0} sets/s)",
@@ -199,6 +209,7 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
 
     let next_user = Arc::new(AtomicU64::new(args.users));
     let fsyncs_before = stats.fsyncs;
+    let bar = progress::bar("run", Some(args.ops), false);
     let started = Instant::now();
     let tallies: Vec<ussdb::Result<Tally>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..args.threads.max(1))
@@ -206,7 +217,8 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
                 let store = store.clone();
                 let next_user = Arc::clone(&next_user);
                 let ops = args.ops / args.threads.max(1);
-                s.spawn(move || worker(&store, args, t, ops, &next_user))
+                let bar = &bar;
+                s.spawn(move || worker(&store, args, t, ops, &next_user, bar))
             })
             .collect();
         handles
@@ -215,6 +227,7 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
             .collect()
     });
     let elapsed = started.elapsed();
+    bar.finish_and_clear();
     let mut get = Histogram::new();
     let mut set = Histogram::new();
     for tally in tallies {
@@ -274,6 +287,7 @@ fn worker(
     thread: u64,
     ops: u64,
     next_user: &AtomicU64,
+    bar: &indicatif::ProgressBar,
 ) -> ussdb::Result<Tally> {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ (thread + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut tally = Tally {
@@ -281,7 +295,10 @@ fn worker(
         set: Histogram::new(),
     };
     let goals = ["add-to-cart", "checkout", "purchase", "signup"];
-    for _ in 0..ops {
+    for op in 0..ops {
+        if op % PROGRESS_STEP == PROGRESS_STEP - 1 {
+            bar.inc(PROGRESS_STEP);
+        }
         let roll = rng.next() % 100;
         let c = campaign(rng.next() % args.campaigns.max(1));
         if roll >= args.set_percent || args.users == 0 {

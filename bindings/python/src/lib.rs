@@ -1,0 +1,501 @@
+//! Python binding of ussdb.
+//!
+//! `ussdb.Store` exposes the engine; `ussdb.UserStorage` is the object the VWO Python SDK
+//! (`vwo.launch(..., user_storage=...)`) calls. That SDK reads and writes the goal list under
+//! `goalIdentifiers` (plural), while the engine's record and its JSON call it `goalIdentifier`:
+//! `UserStorage` translates, `Store` speaks the engine's shape.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+
+pyo3::create_exception!(
+    ussdb,
+    Error,
+    PyException,
+    "Raised when the ussdb engine reports an error; str(e) is the engine's message."
+);
+
+/// How often a `durability="periodic"` store fsyncs in the background: the CLI's interval, so that
+/// "periodic" promises the same everywhere (an OS crash takes at most the last 100 ms of writes).
+const PERIODIC_SYNC: Duration = Duration::from_millis(100);
+
+fn engine_error(e: ussdb::Error) -> PyErr {
+    Error::new_err(e.to_string())
+}
+
+fn closed_error() -> PyErr {
+    Error::new_err("store is closed")
+}
+
+/// Bumped in the child after every `os.fork()`. A forked child shares the parent's open files and
+/// its directory lock but not its engine state or its fsync thread, so two processes writing one
+/// log through copies of one engine would corrupt it: a `Store` opened before a fork refuses work
+/// in the child (prefork servers such as gunicorn must open the store after forking).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+#[pyfunction]
+fn _after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+fn forked_error(path: &std::path::Path) -> PyErr {
+    Error::new_err(format!(
+        "the store at {} was opened before this process was forked; open it after forking, in one process",
+        path.display()
+    ))
+}
+
+fn parse_durability(s: &str) -> PyResult<ussdb::Durability> {
+    match s {
+        "periodic" => Ok(ussdb::Durability::Periodic(PERIODIC_SYNC)),
+        "immediate" => Ok(ussdb::Durability::Immediate),
+        "never" => Ok(ussdb::Durability::Never),
+        other => Err(PyValueError::new_err(format!(
+            "durability must be \"periodic\", \"immediate\" or \"never\", not {other:?}"
+        ))),
+    }
+}
+
+/// Which key holds the goal list in the dicts a class hands out.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// The engine's own shape (`goalIdentifier`), as in its JSON export.
+    Engine,
+    /// What the VWO Python SDK reads (`goalIdentifiers`).
+    Vwo,
+}
+
+/// Builds a record dict from the key objects and the engine's answer. `get` passes the caller's own
+/// key strings (equal to the stored ones, since the engine matched them): skipping two string
+/// allocations is a visible part of a get's cost.
+fn record_dict<'py>(
+    user_id: &Bound<'py, PyAny>,
+    campaign_key: &Bound<'py, PyAny>,
+    variation_name: String,
+    goal_identifier: Option<String>,
+    shape: Shape,
+) -> PyResult<Bound<'py, PyDict>> {
+    let py = user_id.py();
+    let d = PyDict::new(py);
+    d.set_item(intern!(py, "userId"), user_id)?;
+    d.set_item(intern!(py, "campaignKey"), campaign_key)?;
+    d.set_item(intern!(py, "variationName"), variation_name)?;
+    if let Some(goals) = goal_identifier {
+        let key = match shape {
+            Shape::Engine => intern!(py, "goalIdentifier"),
+            Shape::Vwo => intern!(py, "goalIdentifiers"),
+        };
+        d.set_item(key, goals)?;
+    }
+    Ok(d)
+}
+
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default()
+}
+
+/// A str field as an owned String; a non-str is a TypeError naming the field, while a str without a
+/// UTF-8 form (a lone surrogate) keeps Python's own UnicodeEncodeError.
+fn field_str(key: &Bound<'_, PyString>, v: &Bound<'_, PyAny>, expected: &str) -> PyResult<String> {
+    match v.cast::<PyString>() {
+        Ok(s) => Ok(s.to_str()?.to_owned()),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{key} must be {expected}, not {}",
+            type_name(v)
+        ))),
+    }
+}
+
+fn required_str(data: &Bound<'_, PyDict>, key: &Bound<'_, PyString>) -> PyResult<String> {
+    match data.get_item(key)? {
+        Some(v) => field_str(key, &v, "a str"),
+        None => Err(PyValueError::new_err(format!(
+            "missing key {key:?} in the record"
+        ))),
+    }
+}
+
+fn optional_str(data: &Bound<'_, PyDict>, key: &Bound<'_, PyString>) -> PyResult<Option<String>> {
+    match data.get_item(key)? {
+        None => Ok(None),
+        Some(v) if v.is_none() => Ok(None),
+        Some(v) => field_str(key, &v, "a str or None").map(Some),
+    }
+}
+
+/// Reads a record from either shape, so that what `Store.get` or the SDK produced can be fed back.
+/// `goalIdentifiers` wins when both are present because that is the key the SDK updates.
+fn dict_to_record(data: &Bound<'_, PyDict>) -> PyResult<ussdb::CampaignUserMap> {
+    let py = data.py();
+    let goal_identifier = match optional_str(data, intern!(py, "goalIdentifiers"))? {
+        Some(g) => Some(g),
+        None => optional_str(data, intern!(py, "goalIdentifier"))?,
+    };
+    Ok(ussdb::CampaignUserMap {
+        user_id: required_str(data, intern!(py, "userId"))?,
+        campaign_key: required_str(data, intern!(py, "campaignKey"))?,
+        variation_name: required_str(data, intern!(py, "variationName"))?,
+        goal_identifier,
+    })
+}
+
+fn stats_to_dict<'py>(py: Python<'py>, s: &ussdb::Stats) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("mappings", s.mappings)?;
+    d.set_item("segments", s.segments)?;
+    d.set_item("disk_bytes", s.disk_bytes)?;
+    d.set_item("live_bytes", s.live_bytes)?;
+    d.set_item("dead_bytes", s.dead_bytes)?;
+    d.set_item("space_amplification", s.space_amplification)?;
+    d.set_item("index_heap_bytes", s.index_heap_bytes)?;
+    d.set_item("sets", s.sets)?;
+    d.set_item("deletes", s.deletes)?;
+    d.set_item("fsyncs", s.fsyncs)?;
+    d.set_item("compactions", s.compactions)?;
+    d.set_item(
+        "last_compaction_seconds",
+        s.last_compaction.map(|t| t.as_secs_f64()),
+    )?;
+    d.set_item("reclaimed_bytes", s.reclaimed_bytes)?;
+    d.set_item("hint_files", s.hint_files)?;
+    Ok(d)
+}
+
+/// An open ussdb directory. Thread-safe: share one `Store` between threads; the GIL is released
+/// while the engine works.
+#[pyclass(frozen, module = "ussdb", name = "Store")]
+struct Store {
+    // `None` once closed. Engine calls hold the read side, so `close` waits for them to finish
+    // instead of pulling the store from under a running call.
+    inner: RwLock<Option<ussdb::Store>>,
+    path: PathBuf,
+    /// `FORK_GENERATION` when opened; any other value means this is a forked child's copy.
+    fork_generation: u64,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.forked() {
+            // Dropping would fsync and join a syncer thread that exists only in the parent; the
+            // parent still owns the files, so the child's copy is leaked instead.
+            let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+            std::mem::forget(inner.take());
+        }
+    }
+}
+
+impl Store {
+    fn forked(&self) -> bool {
+        FORK_GENERATION.load(Ordering::Relaxed) != self.fork_generation
+    }
+
+    /// Runs `f` on the open engine with the GIL released.
+    fn call<T, F>(&self, py: Python<'_>, f: F) -> PyResult<T>
+    where
+        T: Send,
+        F: FnOnce(&ussdb::Store) -> ussdb::Result<T> + Send,
+    {
+        if self.forked() {
+            return Err(forked_error(&self.path));
+        }
+        let out = py.detach(|| {
+            let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+            guard.as_ref().map(f)
+        });
+        match out {
+            Some(r) => r.map_err(engine_error),
+            None => Err(closed_error()),
+        }
+    }
+
+    fn get_shaped<'py>(
+        &self,
+        user_id: &Bound<'py, PyString>,
+        campaign_key: &Bound<'py, PyString>,
+        shape: Shape,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let py = user_id.py();
+        let (u, c) = (user_id.to_str()?, campaign_key.to_str()?);
+        match self.call(py, |s| s.get(u, c))? {
+            Some(map) => record_dict(
+                user_id.as_any(),
+                campaign_key.as_any(),
+                map.variation_name,
+                map.goal_identifier,
+                shape,
+            )
+            .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn set_dict(&self, data: &Bound<'_, PyDict>) -> PyResult<()> {
+        let record = dict_to_record(data)?;
+        self.call(data.py(), |s| s.set(&record))
+    }
+}
+
+#[pymethods]
+impl Store {
+    /// Opens (creating if needed) the store in directory `path`.
+    ///
+    /// durability: "periodic" (default; `set` returns after write(2), fsync every 100 ms),
+    /// "immediate" (`set` returns after fsync) or "never" (the OS writes back when it likes).
+    /// compaction_threshold: dead fraction of a sealed segment that triggers background compaction
+    /// (engine default 0.5); auto_compaction=False leaves compaction to `compact()`.
+    #[new]
+    #[pyo3(signature = (
+        path,
+        durability = "periodic",
+        segment_size = None,
+        *,
+        compaction_threshold = None,
+        auto_compaction = true
+    ))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        durability: &str,
+        segment_size: Option<u64>,
+        compaction_threshold: Option<f64>,
+        auto_compaction: bool,
+    ) -> PyResult<Self> {
+        let mut options = ussdb::Options::default()
+            .durability(parse_durability(durability)?)
+            .auto_compaction(auto_compaction);
+        if let Some(bytes) = segment_size {
+            options = options.segment_size(bytes);
+        }
+        if let Some(ratio) = compaction_threshold {
+            options = options.compaction_threshold(ratio);
+        }
+        let dir = path.clone();
+        let store = py
+            .detach(move || ussdb::Store::open_with(dir, options))
+            .map_err(engine_error)?;
+        Ok(Store {
+            inner: RwLock::new(Some(store)),
+            path,
+            fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The record as a dict {"userId", "campaignKey", "variationName"[, "goalIdentifier"]}, or None.
+    fn get<'py>(
+        &self,
+        user_id: &Bound<'py, PyString>,
+        campaign_key: &Bound<'py, PyString>,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.get_shaped(user_id, campaign_key, Shape::Engine)
+    }
+
+    /// Stores a record given as a dict with "userId", "campaignKey", "variationName" and optionally
+    /// "goalIdentifier" (or the VWO SDK's "goalIdentifiers"); other keys are ignored.
+    fn set(&self, data: &Bound<'_, PyDict>) -> PyResult<()> {
+        self.set_dict(data)
+    }
+
+    /// Erases one record; True if it existed.
+    fn delete(&self, py: Python<'_>, user_id: &str, campaign_key: &str) -> PyResult<bool> {
+        self.call(py, |s| s.delete(user_id, campaign_key))
+    }
+
+    /// Erases every record of a user; returns how many there were.
+    fn forget_user(&self, py: Python<'_>, user_id: &str) -> PyResult<usize> {
+        self.call(py, |s| s.forget_user(user_id))
+    }
+
+    /// Every record of a user, as dicts shaped like `get`'s.
+    fn campaigns_of<'py>(&self, py: Python<'py>, user_id: &str) -> PyResult<Bound<'py, PyList>> {
+        let maps = self.call(py, |s| s.campaigns_of(user_id))?;
+        let list = PyList::empty(py);
+        for m in maps {
+            let user_id = PyString::new(py, &m.user_id);
+            let campaign_key = PyString::new(py, &m.campaign_key);
+            list.append(record_dict(
+                user_id.as_any(),
+                campaign_key.as_any(),
+                m.variation_name,
+                m.goal_identifier,
+                Shape::Engine,
+            )?)?;
+        }
+        Ok(list)
+    }
+
+    /// Returns once everything written so far is on disk.
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |s| s.sync())
+    }
+
+    /// Compacts now and returns when done: rewrites the segments that hold overwritten or deleted
+    /// records, whatever `compaction_threshold` says. Reads and writes go on meanwhile.
+    fn compact(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |s| s.compact())
+    }
+
+    /// Engine counters as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.call(py, |s| Ok(s.stats()))?;
+        stats_to_dict(py, &stats)
+    }
+
+    /// Syncs and closes; later calls raise ussdb.Error. Closing twice is harmless.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if self.forked() {
+            let taken = self
+                .inner
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            std::mem::forget(taken);
+            return Ok(());
+        }
+        py.detach(|| {
+            let taken = self
+                .inner
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            // Sync even under "never": a caller who closes expects the data to be on disk.
+            match taken {
+                Some(store) => store.sync(),
+                None => Ok(()),
+            }
+        })
+        .map_err(engine_error)
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.closed() { "closed" } else { "open" };
+        format!("<ussdb.Store {:?} {state}>", self.path)
+    }
+}
+
+/// The user storage for the VWO Python SDK: `vwo.launch(settings, user_storage=ussdb.UserStorage(path))`.
+///
+/// `get` returns None or {"userId", "campaignKey", "variationName"[, "goalIdentifiers"]}, the shape
+/// the SDK reads; `set` takes the dict the SDK passes. Built on a path, it opens its own `Store`;
+/// built on a `Store`, it shares it. Either way `close()` closes that `Store`.
+#[pyclass(frozen, module = "ussdb", name = "UserStorage")]
+struct UserStorage {
+    store: Py<Store>,
+}
+
+#[pymethods]
+impl UserStorage {
+    #[new]
+    #[pyo3(signature = (path_or_store, durability = "periodic", segment_size = None))]
+    fn new(
+        py: Python<'_>,
+        path_or_store: &Bound<'_, PyAny>,
+        durability: &str,
+        segment_size: Option<u64>,
+    ) -> PyResult<Self> {
+        if let Ok(store) = path_or_store.cast::<Store>() {
+            return Ok(UserStorage {
+                store: store.clone().unbind(),
+            });
+        }
+        let path: PathBuf = path_or_store.extract().map_err(|_| {
+            PyTypeError::new_err("UserStorage takes a path (str or os.PathLike) or a ussdb.Store")
+        })?;
+        let store = Store::new(py, path, durability, segment_size, None, true)?;
+        Ok(UserStorage {
+            store: Py::new(py, store)?,
+        })
+    }
+
+    fn get<'py>(
+        &self,
+        user_id: &Bound<'py, PyString>,
+        campaign_key: &Bound<'py, PyString>,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.store
+            .get()
+            .get_shaped(user_id, campaign_key, Shape::Vwo)
+    }
+
+    fn set(&self, data: &Bound<'_, PyDict>) -> PyResult<()> {
+        self.store.get().set_dict(data)
+    }
+
+    /// The underlying `Store` (for sync, stats, forget_user...).
+    #[getter]
+    fn store(&self, py: Python<'_>) -> Py<Store> {
+        self.store.clone_ref(py)
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.store.get().close(py)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<ussdb.UserStorage over {}>", self.store.get().__repr__())
+    }
+}
+
+/// Embedded, crash-safe user storage for A/B-testing SDKs.
+#[pymodule(name = "ussdb")]
+mod ussdb_module {
+    use pyo3::prelude::*;
+
+    #[pymodule_export]
+    use super::{Error, Store, UserStorage};
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        let py = m.py();
+        let hook = wrap_pyfunction!(super::_after_fork_in_child, py)?;
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("after_in_child", hook)?;
+        py.import("os")?
+            .getattr("register_at_fork")?
+            .call((), Some(&kwargs))?;
+        Ok(())
+    }
+}

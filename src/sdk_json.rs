@@ -1,0 +1,610 @@
+//! The SDKs' user storage data as JSON, in and out of a store.
+//!
+//! Import reads JSON Lines (one object per line) or one JSON array of objects, in every dialect the SDKs write:
+//! camelCase (`userId`, `campaignKey`, `variationName`, `goalIdentifier`), Python's `goalIdentifiers`, Ruby's
+//! snake_case, goal lists as a string or an array of strings, and a `metaData` value, which is kept as JSON text
+//! byte for byte (see [`Store::set_with_meta`]). Unknown keys are ignored. Export writes camelCase JSON Lines
+//! (with `metaData` as JSON when present) that import reads back to the same mappings and metadata.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+
+use serde::de;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::log::Batch;
+use crate::store::Store;
+use crate::uss::{CampaignUserMap, goals_from_json};
+use crate::{Error, Result};
+
+/// What an import does with a record it cannot read or store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// Stop at the first bad record; the records before it are stored, none after it (the default).
+    #[default]
+    Abort,
+    /// Leave bad records out, count them, and go on.
+    Skip,
+}
+
+/// How [`Store::import_json`] runs. Build with [`ImportOptions::default`] and the builder methods.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ImportOptions {
+    /// What a bad record does.
+    pub on_error: OnError,
+    /// Mappings written per [`Batch`] (one lock of the log, one fsync in `Immediate` mode).
+    pub batch_size: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> ImportOptions {
+        ImportOptions {
+            on_error: OnError::Abort,
+            batch_size: 8192,
+        }
+    }
+}
+
+impl ImportOptions {
+    /// Sets what a bad record does (default [`OnError::Abort`]).
+    pub fn on_error(mut self, on_error: OnError) -> ImportOptions {
+        self.on_error = on_error;
+        self
+    }
+
+    /// Sets the number of mappings written per batch (default 8192; at least 1).
+    pub fn batch_size(mut self, batch_size: usize) -> ImportOptions {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+}
+
+/// Where a record is in the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    /// Line number (from 1) in JSON Lines.
+    Line(u64),
+    /// Element number (from 1) in a JSON array, and the line it starts on.
+    Element {
+        /// The element's number, from 1.
+        index: u64,
+        /// The line (from 1) where it starts.
+        line: u64,
+    },
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Line(n) => write!(f, "line {n}"),
+            Position::Element { index, line } => write!(f, "array element {index} (line {line})"),
+        }
+    }
+}
+
+/// A record that import skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SkippedRecord {
+    /// Where it is.
+    pub position: Position,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImportReport {
+    /// Records read (blank lines are not records).
+    pub records: u64,
+    /// Mappings stored.
+    pub imported: u64,
+    /// Records left out ([`OnError::Skip`]).
+    pub skipped: u64,
+    /// The first [`MAX_REPORTED_SKIPS`] skipped records, with the reason.
+    pub skips: Vec<SkippedRecord>,
+}
+
+/// How many skipped records an [`ImportReport`] lists one by one (all are counted).
+pub const MAX_REPORTED_SKIPS: usize = 100;
+
+/// One record of any SDK's dialect, borrowing from the input where it can.
+#[derive(Deserialize)]
+struct SdkRecord<'a> {
+    #[serde(borrow, rename = "userId", alias = "user_id")]
+    user_id: Cow<'a, str>,
+    #[serde(borrow, rename = "campaignKey", alias = "campaign_key")]
+    campaign_key: Cow<'a, str>,
+    #[serde(borrow, rename = "variationName", alias = "variation_name")]
+    variation_name: Cow<'a, str>,
+    #[serde(
+        default,
+        rename = "goalIdentifier",
+        alias = "goalIdentifiers",
+        alias = "goal_identifier",
+        alias = "goal_identifiers",
+        deserialize_with = "goals_from_json"
+    )]
+    goal_identifier: Option<String>,
+    #[serde(default, borrow, rename = "metaData", alias = "meta_data")]
+    meta_data: Option<&'a RawValue>,
+}
+
+impl<'a> SdkRecord<'a> {
+    fn into_parts(self) -> (CampaignUserMap, Option<&'a RawValue>) {
+        let meta = self.meta_data;
+        let map = CampaignUserMap {
+            user_id: self.user_id.into_owned(),
+            campaign_key: self.campaign_key.into_owned(),
+            variation_name: self.variation_name.into_owned(),
+            goal_identifier: self.goal_identifier,
+        };
+        (map, meta)
+    }
+}
+
+/// Parses one record of user storage JSON in any SDK's dialect: the mapping and its `metaData` as JSON text.
+///
+/// ```
+/// let (map, meta) = ussdb::parse_json_record(
+///     r#"{"user_id":"u1","campaign_key":"c","variation_name":"Control","goal_identifiers":["a","b"],"metaData":{"k":1}}"#,
+/// )?;
+/// assert_eq!(map.goal_identifier.as_deref(), Some("a_vwo_b"));
+/// assert_eq!(meta.as_deref(), Some(r#"{"k":1}"#));
+/// # Ok::<(), ussdb::Error>(())
+/// ```
+pub fn parse_json_record(json: &str) -> Result<(CampaignUserMap, Option<String>)> {
+    let record: SdkRecord<'_> = serde_json::from_str(json).map_err(|source| Error::Json {
+        context: "user storage record".into(),
+        source,
+    })?;
+    let (map, meta) = record.into_parts();
+    Ok((map, meta.map(|m| m.get().to_owned())))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExportRecord<'a> {
+    user_id: &'a str,
+    campaign_key: &'a str,
+    variation_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    goal_identifier: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta_data: Option<Meta<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Meta<'a> {
+    /// Metadata that is JSON, written as it is.
+    Json(&'a RawValue),
+    /// Metadata stored through the library that is not JSON: written as a string, so nothing is lost.
+    Text(&'a str),
+}
+
+/// The camelCase JSON object of one mapping, as export writes it (without the newline); `meta_data` is written
+/// as JSON when it is (a string otherwise).
+///
+/// ```
+/// let map = ussdb::CampaignUserMap::new("u1", "c", "Control");
+/// assert_eq!(
+///     ussdb::to_json_record(&map, Some(r#"{"k":1}"#)),
+///     r#"{"userId":"u1","campaignKey":"c","variationName":"Control","metaData":{"k":1}}"#
+/// );
+/// ```
+pub fn to_json_record(map: &CampaignUserMap, meta_data: Option<&str>) -> String {
+    let mut out = Vec::new();
+    // Writing to a Vec fails only on out-of-memory, and the value has nothing serde_json could refuse.
+    let _ = write_record(&mut out, map, meta_data);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn write_record(
+    out: &mut impl Write,
+    map: &CampaignUserMap,
+    meta_data: Option<&str>,
+) -> serde_json::Result<()> {
+    let meta = meta_data.map(|text| match serde_json::from_str::<&RawValue>(text) {
+        Ok(raw) => Meta::Json(raw),
+        Err(_) => Meta::Text(text),
+    });
+    serde_json::to_writer(
+        out,
+        &ExportRecord {
+            user_id: &map.user_id,
+            campaign_key: &map.campaign_key,
+            variation_name: &map.variation_name,
+            goal_identifier: map.goal_identifier.as_deref(),
+            meta_data: meta,
+        },
+    )
+}
+
+/// The batched writer behind an import.
+struct Importer<'s> {
+    store: &'s Store,
+    options: ImportOptions,
+    batch: Batch,
+    report: ImportReport,
+}
+
+impl Importer<'_> {
+    /// Takes one parsed record, or the error that reading it gave.
+    fn take(
+        &mut self,
+        position: Position,
+        parsed: std::result::Result<(CampaignUserMap, Option<&RawValue>), Error>,
+    ) -> Result<()> {
+        self.report.records += 1;
+        let pushed = parsed.and_then(|(map, meta)| self.batch.push(&map, meta.map(RawValue::get)));
+        match pushed {
+            Ok(()) if self.batch.len() >= self.options.batch_size => self.flush(position),
+            Ok(()) => Ok(()),
+            Err(e) => self.bad(position, e),
+        }
+    }
+
+    fn bad(&mut self, position: Position, error: Error) -> Result<()> {
+        match self.options.on_error {
+            OnError::Skip => {
+                self.report.skipped += 1;
+                if self.report.skips.len() < MAX_REPORTED_SKIPS {
+                    self.report.skips.push(SkippedRecord {
+                        position,
+                        reason: error.to_string(),
+                    });
+                }
+                Ok(())
+            }
+            OnError::Abort => {
+                // Everything before the bad record is stored, so the import can be resumed right after it.
+                self.flush(position)?;
+                Err(Error::Import {
+                    at: position.to_string(),
+                    imported: self.report.imported,
+                    source: Box::new(error),
+                })
+            }
+        }
+    }
+
+    fn flush(&mut self, position: Position) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .write_batch(&self.batch)
+            .map_err(|e| Error::Import {
+                at: format!("the batch ending at {position}"),
+                imported: self.report.imported,
+                source: Box::new(e),
+            })?;
+        self.report.imported += self.batch.len() as u64;
+        self.batch.clear();
+        Ok(())
+    }
+}
+
+/// The longest record import reads (a line, or an element of an array): far above any storable mapping (values
+/// are at most 1 MiB encoded), low enough that garbage input cannot exhaust memory.
+const MAX_RECORD_TEXT: usize = 64 << 20;
+
+fn too_long() -> Error {
+    Error::Json {
+        context: format!("longer than {} MiB", MAX_RECORD_TEXT >> 20),
+        source: <serde_json::Error as de::Error>::custom("record too long"),
+    }
+}
+
+fn json_error(position: Position, source: serde_json::Error) -> Error {
+    Error::Json {
+        context: position.to_string(),
+        source,
+    }
+}
+
+impl Store {
+    /// Imports user storage JSON (JSON Lines, or one JSON array) in any SDK's dialect: camelCase, Python's
+    /// `goalIdentifiers`, Ruby's snake_case, goal lists as strings or arrays, `metaData` kept as JSON text (as
+    /// [`parse_json_record`] reads one record). Mappings are written in batches ([`ImportOptions::batch_size`]);
+    /// a later record of the same user and campaign replaces an earlier one, as in the SDKs.
+    ///
+    /// A bad record (invalid JSON, a missing field, an id the store refuses) is skipped and counted with
+    /// [`OnError::Skip`]; with [`OnError::Abort`] the import stops with [`Error::Import`], which names the record and
+    /// says how many mappings were stored before it (all records before it, none after it). A JSON array with a
+    /// syntax error stops the import either way: nothing after it can be read.
+    pub fn import_json(
+        &self,
+        input: impl BufRead,
+        options: &ImportOptions,
+    ) -> Result<ImportReport> {
+        self.import_json_with_progress(input, options, |_| {})
+    }
+
+    /// [`Store::import_json`], calling `progress(bytes_read)` as it goes.
+    pub fn import_json_with_progress(
+        &self,
+        mut input: impl BufRead,
+        options: &ImportOptions,
+        mut progress: impl FnMut(u64),
+    ) -> Result<ImportReport> {
+        let mut importer = Importer {
+            store: self,
+            options: options.clone(),
+            batch: Batch::new(),
+            report: ImportReport::default(),
+        };
+        let read_error = |e| Error::io("read import input", PathBuf::from("<input>"), e);
+        // Skip a byte order mark (some Windows tools write one) and leading whitespace, to see whether this is
+        // one JSON array or JSON Lines; the skipped newlines still count for line numbers.
+        let mut skipped = 0u64;
+        let mut newlines = 0u64;
+        if input
+            .fill_buf()
+            .map_err(read_error)?
+            .starts_with(b"\xEF\xBB\xBF")
+        {
+            input.consume(3);
+            skipped += 3;
+        }
+        let first = loop {
+            let buf = input.fill_buf().map_err(read_error)?;
+            let Some(&byte) = buf.first() else {
+                break None;
+            };
+            let blanks = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            if blanks == 0 {
+                break Some(byte);
+            }
+            newlines += buf.iter().take(blanks).filter(|&&b| b == b'\n').count() as u64;
+            input.consume(blanks);
+            skipped += blanks as u64;
+        };
+        let last = match first {
+            None => Position::Line(1),
+            Some(b'[') => import_array(&mut importer, input, skipped, newlines, &mut progress)?,
+            Some(_) => import_lines(&mut importer, input, skipped, newlines, &mut progress)?,
+        };
+        importer.flush(last)?;
+        Ok(importer.report)
+    }
+
+    /// Writes every live mapping as camelCase JSON Lines (`metaData` as JSON when present) and returns how many.
+    /// The order is unspecified; sort the output for a stable one.
+    pub fn export_json(&self, out: impl Write) -> Result<u64> {
+        self.export_json_with_progress(out, |_| {})
+    }
+
+    /// [`Store::export_json`], calling `progress(mappings_written)` as it goes.
+    pub fn export_json_with_progress(
+        &self,
+        out: impl Write,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+        let write_error = |e| Error::io("write export output", PathBuf::from("<output>"), e);
+        let mut written = 0u64;
+        for entry in self.entries() {
+            let (map, meta) = entry?;
+            write_record(&mut out, &map, meta.as_deref()).map_err(|e| write_error(e.into()))?;
+            out.write_all(b"\n").map_err(write_error)?;
+            written += 1;
+            if written.is_multiple_of(4096) {
+                progress(written);
+            }
+        }
+        out.flush().map_err(write_error)?;
+        progress(written);
+        Ok(written)
+    }
+}
+
+/// Imports JSON Lines; returns the position after the last line.
+fn import_lines(
+    importer: &mut Importer<'_>,
+    mut input: impl BufRead,
+    mut bytes: u64,
+    lines_before: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Position> {
+    let read_error = |e| Error::io("read import input", PathBuf::from("<input>"), e);
+    let mut line = Vec::new();
+    let mut number = lines_before;
+    loop {
+        line.clear();
+        let n = (&mut input)
+            .take(MAX_RECORD_TEXT as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(read_error)?;
+        if n == 0 {
+            return Ok(Position::Line(number + 1));
+        }
+        number += 1;
+        bytes += n as u64;
+        let position = Position::Line(number);
+        if n > MAX_RECORD_TEXT && line.last() != Some(&b'\n') {
+            // Drop the rest of the line without keeping it: a runaway line must not exhaust memory.
+            loop {
+                line.clear();
+                let more = (&mut input)
+                    .take(1 << 20)
+                    .read_until(b'\n', &mut line)
+                    .map_err(read_error)?;
+                bytes += more as u64;
+                if more == 0 || line.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            importer.take(position, Err(too_long()))?;
+            continue;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed = serde_json::from_slice::<SdkRecord<'_>>(&line)
+            .map(SdkRecord::into_parts)
+            .map_err(|e| json_error(position, e));
+        importer.take(position, parsed)?;
+        if number.is_multiple_of(4096) {
+            progress(bytes);
+        }
+    }
+}
+
+/// Imports one JSON array, element by element, with bounded memory: a small scanner finds where each element
+/// ends (tracking nesting and strings), and each element is parsed on its own, so a bad element can be skipped
+/// like a bad line. Returns the position after the last element.
+fn import_array(
+    importer: &mut Importer<'_>,
+    mut input: impl BufRead,
+    mut bytes: u64,
+    lines_before: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Position> {
+    let mut element = Vec::new();
+    let mut index = 0u64;
+    let mut line = lines_before + 1;
+    let mut element_line = line;
+    // Nesting depth: 0 before the opening `[`, 1 between elements, more inside one.
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped, mut closed) = (false, false, false);
+    let position = |index: u64, line: u64| Position::Element { index, line };
+    loop {
+        let chunk = input
+            .fill_buf()
+            .map_err(|e| Error::io("read import input", PathBuf::from("<input>"), e))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len();
+        let mut i = 0;
+        while let Some(&b) = chunk.get(i) {
+            if in_string && !escaped {
+                // Most bytes are inside strings: copy a run up to the next quote, escape or newline at once.
+                let rest = chunk.get(i..).unwrap_or_default();
+                let run = rest
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\' || c == b'\n')
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    element.extend_from_slice(rest.get(..run).unwrap_or_default());
+                    i += run;
+                    if element.len() > MAX_RECORD_TEXT {
+                        return Err(array_error(
+                            importer,
+                            position(index + 1, element_line),
+                            "an array element longer than 64 MiB",
+                        ));
+                    }
+                    continue;
+                }
+            }
+            i += 1;
+            if b == b'\n' {
+                line += 1;
+            }
+            if closed {
+                if !b.is_ascii_whitespace() {
+                    return Err(array_error(
+                        importer,
+                        position(index + 1, line),
+                        "data after the end of the JSON array",
+                    ));
+                }
+                continue;
+            }
+            if in_string {
+                element.push(b);
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match (depth, b) {
+                (0, b'[') => depth = 1,
+                (0, _) => {} // leading whitespace, already skipped by the caller
+                (1, b',' | b']') => {
+                    if element.iter().all(u8::is_ascii_whitespace) {
+                        if b == b']' && index == 0 {
+                            closed = true; // `[]`
+                            continue;
+                        }
+                        return Err(array_error(
+                            importer,
+                            position(index + 1, line),
+                            "empty array element",
+                        ));
+                    }
+                    index += 1;
+                    let at = position(index, element_line);
+                    let parsed = serde_json::from_slice::<SdkRecord<'_>>(&element)
+                        .map(SdkRecord::into_parts)
+                        .map_err(|e| json_error(at, e));
+                    importer.take(at, parsed)?;
+                    element.clear();
+                    closed = b == b']';
+                    if index.is_multiple_of(4096) {
+                        progress(bytes);
+                    }
+                }
+                (1, _) if b.is_ascii_whitespace() && element.is_empty() => {}
+                (_, _) if element.len() >= MAX_RECORD_TEXT => {
+                    return Err(array_error(
+                        importer,
+                        position(index + 1, element_line),
+                        "an array element longer than 64 MiB",
+                    ));
+                }
+                (_, _) => {
+                    if element.is_empty() {
+                        element_line = line;
+                    }
+                    element.push(b);
+                    match b {
+                        b'"' => in_string = true,
+                        b'{' | b'[' => depth += 1,
+                        // A mismatched bracket is left for the element's parser to name.
+                        b'}' | b']' if depth > 1 => depth -= 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        input.consume(n);
+        bytes += n as u64;
+    }
+    if !closed {
+        return Err(array_error(
+            importer,
+            position(index + 1, line),
+            "the JSON array is not closed with `]`",
+        ));
+    }
+    progress(bytes);
+    Ok(position(index + 1, line))
+}
+
+/// An error in the array's own syntax: nothing after it can be read, whatever `on_error` says.
+fn array_error(importer: &mut Importer<'_>, at: Position, reason: &str) -> Error {
+    let source = Error::Json {
+        context: at.to_string(),
+        source: <serde_json::Error as de::Error>::custom(reason),
+    };
+    if let Err(e) = importer.flush(at) {
+        return e;
+    }
+    Error::Import {
+        at: at.to_string(),
+        imported: importer.report.imported,
+        source: Box::new(source),
+    }
+}

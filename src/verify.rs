@@ -1,0 +1,620 @@
+//! Checking a store end to end: every record of every segment is read back and its checksum, key and value
+//! checked, and the in-memory index is compared with the log (every entry points at the newest record of its key,
+//! and every key whose newest record is a put has an entry). Damage is reported by file and offset; nothing here
+//! repairs or writes anything.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::codec;
+use crate::engine::Engine;
+use crate::hint;
+use crate::index::Loc;
+use crate::record::{self, HeaderError, Kind, RecordRef, SEGMENT_HEADER_LEN};
+use crate::recovery::{describe, lock_dir, next_intact_record};
+use crate::segment::{self, Segment};
+use crate::vfs::{StdVfs, Vfs};
+use crate::{Error, Result};
+
+/// What [`crate::Store::verify`] or [`verify_dir`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Segment files read.
+    pub segments: u64,
+    /// Intact records read (puts and tombstones, live or not).
+    pub records: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Live mappings: keys whose newest record is an intact put.
+    pub mappings: u64,
+    /// True when the in-memory index was compared with the log (a store that could be opened); false for a
+    /// scan of the files alone ([`verify_dir`]).
+    pub index_checked: bool,
+    /// Every problem found, in file order. Empty for a healthy store.
+    pub damage: Vec<Damage>,
+    /// A torn last write at the end of the newest segment: what a crash mid-write leaves. Not damage: the next
+    /// open cuts it off (losing only that unacknowledged write).
+    pub torn_tail: Option<Damage>,
+    /// Hint files read and compared with their segments.
+    pub hint_files: u64,
+    /// Hint files that do not match their segment byte for byte (bit rot, or written to by something else). Not
+    /// damage to the data: open checks every hint and scans the segment instead of using a bad one.
+    pub hint_problems: Vec<Damage>,
+}
+
+/// One problem: where it is and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Damage {
+    /// The file.
+    pub path: PathBuf,
+    /// Byte offset in the file of the damaged header or record.
+    pub offset: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at offset {}: {}",
+            self.path.display(),
+            self.offset,
+            self.reason
+        )
+    }
+}
+
+impl VerifyReport {
+    /// True when no damage was found (a torn tail is not damage).
+    pub fn is_clean(&self) -> bool {
+        self.damage.is_empty()
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    /// A one-line summary.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_clean() {
+            write!(f, "ok: ")?;
+        } else {
+            write!(f, "DAMAGED: {} problem(s) in ", self.damage.len())?;
+        }
+        write!(
+            f,
+            "{} segment(s), {} records, {} bytes, {} mappings",
+            self.segments, self.records, self.bytes, self.mappings
+        )?;
+        if self.hint_files > 0 {
+            write!(f, ", {} hint file(s)", self.hint_files)?;
+        }
+        if !self.hint_problems.is_empty() {
+            write!(
+                f,
+                " ({} not matching, to be rewritten)",
+                self.hint_problems.len()
+            )?;
+        }
+        if self.index_checked {
+            write!(f, "; index checked against the log")?;
+        } else {
+            write!(f, "; files only (index not checked)")?;
+        }
+        if self.torn_tail.is_some() {
+            write!(f, "; a torn last write will be cut off on open")?;
+        }
+        Ok(())
+    }
+}
+
+/// A key's identity for the walk, without keeping the key: two independent 64-bit hashes of its bytes.
+type Fingerprint = (u64, u64);
+
+fn fingerprint(key: &[u8]) -> Fingerprint {
+    let mut a = std::hash::DefaultHasher::new();
+    key.hash(&mut a);
+    let mut b = std::hash::DefaultHasher::new();
+    0x5553_5344_4256_4552_u64.hash(&mut b);
+    key.hash(&mut b);
+    (a.finish(), b.finish())
+}
+
+/// The newest record of one key seen so far.
+struct Newest {
+    loc: Loc,
+    put: bool,
+    indexed: bool,
+}
+
+/// State of one verification: the report so far and the newest record of every key.
+struct Walk<'p> {
+    dir: PathBuf,
+    report: VerifyReport,
+    newest: HashMap<Fingerprint, Newest>,
+    done: u64,
+    total: u64,
+    progress: &'p mut dyn FnMut(u64, u64),
+}
+
+/// How often (in records) progress is reported.
+const PROGRESS_EVERY: u64 = 8192;
+
+impl Walk<'_> {
+    fn damage(&mut self, path: &Path, offset: u64, reason: impl Into<String>) {
+        self.report.damage.push(Damage {
+            path: path.to_owned(),
+            offset,
+            reason: reason.into(),
+        });
+    }
+
+    /// The file of the segment `loc` points into (its name need not follow from the in-memory id).
+    fn path_of(&self, loc: Loc, segments: &BTreeMap<u32, Arc<Segment>>) -> PathBuf {
+        segments.get(&loc.segment()).map_or_else(
+            || self.dir.join(segment::file_name(loc.segment())),
+            |s| s.path().to_owned(),
+        )
+    }
+
+    /// Reads every record of one segment's bytes; `id` is its in-memory id, `file_id` the one in its name and
+    /// header. `newest`: it is the last segment, where a torn tail is legal.
+    fn scan_segment(&mut self, id: u32, file_id: u32, path: &Path, bytes: &[u8], newest: bool) {
+        self.report.segments += 1;
+        self.report.bytes += bytes.len() as u64;
+        match record::decode_segment_header(bytes) {
+            Ok(found) if found == file_id => {}
+            Ok(found) => self.damage(
+                path,
+                12,
+                format!("header names segment {found}, the file name {file_id}"),
+            ),
+            Err(HeaderError::Short) => {
+                return self.damage(path, 0, "segment header is incomplete");
+            }
+            Err(HeaderError::BadMagic) => {
+                return self.damage(path, 0, "not a ussdb segment (wrong magic number)");
+            }
+            Err(HeaderError::Version(v)) => {
+                return self.damage(
+                    path,
+                    8,
+                    format!(
+                        "format version {v}; this build reads version {}",
+                        record::FORMAT_VERSION
+                    ),
+                );
+            }
+            Err(HeaderError::Invalid(reason)) => self.damage(path, 0, reason),
+        }
+        let mut offset = SEGMENT_HEADER_LEN as usize;
+        while let Some(rest) = bytes.get(offset..).filter(|r| !r.is_empty()) {
+            match record::decode(rest) {
+                Ok(rec) => {
+                    self.record(Loc::new(id, offset as u64), rec, path);
+                    offset += rec.len();
+                }
+                Err(e) => {
+                    let reason = describe(e);
+                    match next_intact_record(bytes, offset + 1) {
+                        Some(next) => {
+                            self.damage(
+                                path,
+                                offset as u64,
+                                format!("{reason} (skipped to the next intact record at {next})"),
+                            );
+                            offset = next;
+                        }
+                        None if newest => {
+                            self.report.torn_tail = Some(Damage {
+                                path: path.to_owned(),
+                                offset: offset as u64,
+                                reason: format!(
+                                    "{reason}; the last {} bytes are a torn write",
+                                    bytes.len() - offset
+                                ),
+                            });
+                            break;
+                        }
+                        None => {
+                            self.damage(
+                                path,
+                                offset as u64,
+                                format!("{reason}; nothing intact follows in this sealed segment"),
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.done += bytes.len() as u64;
+        (self.progress)(self.done, self.total);
+    }
+
+    /// Compares a sealed segment's hint file, if it has one, with the hint its records make.
+    fn check_hint(&mut self, file_id: u32, segment: &[u8], hint_path: &Path) -> Result<()> {
+        let found = match hint::read(&StdVfs, hint_path) {
+            Ok(found) => found,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("read hint file", hint_path, e)),
+        };
+        self.report.hint_files += 1;
+        // A damaged segment is reported as such; its hint cannot be judged against it.
+        let Ok(expected) = hint::of_segment(segment, file_id) else {
+            return Ok(());
+        };
+        if found == expected {
+            return Ok(());
+        }
+        let offset = found
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(found.len().min(expected.len()));
+        let reason = match hint::decode(&found) {
+            Err(reason) => reason,
+            Ok((header, _)) if header.segment_len != segment.len() as u64 => format!(
+                "written for a segment of {} bytes, the segment has {}",
+                header.segment_len,
+                segment.len()
+            ),
+            Ok(_) => "its entries differ from the segment's records".to_owned(),
+        };
+        self.report.hint_problems.push(Damage {
+            path: hint_path.to_owned(),
+            offset: offset as u64,
+            reason: format!("{reason}; open scans the segment instead"),
+        });
+        Ok(())
+    }
+
+    fn record(&mut self, loc: Loc, rec: RecordRef<'_>, path: &Path) {
+        self.report.records += 1;
+        if self.report.records.is_multiple_of(PROGRESS_EVERY) {
+            (self.progress)(self.done + loc.offset(), self.total);
+        }
+        if codec::decode_key(rec.key).is_none() {
+            return self.damage(path, loc.offset(), "record key is malformed");
+        }
+        if rec.kind == Kind::Put
+            && let Err(reason) = codec::decode_value(rec.value)
+        {
+            self.damage(
+                path,
+                loc.offset(),
+                format!("value does not decode: {reason}"),
+            );
+        }
+        self.newest.insert(
+            fingerprint(rec.key),
+            Newest {
+                loc,
+                put: rec.kind == Kind::Put,
+                indexed: false,
+            },
+        );
+    }
+
+    /// Compares the engine's index with the newest records found by the scan.
+    fn check_index(&mut self, engine: &Engine, segments: &BTreeMap<u32, Arc<Segment>>) {
+        let hasher = engine.index.hasher();
+        for shard in 0..engine.index.shard_count() {
+            for (hash, loc) in engine.index.shard_entries(shard) {
+                let path = self.path_of(loc, segments);
+                let Some(segment) = segments.get(&loc.segment()) else {
+                    self.damage(
+                        &path,
+                        loc.offset(),
+                        "the index points into a missing segment",
+                    );
+                    continue;
+                };
+                let read = segment.with_record(loc.offset(), |rec| {
+                    let ids = codec::decode_key(rec.key).map(|(u, c)| (u.to_owned(), c.to_owned()));
+                    (rec.kind, ids, fingerprint(rec.key))
+                });
+                let (kind, ids, print) = match read {
+                    Ok(found) => found,
+                    Err(Error::Corrupted { reason, .. }) => {
+                        self.damage(
+                            &path,
+                            loc.offset(),
+                            format!("the index points at a damaged record: {reason}"),
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        self.damage(
+                            &path,
+                            loc.offset(),
+                            format!("the indexed record cannot be read: {e}"),
+                        );
+                        continue;
+                    }
+                };
+                let Some((user, campaign)) = ids else {
+                    self.damage(
+                        &path,
+                        loc.offset(),
+                        "the index points at a record with a malformed key",
+                    );
+                    continue;
+                };
+                if kind != Kind::Put {
+                    self.damage(
+                        &path,
+                        loc.offset(),
+                        format!("the index points at a tombstone of ({user:?}, {campaign:?})"),
+                    );
+                    continue;
+                }
+                if hasher.hash(&user, &campaign) != hash {
+                    self.damage(
+                        &path,
+                        loc.offset(),
+                        format!("the index entry's hash does not match the record's key ({user:?}, {campaign:?})"),
+                    );
+                    continue;
+                }
+                match self.newest.get_mut(&print) {
+                    Some(newest) if newest.loc == loc => {
+                        newest.indexed = true;
+                        self.report.mappings += 1;
+                    }
+                    Some(newest) => {
+                        let (seg, off) = (newest.loc.segment(), newest.loc.offset());
+                        self.damage(
+                            &path,
+                            loc.offset(),
+                            format!(
+                                "the index points at an old record of ({user:?}, {campaign:?}); the newest is in segment {seg} at offset {off}"
+                            ),
+                        );
+                    }
+                    None => self.damage(
+                        &path,
+                        loc.offset(),
+                        "the index points at an offset where the scan found no record",
+                    ),
+                }
+            }
+        }
+        let missing: Vec<Loc> = self
+            .newest
+            .values()
+            .filter(|n| n.put && !n.indexed)
+            .map(|n| n.loc)
+            .collect();
+        let mut missing = missing;
+        missing.sort_unstable();
+        for loc in missing {
+            let ids = segments
+                .get(&loc.segment())
+                .and_then(|s| {
+                    s.with_record(loc.offset(), |rec| {
+                        codec::decode_key(rec.key).map(|(u, c)| format!("({u:?}, {c:?})"))
+                    })
+                    .ok()
+                })
+                .flatten()
+                .unwrap_or_else(|| "a key".to_owned());
+            let path = self.path_of(loc, segments);
+            self.damage(
+                &path,
+                loc.offset(),
+                format!("the newest record of {ids} is not in the index"),
+            );
+        }
+    }
+
+    fn count_live_without_index(&mut self) {
+        self.report.mappings = self.newest.values().filter(|n| n.put).count() as u64;
+    }
+}
+
+impl Engine {
+    /// Verifies the open store. Holds the log lock throughout, so that log and index are compared at one instant:
+    /// writers wait, readers do not.
+    pub(crate) fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
+        // Compaction first, as it takes them: no pass is half done while the log and the index are compared.
+        let _pass = self.compaction.lock_pass();
+        let _log = self.lock_log();
+        let segments = self.segments().clone();
+        let total = segments.values().map(|s| s.len()).sum();
+        let mut walk = Walk {
+            dir: self.dir.clone(),
+            report: VerifyReport {
+                index_checked: true,
+                ..VerifyReport::default()
+            },
+            newest: HashMap::new(),
+            done: 0,
+            total,
+            progress,
+        };
+        // Replay order: a compaction output takes the file id (and place) of the oldest segment it replaced.
+        let mut in_order: Vec<&Arc<Segment>> = segments.values().collect();
+        in_order.sort_by_key(|s| s.file_id());
+        let last = in_order.last().map(|s| s.id());
+        let mut buf = Vec::new();
+        for segment in in_order {
+            let id = segment.id();
+            let bytes: &[u8] = match segment.mapped() {
+                Some(map) => map,
+                None => {
+                    buf.clear();
+                    buf.resize(usize::try_from(segment.len()).unwrap_or(usize::MAX), 0);
+                    let got = segment
+                        .file()
+                        .read_at(&mut buf, 0)
+                        .map_err(|e| Error::io("read segment", segment.path(), e))?;
+                    buf.truncate(got);
+                    &buf
+                }
+            };
+            walk.scan_segment(
+                id,
+                segment.file_id(),
+                segment.path(),
+                bytes,
+                Some(id) == last,
+            );
+            if Some(id) != last {
+                walk.check_hint(segment.file_id(), bytes, &segment.hint_path())?;
+            }
+        }
+        walk.check_index(self, &segments);
+        Ok(walk.report)
+    }
+}
+
+/// Verifies the store in `dir` from its files alone, without opening it (so without cutting a torn tail or
+/// building an index): every record of every segment is read and checked. Use it on a store that
+/// [`crate::Store::open`] refuses, to list all of its damage rather than the first. Takes the directory's lock,
+/// so it fails with [`Error::Locked`] while the store is open.
+pub fn verify_dir(dir: impl AsRef<Path>) -> Result<VerifyReport> {
+    verify_dir_with_progress(dir, |_, _| {})
+}
+
+/// [`verify_dir`], calling `progress(bytes_done, bytes_total)` as it goes.
+pub fn verify_dir_with_progress(
+    dir: impl AsRef<Path>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<VerifyReport> {
+    let dir = dir.as_ref();
+    if !dir.is_dir() {
+        return Err(Error::NotADirectory {
+            path: dir.to_owned(),
+        });
+    }
+    let _lock = lock_dir(dir)?;
+    let vfs = StdVfs;
+    let mut ids: Vec<u32> = vfs
+        .list_dir(dir)
+        .map_err(|e| Error::io("list store directory", dir, e))?
+        .iter()
+        .filter_map(|name| name.to_str().and_then(segment::parse_file_name))
+        .collect();
+    ids.sort_unstable();
+    let mut total = 0;
+    for &id in &ids {
+        let path = dir.join(segment::file_name(id));
+        total += std::fs::metadata(&path)
+            .map_err(|e| Error::io("read segment length", &path, e))?
+            .len();
+    }
+    let mut walk = Walk {
+        dir: dir.to_owned(),
+        report: VerifyReport::default(),
+        newest: HashMap::new(),
+        done: 0,
+        total,
+        progress: &mut progress,
+    };
+    let last = ids.last().copied();
+    for &id in &ids {
+        let path = dir.join(segment::file_name(id));
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read segment", &path, e))?;
+        walk.scan_segment(id, id, &path, &bytes, Some(id) == last);
+        if Some(id) != last {
+            walk.check_hint(id, &bytes, &dir.join(segment::hint_file_name(id)))?;
+        }
+    }
+    walk.count_live_without_index();
+    Ok(walk.report)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Store;
+    use crate::index::Loc;
+    use crate::store::{Durability, Options};
+    use crate::uss::CampaignUserMap;
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open_with(dir, Options::default().durability(Durability::Never)).expect("open")
+    }
+
+    #[test]
+    fn an_index_that_disagrees_with_the_log_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        for v in ["old", "new"] {
+            store
+                .set(&CampaignUserMap::new("u", "stale", v))
+                .expect("set");
+        }
+        store
+            .set(&CampaignUserMap::new("u", "lost", "v"))
+            .expect("set");
+        let engine = store.engine();
+        let hasher = engine.index.hasher().clone();
+        let find = |c: &str| {
+            let hash = hasher.hash("u", c);
+            let loc = engine
+                .index
+                .candidates(hash)
+                .iter()
+                .next()
+                .expect("indexed");
+            (hash, loc)
+        };
+        // Point "stale" back at its first record, and drop "lost" from the index.
+        let (hash, newest) = find("stale");
+        assert!(
+            engine
+                .index
+                .replace(hash, newest, Loc::new(newest.segment(), 20))
+        );
+        let (hash, loc) = find("lost");
+        assert!(engine.index.remove(hash, loc));
+        let report = store.verify().expect("verify");
+        let reasons: Vec<&str> = report.damage.iter().map(|d| d.reason.as_str()).collect();
+        assert_eq!(report.damage.len(), 3, "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("an old record of (\"u\", \"stale\")")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("newest record of (\"u\", \"stale\") is not in the index"))
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("newest record of (\"u\", \"lost\") is not in the index"))
+        );
+        assert_eq!(report.damage[0].offset, 20);
+    }
+
+    #[test]
+    fn an_index_entry_off_a_record_boundary_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        store
+            .set(&CampaignUserMap::new("u", "c", "v"))
+            .expect("set");
+        let engine = store.engine();
+        let hash = engine.index.hasher().hash("u", "c");
+        let loc = engine
+            .index
+            .candidates(hash)
+            .iter()
+            .next()
+            .expect("indexed");
+        engine
+            .index
+            .replace(hash, loc, Loc::new(loc.segment(), loc.offset() + 1));
+        let report = store.verify().expect("verify");
+        assert!(!report.is_clean());
+        assert_eq!(report.damage[0].offset, loc.offset() + 1);
+    }
+}
