@@ -95,7 +95,18 @@ fn main() {
         hot_loop_sets(&*store, &fresh);
         eprintln!("{:.0} ops/s", ops as f64 / started.elapsed().as_secs_f64());
     } else {
-        hot_loop(&*store, &w, workload, ops);
-        eprintln!("{:.0} ops/s", ops as f64 / started.elapsed().as_secs_f64());
+        // PROFILE_THREADS=2 runs the loop on two threads at once, to look at contention.
+        let threads: usize = std::env::var("PROFILE_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let store = &*store;
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| hot_loop(store, &w, workload, ops));
+            }
+        });
+        let total = (ops * threads) as f64;
+        eprintln!("{:.0} ops/s", total / started.elapsed().as_secs_f64());
     }
 }
