@@ -114,7 +114,11 @@ pub fn encode_value(map: &CampaignUserMap, meta_data: Option<&str>) -> Result<Ve
     if raw > MAX_VALUE_LEN {
         return Err(too_large(raw));
     }
-    let bytes = bincode::serde::encode_to_vec(&stored, config()).map_err(|_| too_large(raw))?;
+    // Sized up front: the encoding is the strings plus at most 21 bytes of lengths and tags, and growing a
+    // Vec from empty costs more than the encoding itself.
+    let mut bytes = Vec::with_capacity(raw + 32);
+    bincode::serde::encode_into_std_write(&stored, &mut bytes, config())
+        .map_err(|_| too_large(raw))?;
     if bytes.len() > MAX_VALUE_LEN {
         return Err(too_large(bytes.len()));
     }
@@ -140,6 +144,16 @@ pub fn decode_map(
     value: &[u8],
 ) -> std::result::Result<(CampaignUserMap, Option<String>), String> {
     let (user_id, campaign_key) = decode_key(key).ok_or("malformed key")?;
+    decode_map_of(user_id, campaign_key, value)
+}
+
+/// Builds the public map from a record's value, for a key already known to be (`user_id`, `campaign_key`):
+/// the read path has just compared the record's key with the caller's ids, so it need not decode it again.
+pub fn decode_map_of(
+    user_id: &str,
+    campaign_key: &str,
+    value: &[u8],
+) -> std::result::Result<(CampaignUserMap, Option<String>), String> {
     let stored = decode_value(value)?;
     let map = CampaignUserMap {
         user_id: user_id.to_owned(),

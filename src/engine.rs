@@ -123,8 +123,10 @@ impl Engine {
         'lookup: for _ in 0..MAX_LOOKUPS {
             for loc in self.index.candidates(hash).iter() {
                 let found = self.read_at(loc, |rec| {
-                    codec::key_matches(rec.key, user_id, campaign_key)
-                        .then(|| self.decode_entry(loc, rec.key, rec.value))
+                    codec::key_matches(rec.key, user_id, campaign_key).then(|| {
+                        codec::decode_map_of(user_id, campaign_key, rec.value)
+                            .map_err(|reason| self.corrupted_at(loc, reason))
+                    })
                 })?;
                 match found {
                     Found::Record(Some(entry)) => return entry.map(Some),
