@@ -435,19 +435,8 @@ impl Engine {
             Ok(())
         };
         for segment in run {
-            let mut owned = Vec::new();
-            let bytes: &[u8] = match segment.mapped() {
-                Some(map) => map,
-                None => {
-                    owned.resize(usize::try_from(segment.len()).unwrap_or(0), 0);
-                    let got = segment
-                        .file()
-                        .read_at(&mut owned, 0)
-                        .map_err(|e| Error::io("read segment", segment.path(), e))?;
-                    owned.truncate(got);
-                    &owned
-                }
-            };
+            let contents = segment.contents()?;
+            let bytes: &[u8] = &contents;
             let mut offset = SEGMENT_HEADER_LEN as usize;
             while let Some(rest) = bytes.get(offset..).filter(|r| !r.is_empty()) {
                 if self.compaction.closing.load(Ordering::Acquire) {
@@ -578,19 +567,8 @@ impl Engine {
             {
                 continue;
             }
-            let mut owned = Vec::new();
-            let bytes: &[u8] = match segment.mapped() {
-                Some(map) => map,
-                None => {
-                    owned.resize(usize::try_from(segment.len()).unwrap_or(0), 0);
-                    let got = segment
-                        .file()
-                        .read_at(&mut owned, 0)
-                        .map_err(|e| Error::io("read segment", segment.path(), e))?;
-                    owned.truncate(got);
-                    &owned
-                }
-            };
+            let contents = segment.contents()?;
+            let bytes: &[u8] = &contents;
             let bytes = match hint::of_segment(bytes, segment.file_id(), self.index.hasher()) {
                 Ok(bytes) => bytes,
                 Err((offset, reason)) => {

@@ -166,19 +166,8 @@ impl Engine {
         } else {
             log::info!("{} has no hint file yet; scanning it", path.display());
         }
-        let mut buf = Vec::new();
-        let bytes: &[u8] = match segment.mapped() {
-            Some(map) => map,
-            None => {
-                buf.resize(len as usize, 0);
-                let got = segment
-                    .file()
-                    .read_at(&mut buf, 0)
-                    .map_err(|e| Error::io("read segment", &path, e))?;
-                buf.truncate(got);
-                &buf
-            }
-        };
+        let contents = segment.contents()?;
+        let bytes: &[u8] = &contents;
         let end = valid_prefix(bytes);
         if end < bytes.len() {
             let reason = record::decode(&bytes[end..])

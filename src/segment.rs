@@ -232,6 +232,21 @@ impl Segment {
         &*self.file
     }
 
+    /// All bytes of the segment: the map of a sealed one, or a copy read with one `pread` (the active segment, or a
+    /// sealed one whose mapping failed).
+    pub fn contents(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
+        if let Some(map) = &self.map {
+            return Ok(std::borrow::Cow::Borrowed(&map[..]));
+        }
+        let mut owned = vec![0u8; usize::try_from(self.len()).unwrap_or(usize::MAX)];
+        let got = self
+            .file
+            .read_at(&mut owned, 0)
+            .map_err(|e| Error::io("read segment", &self.path, e))?;
+        owned.truncate(got);
+        Ok(std::borrow::Cow::Owned(owned))
+    }
+
     /// The mapped bytes of a sealed segment.
     pub fn mapped(&self) -> Option<&[u8]> {
         self.map.as_deref()

@@ -466,22 +466,10 @@ impl Engine {
         let mut in_order: Vec<&Arc<Segment>> = segments.values().collect();
         in_order.sort_by_key(|s| s.file_id());
         let last = in_order.last().map(|s| s.id());
-        let mut buf = Vec::new();
         for segment in in_order {
             let id = segment.id();
-            let bytes: &[u8] = match segment.mapped() {
-                Some(map) => map,
-                None => {
-                    buf.clear();
-                    buf.resize(usize::try_from(segment.len()).unwrap_or(usize::MAX), 0);
-                    let got = segment
-                        .file()
-                        .read_at(&mut buf, 0)
-                        .map_err(|e| Error::io("read segment", segment.path(), e))?;
-                    buf.truncate(got);
-                    &buf
-                }
-            };
+            let contents = segment.contents()?;
+            let bytes: &[u8] = &contents;
             walk.scan_segment(
                 id,
                 segment.file_id(),
