@@ -686,9 +686,6 @@ fn partial_states(before: &Model, op: &Op) -> Vec<Model> {
         .collect()
 }
 
-/// Per power cut: what it was, what `open` found, the states allowed, and the state after a repair.
-type CutOutcome = (String, Result<Model, Error>, Vec<Model>, Option<Model>);
-
 fn open_state(dir: &Path) -> Result<Model, Error> {
     let store = Store::open_with(
         dir,
@@ -704,16 +701,14 @@ fn open_state(dir: &Path) -> Result<Model, Error> {
 }
 
 /// Runs the workload with `Durability::Never` and a power cut at every call; after the cut, `restore` rebuilds
-/// the directory. Returns, per cut, the state found after reopening, or the error `open` gave, with every state
-/// the store passed through since its last explicit sync, and after a `Corrupted` error, the state found once
-/// the named file was cut at the named offset.
-fn power_cuts_without_fsyncs(
+/// the directory. Every reopened store must hold a state the store passed through since its last explicit sync.
+/// Returns how many power cuts were checked.
+fn every_power_cut_opens_into_a_prefix(
     ops: &[Op],
     segment_size: u64,
     mut restore: impl FnMut(&FaultyVfs),
-) -> Vec<CutOutcome> {
+) -> u64 {
     let (_, _, mutations) = count_calls(ops);
-    let mut outcomes = Vec::new();
     for n in 1..=mutations {
         let dir = tempdir();
         let vfs = FaultyVfs::default();
@@ -740,22 +735,14 @@ fn power_cuts_without_fsyncs(
         }
         restore(&vfs);
         let context = format!("Never, power cut at call {n} of {mutations}");
-        let found = open_state(dir.path());
-        if let Err(Error::Corrupted { path, offset, .. }) = &found {
-            // The documented repair: cut the named file at the named offset, and open again.
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .expect("open damaged file");
-            file.set_len(*offset).expect("cut at the reported offset");
-            let repaired = open_state(dir.path())
-                .unwrap_or_else(|e| panic!("{context}: open after the repair failed: {e}"));
-            outcomes.push((context, found, states, Some(repaired)));
-            continue;
-        }
-        outcomes.push((context, found, states, None));
+        let found =
+            open_state(dir.path()).unwrap_or_else(|e| panic!("{context}: reopen failed: {e}"));
+        assert!(
+            states.contains(&found),
+            "{context}: {found:?} is no state the store passed through since the last sync"
+        );
     }
-    outcomes
+    mutations
 }
 
 #[test]
@@ -763,20 +750,8 @@ fn power_loss_without_fsyncs_keeps_a_prefix_of_the_writes_since_the_last_sync() 
     // Durability::Never: a power cut may take the writes since the last fsync, but what survives is the state
     // after some prefix of them, never a mix, and nothing from before the last sync is lost.
     let ops = seeded_workload("power_loss_without_fsyncs");
-    let outcomes = power_cuts_without_fsyncs(&ops, 4096, FaultyVfs::restore_durable_image);
-    for (context, found, states, _) in &outcomes {
-        let found = found
-            .as_ref()
-            .unwrap_or_else(|e| panic!("{context}: reopen failed: {e}"));
-        assert!(
-            states.contains(found),
-            "{context}: {found:?} is no state the store passed through since the last sync"
-        );
-    }
-    eprintln!(
-        "power_loss_without_fsyncs: {} power cuts, every survivor a prefix",
-        outcomes.len()
-    );
+    let cuts = every_power_cut_opens_into_a_prefix(&ops, 4096, FaultyVfs::restore_durable_image);
+    eprintln!("power_loss_without_fsyncs: {cuts} power cuts, every survivor a prefix");
 }
 
 #[test]
@@ -787,21 +762,10 @@ fn power_loss_with_pages_written_back_out_of_order_opens_into_a_prefix() {
     let mut rng = Rng::seeded("power_loss_out_of_order");
     let ops = workload(&mut rng, env_count("USSDB_FAULT_OPS", 60) as usize);
     // Segments of 64 KiB, so the unsynced tail spans several pages.
-    let outcomes =
-        power_cuts_without_fsyncs(&ops, 64 << 10, |vfs| vfs.restore_scrambled_image(&mut rng));
-    for (context, found, states, _) in &outcomes {
-        let found = found
-            .as_ref()
-            .unwrap_or_else(|e| panic!("{context}: reopen failed: {e}"));
-        assert!(
-            states.contains(found),
-            "{context}: {found:?} is no state the store passed through since the last sync"
-        );
-    }
-    eprintln!(
-        "power_loss_out_of_order: {} power cuts, every one opened into a prefix",
-        outcomes.len()
-    );
+    let cuts = every_power_cut_opens_into_a_prefix(&ops, 64 << 10, |vfs| {
+        vfs.restore_scrambled_image(&mut rng)
+    });
+    eprintln!("power_loss_out_of_order: {cuts} power cuts, every one opened into a prefix");
 }
 
 #[test]
