@@ -100,6 +100,19 @@ pub enum Error {
         /// What is wrong with the record (or with writing it).
         source: Box<Error>,
     },
+    /// A backend other than the local log failed: a network store could not be reached, refused the
+    /// credentials, answered in a way that cannot be read, or timed out. `target` names what was contacted
+    /// (a URL without its password, a cluster's seed list); `kind` says what a caller can do about it.
+    Backend {
+        /// Which backend, e.g. `"redis"`.
+        backend: &'static str,
+        /// What kind of failure, for callers that retry or fall back.
+        kind: BackendErrorKind,
+        /// What was contacted or read, e.g. `redis://127.0.0.1:6379/0` or a key.
+        target: String,
+        /// The backend's own error.
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// A user storage record in JSON that could not be read.
     Json {
         /// Where it came from (a line number, a file) when known.
@@ -109,7 +122,61 @@ pub enum Error {
     },
 }
 
+/// What kind of failure an [`Error::Backend`] is: whether retrying, fixing configuration or fixing data helps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// The backend could not be reached or dropped the connection; retrying later may succeed.
+    Unavailable,
+    /// The backend did not answer in time; retrying later may succeed.
+    Timeout,
+    /// The backend refused the credentials or the command (wrong password, missing permission).
+    Refused,
+    /// The backend answered with data that cannot be read (e.g. a value that is not the expected JSON).
+    InvalidData,
+    /// The configuration given for the backend is wrong (e.g. an unparsable URL).
+    Config,
+    /// Anything else the backend reported.
+    Other,
+}
+
+impl fmt::Display for BackendErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendErrorKind::Unavailable => "unavailable",
+            BackendErrorKind::Timeout => "timed out",
+            BackendErrorKind::Refused => "refused",
+            BackendErrorKind::InvalidData => "invalid data",
+            BackendErrorKind::Config => "misconfigured",
+            BackendErrorKind::Other => "failed",
+        })
+    }
+}
+
 impl Error {
+    /// An [`Error::Backend`] for a store other than the local log (a network backend, say).
+    pub fn backend(
+        backend: &'static str,
+        kind: BackendErrorKind,
+        target: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Error {
+        Error::Backend {
+            backend,
+            kind,
+            target: target.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The kind of a backend failure, if this is one.
+    pub fn backend_kind(&self) -> Option<BackendErrorKind> {
+        match self {
+            Error::Backend { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io {
             op,
@@ -231,6 +298,12 @@ impl fmt::Display for Error {
             Error::Json { context, source } => {
                 write!(f, "invalid user storage JSON ({context}): {source}")
             }
+            Error::Backend {
+                backend,
+                kind,
+                target,
+                source,
+            } => write!(f, "{backend} backend {kind} at {target}: {source}"),
         }
     }
 }
@@ -241,6 +314,7 @@ impl std::error::Error for Error {
             Error::Io { source, .. } => Some(source),
             Error::Json { source, .. } => Some(source),
             Error::Import { source, .. } => Some(&**source),
+            Error::Backend { source, .. } => Some(&**source),
             _ => None,
         }
     }

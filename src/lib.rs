@@ -77,7 +77,7 @@ pub mod fuzzing;
 
 pub use codec::{MAX_ID_LEN, MAX_VALUE_LEN};
 pub use engine::{Entries, Entry};
-pub use error::{Error, Result};
+pub use error::{BackendErrorKind, Error, Result};
 pub use log::Batch;
 pub use sdk_json::{
     ImportOptions, ImportReport, MAX_REPORTED_SKIPS, OnError, Position, SkippedRecord,
