@@ -1,0 +1,307 @@
+'use strict';
+// ussdb for Node.js: an embedded, crash-safe user storage for the VWO SDKs.
+//
+// `Store` is the engine; `UserStorage` / `AsyncUserStorage` are what vwo-node-sdk calls (`userStorageService`),
+// `FmeStorage` what vwo-fme-node-sdk calls (`storage`). The native addon (ussdb.node, built from src/lib.rs) works
+// on an opaque handle; this file checks arguments and shapes the objects callers see.
+
+const { fileURLToPath } = require('node:url');
+const native = require('./ussdb.node');
+
+const OPTIONS = ['durability', 'segmentSize', 'compactionThreshold', 'autoCompaction'];
+// "periodic": `set` returns after write(2) and a background thread fsyncs every 100 ms. The same default as the
+// Python binding: a process crash loses nothing, a power loss at most the last 100 ms, and a set costs no fsync.
+const DEFAULT_DURABILITY = 'periodic';
+
+function describe(value) {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  const t = typeof value;
+  return t === 'undefined' ? 'undefined' : `${/^[aeiou]/.test(t) ? 'an' : 'a'} ${t}`;
+}
+
+function typeError(name, expected, value) {
+  const err = new TypeError(`${name} must be ${expected}, not ${describe(value)}`);
+  err.code = 'ERR_INVALID_ARG_TYPE';
+  return err;
+}
+
+function valueError(message) {
+  const err = new RangeError(message);
+  err.code = 'ERR_INVALID_ARG_VALUE';
+  return err;
+}
+
+function str(name, value) {
+  if (typeof value !== 'string') throw typeError(name, 'a string', value);
+  return value;
+}
+
+function isObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+/** The store directory as a string path (strings and file: URLs). */
+function dirPath(path) {
+  if (typeof path === 'string') return path;
+  if (path instanceof URL) return fileURLToPath(path);
+  throw typeError('path', 'a string or a file: URL', path);
+}
+
+function openHandle(path, options) {
+  if (options === undefined || options === null) options = {};
+  if (!isObject(options)) throw typeError('options', 'an object', options);
+  for (const key of Object.keys(options)) {
+    if (!OPTIONS.includes(key)) {
+      throw valueError(`unknown option ${JSON.stringify(key)}; the options are ${OPTIONS.join(', ')}`);
+    }
+  }
+  const { durability = DEFAULT_DURABILITY, segmentSize, compactionThreshold, autoCompaction = true } = options;
+  if (typeof durability !== 'string') {
+    throw typeError('options.durability', '"immediate", "periodic" or "never"', durability);
+  }
+  if (segmentSize !== undefined && !(Number.isSafeInteger(segmentSize) && segmentSize >= 0)) {
+    throw typeError('options.segmentSize', 'a whole number of bytes', segmentSize);
+  }
+  if (compactionThreshold !== undefined && typeof compactionThreshold !== 'number') {
+    throw typeError('options.compactionThreshold', 'a number from 0 to 1', compactionThreshold);
+  }
+  if (typeof autoCompaction !== 'boolean') throw typeError('options.autoCompaction', 'a boolean', autoCompaction);
+  return native.open(dirPath(path), durability, segmentSize, compactionThreshold, autoCompaction);
+}
+
+/** The native `get` answer (undefined, a variation name, or [variation, goals]) as the record object. */
+function record(userId, campaignKey, found) {
+  if (found === undefined) return undefined;
+  if (typeof found === 'string') return { userId, campaignKey, variationName: found };
+  return { userId, campaignKey, variationName: found[0], goalIdentifier: found[1] };
+}
+
+function records(userId, flat) {
+  const out = [];
+  for (let i = 0; i < flat.length; i += 3) {
+    const map = { userId, campaignKey: flat[i], variationName: flat[i + 1] };
+    if (flat[i + 2] !== undefined) map.goalIdentifier = flat[i + 2];
+    out.push(map);
+  }
+  return out;
+}
+
+function checkRecord(map) {
+  if (!isObject(map)) throw typeError('the record', 'an object', map);
+  return map;
+}
+
+/** Runs `f` and returns its Promise, or a rejected one if it throws before starting (e.g. a wrong argument). */
+function promised(f) {
+  try {
+    return f();
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+function statsOf(s) {
+  return { ...s, lastCompactionSeconds: s.lastCompactionSeconds ?? null };
+}
+
+class Store {
+  #h;
+  #path;
+
+  /**
+   * Opens (or creates) the store in directory `path`. Only one `Store` (in one process) may have a directory
+   * open at a time; another gets an error with code USSDB_LOCKED.
+   */
+  constructor(path, options) {
+    this.#h = openHandle(path, options);
+    this.#path = dirPath(path);
+  }
+
+  get path() {
+    return this.#path;
+  }
+
+  get closed() {
+    return native.isClosed(this.#h);
+  }
+
+  get(userId, campaignKey) {
+    return record(userId, campaignKey, native.get(this.#h, userId, campaignKey));
+  }
+
+  set(map) {
+    checkRecord(map);
+    native.set(this.#h, map.userId, map.campaignKey, map.variationName, map.goalIdentifier);
+  }
+
+  delete(userId, campaignKey) {
+    return native.delete(this.#h, str('userId', userId), str('campaignKey', campaignKey));
+  }
+
+  forgetUser(userId) {
+    return native.forgetUser(this.#h, str('userId', userId));
+  }
+
+  campaignsOf(userId) {
+    return records(userId, native.campaignsOf(this.#h, str('userId', userId)));
+  }
+
+  sync() {
+    native.sync(this.#h);
+  }
+
+  compact() {
+    native.compact(this.#h);
+  }
+
+  stats() {
+    return statsOf(native.stats(this.#h));
+  }
+
+  close() {
+    native.close(this.#h);
+  }
+
+  getAsync(userId, campaignKey) {
+    return promised(() => {
+      str('userId', userId);
+      str('campaignKey', campaignKey);
+      return native.getAsync(this.#h, userId, campaignKey).then((found) => record(userId, campaignKey, found));
+    });
+  }
+
+  setAsync(map) {
+    return promised(() => {
+      checkRecord(map);
+      const { userId, campaignKey, variationName, goalIdentifier } = map;
+      str('userId', userId);
+      str('campaignKey', campaignKey);
+      str('variationName', variationName);
+      if (goalIdentifier !== undefined && goalIdentifier !== null) str('goalIdentifier', goalIdentifier);
+      return native.setAsync(this.#h, userId, campaignKey, variationName, goalIdentifier ?? undefined);
+    });
+  }
+
+  deleteAsync(userId, campaignKey) {
+    return promised(() => native.deleteAsync(this.#h, str('userId', userId), str('campaignKey', campaignKey)));
+  }
+
+  forgetUserAsync(userId) {
+    return promised(() => native.forgetUserAsync(this.#h, str('userId', userId)));
+  }
+
+  campaignsOfAsync(userId) {
+    return promised(() =>
+      native.campaignsOfAsync(this.#h, str('userId', userId)).then((flat) => records(userId, flat)),
+    );
+  }
+
+  syncAsync() {
+    return promised(() => native.syncAsync(this.#h));
+  }
+
+  compactAsync() {
+    return promised(() => native.compactAsync(this.#h));
+  }
+
+  closeAsync() {
+    return promised(() => native.closeAsync(this.#h));
+  }
+
+  get [Symbol.toStringTag]() {
+    return 'ussdb.Store';
+  }
+}
+
+function storeFor(pathOrStore, options, className) {
+  if (pathOrStore instanceof Store) {
+    if (options !== undefined) throw valueError(`${className}: options apply only when it opens a path`);
+    return pathOrStore;
+  }
+  if (typeof pathOrStore !== 'string' && !(pathOrStore instanceof URL)) {
+    throw typeError(`${className}'s first argument`, 'a path or a ussdb.Store', pathOrStore);
+  }
+  return new Store(pathOrStore, options);
+}
+
+/** Where a write the SDK does not wait for goes when it fails: a process warning, unless told otherwise. */
+function reporter(onError) {
+  if (onError === undefined) return (err) => process.emitWarning(err);
+  if (typeof onError !== 'function') throw typeError('onError', 'a function', onError);
+  return onError;
+}
+
+/**
+ * The user storage of vwo-node-sdk in its default, synchronous mode:
+ * `vwo.launch({ settingsFile, userStorageService: new UserStorage(dir) })`.
+ */
+class UserStorage {
+  #store;
+
+  constructor(pathOrStore, options) {
+    this.#store = storeFor(pathOrStore, options, 'UserStorage');
+  }
+
+  /** The stored `{userId, campaignKey, variationName[, goalIdentifier]}`, or undefined. */
+  get(userId, campaignKey) {
+    return this.#store.get(userId, campaignKey);
+  }
+
+  /** Stores the map the SDK passes (`metaData` and other extra fields are not kept). */
+  set(map) {
+    this.#store.set(map);
+  }
+
+  get store() {
+    return this.#store;
+  }
+
+  close() {
+    this.#store.close();
+  }
+}
+
+/**
+ * The user storage of vwo-node-sdk in its Promise mode (vwo-node-sdk >= 1.68.0):
+ * `vwo.launch({ settingsFile, asyncStorageConfig: { redisStorage: new AsyncUserStorage(dir) } })`.
+ * Every call runs on the libuv thread pool.
+ */
+class AsyncUserStorage {
+  #store;
+  #onError;
+
+  /** `options.onError(err)` hears about failed writes (default: `process.emitWarning`), see `set`. */
+  constructor(pathOrStore, options) {
+    if (options !== undefined && !isObject(options)) throw typeError('options', 'an object', options);
+    const { onError, ...storeOptions } = options ?? {};
+    this.#onError = reporter(onError);
+    const opening = Object.keys(storeOptions).length > 0 ? storeOptions : undefined;
+    this.#store = storeFor(pathOrStore, opening, 'AsyncUserStorage');
+  }
+
+  get(userId, campaignKey) {
+    return this.#store.getAsync(userId, campaignKey);
+  }
+
+  /**
+   * Stores the map. The SDK does not wait for this Promise, so a failure is also handed to `onError` and the
+   * Promise is marked handled: a full disk must not become an unhandled rejection that ends the process. A
+   * caller who awaits it still sees the rejection.
+   */
+  set(map) {
+    const done = this.#store.setAsync(map);
+    done.catch(this.#onError);
+    return done;
+  }
+
+  get store() {
+    return this.#store;
+  }
+
+  close() {
+    return this.#store.closeAsync();
+  }
+}
+
+module.exports = { Store, UserStorage, AsyncUserStorage, DEFAULT_DURABILITY };
