@@ -232,6 +232,72 @@ function reporter(onError) {
   return onError;
 }
 
+const GOAL_DELIMITER = '_vwo_';
+
+function goalsOf(list) {
+  return typeof list === 'string' ? list.split(GOAL_DELIMITER).filter((g) => g !== '') : [];
+}
+
+/**
+ * The map to store when the SDK hands over `incoming` and `stored` is there: the same variation keeps every goal
+ * already tracked. vwo-node-sdk (1.73.0, accounts without the event architecture) stores the list with the new
+ * goal appended and then once more with the new goal alone, which would let the earlier goals be counted again;
+ * the union undoes that. A different variation is a new assignment and replaces the record whole.
+ */
+function mergedForSdk(stored, incoming) {
+  if (stored === undefined || stored.variationName !== incoming.variationName) return incoming;
+  const had = goalsOf(stored.goalIdentifier);
+  if (had.length === 0) return incoming;
+  const coming = goalsOf(incoming.goalIdentifier);
+  const missing = had.filter((g) => !coming.includes(g));
+  if (missing.length === 0) return incoming;
+  return { ...incoming, goalIdentifier: [...had, ...coming.filter((g) => !had.includes(g))].join(GOAL_DELIMITER) };
+}
+
+/** The SDK map's fields (extra ones such as `metaData` are not kept), checked. */
+function sdkMap(map) {
+  checkRecord(map);
+  const { userId, campaignKey, variationName, goalIdentifier } = map;
+  str('userId', userId);
+  str('campaignKey', campaignKey);
+  str('variationName', variationName);
+  if (goalIdentifier !== undefined && goalIdentifier !== null) str('goalIdentifier', goalIdentifier);
+  return { userId, campaignKey, variationName, goalIdentifier: goalIdentifier ?? undefined };
+}
+
+/**
+ * Async writes of one store, chained per key. `AsyncUserStorage.set` reads the stored goals before it writes, and
+ * two of those for the same user and campaign must not interleave; and the SDK does not wait for a `set` before
+ * its next `get` of the same key, which must still see it (the thread pool runs calls in any order). A store has
+ * one process, so this is all the ordering there is to keep.
+ */
+const pendingWrites = new WeakMap();
+
+function keyOf(userId, campaignKey) {
+  return `${userId.length}:${userId}${campaignKey}`;
+}
+
+/** The write still running for `key`, if any. */
+function pendingWrite(store, key) {
+  return pendingWrites.get(store)?.get(key);
+}
+
+function serialized(store, key, work) {
+  let byKey = pendingWrites.get(store);
+  if (byKey === undefined) pendingWrites.set(store, (byKey = new Map()));
+  const before = byKey.get(key) ?? Promise.resolve();
+  const done = before.then(work, work);
+  const tail = done.then(
+    () => undefined,
+    () => undefined,
+  );
+  byKey.set(key, tail);
+  tail.then(() => {
+    if (byKey.get(key) === tail) byKey.delete(key);
+  });
+  return done;
+}
+
 /**
  * The user storage of vwo-node-sdk in its default, synchronous mode:
  * `vwo.launch({ settingsFile, userStorageService: new UserStorage(dir) })`.
@@ -248,9 +314,13 @@ class UserStorage {
     return this.#store.get(userId, campaignKey);
   }
 
-  /** Stores the map the SDK passes (`metaData` and other extra fields are not kept). */
+  /**
+   * Stores the map the SDK passes (`metaData` and other extra fields are not kept), keeping the goals already
+   * stored for the same variation (see README: the SDK would otherwise count a goal twice).
+   */
   set(map) {
-    this.#store.set(map);
+    const incoming = sdkMap(map);
+    this.#store.set(mergedForSdk(this.#store.get(incoming.userId, incoming.campaignKey), incoming));
   }
 
   get store() {
@@ -270,6 +340,8 @@ class UserStorage {
 class AsyncUserStorage {
   #store;
   #onError;
+  /** Writes not finished yet: the SDK does not wait for them, so `close` does. */
+  #writes = new Set();
 
   /** `options.onError(err)` hears about failed writes (default: `process.emitWarning`), see `set`. */
   constructor(pathOrStore, options) {
@@ -280,8 +352,14 @@ class AsyncUserStorage {
     this.#store = storeFor(pathOrStore, opening, 'AsyncUserStorage');
   }
 
+  /** The stored map, or undefined; waits for a `set` of the same key that is still running. */
   get(userId, campaignKey) {
-    return this.#store.getAsync(userId, campaignKey);
+    const store = this.#store;
+    if (typeof userId === 'string' && typeof campaignKey === 'string') {
+      const pending = pendingWrite(store, keyOf(userId, campaignKey));
+      if (pending !== undefined) return pending.then(() => store.getAsync(userId, campaignKey));
+    }
+    return store.getAsync(userId, campaignKey);
   }
 
   /**
@@ -290,8 +368,21 @@ class AsyncUserStorage {
    * caller who awaits it still sees the rejection.
    */
   set(map) {
-    const done = this.#store.setAsync(map);
+    const store = this.#store;
+    const done = promised(() => {
+      const incoming = sdkMap(map);
+      const key = keyOf(incoming.userId, incoming.campaignKey);
+      return serialized(store, key, () =>
+        store.getAsync(incoming.userId, incoming.campaignKey).then((stored) =>
+          store.setAsync(mergedForSdk(stored, incoming)),
+        ),
+      );
+    });
     done.catch(this.#onError);
+    const writes = this.#writes;
+    writes.add(done);
+    const forget = () => writes.delete(done);
+    done.then(forget, forget);
     return done;
   }
 
@@ -299,9 +390,10 @@ class AsyncUserStorage {
     return this.#store;
   }
 
+  /** Waits for the writes still running (the SDK's `set` calls are not awaited), then syncs and closes. */
   close() {
-    return this.#store.closeAsync();
+    return Promise.allSettled([...this.#writes]).then(() => this.#store.closeAsync());
   }
 }
 
-module.exports = { Store, UserStorage, AsyncUserStorage, DEFAULT_DURABILITY };
+module.exports = { Store, UserStorage, AsyncUserStorage, DEFAULT_DURABILITY, GOAL_DELIMITER };

@@ -55,9 +55,16 @@ unsafe extern "C" fn drop_handle(_env: sys::napi_env, data: *mut c_void, _hint: 
 /// # Safety
 /// `value` must be a live value of `env`'s current scope; the reference lives as long as that scope.
 unsafe fn handle_of<'a>(env: sys::napi_env, value: sys::napi_value) -> Raised<&'a Handle> {
+    // Only externals can be handles; asking for the tag of a primitive would throw its own exception.
+    let mut kind = 0;
     let mut tagged = false;
-    let status = unsafe { sys::napi_check_object_type_tag(env, value, &HANDLE_TAG, &mut tagged) };
-    if status != sys::Status::napi_ok || !tagged {
+    let status = unsafe { sys::napi_typeof(env, value, &mut kind) };
+    if status != sys::Status::napi_ok
+        || kind != sys::ValueType::napi_external
+        || unsafe { sys::napi_check_object_type_tag(env, value, &HANDLE_TAG, &mut tagged) }
+            != sys::Status::napi_ok
+        || !tagged
+    {
         return Err(Thrown::type_error(
             "the first argument is not a ussdb store handle",
         ));
