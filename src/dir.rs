@@ -56,7 +56,8 @@ fn parse_id(name: &str, suffix: &str) -> Option<u32> {
 
 /// Creates the file `dir/name` durably with `bytes` as its contents: written to `name.tmp`, fsynced, renamed onto
 /// `name` (replacing it), and the directory fsynced. Returns the open file (positioned nowhere: all I/O is
-/// positional). On failure the temporary file is removed and `name` is untouched.
+/// positional). On failure the temporary file is removed and `name` is untouched, except when the last step, the
+/// directory fsync, fails (see [`write_durably_or_unknown`]).
 pub(crate) fn write_durably(
     vfs: &dyn Vfs,
     dir: &Path,
@@ -64,10 +65,24 @@ pub(crate) fn write_durably(
     bytes: &[u8],
     what: &'static str,
 ) -> Result<Box<dyn VFile>> {
+    write_durably_or_unknown(vfs, dir, name, bytes, what).map_err(|(e, _)| e)
+}
+
+/// [`write_durably`], telling apart the failures that left `name` as it was (`false`) from a failed directory
+/// fsync after the rename (`true`), after which `name` may hold either version once the power goes.
+pub(crate) fn write_durably_or_unknown(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    what: &'static str,
+) -> std::result::Result<Box<dyn VFile>, (Error, bool)> {
     let path = dir.join(name);
     let tmp = dir.join(tmp_name(name));
     let _ = vfs.remove_file(&tmp);
-    let file = vfs.create_new(&tmp).map_err(|e| Error::io(what, &tmp, e))?;
+    let file = vfs
+        .create_new(&tmp)
+        .map_err(|e| (Error::io(what, &tmp, e), false))?;
     let written = file
         .write_all_at(bytes, 0)
         .and_then(|()| file.sync_data())
@@ -78,9 +93,9 @@ pub(crate) fn write_durably(
         });
     if let Err(e) = written {
         let _ = vfs.remove_file(&tmp);
-        return Err(e);
+        return Err((e, false));
     }
-    sync_dir(vfs, dir)?;
+    sync_dir(vfs, dir).map_err(|e| (e, true))?;
     Ok(file)
 }
 

@@ -23,6 +23,7 @@ use crate::codec;
 use crate::dir;
 use crate::durability::GroupCommit;
 use crate::index::{Index, Loc};
+use crate::manifest::Manifest;
 use crate::options::Options;
 use crate::record::RecordRef;
 use crate::segment::Segment;
@@ -41,6 +42,9 @@ pub(crate) struct Engine {
     pub(crate) index: Index,
     pub(crate) segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
     log: Mutex<LogState>,
+    /// The manifest as last written (plus ids of compaction outputs in flight among `retired`). Taken after the
+    /// log mutex when both are held.
+    manifest: Mutex<Manifest>,
     commit: GroupCommit,
     /// Set by the first failed fsync or unrecoverable write; writes are refused from then on.
     poison: OnceLock<String>,
@@ -83,6 +87,15 @@ impl Engine {
 
     fn lock_log(&self) -> MutexGuard<'_, LogState> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_manifest(&self) -> MutexGuard<'_, Manifest> {
+        self.manifest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the manifest as last written (for verify and backups).
+    pub(crate) fn manifest(&self) -> Manifest {
+        self.lock_manifest().clone()
     }
 
     /// Waits for writers and compaction to stand still and returns a guard that keeps them so (for verify).
