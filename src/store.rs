@@ -89,6 +89,7 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let engine = Arc::new(Engine::open(dir.as_ref(), options)?);
         let periodic = match engine.options.durability {
+            _ if engine.options.read_only => None,
             Durability::Periodic(interval) => {
                 let weak = Arc::downgrade(&engine);
                 Some(PeriodicSync::spawn(interval, move || {
@@ -103,7 +104,7 @@ impl Store {
             }
             Durability::Immediate | Durability::Never => None,
         };
-        let compactor = match engine.options.auto_compaction {
+        let compactor = match engine.options.auto_compaction && !engine.options.read_only {
             true => Some(CompactionWorker::spawn(
                 &engine,
                 engine.options.compaction_threshold,
@@ -227,6 +228,9 @@ impl Store {
 
     /// Returns once everything written so far is on stable storage, whatever the durability mode.
     pub fn sync(&self) -> Result<()> {
+        if self.engine().options.read_only {
+            return Ok(());
+        }
         self.engine().sync()
     }
 
@@ -294,6 +298,22 @@ impl Store {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        if self.engine.forked() {
+            // The threads are the parent's: they do not exist here, and joining them would wait forever. The
+            // parent syncs and closes; the child only lets go of its copies of the files.
+            let threads = (
+                self.compactor
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+                self.periodic
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            );
+            std::mem::forget(threads);
+            return;
+        }
         if let Some(mut compactor) = self
             .compactor
             .lock()
@@ -311,6 +331,7 @@ impl Drop for Shared {
             periodic.stop();
         }
         if !self.engine.poisoned()
+            && !self.engine.options.read_only
             && let Err(e) = self.engine.sync()
         {
             log::error!("final fsync of {} failed: {e}", self.engine.dir.display());

@@ -14,6 +14,7 @@ mod fuzz_harness;
 mod hints;
 mod import_export;
 mod load;
+mod locking;
 mod manifest;
 mod misuse;
 mod model;
