@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::Result;
 use crate::codec;
 use crate::durability::{Durability, PeriodicSync};
-use crate::engine::{Batch, CompactionWorker, Engine, Scan};
+use crate::engine::{BackupReport, Batch, CompactionWorker, Engine, Scan};
 use crate::model::CampaignUserMap;
 use crate::options::Options;
 use crate::record::SEGMENT_HEADER_LEN;
@@ -224,6 +224,14 @@ impl Store {
     /// [`Store::verify`], calling `progress(bytes_done, bytes_total)` as it goes.
     pub fn verify_with_progress(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
         verify::check_engine(self.engine(), &mut progress)
+    }
+
+    /// Copies the store into `dest` (a new or empty directory) while it stays in use: a consistent copy holding
+    /// every write acknowledged before the call (and perhaps some made during it), which [`crate::verify_dir`]
+    /// checks and [`Store::open`] opens. Sealed files are hard-linked where the file system allows, the active
+    /// segment's durable prefix is copied; writes go on meanwhile, compaction waits.
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
+        self.engine().backup(dest.as_ref())
     }
 
     /// Returns once everything written so far is on stable storage, whatever the durability mode.

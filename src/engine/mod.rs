@@ -9,6 +9,7 @@
 //! Read path: hash the key once, copy the candidate locations out of one index shard (no lock kept), read each
 //! record from its segment and keep the one whose full key matches.
 
+mod backup;
 mod compaction;
 mod open;
 mod write;
@@ -29,6 +30,7 @@ use crate::segment::Segment;
 use crate::vfs::Vfs;
 use crate::{Error, Result};
 
+pub use backup::BackupReport;
 pub(crate) use compaction::CompactionWorker;
 pub use write::Batch;
 use write::LogState;
