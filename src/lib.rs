@@ -92,7 +92,7 @@ pub mod fuzzing;
 
 pub use codec::{MAX_ID_LEN, MAX_VALUE_LEN};
 pub use durability::{DEFAULT_PERIODIC_INTERVAL, Durability};
-pub use engine::Batch;
+pub use engine::{BackupReport, Batch};
 pub use error::{BackendErrorKind, Error, Result};
 pub use model::{CampaignUserMap, GOAL_DELIMITER, SdkField};
 pub use options::{DEFAULT_COMPACTION_THRESHOLD, DEFAULT_SEGMENT_SIZE, Options};
