@@ -33,6 +33,23 @@ export interface StoreOptions {
   compactionThreshold?: number;
   /** Background compaction and hint files (default true); with false, only `compact()` reclaims space. */
   autoCompaction?: boolean;
+  /**
+   * Opens without writing anything (default false): writes fail with USSDB_READ_ONLY, and any number of read-only
+   * openers may share the directory (a writer and a reader exclude each other).
+   */
+  readOnly?: boolean;
+}
+
+/** What `backup` copied. */
+export interface BackupReport {
+  /** Segment files in the copy. */
+  segments: number;
+  /** Files hard-linked (no bytes copied). */
+  linked: number;
+  /** Files copied byte by byte. */
+  copied: number;
+  /** Bytes of segment files in the copy. */
+  bytes: number;
 }
 
 export interface Stats {
@@ -64,6 +81,8 @@ export type UssdbErrorCode =
   | 'USSDB_INVALID_OPTION'
   | 'USSDB_LOCKED'
   | 'USSDB_NOT_A_DIRECTORY'
+  | 'USSDB_READ_ONLY'
+  | 'USSDB_FORKED'
   | 'USSDB_POISONED'
   | 'USSDB_IMPORT'
   | 'USSDB_BACKEND'
@@ -101,6 +120,11 @@ export declare class Store {
   /** Compacts now: rewrites segments that hold overwritten or deleted records. */
   compact(): void;
   stats(): Stats;
+  /**
+   * Copies the store into `dest` (a new or empty directory) while it stays in use: every write acknowledged
+   * before the call is in the copy, which opens as a store. Sealed files are hard-linked where possible.
+   */
+  backup(dest: string | URL): BackupReport;
   /** Syncs and closes; the directory can be opened again at once. Closing twice is harmless. */
   close(): void;
 
@@ -111,6 +135,7 @@ export declare class Store {
   campaignsOfAsync(userId: string): Promise<CampaignUserMap[]>;
   syncAsync(): Promise<void>;
   compactAsync(): Promise<void>;
+  backupAsync(dest: string | URL): Promise<BackupReport>;
   closeAsync(): Promise<void>;
 }
 

@@ -8,7 +8,7 @@
 const { fileURLToPath } = require('node:url');
 const native = require('./ussdb.node');
 
-const OPTIONS = ['durability', 'segmentSize', 'compactionThreshold', 'autoCompaction'];
+const OPTIONS = ['durability', 'segmentSize', 'compactionThreshold', 'autoCompaction', 'readOnly'];
 // "periodic": `set` returns after write(2) and a background thread fsyncs every 100 ms. The same default as the
 // Python binding: a process crash loses nothing, a power loss at most the last 100 ms, and a set costs no fsync.
 const DEFAULT_DURABILITY = 'periodic';
@@ -42,10 +42,10 @@ function isObject(value) {
 }
 
 /** The store directory as a string path (strings and file: URLs). */
-function dirPath(path) {
+function dirPath(path, name = 'path') {
   if (typeof path === 'string') return path;
   if (path instanceof URL) return fileURLToPath(path);
-  throw typeError('path', 'a string or a file: URL', path);
+  throw typeError(name, 'a string or a file: URL', path);
 }
 
 function openHandle(path, options) {
@@ -56,7 +56,13 @@ function openHandle(path, options) {
       throw valueError(`unknown option ${JSON.stringify(key)}; the options are ${OPTIONS.join(', ')}`);
     }
   }
-  const { durability = DEFAULT_DURABILITY, segmentSize, compactionThreshold, autoCompaction = true } = options;
+  const {
+    durability = DEFAULT_DURABILITY,
+    segmentSize,
+    compactionThreshold,
+    autoCompaction = true,
+    readOnly = false,
+  } = options;
   if (typeof durability !== 'string') {
     throw typeError('options.durability', '"immediate", "periodic" or "never"', durability);
   }
@@ -67,7 +73,8 @@ function openHandle(path, options) {
     throw typeError('options.compactionThreshold', 'a number from 0 to 1', compactionThreshold);
   }
   if (typeof autoCompaction !== 'boolean') throw typeError('options.autoCompaction', 'a boolean', autoCompaction);
-  return native.open(dirPath(path), durability, segmentSize, compactionThreshold, autoCompaction);
+  if (typeof readOnly !== 'boolean') throw typeError('options.readOnly', 'a boolean', readOnly);
+  return native.open(dirPath(path), durability, segmentSize, compactionThreshold, autoCompaction, readOnly);
 }
 
 /** The native `get` answer (undefined, a variation name, or [variation, goals]) as the record object. */
@@ -159,6 +166,11 @@ class Store {
     return statsOf(native.stats(this.#h));
   }
 
+  /** Copies the store into `dest` (new or empty) while it stays in use; see README. */
+  backup(dest) {
+    return native.backup(this.#h, dirPath(dest, 'dest'));
+  }
+
   close() {
     native.close(this.#h);
   }
@@ -203,6 +215,10 @@ class Store {
 
   compactAsync() {
     return promised(() => native.compactAsync(this.#h));
+  }
+
+  backupAsync(dest) {
+    return promised(() => native.backupAsync(this.#h, dirPath(dest, 'dest')));
   }
 
   closeAsync() {

@@ -112,6 +112,8 @@ fn code_of(e: &ussdb::Error) -> &'static str {
         E::InvalidOption { .. } => "USSDB_INVALID_OPTION",
         E::Locked { .. } => "USSDB_LOCKED",
         E::NotADirectory { .. } => "USSDB_NOT_A_DIRECTORY",
+        E::ReadOnly { .. } => "USSDB_READ_ONLY",
+        E::Forked { .. } => "USSDB_FORKED",
         E::Poisoned { .. } => "USSDB_POISONED",
         E::Import { .. } => "USSDB_IMPORT",
         E::Backend { .. } => "USSDB_BACKEND",
@@ -531,7 +533,8 @@ fn run<T>(
 }
 
 /// Opens (or creates) the store in directory `path` and returns its handle. `durability` is "immediate",
-/// "periodic", "periodic:<N>ms" or "never"; null sizes and thresholds keep the engine's defaults.
+/// "periodic", "periodic:<N>ms" or "never"; null sizes and thresholds keep the engine's defaults; `read_only`
+/// opens without writing anything, beside other read-only openers.
 #[napi(ts_return_type = "object")]
 pub fn open(
     env: Env,
@@ -540,12 +543,14 @@ pub fn open(
     segment_size: Option<f64>,
     compaction_threshold: Option<f64>,
     auto_compaction: bool,
+    read_only: bool,
 ) -> Result<Raw> {
     let fail = |e: ussdb::Error| Failure::Engine(e).into_napi(&env, &path);
     let durability: ussdb::Durability = durability.parse().map_err(fail)?;
     let mut options = ussdb::Options::default()
         .durability(durability)
-        .auto_compaction(auto_compaction);
+        .auto_compaction(auto_compaction)
+        .read_only(read_only);
     if let Some(bytes) = segment_size {
         // index.js passes only whole numbers; a value outside the engine's range is refused by its check.
         options = options.segment_size(bytes as u64);
@@ -625,6 +630,31 @@ pub fn compact(env: Env, handle: Unknown) -> Result<()> {
     run(&env, self::handle(&env, &handle)?, |s| s.compact())
 }
 
+/// What `backup` copied.
+#[napi(object)]
+pub struct BackupReport {
+    pub segments: f64,
+    pub linked: f64,
+    pub copied: f64,
+    pub bytes: f64,
+}
+
+impl From<ussdb::BackupReport> for BackupReport {
+    fn from(r: ussdb::BackupReport) -> BackupReport {
+        BackupReport {
+            segments: r.segments as f64,
+            linked: r.linked as f64,
+            copied: r.copied as f64,
+            bytes: r.bytes as f64,
+        }
+    }
+}
+
+#[napi]
+pub fn backup(env: Env, handle: Unknown, dest: String) -> Result<BackupReport> {
+    run(&env, self::handle(&env, &handle)?, |s| s.backup(&dest)).map(BackupReport::from)
+}
+
 #[napi]
 pub fn close(env: Env, handle: Unknown) -> Result<()> {
     let h = self::handle(&env, &handle)?;
@@ -688,6 +718,7 @@ pub enum Op {
     CampaignsOf(String),
     Sync,
     Compact,
+    Backup(String),
     Close,
 }
 
@@ -697,6 +728,7 @@ pub enum Answer {
     Maps(Vec<ussdb::CampaignUserMap>),
     Bool(bool),
     Count(usize),
+    Backup(ussdb::BackupReport),
     Nothing,
 }
 
@@ -725,6 +757,7 @@ impl Task for Call {
             Op::CampaignsOf(u) => with_store(shared, |s| s.campaigns_of(&u)).map(Answer::Maps),
             Op::Sync => with_store(shared, |s| s.sync()).map(|()| Answer::Nothing),
             Op::Compact => with_store(shared, |s| s.compact()).map(|()| Answer::Nothing),
+            Op::Backup(dest) => with_store(shared, |s| s.backup(&dest)).map(Answer::Backup),
             Op::Close => close_store(shared).map(|()| Answer::Nothing),
         })
     }
@@ -741,6 +774,7 @@ impl Task for Call {
                 Answer::Maps(maps) => maps_value(raw, &maps),
                 Answer::Bool(b) => return bool::to_napi_value(raw, b).map(Raw),
                 Answer::Count(n) => return f64::to_napi_value(raw, n as f64).map(Raw),
+                Answer::Backup(r) => return BackupReport::to_napi_value(raw, r.into()).map(Raw),
             }
         };
         value.map(Raw).map_err(|t| t.into_napi(&env))
@@ -812,6 +846,11 @@ pub fn sync_async(env: Env, handle: Unknown) -> Result<AsyncTask<Call>> {
 #[napi(ts_return_type = "Promise<void>")]
 pub fn compact_async(env: Env, handle: Unknown) -> Result<AsyncTask<Call>> {
     call(&env, &handle, Op::Compact)
+}
+
+#[napi(ts_return_type = "Promise<BackupReport>")]
+pub fn backup_async(env: Env, handle: Unknown, dest: String) -> Result<AsyncTask<Call>> {
+    call(&env, &handle, Op::Backup(dest))
 }
 
 #[napi(ts_return_type = "Promise<void>")]

@@ -112,6 +112,46 @@ test('every durability mode opens, stores and reads back', (t) => {
   }
 });
 
+test('readOnly opens share the directory, refuse writes, and exclude a writer', (t) => {
+  const dir = tempDir(t);
+  const writer = new Store(dir);
+  writer.set(map('u', 'c', 'v'));
+  assert.throws(() => new Store(dir, { readOnly: true }), { code: 'USSDB_LOCKED' });
+  writer.close();
+
+  const a = new Store(dir, { readOnly: true });
+  const b = new Store(dir, { readOnly: true });
+  assert.deepEqual(a.get('u', 'c'), map('u', 'c', 'v'));
+  assert.deepEqual(b.campaignsOf('u'), [map('u', 'c', 'v')]);
+  assert.throws(() => a.set(map('u', 'c', 'w')), { code: 'USSDB_READ_ONLY' });
+  assert.throws(() => new Store(dir), { code: 'USSDB_LOCKED' });
+  a.close();
+  b.close();
+});
+
+test('backup makes a copy that opens as a store, sync and async', async (t) => {
+  const store = new Store(tempDir(t), { segmentSize: 4096 });
+  t.after(() => store.close());
+  for (let i = 0; i < 300; i++) store.set(map(`user-${i}`, 'c', `v${i}`));
+  const first = path.join(tempDir(t), 'copy');
+  const report = store.backup(first);
+  assert.ok(report.segments >= 2, JSON.stringify(report));
+  assert.equal(report.linked + report.copied >= report.segments, true, JSON.stringify(report));
+  store.set(map('late', 'c', 'v'));
+  const second = path.join(tempDir(t), 'copy');
+  assert.ok((await store.backupAsync(new URL(`file://${second}`))).bytes > 0);
+  assert.throws(() => store.backup(first), { code: 'USSDB_INVALID_OPTION', message: /empty/ });
+  assert.throws(() => store.backup(7), { name: 'TypeError', message: /dest must be/ });
+
+  const copy = new Store(first, { readOnly: true });
+  assert.equal(copy.stats().mappings, 300);
+  assert.equal(copy.get('late', 'c'), undefined);
+  copy.close();
+  const copy2 = new Store(second);
+  assert.deepEqual(copy2.get('late', 'c'), map('late', 'c', 'v'));
+  copy2.close();
+});
+
 test('engine errors are Errors with the engine message and a USSDB_ code', (t) => {
   const dir = tempDir(t);
   const store = new Store(dir);
@@ -179,6 +219,7 @@ test('wrong argument types are TypeErrors that say what was wrong', (t) => {
   });
   assert.throws(() => new Store(tempDir(t), { segmentSize: 1.5 }), typeError(/segmentSize/));
   assert.throws(() => new Store(tempDir(t), { autoCompaction: 'yes' }), typeError(/autoCompaction/));
+  assert.throws(() => new Store(tempDir(t), { readOnly: 1 }), typeError(/readOnly/));
   assert.throws(() => new UserStorage(42), typeError(/a path or a ussdb.Store/));
   // Nothing was stored by any of that.
   assert.deepEqual(store.stats().sets, 0);
