@@ -261,6 +261,31 @@ test('a closed store throws USSDB_CLOSED from every call, and closing twice is h
   again.close();
 });
 
+test('a Store dropped without close() is closed when collected: its writes stay, its directory is released', async (t) => {
+  const dir = tempDir(t);
+  (() => {
+    const forgotten = new Store(dir);
+    forgotten.set(map('u', 'c', 'kept'));
+  })();
+  const v8 = require('node:v8');
+  const vm = require('node:vm');
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc');
+  let reopened;
+  for (let attempt = 0; attempt < 50 && reopened === undefined; attempt++) {
+    gc();
+    await new Promise((resolve) => setImmediate(resolve));
+    try {
+      reopened = new Store(dir);
+    } catch (err) {
+      assert.equal(err.code, 'USSDB_LOCKED');
+    }
+  }
+  assert.ok(reopened, 'the collected store never released its directory');
+  assert.equal(reopened.get('u', 'c').variationName, 'kept');
+  reopened.close();
+});
+
 test('async calls match sync ones, and reject on bad input instead of throwing', async (t) => {
   const store = new Store(tempDir(t));
   t.after(() => store.close());
