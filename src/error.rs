@@ -126,6 +126,15 @@ pub enum Error {
         /// The backend's own error.
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// An export wrote every intact mapping but skipped damaged records (run `repair` to drop them for good).
+    Export {
+        /// Mappings written.
+        written: u64,
+        /// Damaged records skipped.
+        skipped: u64,
+        /// The first of them.
+        first: Box<Error>,
+    },
     /// A user storage record in JSON that could not be read.
     #[cfg(feature = "json")]
     Json {
@@ -320,6 +329,15 @@ impl fmt::Display for Error {
                 f,
                 "import stopped at {at}: {source} ({imported} mappings before it were imported, none after it)"
             ),
+            Error::Export {
+                written,
+                skipped,
+                first,
+            } => write!(
+                f,
+                "export wrote {written} mappings and skipped {skipped} damaged record(s), the first: {first}; \
+                 run repair to drop them"
+            ),
             #[cfg(feature = "json")]
             Error::Json { context, source } => {
                 write!(f, "invalid user storage JSON ({context}): {source}")
@@ -341,6 +359,7 @@ impl std::error::Error for Error {
             #[cfg(feature = "json")]
             Error::Json { source, .. } => Some(source),
             Error::Import { source, .. } => Some(&**source),
+            Error::Export { first, .. } => Some(&**first),
             Error::Backend { source, .. } => Some(&**source),
             _ => None,
         }

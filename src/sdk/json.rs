@@ -432,8 +432,22 @@ impl Store {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
         let write_error = |e| Error::io("write export output", PathBuf::from("<output>"), e);
         let mut written = 0u64;
+        let mut damaged: Vec<Error> = Vec::new();
+        let mut skipped_count = 0u64;
         for entry in self.entries() {
-            let (map, meta) = entry?;
+            let (map, meta) = match entry {
+                Ok(entry) => entry,
+                // Skipped and reported at the end: one damaged record must not stop an export.
+                Err(e) if e.is_corruption() => {
+                    log::warn!("export skips a damaged record: {e}");
+                    skipped_count += 1;
+                    if damaged.is_empty() {
+                        damaged.push(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             write_record(&mut out, &map, meta.as_deref()).map_err(|e| write_error(e.into()))?;
             out.write_all(b"\n").map_err(write_error)?;
             written += 1;
@@ -443,7 +457,14 @@ impl Store {
         }
         out.flush().map_err(write_error)?;
         progress(written);
-        Ok(written)
+        match damaged.into_iter().next() {
+            None => Ok(written),
+            Some(first) => Err(Error::Export {
+                written,
+                skipped: skipped_count,
+                first: Box::new(first),
+            }),
+        }
     }
 }
 
