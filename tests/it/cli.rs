@@ -290,3 +290,460 @@ fn a_reader_that_stops_early_ends_export_quietly() {
         text(&out.stderr)
     );
 }
+
+/// Runs `ussdb` in `cwd` without `--dir`, as a new user would.
+fn ussdb_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ussdb"))
+        .current_dir(cwd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ussdb")
+}
+
+/// The names in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Sends SIGINT (what Ctrl-C sends) to a child process.
+fn ctrl_c(child: &std::process::Child) {
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
+        .status()
+        .expect("run sh");
+    assert!(status.success(), "kill -INT failed");
+}
+
+/// Waits until `ready` holds; a condition to wait for, not a timing that is asserted.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The store directory a bench names in its first line (`ussdb bench in DIR: ...`).
+fn bench_store(stdout: &str) -> String {
+    stdout
+        .strip_prefix("ussdb bench in ")
+        .and_then(|rest| rest.split_once(": "))
+        .map(|(dir, _)| dir.to_owned())
+        .unwrap_or_else(|| panic!("no store named in {stdout}"))
+}
+
+#[test]
+fn bench_deletes_nothing_it_did_not_create() {
+    let dir = tempdir();
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(proj.join("bench")).expect("mkdir");
+    std::fs::write(proj.join("bench/important.txt"), "notes\n").expect("write");
+    std::fs::write(proj.join("bench-1"), "a file named like a bench store\n").expect("write");
+
+    let out = ussdb(&proj, &["bench", "--users", "100", "--ops", "1000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(proj.join("bench/important.txt")).expect("important.txt survives"),
+        "notes\n"
+    );
+    assert_eq!(names(&proj), ["bench", "bench-1"]);
+    assert_eq!(names(&proj.join("bench")), ["important.txt"]);
+
+    // --keep leaves a whole store, in a directory of its own, that verifies clean.
+    let out = ussdb(
+        &proj,
+        &["bench", "--users", "100", "--ops", "1000", "--keep"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let kept = std::path::PathBuf::from(bench_store(&stdout));
+    assert!(stdout.contains(&format!("kept   the bench store in {}", kept.display())));
+    assert_eq!(kept.parent(), Some(proj.as_path()));
+    let out = ussdb(&kept, &["verify"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(names(&proj).len(), 3);
+}
+
+#[test]
+fn two_benches_on_one_directory_at_once_both_finish() {
+    let dir = tempdir();
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(&proj).expect("mkdir");
+    std::fs::write(proj.join("notes.txt"), "mine\n").expect("write");
+    let args = [
+        "bench",
+        "--users",
+        "2000",
+        "--ops",
+        "20000",
+        "--durability",
+        "never",
+    ];
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_ussdb"))
+            .arg("--dir")
+            .arg(&proj)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ussdb")
+    };
+    let (first, second) = (spawn(), spawn());
+    let (first, second) = (
+        first.wait_with_output().expect("wait"),
+        second.wait_with_output().expect("wait"),
+    );
+    for out in [&first, &second] {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("store  "),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    assert_ne!(
+        bench_store(&text(&first.stdout)),
+        bench_store(&text(&second.stdout)),
+        "each bench has a store of its own"
+    );
+    assert_eq!(names(&proj), ["notes.txt"]);
+}
+
+#[test]
+fn bench_report_says_what_ran_and_leaves_nothing_behind() {
+    let dir = tempdir();
+    let out = ussdb_in(
+        dir.path(),
+        &["bench", "--users", "100", "--ops", "1001", "--threads", "3"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        names(dir.path()).is_empty(),
+        "the default ./ussdb-data it created is removed"
+    );
+    let stdout = text(&out.stdout);
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {stdout}"))
+            .to_owned()
+    };
+    let header = line("ussdb bench in ");
+    assert!(
+        header.contains("with durability never (set-up")
+            && header.contains("1001 SDK requests on 3 threads with durability immediate"),
+        "{header}"
+    );
+    assert!(line("load ").ends_with("durability never"), "{stdout}");
+    assert!(line("open ").ends_with(" in 1 segment"), "{stdout}");
+
+    // Requests add up to --ops; store operations are counted apart: one get per request, plus the sets.
+    let numbers = |l: &str| -> Vec<u64> {
+        l.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    };
+    let run = line("run ");
+    assert!(
+        run.contains("1001 SDK requests") && run.contains("with durability immediate"),
+        "{run}"
+    );
+    let kinds: Vec<u64> = numbers(run.split_once('(').expect("kinds").1);
+    assert_eq!(kinds.iter().sum::<u64>(), 1001, "{run}");
+    let store = numbers(&line("store "));
+    let (ops, gets, sets) = (store[0], store[1], store[2]);
+    assert_eq!(gets, 1001, "{stdout}");
+    assert_eq!(ops, gets + sets, "{stdout}");
+    assert!(sets <= kinds[1] + kinds[2], "{stdout}");
+}
+
+#[test]
+fn ctrl_c_stops_a_bench_and_removes_its_store() {
+    let dir = tempdir();
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(&proj).expect("mkdir");
+    std::fs::write(proj.join("notes.txt"), "mine\n").expect("write");
+    let child = Command::new(env!("CARGO_BIN_EXE_ussdb"))
+        .arg("--dir")
+        .arg(&proj)
+        .args([
+            "bench",
+            "--users",
+            "1000",
+            "--ops",
+            "1000000000",
+            "--durability",
+            "never",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ussdb");
+    wait_until("the bench store", || names(&proj).len() == 2);
+    ctrl_c(&child);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("interrupted by Ctrl-C"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(names(&proj), ["notes.txt"]);
+}
+
+#[test]
+fn reads_never_create_a_store_and_writes_never_go_among_other_files() {
+    let dir = tempdir();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    for args in [
+        &["get", "u", "c"][..],
+        &["campaigns", "u"],
+        &["delete", "u", "c"],
+        &["forget-user", "u"],
+        &["export"],
+        &["stats"],
+        &["verify"],
+        &["compact"],
+    ] {
+        let out = ussdb(&empty, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("no store at {}", empty.display()))
+                && err.contains("empty")
+                && !err.contains("pass --dir"),
+            "{args:?}: {err}"
+        );
+        assert!(names(&empty).is_empty(), "{args:?} wrote into {empty:?}");
+    }
+
+    // A directory of other files is not a store: reads say so, writes refuse to make one there.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    std::fs::write(other.join("draft.tmp"), "mine\n").expect("write");
+    let err = text(&ussdb(&other, &["get", "u", "c"]).stderr);
+    assert!(err.contains("neither a SEED file nor a segment"), "{err}");
+    for (args, input) in [
+        (&["set", "u", "c", "V"][..], None),
+        (
+            &["import", "-"],
+            Some("{\"userId\":\"u\",\"campaignKey\":\"c\",\"variationName\":\"V\"}\n"),
+        ),
+    ] {
+        let out = ussdb_with_input(&other, args, input);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("draft.tmp") && err.contains("refusing"),
+            "{err}"
+        );
+        assert_eq!(names(&other), ["draft.tmp"], "{args:?}");
+    }
+
+    // An empty or missing directory becomes a store on the first write; reads then find it.
+    let fresh = dir.path().join("fresh");
+    for d in [&empty, &fresh] {
+        let out = ussdb(d, &["set", "u", "c", "V"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(ussdb(d, &["get", "u", "c"]).status.success());
+    }
+
+    // Only the default --dir is worth a hint about --dir.
+    let out = ussdb(&dir.path().join("nodir"), &["get", "u", "c"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("does not exist") && !err.contains("pass --dir"),
+        "{err}"
+    );
+    let out = ussdb_in(dir.path(), &["get", "u", "c"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no store at ussdb-data") && err.contains("pass --dir DIR"),
+        "{err}"
+    );
+    assert!(!dir.path().join("ussdb-data").exists());
+}
+
+#[test]
+fn import_names_its_input_and_fails_when_nothing_could_be_imported() {
+    let dir = tempdir();
+    let store = dir.path().join("store");
+    let input_dir = dir.path().join("exports");
+    std::fs::create_dir(&input_dir).expect("mkdir");
+    let out = ussdb(&store, &["import", input_dir.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{} is a directory", input_dir.display()))
+            && !err.contains("<input>"),
+        "{err}"
+    );
+    let out = ussdb(&store, &["import", "no-such-file.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no-such-file.jsonl"));
+    assert!(
+        !store.exists(),
+        "a failed import must not leave a store behind"
+    );
+
+    let all_bad = "{broken\n{\"userId\":\"\",\"campaignKey\":\"c\",\"variationName\":\"V\"}\n";
+    let out = ussdb_with_input(
+        &store,
+        &["import", "-", "--on-error", "skip"],
+        Some(all_bad),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("NOTHING IMPORTED: all 2 records of standard input were bad"),
+        "{err}"
+    );
+    assert!(text(&out.stdout).contains("imported 0 mappings from 2 records (2 skipped)"));
+
+    // One good record among bad ones is a success that lists what was skipped.
+    let some_good =
+        format!("{all_bad}{{\"userId\":\"u\",\"campaignKey\":\"c\",\"variationName\":\"V\"}}\n");
+    let out = ussdb_with_input(
+        &store,
+        &["import", "-", "--on-error", "skip"],
+        Some(&some_good),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn ctrl_c_during_an_import_prints_what_was_imported() {
+    let dir = tempdir();
+    let d = dir.path().join("store");
+    let record = |i: u32| {
+        format!("{{\"userId\":\"user-{i}\",\"campaignKey\":\"c\",\"variationName\":\"V\"}}\n")
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ussdb"))
+        .arg("--dir")
+        .arg(&d)
+        .args(["--durability", "never", "import", "-", "--batch-size", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ussdb");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let first: String = (1..=10).map(record).collect();
+    let eleventh = record(11);
+    let (head, tail) = eleventh.split_at(20);
+    stdin.write_all(first.as_bytes()).expect("write");
+    stdin.write_all(head.as_bytes()).expect("write");
+    stdin.flush().expect("flush");
+    // The store's lock file appears once the import has set up its Ctrl-C handling and opened the store.
+    wait_until("the store to be opened", || d.join("LOCK").exists());
+    ctrl_c(&child);
+    // The line under way is finished; nothing after it is read.
+    stdin.write_all(tail.as_bytes()).expect("write");
+    let rest: String = (12..=20).map(record).collect();
+    let _ = stdin.write_all(rest.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let imported: u64 = stdout
+        .strip_prefix("imported ")
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
+    assert!(
+        stdout.contains(&format!(
+            "imported {imported} mappings from {imported} records (0 skipped)"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "interrupted by Ctrl-C after line {imported} of standard input"
+        )) && stderr.contains(&format!("the rest starts at line {}", imported + 1)),
+        "{stderr}"
+    );
+    assert!(imported <= 11, "{stdout}");
+    // The summary is the truth: exactly lines 1 to N are in the store.
+    let exported = text(&ussdb(&d, &["export"]).stdout);
+    let mut users: Vec<String> = exported
+        .lines()
+        .map(|l| {
+            let (map, _) = ussdb::parse_json_record(l).expect("exported record");
+            map.user_id
+        })
+        .collect();
+    users.sort_by_key(|u| u.trim_start_matches("user-").parse::<u64>().unwrap_or(0));
+    let expected: Vec<String> = (1..=imported).map(|i| format!("user-{i}")).collect();
+    assert_eq!(users, expected);
+}
+
+#[test]
+fn small_things_a_new_user_meets() {
+    let dir = tempdir();
+    let d = dir.path().join("store");
+
+    // Repeated --goals are joined as the SDKs join them.
+    let out = ussdb(&d, &["set", "u", "c", "V", "--goals", "a", "--goals", "b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = text(&ussdb(&d, &["get", "u", "c"]).stdout);
+    assert!(got.contains(r#""goalIdentifier":"a_vwo_b""#), "{got}");
+
+    // Every argument of set is described in --help.
+    let help = text(&ussdb(&d, &["set", "--help"]).stdout);
+    for arg in ["<USER>", "<CAMPAIGN>", "<VARIATION>"] {
+        let described = help
+            .lines()
+            .skip_while(|l| l.trim() != arg)
+            .nth(1)
+            .is_some_and(|l| !l.trim().is_empty());
+        assert!(described, "{arg} has no description:\n{help}");
+    }
+
+    // export --output does not overwrite a file unless told to.
+    let target = dir.path().join("users.jsonl");
+    std::fs::write(&target, "precious\n").expect("write");
+    let path = target.to_str().expect("utf-8");
+    let out = ussdb(&d, &["export", "--output", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--force"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("read"),
+        "precious\n"
+    );
+    let out = ussdb(&d, &["export", "--output", path, "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        std::fs::read_to_string(&target)
+            .expect("read")
+            .contains("\"userId\":\"u\"")
+    );
+
+    // A store held by another process: the message says what to do.
+    let held = ussdb::Store::open(&d).expect("open store");
+    let out = ussdb(&d, &["get", "u", "c"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("in use by another process") && err.contains("stop that process"),
+        "{err}"
+    );
+    drop(held);
+}
