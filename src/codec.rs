@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
+use crate::model::CampaignUserMap;
 use crate::record::MAX_RECORD_VALUE_LEN;
-use crate::uss::CampaignUserMap;
 use crate::{Error, Result};
 
 /// Longest user id or campaign key, in bytes of UTF-8.
@@ -22,7 +22,7 @@ pub const MAX_VALUE_LEN: usize = MAX_RECORD_VALUE_LEN;
 /// What a record's value holds. Field order is the on-disk order; never reorder, never add serde attributes that
 /// skip fields (bincode is not self-describing, so a skipped field shifts every byte after it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredValue<'a> {
+pub(crate) struct StoredValue<'a> {
     /// The variation the user was assigned.
     #[serde(borrow)]
     pub variation_name: Cow<'a, str>,
@@ -39,7 +39,7 @@ fn config() -> impl bincode::config::Config {
 }
 
 /// Checks one id against the limits.
-pub fn check_id(field: &'static str, id: &str) -> Result<()> {
+pub(crate) fn check_id(field: &'static str, id: &str) -> Result<()> {
     if id.is_empty() {
         return Err(Error::invalid_key(field, id, "must not be empty"));
     }
@@ -54,18 +54,25 @@ pub fn check_id(field: &'static str, id: &str) -> Result<()> {
 }
 
 /// Encodes the key of a mapping after checking both ids.
-pub fn encode_key(user_id: &str, campaign_key: &str) -> Result<Vec<u8>> {
+pub(crate) fn encode_key(user_id: &str, campaign_key: &str) -> Result<Vec<u8>> {
     check_id("user_id", user_id)?;
     check_id("campaign_key", campaign_key)?;
-    let mut key = Vec::with_capacity(2 + user_id.len() + campaign_key.len());
+    encode_item_key(user_id, campaign_key.as_bytes())
+}
+
+/// Encodes the key of any item of a user (a campaign key's bytes for a mapping) after checking the user id. The
+/// caller has checked the item: non-empty, and short enough that the key fits [`crate::record::MAX_KEY_LEN`].
+pub(crate) fn encode_item_key(user_id: &str, item: &[u8]) -> Result<Vec<u8>> {
+    check_id("user_id", user_id)?;
+    let mut key = Vec::with_capacity(2 + user_id.len() + item.len());
     key.extend_from_slice(&(user_id.len() as u16).to_le_bytes());
     key.extend_from_slice(user_id.as_bytes());
-    key.extend_from_slice(campaign_key.as_bytes());
+    key.extend_from_slice(item);
     Ok(key)
 }
 
 /// Splits an encoded key into user id and campaign key bytes, or `None` if it is malformed.
-pub fn split_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn split_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, rest) = key.split_first_chunk::<2>()?;
     let user_len = u16::from_le_bytes(*len) as usize;
     let (user, campaign) = rest.split_at_checked(user_len)?;
@@ -76,7 +83,7 @@ pub fn split_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// Decodes an encoded key into its two ids.
-pub fn decode_key(key: &[u8]) -> Option<(&str, &str)> {
+pub(crate) fn decode_key(key: &[u8]) -> Option<(&str, &str)> {
     let (user, campaign) = split_key(key)?;
     Some((
         std::str::from_utf8(user).ok()?,
@@ -84,18 +91,13 @@ pub fn decode_key(key: &[u8]) -> Option<(&str, &str)> {
     ))
 }
 
-/// True when `key` is the key of (`user_id`, `campaign_key`); allocation-free, for the read path.
-pub fn key_matches(key: &[u8], user_id: &str, campaign_key: &str) -> bool {
-    split_key(key).is_some_and(|(u, c)| u == user_id.as_bytes() && c == campaign_key.as_bytes())
-}
-
-/// True when `key` belongs to `user_id`.
-pub fn key_of_user(key: &[u8], user_id: &str) -> bool {
-    split_key(key).is_some_and(|(u, _)| u == user_id.as_bytes())
+/// True when `key` is the key of (`user_id`, `item`); allocation-free, for the read path.
+pub(crate) fn key_matches(key: &[u8], user_id: &str, item: &[u8]) -> bool {
+    split_key(key).is_some_and(|(u, c)| u == user_id.as_bytes() && c == item)
 }
 
 /// Encodes the value of a mapping.
-pub fn encode_value(map: &CampaignUserMap, meta_data: Option<&str>) -> Result<Vec<u8>> {
+pub(crate) fn encode_value(map: &CampaignUserMap, meta_data: Option<&str>) -> Result<Vec<u8>> {
     let stored = StoredValue {
         variation_name: Cow::Borrowed(&map.variation_name),
         goal_identifier: map.goal_identifier.as_deref().map(Cow::Borrowed),
@@ -126,7 +128,7 @@ pub fn encode_value(map: &CampaignUserMap, meta_data: Option<&str>) -> Result<Ve
 }
 
 /// Decodes a value; the error text says what is wrong (the caller adds file and offset).
-pub fn decode_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, String> {
+pub(crate) fn decode_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, String> {
     let (value, used): (StoredValue<'_>, usize) =
         bincode::serde::borrow_decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
     if used != bytes.len() {
@@ -139,7 +141,7 @@ pub fn decode_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, String
 }
 
 /// Builds the public map from a record's key and value.
-pub fn decode_map(
+pub(crate) fn decode_map(
     key: &[u8],
     value: &[u8],
 ) -> std::result::Result<(CampaignUserMap, Option<String>), String> {
@@ -149,7 +151,7 @@ pub fn decode_map(
 
 /// Builds the public map from a record's value, for a key already known to be (`user_id`, `campaign_key`):
 /// the read path has just compared the record's key with the caller's ids, so it need not decode it again.
-pub fn decode_map_of(
+pub(crate) fn decode_map_of(
     user_id: &str,
     campaign_key: &str,
     value: &[u8],
@@ -180,8 +182,8 @@ mod tests {
     #[test]
     fn golden_key_bytes() {
         assert_eq!(encode_key("u1", "camp").expect("valid"), b"\x02\x00u1camp");
-        assert!(key_matches(b"\x02\x00u1camp", "u1", "camp"));
-        assert!(!key_matches(b"\x02\x00u1camp", "u", "1camp"));
+        assert!(key_matches(b"\x02\x00u1camp", "u1", b"camp"));
+        assert!(!key_matches(b"\x02\x00u1camp", "u", b"1camp"));
         assert_eq!(decode_key(b"\x02\x00u1camp"), Some(("u1", "camp")));
         assert_eq!(split_key(b"\x05\x00u1"), None);
     }

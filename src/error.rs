@@ -114,6 +114,7 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A user storage record in JSON that could not be read.
+    #[cfg(feature = "json")]
     Json {
         /// Where it came from (a line number, a file) when known.
         context: String,
@@ -295,6 +296,7 @@ impl fmt::Display for Error {
                 f,
                 "import stopped at {at}: {source} ({imported} mappings before it were imported, none after it)"
             ),
+            #[cfg(feature = "json")]
             Error::Json { context, source } => {
                 write!(f, "invalid user storage JSON ({context}): {source}")
             }
@@ -312,6 +314,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            #[cfg(feature = "json")]
             Error::Json { source, .. } => Some(source),
             Error::Import { source, .. } => Some(&**source),
             Error::Backend { source, .. } => Some(&**source),

@@ -32,22 +32,27 @@
 //! | 1 | 4 | length of the whole record on disk |
 //! | 5 | 8 | index hash of the record's key |
 
+#![expect(
+    clippy::indexing_slicing,
+    reason = "the header fields sit at fixed offsets of a slice whose length is checked first, and entries come from chunks_exact"
+)]
+
 use std::path::Path;
 
 use crate::codec;
-use crate::index::KeyHasher;
-use crate::record::{self, Kind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::record::{self, Kind, RECORD_HEADER_LEN, Records, SEGMENT_HEADER_LEN};
+use crate::seed::KeyHasher;
 use crate::vfs::Vfs;
 use crate::{Error, Result};
 
 /// Magic number at the start of every hint file.
-pub const HINT_MAGIC: [u8; 8] = *b"USSDBHNT";
+pub(crate) const HINT_MAGIC: [u8; 8] = *b"USSDBHNT";
 /// The hint format version this build writes and reads (version 1 held keys instead of hashes).
-pub const HINT_VERSION: u32 = 2;
+pub(crate) const HINT_VERSION: u32 = 2;
 /// Size of the hint header in bytes.
-pub const HINT_HEADER_LEN: usize = 48;
+pub(crate) const HINT_HEADER_LEN: usize = 48;
 /// Size of one entry in bytes.
-pub const HINT_ENTRY_LEN: usize = 13;
+pub(crate) const HINT_ENTRY_LEN: usize = 13;
 /// The shortest record: header and a key of a one-byte user id and a one-byte campaign key.
 const MIN_RECORD_LEN: u64 = (RECORD_HEADER_LEN + 4) as u64;
 /// The longest record: the longest key and the longest value.
@@ -56,7 +61,7 @@ const MAX_RECORD_LEN: u64 =
 
 /// One record of a segment, as its hint tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HintEntry {
+pub(crate) struct HintEntry {
     /// Put or delete.
     pub kind: Kind,
     /// The index hash of the record's key.
@@ -69,7 +74,7 @@ pub struct HintEntry {
 
 /// What a hint's header says about its segment and hashes; checked before the hint is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HintHeader {
+pub(crate) struct HintHeader {
     /// File id of the segment.
     pub file_id: u32,
     /// Length of the segment file.
@@ -84,7 +89,7 @@ pub struct HintHeader {
 
 /// Builds a hint while records are written or scanned, in file order.
 #[derive(Debug)]
-pub struct HintBuilder {
+pub(crate) struct HintBuilder {
     entries: Vec<u8>,
     count: u32,
     segment_len: u64,
@@ -94,7 +99,7 @@ pub struct HintBuilder {
 
 impl HintBuilder {
     /// An empty hint whose hashes are made by `hasher`.
-    pub fn new(hasher: &KeyHasher) -> HintBuilder {
+    pub(crate) fn new(hasher: &KeyHasher) -> HintBuilder {
         HintBuilder {
             entries: Vec::new(),
             count: 0,
@@ -106,7 +111,7 @@ impl HintBuilder {
 
     /// Adds the next record of the segment: its kind, the index hash of its key (from the hasher given to
     /// [`HintBuilder::new`]) and the whole record as stored.
-    pub fn push(&mut self, kind: Kind, hash: u64, encoded: &[u8]) {
+    pub(crate) fn push(&mut self, kind: Kind, hash: u64, encoded: &[u8]) {
         self.entries.push(kind as u8);
         self.entries
             .extend_from_slice(&(encoded.len() as u32).to_le_bytes());
@@ -119,7 +124,7 @@ impl HintBuilder {
     }
 
     /// The hint file's bytes for segment `file_id`.
-    pub fn finish(self, file_id: u32) -> Vec<u8> {
+    pub(crate) fn finish(self, file_id: u32) -> Vec<u8> {
         let mut out = Vec::with_capacity(HINT_HEADER_LEN + self.entries.len());
         out.extend_from_slice(&HINT_MAGIC);
         out.extend_from_slice(&HINT_VERSION.to_le_bytes());
@@ -137,30 +142,52 @@ impl HintBuilder {
 }
 
 /// The hint of a whole segment, from its bytes; fails where a record or its key does not decode.
-pub fn of_segment(
+pub(crate) fn of_segment(
     bytes: &[u8],
     file_id: u32,
     hasher: &KeyHasher,
 ) -> std::result::Result<Vec<u8>, (u64, String)> {
     let mut builder = HintBuilder::new(hasher);
-    let mut offset = SEGMENT_HEADER_LEN as usize;
-    while let Some(rest) = bytes.get(offset..).filter(|r| !r.is_empty()) {
-        let rec = record::decode(rest).map_err(|e| (offset as u64, format!("{e:?}")))?;
-        let Some((user_id, campaign_key)) = codec::decode_key(rec.key) else {
+    let mut records = Records::new(bytes);
+    for (offset, rec) in &mut records {
+        let Some((user_id, item)) = codec::split_key(rec.key) else {
             return Err((offset as u64, "record key is malformed".into()));
         };
-        builder.push(
-            rec.kind,
-            hasher.hash(user_id, campaign_key),
-            &rest[..rec.len()],
-        );
-        offset += rec.len();
+        let encoded = bytes.get(offset..offset + rec.len()).unwrap_or_default();
+        builder.push(rec.kind, hasher.hash(user_id, item), encoded);
+    }
+    if let Some((offset, e)) = records.stopped() {
+        return Err((*offset as u64, e.to_string()));
     }
     Ok(builder.finish(file_id))
 }
 
+/// The one judgement of a sound hint against the segment it names: `Some(reason)` when `header` was written for
+/// another segment, another length of it, or another hash function. (Open also compares the last record's
+/// checksum; verify compares every entry with the records.)
+pub(crate) fn mismatch(
+    header: &HintHeader,
+    file_id: u32,
+    segment_len: u64,
+    hasher: &KeyHasher,
+) -> Option<String> {
+    if header.file_id != file_id {
+        return Some(format!("written for segment {}", header.file_id));
+    }
+    if header.segment_len != segment_len {
+        return Some(format!(
+            "written for a segment of {} bytes, the segment has {segment_len}",
+            header.segment_len
+        ));
+    }
+    if header.hasher != hasher.identity() {
+        return Some("made with another hash seed".into());
+    }
+    None
+}
+
 /// Decodes and checks a hint file's header (the first [`HINT_HEADER_LEN`] bytes): magic, version, checksum.
-pub fn decode_header(bytes: &[u8]) -> std::result::Result<HintHeader, String> {
+pub(crate) fn decode_header(bytes: &[u8]) -> std::result::Result<HintHeader, String> {
     let Some(h) = bytes.get(..HINT_HEADER_LEN) else {
         return Err(format!(
             "{} bytes is shorter than the {HINT_HEADER_LEN}-byte header",
@@ -202,7 +229,7 @@ pub fn decode_header(bytes: &[u8]) -> std::result::Result<HintHeader, String> {
 /// Decodes and checks a whole hint file: header, both checksums, every entry, and that the entries cover
 /// exactly the segment length the header states. Nothing is returned unless all of it is sound, so a caller
 /// never applies half a hint.
-pub fn decode(bytes: &[u8]) -> std::result::Result<(HintHeader, Vec<HintEntry>), String> {
+pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<(HintHeader, Vec<HintEntry>), String> {
     let header = decode_header(bytes)?;
     let body = &bytes[HINT_HEADER_LEN..];
     let stored = u32::from_le_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]);
@@ -249,7 +276,7 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<(HintHeader, Vec<HintEntry>),
 }
 
 /// Writes `bytes` to the new file `tmp` and fsyncs it. The caller renames it into place and fsyncs the directory.
-pub fn write_tmp(vfs: &dyn Vfs, tmp: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_tmp(vfs: &dyn Vfs, tmp: &Path, bytes: &[u8]) -> Result<()> {
     let _ = vfs.remove_file(tmp);
     let file = vfs
         .create_new(tmp)
@@ -266,7 +293,7 @@ pub fn write_tmp(vfs: &dyn Vfs, tmp: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The number of entries a hint file says it has, from its header alone, or `None` if the header is unsound.
 /// Never more than the file's length allows, so a damaged count cannot make a caller reserve without bound.
-pub fn entry_count(vfs: &dyn Vfs, path: &Path) -> Option<u64> {
+pub(crate) fn entry_count(vfs: &dyn Vfs, path: &Path) -> Option<u64> {
     let file = vfs.open(path).ok()?;
     let mut bytes = [0u8; HINT_HEADER_LEN];
     let got = file.read_at(&mut bytes, 0).ok()?;
@@ -276,7 +303,7 @@ pub fn entry_count(vfs: &dyn Vfs, path: &Path) -> Option<u64> {
 }
 
 /// Reads a whole hint file.
-pub fn read(vfs: &dyn Vfs, path: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read(vfs: &dyn Vfs, path: &Path) -> std::io::Result<Vec<u8>> {
     let file = vfs.open(path)?;
     let len = usize::try_from(file.len()?).map_err(std::io::Error::other)?;
     let mut bytes = vec![0u8; len];
@@ -330,9 +357,9 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                (Kind::Put, h.hash("u", "c"), 20),
-                (Kind::Delete, h.hash("u", "d"), 40),
-                (Kind::Put, h.hash("u1", "camp"), 55)
+                (Kind::Put, h.hash(b"u", b"c"), 20),
+                (Kind::Delete, h.hash(b"u", b"d"), 40),
+                (Kind::Put, h.hash(b"u1", b"camp"), 55)
             ]
         );
         for e in &entries {
@@ -347,7 +374,7 @@ mod tests {
         record::encode(&mut seg, Kind::Put, b"\x01\x00uc", b"v");
         let hint = of_segment(&seg, 1, &hasher()).expect("hint");
         let identity = hasher().identity().to_le_bytes();
-        let hash = hasher().hash("u", "c").to_le_bytes();
+        let hash = hasher().hash(b"u", b"c").to_le_bytes();
         let mut want = Vec::new();
         want.extend_from_slice(b"USSDBHNT");
         want.extend_from_slice(&[2, 0, 0, 0, 1, 0, 0, 0]);

@@ -9,82 +9,43 @@
 //! The table is split into shards, each an open-addressing table with linear probing behind its own `RwLock`:
 //! readers of different shards never meet, a resize moves one shard, and no lock is held while a record is read.
 
+#![expect(
+    clippy::indexing_slicing,
+    reason = "slots are indexed by a hash masked to the table length, which is a power of two and never zero"
+)]
+
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::seed::Seed;
+use crate::seed::{KeyHasher, USER_SHIFT};
 
 /// Where a record lives: segment id (24 bits) and byte offset (40 bits), packed. Zero is never a location
 /// (segment ids start at 1), which lets the table use it for an empty slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Loc(u64);
+pub(crate) struct Loc(u64);
 
 /// Largest segment id a location can hold.
-pub const MAX_SEGMENT_ID: u32 = (1 << 24) - 1;
+pub(crate) const MAX_SEGMENT_ID: u32 = (1 << 24) - 1;
 /// Largest offset a location can hold.
-pub const MAX_OFFSET: u64 = (1 << 40) - 1;
+pub(crate) const MAX_OFFSET: u64 = (1 << 40) - 1;
 
 impl Loc {
     /// Packs a location; the caller keeps `segment` in 1..=MAX_SEGMENT_ID and `offset` <= MAX_OFFSET.
-    pub fn new(segment: u32, offset: u64) -> Loc {
+    pub(crate) fn new(segment: u32, offset: u64) -> Loc {
         debug_assert!(segment != 0 && segment <= MAX_SEGMENT_ID && offset <= MAX_OFFSET);
         Loc((u64::from(segment) << 40) | offset)
     }
     /// The segment id.
-    pub fn segment(self) -> u32 {
+    pub(crate) fn segment(self) -> u32 {
         (self.0 >> 40) as u32
     }
     /// The byte offset within the segment.
-    pub fn offset(self) -> u64 {
+    pub(crate) fn offset(self) -> u64 {
         self.0 & MAX_OFFSET
     }
 }
 
-const USER_SHIFT: u32 = 24;
 const SHARD_BITS: u32 = 6;
 const MIN_CAPACITY: usize = 16;
-
-/// Hashes keys for the index: SipHash keyed with the store's secret seed (`seed.rs`), so a client cannot choose
-/// ids that pile up in one run of the table, while the hashes stay the same across processes (hint files carry
-/// them instead of keys).
-#[derive(Debug, Clone)]
-pub struct KeyHasher {
-    seed: Seed,
-    weak: bool,
-}
-
-impl KeyHasher {
-    /// A hasher keyed with `seed`; `weak` makes nearly all keys collide, for tests of the collision paths.
-    pub fn new(seed: Seed, weak: bool) -> KeyHasher {
-        KeyHasher { seed, weak }
-    }
-
-    /// Names the hash function (seed and mode) without revealing the seed: a hint file made under another one
-    /// holds other hashes and must not be used.
-    pub fn identity(&self) -> u64 {
-        // The weak mode hashes differently from its seed, so it gets an identity of its own.
-        self.seed.identity() ^ if self.weak { 0x5745_414b_5745_414b } else { 0 }
-    }
-
-    /// The index hash of a mapping's key.
-    pub fn hash(&self, user_id: &str, campaign_key: &str) -> u64 {
-        (self.user_part(user_id) << USER_SHIFT) | self.campaign_part(campaign_key)
-    }
-
-    /// The hash bits shared by all keys of one user (the upper 40 bits of [`KeyHasher::hash`], shifted down).
-    pub fn user_part(&self, user_id: &str) -> u64 {
-        if self.weak {
-            return u64::from(user_id.as_bytes().first().copied().unwrap_or(0) & 1);
-        }
-        self.seed.hash(user_id.as_bytes()) >> USER_SHIFT
-    }
-
-    fn campaign_part(&self, campaign_key: &str) -> u64 {
-        if self.weak {
-            return u64::from(campaign_key.as_bytes().first().copied().unwrap_or(0) & 1);
-        }
-        self.seed.hash(campaign_key.as_bytes()) & ((1 << USER_SHIFT) - 1)
-    }
-}
 
 #[derive(Clone, Copy, Default)]
 struct Slot {
@@ -274,23 +235,23 @@ fn shard_of(hash: u64) -> usize {
 struct Shard(RwLock<Table>);
 
 /// The whole index.
-pub struct Index {
+pub(crate) struct Index {
     shards: Box<[Shard]>,
     hasher: KeyHasher,
 }
 
 /// Up to this many candidates are returned without allocating.
-pub type Candidates = smallvec_lite::SmallVec;
+pub(crate) type Candidates = smallvec_lite::SmallVec;
 
 impl Index {
     /// An empty index.
-    pub fn new(hasher: KeyHasher) -> Index {
+    pub(crate) fn new(hasher: KeyHasher) -> Index {
         let shards = (0..1 << SHARD_BITS).map(|_| Shard::default()).collect();
         Index { shards, hasher }
     }
 
     /// The hasher whose hashes this index takes.
-    pub fn hasher(&self) -> &KeyHasher {
+    pub(crate) fn hasher(&self) -> &KeyHasher {
         &self.hasher
     }
 
@@ -308,19 +269,19 @@ impl Index {
 
     /// Exclusive access without the shard locks, for a single-threaded bulk build (recovery, before the index
     /// is shared): a lock round trip per operation costs as much as the operation.
-    pub fn unshared(&mut self) -> Unshared<'_> {
+    pub(crate) fn unshared(&mut self) -> Unshared<'_> {
         Unshared {
             shards: &mut self.shards,
         }
     }
 
     /// Locations of every entry with this exact hash (usually zero or one).
-    pub fn candidates(&self, hash: u64) -> Candidates {
+    pub(crate) fn candidates(&self, hash: u64) -> Candidates {
         self.read(hash).candidates(hash)
     }
 
     /// Locations of every entry whose user part is `user_part` (a superset of one user's mappings).
-    pub fn user_candidates(&self, user_part: u64) -> Vec<(u64, Loc)> {
+    pub(crate) fn user_candidates(&self, user_part: u64) -> Vec<(u64, Loc)> {
         let probe_hash = user_part << USER_SHIFT;
         let table = self.read(probe_hash);
         table
@@ -331,27 +292,27 @@ impl Index {
     }
 
     /// Adds an entry (the caller has checked that its key has none).
-    pub fn insert(&self, hash: u64, loc: Loc) {
+    pub(crate) fn insert(&self, hash: u64, loc: Loc) {
         self.write(hash).insert(hash, loc);
     }
 
     /// Points the entry (`hash`, `old`) at `new`; false if there is no such entry (it moved or was removed).
-    pub fn replace(&self, hash: u64, old: Loc, new: Loc) -> bool {
+    pub(crate) fn replace(&self, hash: u64, old: Loc, new: Loc) -> bool {
         self.write(hash).replace(hash, old, new)
     }
 
     /// Removes the entry (`hash`, `loc`); false if there is none.
-    pub fn remove(&self, hash: u64, loc: Loc) -> bool {
+    pub(crate) fn remove(&self, hash: u64, loc: Loc) -> bool {
         self.write(hash).remove(hash, loc)
     }
 
     /// Number of shards; [`Index::shard_entries`] takes 0..this.
-    pub fn shard_count(&self) -> usize {
+    pub(crate) fn shard_count(&self) -> usize {
         self.shards.len()
     }
 
     /// A copy of every entry of shard `i` (none past the last shard). The shard's lock is held only while copying.
-    pub fn shard_entries(&self, i: usize) -> Vec<(u64, Loc)> {
+    pub(crate) fn shard_entries(&self, i: usize) -> Vec<(u64, Loc)> {
         let Some(shard) = self.shards.get(i) else {
             return Vec::new();
         };
@@ -365,7 +326,7 @@ impl Index {
     }
 
     /// Number of entries.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.shards
             .iter()
             .map(|s| s.0.read().unwrap_or_else(|e| e.into_inner()).len as u64)
@@ -373,7 +334,7 @@ impl Index {
     }
 
     /// Heap bytes held by the tables.
-    pub fn heap_bytes(&self) -> u64 {
+    pub(crate) fn heap_bytes(&self) -> u64 {
         let slots: usize = self
             .shards
             .iter()
@@ -389,7 +350,7 @@ impl Index {
 }
 
 /// The index, borrowed exclusively: the same operations as [`Index`] without locking (see [`Index::unshared`]).
-pub struct Unshared<'a> {
+pub(crate) struct Unshared<'a> {
     shards: &'a mut [Shard],
 }
 
@@ -404,7 +365,7 @@ impl Unshared<'_> {
     /// Loads the home slots of `hashes` into the cache, so that the lookups that follow do not each wait for
     /// memory: the loads here are independent, and the CPU overlaps their misses. For bulk work that knows its
     /// keys in advance (recovery from hint files).
-    pub fn prefetch(&mut self, hashes: &[u64]) {
+    pub(crate) fn prefetch(&mut self, hashes: &[u64]) {
         let sum = hashes.iter().fold(0u64, |sum, &hash| {
             sum.wrapping_add(self.table(hash).touch(hash))
         });
@@ -413,14 +374,14 @@ impl Unshared<'_> {
 
     /// Inserts (`hash`, `loc`) if no entry has this hash, and says whether it did. No entry with the hash means
     /// no entry for the key, so recovery from hints needs no key for it.
-    pub fn insert_new_hash(&mut self, hash: u64, loc: Loc) -> bool {
+    pub(crate) fn insert_new_hash(&mut self, hash: u64, loc: Loc) -> bool {
         self.table(hash).insert_new_hash(hash, loc)
     }
 
     /// Makes room for about `entries` more entries spread over all shards, so a bulk build does not rehash
     /// each shard again and again as it fills. Shards take users by hash, so each gets close to an equal share;
     /// one that gets more simply grows once more.
-    pub fn reserve(&mut self, entries: usize) {
+    pub(crate) fn reserve(&mut self, entries: usize) {
         // A little slack: shards a few percent above the average share must not each grow once more.
         let per_shard = entries.div_ceil(self.shards.len());
         let per_shard = per_shard.saturating_add(per_shard / 16);
@@ -434,22 +395,22 @@ impl Unshared<'_> {
     }
 
     /// As [`Index::candidates`].
-    pub fn candidates(&mut self, hash: u64) -> Candidates {
+    pub(crate) fn candidates(&mut self, hash: u64) -> Candidates {
         self.table(hash).candidates(hash)
     }
 
     /// As [`Index::insert`].
-    pub fn insert(&mut self, hash: u64, loc: Loc) {
+    pub(crate) fn insert(&mut self, hash: u64, loc: Loc) {
         self.table(hash).insert(hash, loc);
     }
 
     /// As [`Index::replace`].
-    pub fn replace(&mut self, hash: u64, old: Loc, new: Loc) -> bool {
+    pub(crate) fn replace(&mut self, hash: u64, old: Loc, new: Loc) -> bool {
         self.table(hash).replace(hash, old, new)
     }
 
     /// As [`Index::remove`].
-    pub fn remove(&mut self, hash: u64, loc: Loc) -> bool {
+    pub(crate) fn remove(&mut self, hash: u64, loc: Loc) -> bool {
         self.table(hash).remove(hash, loc)
     }
 }
@@ -460,28 +421,28 @@ mod smallvec_lite {
 
     /// Inline up to two, then spills to the heap.
     #[derive(Debug, Default)]
-    pub struct SmallVec {
+    pub(crate) struct SmallVec {
         inline: [Option<Loc>; 2],
         spill: Vec<Loc>,
     }
 
     impl SmallVec {
-        pub fn new() -> SmallVec {
+        pub(crate) fn new() -> SmallVec {
             SmallVec::default()
         }
 
-        pub fn push(&mut self, loc: Loc) {
+        pub(crate) fn push(&mut self, loc: Loc) {
             match self.inline.iter_mut().find(|s| s.is_none()) {
                 Some(slot) => *slot = Some(loc),
                 None => self.spill.push(loc),
             }
         }
 
-        pub fn is_empty(&self) -> bool {
+        pub(crate) fn is_empty(&self) -> bool {
             self.inline[0].is_none()
         }
 
-        pub fn iter(&self) -> impl Iterator<Item = Loc> + '_ {
+        pub(crate) fn iter(&self) -> impl Iterator<Item = Loc> + '_ {
             self.inline
                 .iter()
                 .flatten()
@@ -540,10 +501,13 @@ mod tests {
 
     #[test]
     fn shard_entries_cover_every_entry_once() {
-        let index = Index::new(KeyHasher::new(Seed::random(), false));
+        let index = Index::new(KeyHasher::new(crate::seed::Seed::random(), false));
         let h = index.hasher().clone();
         for i in 0..1000u64 {
-            index.insert(h.hash(&format!("u{i}"), "c"), Loc::new(1, 100 + i));
+            index.insert(
+                h.hash(format!("u{i}").as_bytes(), b"c"),
+                Loc::new(1, 100 + i),
+            );
         }
         let mut all: Vec<Loc> = (0..index.shard_count() + 1)
             .flat_map(|i| index.shard_entries(i))
@@ -556,13 +520,19 @@ mod tests {
 
     #[test]
     fn user_candidates_finds_all_of_a_users_keys() {
-        let index = Index::new(KeyHasher::new(Seed::random(), false));
+        let index = Index::new(KeyHasher::new(crate::seed::Seed::random(), false));
         let h = index.hasher().clone();
         for c in 0..50u64 {
-            index.insert(h.hash("alice", &format!("c{c}")), Loc::new(1, 100 + c));
-            index.insert(h.hash(&format!("other{c}"), "c"), Loc::new(1, 1000 + c));
+            index.insert(
+                h.hash(b"alice", format!("c{c}").as_bytes()),
+                Loc::new(1, 100 + c),
+            );
+            index.insert(
+                h.hash(format!("other{c}").as_bytes(), b"c"),
+                Loc::new(1, 1000 + c),
+            );
         }
-        assert_eq!(index.user_candidates(h.user_part("alice")).len(), 50);
+        assert_eq!(index.user_candidates(h.user_part(b"alice")).len(), 50);
         assert_eq!(index.len(), 100);
     }
 }

@@ -22,22 +22,27 @@
 //! | 11 | key length | key |
 //! | … | value length | value |
 
+#![expect(
+    clippy::indexing_slicing,
+    reason = "the header fields sit at fixed offsets of arrays and slices whose length is checked first"
+)]
+
 /// Magic number at the start of every segment file.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"USSDBSEG";
+pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"USSDBSEG";
 /// The newest on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 /// Size of the segment header in bytes.
-pub const SEGMENT_HEADER_LEN: u64 = 20;
+pub(crate) const SEGMENT_HEADER_LEN: u64 = 20;
 /// Size of a record header in bytes.
-pub const RECORD_HEADER_LEN: usize = 11;
+pub(crate) const RECORD_HEADER_LEN: usize = 11;
 /// Largest encoded key the format holds (two length bytes, user id, campaign key).
-pub const MAX_KEY_LEN: usize = u16::MAX as usize;
+pub(crate) const MAX_KEY_LEN: usize = u16::MAX as usize;
 /// Largest value a record may carry.
-pub const MAX_RECORD_VALUE_LEN: usize = 1 << 20;
+pub(crate) const MAX_RECORD_VALUE_LEN: usize = 1 << 20;
 
 /// What a record does to its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// The key now maps to the record's value.
     Put = 1,
     /// The key is erased (a tombstone).
@@ -46,7 +51,7 @@ pub enum Kind {
 
 /// A record decoded in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordRef<'a> {
+pub(crate) struct RecordRef<'a> {
     /// Put or delete.
     pub kind: Kind,
     /// The encoded key.
@@ -57,14 +62,14 @@ pub struct RecordRef<'a> {
 
 impl RecordRef<'_> {
     /// Length of the whole record on disk.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         RECORD_HEADER_LEN + self.key.len() + self.value.len()
     }
 }
 
 impl Kind {
     /// The kind of a stored kind byte.
-    pub fn from_byte(byte: u8) -> Option<Kind> {
+    pub(crate) fn from_byte(byte: u8) -> Option<Kind> {
         match byte {
             1 => Some(Kind::Put),
             2 => Some(Kind::Delete),
@@ -75,7 +80,7 @@ impl Kind {
 
 /// Why bytes do not decode as a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// Fewer bytes than the header or the lengths it states: the end of a torn write, or the end of the data.
     Short {
         /// How many bytes the record needs, when the header could be read.
@@ -85,10 +90,79 @@ pub enum DecodeError {
     Invalid(String),
 }
 
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Short { .. } => f.write_str("record is cut short by the end of the file"),
+            DecodeError::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// The records of a segment's bytes, in order, from just after the segment header: the one walk over a segment
+/// that open, compaction, hint writing and verify share.
+///
+/// Yields `(offset, record)` for each intact record. At the first bytes that are not an intact record it stops;
+/// [`Records::stopped`] then tells where and why (`None` when the walk reached the end of the bytes exactly).
+#[derive(Debug)]
+pub(crate) struct Records<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+    stopped: Option<(usize, DecodeError)>,
+}
+
+impl<'a> Records<'a> {
+    /// A walk over `bytes` (a whole segment, header included) from the first record.
+    pub(crate) fn new(bytes: &'a [u8]) -> Records<'a> {
+        Records::from_offset(bytes, SEGMENT_HEADER_LEN as usize)
+    }
+
+    /// A walk over `bytes` from `offset` (which must be where a record starts).
+    pub(crate) fn from_offset(bytes: &'a [u8], offset: usize) -> Records<'a> {
+        Records {
+            bytes,
+            offset,
+            stopped: None,
+        }
+    }
+
+    /// Where the walk stopped short of the end, and why; `None` while it runs or if it ended cleanly.
+    pub(crate) fn stopped(&self) -> Option<&(usize, DecodeError)> {
+        self.stopped.as_ref()
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = (usize, RecordRef<'a>);
+
+    fn next(&mut self) -> Option<(usize, RecordRef<'a>)> {
+        if self.stopped.is_some() {
+            return None;
+        }
+        let rest = self.bytes.get(self.offset..).filter(|r| !r.is_empty())?;
+        match decode(rest) {
+            Ok(rec) => {
+                let at = self.offset;
+                self.offset += rec.len();
+                Some((at, rec))
+            }
+            Err(e) => {
+                self.stopped = Some((self.offset, e));
+                None
+            }
+        }
+    }
+}
+
+/// The first offset at or after `from` where an intact record starts, if any.
+pub(crate) fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len()).find(|&at| bytes.get(at..).is_some_and(|rest| decode(rest).is_ok()))
+}
+
 /// Appends the encoding of one record to `out`.
 ///
 /// The caller has checked the lengths against [`MAX_KEY_LEN`] and [`MAX_RECORD_VALUE_LEN`].
-pub fn encode(out: &mut Vec<u8>, kind: Kind, key: &[u8], value: &[u8]) {
+pub(crate) fn encode(out: &mut Vec<u8>, kind: Kind, key: &[u8], value: &[u8]) {
     debug_assert!(key.len() <= MAX_KEY_LEN && value.len() <= MAX_RECORD_VALUE_LEN);
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
@@ -103,7 +177,7 @@ pub fn encode(out: &mut Vec<u8>, kind: Kind, key: &[u8], value: &[u8]) {
 
 /// A record header, decoded and checked for plausibility (the checksum needs the whole record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// The stored checksum.
     pub crc: u32,
     /// Put or delete.
@@ -116,13 +190,13 @@ pub struct Header {
 
 impl Header {
     /// Length of the whole record on disk.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         RECORD_HEADER_LEN + self.key_len + self.value_len
     }
 }
 
 /// Decodes the record at the start of `bytes`, checking lengths, kind and checksum.
-pub fn decode(bytes: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
     let Header {
         crc: stored_crc,
         kind,
@@ -147,7 +221,7 @@ pub fn decode(bytes: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
 }
 
 /// Decodes and checks the 11-byte header at the start of `bytes` (kind, plausible lengths); not the checksum.
-pub fn decode_header(bytes: &[u8]) -> Result<Header, DecodeError> {
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     let Some(header) = bytes.get(..RECORD_HEADER_LEN) else {
         return Err(DecodeError::Short { needed: None });
     };
@@ -183,7 +257,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, DecodeError> {
 }
 
 /// The 20-byte header of segment `id`.
-pub fn segment_header(id: u32) -> [u8; SEGMENT_HEADER_LEN as usize] {
+pub(crate) fn segment_header(id: u32) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[..8].copy_from_slice(&SEGMENT_MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -195,7 +269,7 @@ pub fn segment_header(id: u32) -> [u8; SEGMENT_HEADER_LEN as usize] {
 
 /// Why a segment header was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderError {
+pub(crate) enum HeaderError {
     /// Fewer than 20 bytes.
     Short,
     /// Not a segment file.
@@ -207,7 +281,7 @@ pub enum HeaderError {
 }
 
 /// Checks a segment header and returns the segment id it names.
-pub fn decode_segment_header(bytes: &[u8]) -> Result<u32, HeaderError> {
+pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<u32, HeaderError> {
     let Some(h) = bytes.get(..SEGMENT_HEADER_LEN as usize) else {
         return Err(HeaderError::Short);
     };

@@ -18,26 +18,31 @@
 //! | 20 | 8 | SipHash key k1 |
 //! | 28 | 4 | crc32 of bytes 0..28 |
 
+#![expect(
+    clippy::indexing_slicing,
+    reason = "SipHash works on fixed-size arrays indexed by constants"
+)]
+
 use std::hash::{BuildHasher, RandomState};
 use std::io::ErrorKind;
 use std::path::Path;
 
-use crate::segment::TMP_SUFFIX;
+use crate::dir;
 use crate::vfs::Vfs;
 use crate::{Error, Result};
 
 /// Name of the seed file in a store directory.
-pub const SEED_FILE: &str = "SEED";
+pub(crate) const SEED_FILE: &str = "SEED";
 /// Magic number at the start of the seed file.
-pub const SEED_MAGIC: [u8; 8] = *b"USSDBKEY";
+pub(crate) const SEED_MAGIC: [u8; 8] = *b"USSDBKEY";
 /// The seed format version this build writes and reads.
-pub const SEED_VERSION: u32 = 1;
+pub(crate) const SEED_VERSION: u32 = 1;
 /// Size of the seed file in bytes.
-pub const SEED_LEN: usize = 32;
+pub(crate) const SEED_LEN: usize = 32;
 
 /// The two SipHash keys of a store.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Seed {
+pub(crate) struct Seed {
     k0: u64,
     k1: u64,
 }
@@ -52,13 +57,13 @@ impl std::fmt::Debug for Seed {
 impl Seed {
     /// A seed from explicit keys (tests).
     #[cfg(test)]
-    pub fn from_keys(k0: u64, k1: u64) -> Seed {
+    pub(crate) fn from_keys(k0: u64, k1: u64) -> Seed {
         Seed { k0, k1 }
     }
 
     /// A fresh random seed. `RandomState` is keyed from the operating system's random source once per process
     /// and then varies per instance, and the clock and the process id keep two fresh seeds of one process apart.
-    pub fn random() -> Seed {
+    pub(crate) fn random() -> Seed {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -70,17 +75,17 @@ impl Seed {
     }
 
     /// SipHash-1-3 of `bytes` under this seed.
-    pub fn hash(&self, bytes: &[u8]) -> u64 {
+    pub(crate) fn hash(&self, bytes: &[u8]) -> u64 {
         siphash13(self.k0, self.k1, bytes)
     }
 
     /// A name for this seed that does not reveal it: what hint files record to say which seed made their hashes.
-    pub fn identity(&self) -> u64 {
+    pub(crate) fn identity(&self) -> u64 {
         self.hash(b"ussdb seed identity")
     }
 
     /// The file's bytes.
-    pub fn encode(&self) -> [u8; SEED_LEN] {
+    pub(crate) fn encode(&self) -> [u8; SEED_LEN] {
         let mut out = [0u8; SEED_LEN];
         out[..8].copy_from_slice(&SEED_MAGIC);
         out[8..12].copy_from_slice(&SEED_VERSION.to_le_bytes());
@@ -92,7 +97,7 @@ impl Seed {
     }
 
     /// Decodes a seed file; the error says what is wrong with it.
-    pub fn decode(bytes: &[u8]) -> std::result::Result<Seed, String> {
+    pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Seed, String> {
         if bytes.len() != SEED_LEN {
             return Err(format!("{} bytes, a seed file has {SEED_LEN}", bytes.len()));
         }
@@ -124,10 +129,56 @@ impl Seed {
     }
 }
 
+/// The low bits of a key hash that come from the item (campaign key); the rest come from the user id.
+pub(crate) const USER_SHIFT: u32 = 24;
+
+/// Hashes keys for the index: SipHash keyed with the store's secret seed (`seed.rs`), so a client cannot choose
+/// ids that pile up in one run of the table, while the hashes stay the same across processes (hint files carry
+/// them instead of keys).
+#[derive(Debug, Clone)]
+pub(crate) struct KeyHasher {
+    seed: Seed,
+    weak: bool,
+}
+
+impl KeyHasher {
+    /// A hasher keyed with `seed`; `weak` makes nearly all keys collide, for tests of the collision paths.
+    pub(crate) fn new(seed: Seed, weak: bool) -> KeyHasher {
+        KeyHasher { seed, weak }
+    }
+
+    /// Names the hash function (seed and mode) without revealing the seed: a hint file made under another one
+    /// holds other hashes and must not be used.
+    pub(crate) fn identity(&self) -> u64 {
+        // The weak mode hashes differently from its seed, so it gets an identity of its own.
+        self.seed.identity() ^ if self.weak { 0x5745_414b_5745_414b } else { 0 }
+    }
+
+    /// The index hash of a key: a user id and an item of that user (a campaign key's bytes).
+    pub(crate) fn hash(&self, user_id: &[u8], item: &[u8]) -> u64 {
+        (self.user_part(user_id) << USER_SHIFT) | self.item_part(item)
+    }
+
+    /// The hash bits shared by all keys of one user (the upper 40 bits of [`KeyHasher::hash`], shifted down).
+    pub(crate) fn user_part(&self, user_id: &[u8]) -> u64 {
+        if self.weak {
+            return u64::from(user_id.first().copied().unwrap_or(0) & 1);
+        }
+        self.seed.hash(user_id) >> USER_SHIFT
+    }
+
+    fn item_part(&self, item: &[u8]) -> u64 {
+        if self.weak {
+            return u64::from(item.first().copied().unwrap_or(0) & 1);
+        }
+        self.seed.hash(item) & ((1 << USER_SHIFT) - 1)
+    }
+}
+
 /// The seed of the store in `dir`: read from its seed file, or made and written durably (`SEED.tmp`, fsync,
 /// rename, directory fsync) when the file is missing or is not a sound seed file. Called with the directory lock
 /// held, before anything is read with the seed, so no hint can ever be written with a seed that is not durable.
-pub fn load_or_create(vfs: &dyn Vfs, dir: &Path) -> Result<Seed> {
+pub(crate) fn load_or_create(vfs: &dyn Vfs, dir: &Path) -> Result<Seed> {
     let path = dir.join(SEED_FILE);
     match read(vfs, dir)? {
         Ok(seed) => return Ok(seed),
@@ -139,31 +190,13 @@ pub fn load_or_create(vfs: &dyn Vfs, dir: &Path) -> Result<Seed> {
         ),
     }
     let seed = Seed::random();
-    let tmp = dir.join(format!("{SEED_FILE}{TMP_SUFFIX}"));
-    let _ = vfs.remove_file(&tmp);
-    let file = vfs
-        .create_new(&tmp)
-        .map_err(|e| Error::io("create seed file", &tmp, e))?;
-    let written = file
-        .write_all_at(&seed.encode(), 0)
-        .and_then(|()| file.sync_data())
-        .map_err(|e| Error::io("write seed file", &tmp, e))
-        .and_then(|()| {
-            vfs.rename(&tmp, &path)
-                .map_err(|e| Error::io("rename seed file", &tmp, e))
-        });
-    if written.is_err() {
-        let _ = vfs.remove_file(&tmp);
-    }
-    written?;
-    vfs.sync_dir(dir)
-        .map_err(|e| Error::io("sync directory", dir, e))?;
+    dir::write_durably(vfs, dir, SEED_FILE, &seed.encode(), "write seed file")?;
     Ok(seed)
 }
 
 /// Reads the seed of the store in `dir` without making one: the inner error is `None` if there is no seed file,
 /// else what is wrong with it. An error reading an existing file is the outer error.
-pub fn read(vfs: &dyn Vfs, dir: &Path) -> Result<std::result::Result<Seed, Option<String>>> {
+pub(crate) fn read(vfs: &dyn Vfs, dir: &Path) -> Result<std::result::Result<Seed, Option<String>>> {
     let path = dir.join(SEED_FILE);
     match vfs.open(&path) {
         Ok(file) => {

@@ -1,4 +1,4 @@
-//! Segment files: naming, creation, and reading records back.
+//! Segment files: creation, opening (with the one check of a segment header), and reading records back.
 //!
 //! A segment is either *active* (the one the log appends to; read with `pread`, because it grows) or *sealed*
 //! (complete, fsynced, never written again; read through a read-only memory map). This module holds the crate's
@@ -10,44 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use memmap2::Mmap;
 
-use crate::record::{self, DecodeError, Kind, RECORD_HEADER_LEN, RecordRef, SEGMENT_HEADER_LEN};
-use crate::vfs::{VFile, Vfs};
+use crate::dir;
+use crate::index::MAX_SEGMENT_ID;
+use crate::record::{
+    self, DecodeError, HeaderError, Kind, RECORD_HEADER_LEN, RecordRef, SEGMENT_HEADER_LEN,
+};
+use crate::vfs::{StdFile, VFile, Vfs};
 use crate::{Error, Result};
-
-/// File name suffix of segments.
-pub const SEGMENT_SUFFIX: &str = ".seg";
-/// Suffix of files being written that are not yet part of the store; removed on open.
-pub const TMP_SUFFIX: &str = ".tmp";
-/// File name suffix of hint files.
-pub const HINT_SUFFIX: &str = ".hint";
-
-/// The file name of segment `id`: zero-padded so names sort by id.
-pub fn file_name(id: u32) -> String {
-    format!("{id:010}{SEGMENT_SUFFIX}")
-}
-
-/// The file name of the hint file of segment `id`.
-pub fn hint_file_name(id: u32) -> String {
-    format!("{id:010}{HINT_SUFFIX}")
-}
-
-/// The id in a segment file name, if `name` is one.
-pub fn parse_file_name(name: &str) -> Option<u32> {
-    parse_id(name, SEGMENT_SUFFIX)
-}
-
-/// The id in a hint file name, if `name` is one.
-pub fn parse_hint_file_name(name: &str) -> Option<u32> {
-    parse_id(name, HINT_SUFFIX)
-}
-
-fn parse_id(name: &str, suffix: &str) -> Option<u32> {
-    let digits = name.strip_suffix(suffix)?;
-    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
 
 /// One segment file, shared by the log (while active) and readers.
 ///
@@ -57,7 +26,7 @@ fn parse_id(name: &str, suffix: &str) -> Option<u32> {
 /// a fresh in-memory id: readers may still hold locations into the segment it replaces, and those must never be
 /// resolved against the new file.
 #[derive(Debug)]
-pub struct Segment {
+pub(crate) struct Segment {
     id: u32,
     file_id: u32,
     path: PathBuf,
@@ -80,49 +49,61 @@ pub struct Segment {
 const READ_AHEAD: usize = 512;
 
 impl Segment {
-    /// Creates segment `id` in `dir` durably: header written to a temporary file, fsynced, renamed into place,
-    /// directory fsynced. A crash leaves either no segment or a complete, empty one.
-    pub fn create(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<Segment> {
-        let path = dir.join(file_name(id));
-        let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(id)));
-        let _ = vfs.remove_file(&tmp);
-        let file = vfs
-            .create_new(&tmp)
-            .map_err(|e| Error::io("create segment", &tmp, e))?;
-        let written = file
-            .write_all_at(&record::segment_header(id), 0)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| Error::io("write segment header", &tmp, e))
-            .and_then(|()| {
-                vfs.rename(&tmp, &path)
-                    .map_err(|e| Error::io("rename segment", &tmp, e))
-            })
-            .and_then(|()| {
-                vfs.sync_dir(dir)
-                    .map_err(|e| Error::io("sync directory", dir, e))
-            });
-        if let Err(e) = written {
-            let _ = vfs.remove_file(&tmp);
-            return Err(e);
-        }
-        Ok(Segment::active(
+    /// Creates segment `id` in `dir` durably (see [`dir::write_durably`]): a crash leaves either no segment or a
+    /// complete, empty one.
+    pub(crate) fn create(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<Segment> {
+        let name = dir::segment_file_name(id);
+        let file = dir::write_durably(
+            vfs,
+            dir,
+            &name,
+            &record::segment_header(id),
+            "create segment",
+        )?;
+        Ok(Segment::new(
             id,
-            path,
+            dir.join(name),
             Arc::from(file),
             SEGMENT_HEADER_LEN,
-            0,
         ))
     }
 
-    /// A segment that is (still) appended to.
-    pub fn active(id: u32, path: PathBuf, file: Arc<dyn VFile>, len: u64, dead: u64) -> Segment {
+    /// Opens segment `id` of `dir` and checks its header; the segment is not sealed (mapped) yet.
+    pub(crate) fn open(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<Segment> {
+        let path = dir.join(dir::segment_file_name(id));
+        if id == 0 || id > MAX_SEGMENT_ID {
+            return Err(Error::corrupted(
+                &path,
+                0,
+                format!("segment id {id} is out of range"),
+            ));
+        }
+        let file: Arc<dyn VFile> = Arc::from(
+            vfs.open(&path)
+                .map_err(|e| Error::io("open segment", &path, e))?,
+        );
+        let len = file
+            .len()
+            .map_err(|e| Error::io("read segment length", &path, e))?;
+        let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+        let got = file
+            .read_at(&mut header, 0)
+            .map_err(|e| Error::io("read segment header", &path, e))?;
+        if let Some(e) = header_error(&path, header.get(..got).unwrap_or_default(), id) {
+            return Err(e);
+        }
+        Ok(Segment::new(id, path, file, len))
+    }
+
+    /// A segment of `len` bytes in `file`, not sealed: read with `pread` (the active one, or one being opened).
+    pub(crate) fn new(id: u32, path: PathBuf, file: Arc<dyn VFile>, len: u64) -> Segment {
         Segment {
             id,
             file_id: id,
             path,
             file,
             map: None,
-            dead: AtomicU64::new(dead),
+            dead: AtomicU64::new(0),
             len: AtomicU64::new(len),
             hinted: AtomicBool::new(false),
             unhintable: AtomicBool::new(false),
@@ -131,36 +112,39 @@ impl Segment {
     }
 
     /// A complete, fsynced compaction output that holds file id `file_id` on disk and `id` in memory; sealed.
-    pub fn compacted(
+    pub(crate) fn compacted(
         id: u32,
         file_id: u32,
         path: PathBuf,
         file: Arc<dyn VFile>,
         len: u64,
     ) -> Segment {
-        let mut segment = Segment::active(id, path, file, len, 0);
+        let mut segment = Segment::new(id, path, file, len);
         segment.file_id = file_id;
         segment.seal()
     }
 
-    /// A sealed copy of this complete, fsynced segment, read through a memory map. If mapping fails the segment
-    /// is still served, through `pread`.
-    pub fn seal(&self) -> Segment {
+    /// A sealed copy of this complete, fsynced segment, read through a memory map. If mapping fails, or the file
+    /// is not one of [`crate::StdVfs`], the segment is still served, through `pread`.
+    pub(crate) fn seal(&self) -> Segment {
         let len = self.len();
-        let map = if len > 0 {
-            // SAFETY: a sealed segment is complete and fsynced, and ussdb never writes to it or truncates it
-            // again (compaction replaces or unlinks whole files, which leaves existing maps of the old inode
-            // valid). Other processes are kept out of the directory by the lock file and the files are created
-            // 0600, so nothing else changes the mapped bytes while the map lives. Reads stay within `len`, the
-            // length at sealing time.
-            unsafe {
-                memmap2::MmapOptions::new()
-                    .len(len as usize)
-                    .map(self.file.std_file())
+        let any: &dyn std::any::Any = &*self.file;
+        let map = match (any.downcast_ref::<StdFile>(), usize::try_from(len)) {
+            (Some(std_file), Ok(len)) if len > 0 => {
+                #[expect(
+                    unsafe_code,
+                    reason = "memmap2 can only map a file in an unsafe block; the one map of the crate"
+                )]
+                // SAFETY: a sealed segment is complete and fsynced, and ussdb never writes to it or truncates it
+                // again (compaction replaces or unlinks whole files, which leaves existing maps of the old
+                // inode valid). The file is a `StdFile`, which only `StdVfs` makes: a real file the engine
+                // opened itself, not something a foreign `Vfs` could hand over. Other processes are kept out of
+                // the directory by the lock file and the files are created 0600, so nothing else changes the
+                // mapped bytes while the map lives. Reads stay within `len`, the length at sealing time.
+                let map = unsafe { memmap2::MmapOptions::new().len(len).map(std_file.file()) };
+                map.ok()
             }
-            .ok()
-        } else {
-            None
+            _ => None,
         };
         Segment {
             id: self.id,
@@ -177,64 +161,75 @@ impl Segment {
     }
 
     /// The segment id.
-    pub fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> u32 {
         self.id
     }
 
     /// The id in the file name: the segment's place in the replay order.
-    pub fn file_id(&self) -> u32 {
+    pub(crate) fn file_id(&self) -> u32 {
         self.file_id
     }
 
     /// The path of this segment's hint file.
-    pub fn hint_path(&self) -> PathBuf {
-        self.path.with_file_name(hint_file_name(self.file_id))
+    pub(crate) fn hint_path(&self) -> PathBuf {
+        self.path.with_file_name(dir::hint_file_name(self.file_id))
     }
 
     /// True once a valid hint file exists for this segment.
-    pub fn hinted(&self) -> bool {
+    pub(crate) fn hinted(&self) -> bool {
         self.hinted.load(Ordering::Acquire)
     }
 
     /// Records that a valid hint file exists (or, with false, that it was removed).
-    pub fn set_hinted(&self, hinted: bool) {
+    pub(crate) fn set_hinted(&self, hinted: bool) {
         self.hinted.store(hinted, Ordering::Release);
     }
 
     /// True once a hint could not be made of this segment's contents.
-    pub fn unhintable(&self) -> bool {
+    pub(crate) fn unhintable(&self) -> bool {
         self.unhintable.load(Ordering::Relaxed)
     }
 
     /// Records that a hint cannot be made of this segment's contents, so none is tried again.
-    pub fn set_unhintable(&self) {
+    pub(crate) fn set_unhintable(&self) {
         self.unhintable.store(true, Ordering::Relaxed);
     }
 
     /// True when compacting this segment alone was already found to reclaim nothing at its current dead count.
-    pub fn known_futile(&self) -> bool {
+    pub(crate) fn known_futile(&self) -> bool {
         self.dead() <= self.futile_at.load(Ordering::Relaxed)
             && self.futile_at.load(Ordering::Relaxed) != u64::MAX
     }
 
     /// Records that compacting this segment alone reclaims nothing while its dead count stays at `dead`.
-    pub fn set_futile_at(&self, dead: u64) {
+    pub(crate) fn set_futile_at(&self, dead: u64) {
         self.futile_at.store(dead, Ordering::Relaxed);
     }
 
     /// The file's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The shared file handle.
+    pub(crate) fn file_arc(&self) -> &Arc<dyn VFile> {
+        &self.file
+    }
+
+    /// This segment with its length set to `len` (open cuts a torn tail off the newest one).
+    pub(crate) fn with_len(self, len: u64) -> Segment {
+        self.len.store(len, Ordering::Release);
+        self
+    }
+
     /// The file handle (for the log's appends and fsyncs).
-    pub fn file(&self) -> &dyn VFile {
+    pub(crate) fn file(&self) -> &dyn VFile {
         &*self.file
     }
 
     /// All bytes of the segment: the map of a sealed one, or a copy read with one `pread` (the active segment, or a
     /// sealed one whose mapping failed).
-    pub fn contents(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
+    pub(crate) fn contents(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
         if let Some(map) = &self.map {
             return Ok(std::borrow::Cow::Borrowed(&map[..]));
         }
@@ -248,32 +243,36 @@ impl Segment {
     }
 
     /// The mapped bytes of a sealed segment.
-    pub fn mapped(&self) -> Option<&[u8]> {
+    pub(crate) fn mapped(&self) -> Option<&[u8]> {
         self.map.as_deref()
     }
 
     /// Bytes in the file.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len.load(Ordering::Acquire)
     }
 
     /// Records that `bytes` were appended.
-    pub fn grew(&self, bytes: u64) {
+    pub(crate) fn grew(&self, bytes: u64) {
         self.len.fetch_add(bytes, Ordering::AcqRel);
     }
 
     /// Dead bytes in this segment.
-    pub fn dead(&self) -> u64 {
+    pub(crate) fn dead(&self) -> u64 {
         self.dead.load(Ordering::Relaxed)
     }
 
     /// Records that a record of `bytes` in this segment no longer holds a live version.
-    pub fn add_dead(&self, bytes: u64) {
+    pub(crate) fn add_dead(&self, bytes: u64) {
         self.dead.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Reads and checks the record at `offset`, and hands it to `f`.
-    pub fn with_record<T>(&self, offset: u64, f: impl FnOnce(RecordRef<'_>) -> T) -> Result<T> {
+    pub(crate) fn with_record<T>(
+        &self,
+        offset: u64,
+        f: impl FnOnce(RecordRef<'_>) -> T,
+    ) -> Result<T> {
         if let Some(map) = &self.map {
             let bytes = usize::try_from(offset)
                 .ok()
@@ -288,7 +287,7 @@ impl Segment {
             .file
             .read_at(&mut small, offset)
             .map_err(|e| Error::io("read record", &self.path, e))?;
-        match record::decode(&small[..got]) {
+        match record::decode(small.get(..got).unwrap_or_default()) {
             Ok(rec) => Ok(f(rec)),
             Err(DecodeError::Short { needed: Some(n) }) if got == READ_AHEAD => {
                 let mut big = vec![0u8; n];
@@ -296,7 +295,7 @@ impl Segment {
                     .file
                     .read_at(&mut big, offset)
                     .map_err(|e| Error::io("read record", &self.path, e))?;
-                record::decode(&big[..got])
+                record::decode(big.get(..got).unwrap_or_default())
                     .map(f)
                     .map_err(|e| self.decode_error(offset, e))
             }
@@ -306,7 +305,11 @@ impl Segment {
 
     /// Reads the kind, key and total length of the record at `offset` without checking its checksum or reading
     /// its value: recovery from hint files compares keys this way. Bytes that fail to parse are `Corrupted`.
-    pub fn with_key<T>(&self, offset: u64, f: impl FnOnce(Kind, &[u8], u64) -> T) -> Result<T> {
+    pub(crate) fn with_key<T>(
+        &self,
+        offset: u64,
+        f: impl FnOnce(Kind, &[u8], u64) -> T,
+    ) -> Result<T> {
         let mut small = [0u8; READ_AHEAD];
         let bytes: &[u8] = match &self.map {
             Some(map) => usize::try_from(offset)
@@ -318,7 +321,7 @@ impl Segment {
                     .file
                     .read_at(&mut small, offset)
                     .map_err(|e| Error::io("read record", &self.path, e))?;
-                &small[..got]
+                small.get(..got).unwrap_or_default()
             }
         };
         match record::decode_header(bytes) {
@@ -358,10 +361,29 @@ impl Segment {
     }
 
     fn decode_error(&self, offset: u64, e: DecodeError) -> Error {
-        let reason = match e {
-            DecodeError::Short { .. } => "record extends past the end of the file".to_owned(),
-            DecodeError::Invalid(reason) => reason,
-        };
-        Error::corrupted(&self.path, offset, reason)
+        Error::corrupted(&self.path, offset, e.to_string())
+    }
+}
+
+/// The one check of a segment header: `None` if `bytes` start with the header of segment `id`, else the error
+/// that names what is wrong (open refuses the segment with it; verify lists it).
+pub(crate) fn header_error(path: &Path, bytes: &[u8], id: u32) -> Option<Error> {
+    match record::decode_segment_header(bytes) {
+        Ok(found) if found == id => None,
+        Ok(found) => Some(Error::corrupted(
+            path,
+            12,
+            format!("header names segment {found}, the file name {id}"),
+        )),
+        Err(HeaderError::Short) => Some(Error::corrupted(path, 0, "segment header is incomplete")),
+        Err(HeaderError::BadMagic) => Some(Error::BadMagic {
+            path: path.to_owned(),
+        }),
+        Err(HeaderError::Version(found)) => Some(Error::UnsupportedVersion {
+            path: path.to_owned(),
+            found,
+            supported: record::FORMAT_VERSION,
+        }),
+        Err(HeaderError::Invalid(reason)) => Some(Error::corrupted(path, 0, reason)),
     }
 }

@@ -10,14 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::codec;
+use crate::dir;
 use crate::engine::Engine;
 use crate::hint;
-use crate::index::{KeyHasher, Loc};
-use crate::record::{self, HeaderError, Kind, RecordRef, SEGMENT_HEADER_LEN};
-use crate::recovery::{describe, lock_dir, next_intact_record};
-use crate::seed;
+use crate::index::Loc;
+use crate::record::{Kind, RecordRef, Records};
+use crate::seed::{self, KeyHasher};
 use crate::segment::{self, Segment};
-use crate::vfs::{StdVfs, Vfs};
+use crate::tail::{self, Stop};
+use crate::vfs::StdVfs;
 use crate::{Error, Result};
 
 /// What [`crate::Store::verify`] or [`verify_dir`] found.
@@ -157,7 +158,7 @@ impl Walk<'_> {
     /// The file of the segment `loc` points into (its name need not follow from the in-memory id).
     fn path_of(&self, loc: Loc, segments: &BTreeMap<u32, Arc<Segment>>) -> PathBuf {
         segments.get(&loc.segment()).map_or_else(
-            || self.dir.join(segment::file_name(loc.segment())),
+            || self.dir.join(dir::segment_file_name(loc.segment())),
             |s| s.path().to_owned(),
         )
     }
@@ -167,68 +168,59 @@ impl Walk<'_> {
     fn scan_segment(&mut self, id: u32, file_id: u32, path: &Path, bytes: &[u8], newest: bool) {
         self.report.segments += 1;
         self.report.bytes += bytes.len() as u64;
-        match record::decode_segment_header(bytes) {
-            Ok(found) if found == file_id => {}
-            Ok(found) => self.damage(
-                path,
-                12,
-                format!("header names segment {found}, the file name {file_id}"),
-            ),
-            Err(HeaderError::Short) => {
-                return self.damage(path, 0, "segment header is incomplete");
-            }
-            Err(HeaderError::BadMagic) => {
-                return self.damage(path, 0, "not a ussdb segment (wrong magic number)");
-            }
-            Err(HeaderError::Version(v)) => {
-                return self.damage(
-                    path,
-                    8,
-                    format!(
-                        "format version {v}; this build reads version {}",
-                        record::FORMAT_VERSION
-                    ),
-                );
-            }
-            Err(HeaderError::Invalid(reason)) => self.damage(path, 0, reason),
-        }
-        let mut offset = SEGMENT_HEADER_LEN as usize;
-        while let Some(rest) = bytes.get(offset..).filter(|r| !r.is_empty()) {
-            match record::decode(rest) {
-                Ok(rec) => {
-                    self.record(Loc::new(id, offset as u64), rec, path);
-                    offset += rec.len();
+        if let Some(e) = segment::header_error(path, bytes, file_id) {
+            let (offset, reason) = match e {
+                Error::Corrupted { offset, reason, .. } => (offset, reason),
+                Error::BadMagic { .. } => {
+                    (0, "not a ussdb segment (wrong magic number)".to_owned())
                 }
-                Err(e) => {
-                    let reason = describe(e);
-                    match next_intact_record(bytes, offset + 1) {
+                Error::UnsupportedVersion {
+                    found, supported, ..
+                } => (
+                    8,
+                    format!("format version {found}; this build reads version {supported}"),
+                ),
+                other => (0, other.to_string()),
+            };
+            // Without a readable header nothing after it can be trusted; a wrong id or checksum still lets
+            // the records be read.
+            let fatal = bytes.len() < crate::record::SEGMENT_HEADER_LEN as usize
+                || reason.contains("magic")
+                || reason.contains("format version");
+            self.damage(path, offset, reason);
+            if fatal {
+                return;
+            }
+        }
+        let mut offset = crate::record::SEGMENT_HEADER_LEN as usize;
+        loop {
+            let mut records = Records::from_offset(bytes, offset);
+            for (at, rec) in &mut records {
+                self.record(Loc::new(id, at as u64), rec, path);
+            }
+            let Some((at, e)) = records.stopped() else {
+                break;
+            };
+            match tail::classify(bytes, *at, e, newest) {
+                Stop::Torn { reason } => {
+                    self.report.torn_tail = Some(Damage {
+                        path: path.to_owned(),
+                        offset: *at as u64,
+                        reason,
+                    });
+                    break;
+                }
+                Stop::Damaged { reason, next } => {
+                    let reason = match next {
                         Some(next) => {
-                            self.damage(
-                                path,
-                                offset as u64,
-                                format!("{reason} (skipped to the next intact record at {next})"),
-                            );
-                            offset = next;
+                            format!("{reason} (skipped to the next intact record at {next})")
                         }
-                        None if newest => {
-                            self.report.torn_tail = Some(Damage {
-                                path: path.to_owned(),
-                                offset: offset as u64,
-                                reason: format!(
-                                    "{reason}; the last {} bytes are a torn write",
-                                    bytes.len() - offset
-                                ),
-                            });
-                            break;
-                        }
-                        None => {
-                            self.damage(
-                                path,
-                                offset as u64,
-                                format!("{reason}; nothing intact follows in this sealed segment"),
-                            );
-                            break;
-                        }
+                        None => format!("{reason}; nothing intact follows"),
+                    };
+                    self.damage(path, *at as u64, reason);
+                    match next {
+                        Some(next) => offset = next,
+                        None => break,
                     }
                 }
             }
@@ -279,15 +271,8 @@ impl Walk<'_> {
             .unwrap_or(found.len().min(expected.len()));
         let reason = match hint::decode(&found) {
             Err(reason) => reason,
-            Ok((header, _)) if header.segment_len != segment.len() as u64 => format!(
-                "written for a segment of {} bytes, the segment has {}",
-                header.segment_len,
-                segment.len()
-            ),
-            Ok((header, _)) if header.hasher != hasher.identity() => {
-                "made with another hash seed".to_owned()
-            }
-            Ok(_) => "its entries differ from the segment's records".to_owned(),
+            Ok((header, _)) => hint::mismatch(&header, file_id, segment.len() as u64, hasher)
+                .unwrap_or_else(|| "its entries differ from the segment's records".to_owned()),
         };
         self.report.hint_problems.push(Damage {
             path: hint_path.to_owned(),
@@ -302,10 +287,11 @@ impl Walk<'_> {
         if self.report.records.is_multiple_of(PROGRESS_EVERY) {
             (self.progress)(self.done + loc.offset(), self.total);
         }
-        if codec::decode_key(rec.key).is_none() {
+        if codec::split_key(rec.key).is_none() {
             return self.damage(path, loc.offset(), "record key is malformed");
         }
         if rec.kind == Kind::Put
+            && codec::decode_key(rec.key).is_some()
             && let Err(reason) = codec::decode_value(rec.value)
         {
             self.damage(
@@ -339,7 +325,7 @@ impl Walk<'_> {
                     continue;
                 };
                 let read = segment.with_record(loc.offset(), |rec| {
-                    let ids = codec::decode_key(rec.key).map(|(u, c)| (u.to_owned(), c.to_owned()));
+                    let ids = codec::split_key(rec.key).map(|(u, c)| (u.to_vec(), c.to_vec()));
                     (rec.kind, ids, fingerprint(rec.key))
                 });
                 let (kind, ids, print) = match read {
@@ -361,7 +347,7 @@ impl Walk<'_> {
                         continue;
                     }
                 };
-                let Some((user, campaign)) = ids else {
+                let Some((user_bytes, item)) = ids else {
                     self.damage(
                         &path,
                         loc.offset(),
@@ -369,6 +355,8 @@ impl Walk<'_> {
                     );
                     continue;
                 };
+                let user = String::from_utf8_lossy(&user_bytes);
+                let campaign = String::from_utf8_lossy(&item);
                 if kind != Kind::Put {
                     self.damage(
                         &path,
@@ -377,7 +365,7 @@ impl Walk<'_> {
                     );
                     continue;
                 }
-                if hasher.hash(&user, &campaign) != hash {
+                if hasher.hash(&user_bytes, &item) != hash {
                     self.damage(
                         &path,
                         loc.offset(),
@@ -441,17 +429,18 @@ impl Walk<'_> {
     }
 }
 
-impl Engine {
-    /// Verifies the open store. Holds the log lock throughout, so that log and index are compared at one instant:
-    /// writers wait, readers do not.
-    pub(crate) fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
-        // Compaction first, as it takes them: no pass is half done while the log and the index are compared.
-        let _pass = self.compaction.lock_pass();
-        let _log = self.lock_log();
-        let segments = self.segments().clone();
+/// Verifies an open store's engine. Writers and compaction stand still throughout, so that log and index are
+/// compared at one instant; readers do not wait.
+pub(crate) fn check_engine(
+    engine: &Engine,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport> {
+    {
+        let _quiet = engine.quiesce();
+        let segments = engine.segments().clone();
         let total = segments.values().map(|s| s.len()).sum();
         let mut walk = Walk {
-            dir: self.dir.clone(),
+            dir: engine.dir.clone(),
             report: VerifyReport {
                 index_checked: true,
                 ..VerifyReport::default()
@@ -462,7 +451,7 @@ impl Engine {
             progress,
         };
         // Replay order: a compaction output takes the file id (and place) of the oldest segment it replaced.
-        let hasher = Ok(self.index.hasher().clone());
+        let hasher = Ok(engine.index.hasher().clone());
         let mut in_order: Vec<&Arc<Segment>> = segments.values().collect();
         in_order.sort_by_key(|s| s.file_id());
         let last = in_order.last().map(|s| s.id());
@@ -481,7 +470,7 @@ impl Engine {
                 walk.check_hint(segment.file_id(), bytes, &segment.hint_path(), &hasher)?;
             }
         }
-        walk.check_index(self, &segments);
+        walk.check_index(engine, &segments);
         Ok(walk.report)
     }
 }
@@ -505,18 +494,12 @@ pub fn verify_dir_with_progress(
             path: dir.to_owned(),
         });
     }
-    let _lock = lock_dir(dir)?;
+    let _lock = dir::lock(dir)?;
     let vfs = StdVfs;
-    let mut ids: Vec<u32> = vfs
-        .list_dir(dir)
-        .map_err(|e| Error::io("list store directory", dir, e))?
-        .iter()
-        .filter_map(|name| name.to_str().and_then(segment::parse_file_name))
-        .collect();
-    ids.sort_unstable();
+    let ids = dir::list(&vfs, dir)?.segments;
     let mut total = 0;
     for &id in &ids {
-        let path = dir.join(segment::file_name(id));
+        let path = dir.join(dir::segment_file_name(id));
         total += std::fs::metadata(&path)
             .map_err(|e| Error::io("read segment length", &path, e))?
             .len();
@@ -538,11 +521,11 @@ pub fn verify_dir_with_progress(
     };
     let last = ids.last().copied();
     for &id in &ids {
-        let path = dir.join(segment::file_name(id));
+        let path = dir.join(dir::segment_file_name(id));
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read segment", &path, e))?;
         walk.scan_segment(id, id, &path, &bytes, Some(id) == last);
         if Some(id) != last {
-            walk.check_hint(id, &bytes, &dir.join(segment::hint_file_name(id)), &hasher)?;
+            walk.check_hint(id, &bytes, &dir.join(dir::hint_file_name(id)), &hasher)?;
         }
     }
     walk.count_live_without_index();
@@ -552,9 +535,10 @@ pub fn verify_dir_with_progress(
 #[cfg(test)]
 mod tests {
     use crate::Store;
+    use crate::durability::Durability;
     use crate::index::Loc;
-    use crate::store::{Durability, Options};
-    use crate::uss::CampaignUserMap;
+    use crate::model::CampaignUserMap;
+    use crate::options::Options;
 
     fn store(dir: &std::path::Path) -> Store {
         Store::open_with(dir, Options::default().durability(Durability::Never)).expect("open")
@@ -575,7 +559,7 @@ mod tests {
         let engine = store.engine();
         let hasher = engine.index.hasher().clone();
         let find = |c: &str| {
-            let hash = hasher.hash("u", c);
+            let hash = hasher.hash(b"u", c.as_bytes());
             let loc = engine
                 .index
                 .candidates(hash)
@@ -623,7 +607,7 @@ mod tests {
             .set(&CampaignUserMap::new("u", "c", "v"))
             .expect("set");
         let engine = store.engine();
-        let hash = engine.index.hasher().hash("u", "c");
+        let hash = engine.index.hasher().hash(b"u", b"c");
         let loc = engine
             .index
             .candidates(hash)

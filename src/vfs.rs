@@ -3,7 +3,17 @@
 //!
 //! [`StdVfs`] is the real thing: positional reads and writes (`pread`/`pwrite`), `fdatasync`, data files created
 //! with mode 0600.
+//!
+//! ## An extension point, with one rule
+//!
+//! [`Vfs`] is public so that a store can run over another file layer (fault injection, an in-memory file system
+//! for tests, accounting). A layer must keep the promises of each method's documentation: a write is visible to
+//! every later read, `sync_data` makes everything written before it durable, `rename` replaces its target
+//! atomically. Files of other layers are always read with positional reads: the engine memory-maps only files of
+//! [`StdVfs`], whose inode it knows is a real file that nothing else writes (see `segment.rs`), so no
+//! implementation of these safe traits can break the map's safety argument.
 
+use std::any::Any;
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -27,11 +37,13 @@ pub trait Vfs: Send + Sync + Debug {
 }
 
 /// An open file, as the engine uses it. All access is positional, so one handle serves many threads.
+///
+/// `Any` lets the engine recognise the files of [`StdVfs`] (the only ones it memory-maps).
 #[expect(
     clippy::len_without_is_empty,
     reason = "a file's length is all the engine asks"
 )]
-pub trait VFile: Send + Sync + Debug {
+pub trait VFile: Any + Send + Sync + Debug {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (fewer only at end of file).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     /// Writes all of `buf` at `offset`.
@@ -42,17 +54,22 @@ pub trait VFile: Send + Sync + Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The file's current length.
     fn len(&self) -> io::Result<u64>;
-    /// The real file underneath, for memory mapping sealed segments.
-    fn std_file(&self) -> &File;
 }
 
 /// The operating system's file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StdVfs;
 
-/// A file of [`StdVfs`].
+/// A file of [`StdVfs`]. Only [`StdVfs`] makes them, so a `StdFile` is always a real file opened by the engine.
 #[derive(Debug)]
 pub struct StdFile(File);
+
+impl StdFile {
+    /// The operating system's file, for the memory map of a segment.
+    pub(crate) fn file(&self) -> &File {
+        &self.0
+    }
+}
 
 impl Vfs for StdVfs {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
@@ -94,8 +111,8 @@ impl Vfs for StdVfs {
 impl VFile for StdFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let mut done = 0;
-        while done < buf.len() {
-            match self.0.read_at(&mut buf[done..], offset + done as u64) {
+        while let Some(rest) = buf.get_mut(done..).filter(|rest| !rest.is_empty()) {
+            match self.0.read_at(rest, offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -119,9 +136,5 @@ impl VFile for StdFile {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
-    }
-
-    fn std_file(&self) -> &File {
-        &self.0
     }
 }

@@ -108,9 +108,6 @@ impl VFile for StopFile {
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
-    fn std_file(&self) -> &std::fs::File {
-        self.inner.std_file()
-    }
 }
 
 fn manual() -> Options {
@@ -421,9 +418,6 @@ impl VFile for CutFile {
     }
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
-    }
-    fn std_file(&self) -> &std::fs::File {
-        self.inner.std_file()
     }
 }
 

@@ -328,10 +328,6 @@ impl VFile for FaultyFile {
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
-
-    fn std_file(&self) -> &std::fs::File {
-        self.inner.std_file()
-    }
 }
 
 // ---- The workload and its model ----

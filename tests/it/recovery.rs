@@ -244,9 +244,6 @@ impl VFile for FailingFile {
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
-    fn std_file(&self) -> &std::fs::File {
-        self.inner.std_file()
-    }
 }
 
 #[test]

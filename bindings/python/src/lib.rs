@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
-use std::time::Duration;
 
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::intern;
@@ -21,10 +20,6 @@ pyo3::create_exception!(
     PyException,
     "Raised when the ussdb engine reports an error; str(e) is the engine's message."
 );
-
-/// How often a `durability="periodic"` store fsyncs in the background: the CLI's interval, so that
-/// "periodic" promises the same everywhere (an OS crash takes at most the last 100 ms of writes).
-const PERIODIC_SYNC: Duration = Duration::from_millis(100);
 
 fn engine_error(e: ussdb::Error) -> PyErr {
     Error::new_err(e.to_string())
@@ -52,15 +47,11 @@ fn forked_error(path: &std::path::Path) -> PyErr {
     ))
 }
 
+/// The engine's own reading of a durability name (`"periodic"` fsyncs every
+/// [`ussdb::DEFAULT_PERIODIC_INTERVAL`], as the CLI's does), so it promises the same everywhere.
 fn parse_durability(s: &str) -> PyResult<ussdb::Durability> {
-    match s {
-        "periodic" => Ok(ussdb::Durability::Periodic(PERIODIC_SYNC)),
-        "immediate" => Ok(ussdb::Durability::Immediate),
-        "never" => Ok(ussdb::Durability::Never),
-        other => Err(PyValueError::new_err(format!(
-            "durability must be \"periodic\", \"immediate\" or \"never\", not {other:?}"
-        ))),
-    }
+    s.parse()
+        .map_err(|e: ussdb::Error| PyValueError::new_err(e.to_string()))
 }
 
 /// Which key holds the goal list in the dicts a class hands out.
@@ -116,35 +107,64 @@ fn field_str(key: &Bound<'_, PyString>, v: &Bound<'_, PyAny>, expected: &str) ->
     }
 }
 
-fn required_str(data: &Bound<'_, PyDict>, key: &Bound<'_, PyString>) -> PyResult<String> {
-    match data.get_item(key)? {
-        Some(v) => field_str(key, &v, "a str"),
+/// The value of `field` in `data` under any of the names the SDKs write it under (the engine's one table,
+/// [`ussdb::SdkField`]), trying `first` before the others; `None` when absent or `None`.
+fn field_value<'py>(
+    data: &Bound<'py, PyDict>,
+    field: ussdb::SdkField,
+    first: &Bound<'py, PyString>,
+) -> PyResult<Option<(Bound<'py, PyString>, Bound<'py, PyAny>)>> {
+    if let Some(v) = data.get_item(first)?
+        && !v.is_none()
+    {
+        return Ok(Some((first.clone(), v)));
+    }
+    let py = data.py();
+    for name in field.names() {
+        if first.to_str().is_ok_and(|f| f == *name) {
+            continue;
+        }
+        let key = PyString::intern(py, name);
+        if let Some(v) = data.get_item(&key)?
+            && !v.is_none()
+        {
+            return Ok(Some((key, v)));
+        }
+    }
+    Ok(None)
+}
+
+fn required_str(
+    data: &Bound<'_, PyDict>,
+    field: ussdb::SdkField,
+    first: &Bound<'_, PyString>,
+) -> PyResult<String> {
+    match field_value(data, field, first)? {
+        Some((key, v)) => field_str(&key, &v, "a str"),
         None => Err(PyValueError::new_err(format!(
-            "missing key {key:?} in the record"
+            "missing key {first:?} in the record (also accepted: {})",
+            field.names().join(", ")
         ))),
     }
 }
 
-fn optional_str(data: &Bound<'_, PyDict>, key: &Bound<'_, PyString>) -> PyResult<Option<String>> {
-    match data.get_item(key)? {
-        None => Ok(None),
-        Some(v) if v.is_none() => Ok(None),
-        Some(v) => field_str(key, &v, "a str or None").map(Some),
-    }
-}
-
-/// Reads a record from either shape, so that what `Store.get` or the SDK produced can be fed back.
-/// `goalIdentifiers` wins when both are present because that is the key the SDK updates.
+/// Reads a record in any SDK's key style, so that what `Store.get` or the SDK produced can be fed back.
+/// `goalIdentifiers` is tried first because that is the key the VWO Python SDK updates.
 fn dict_to_record(data: &Bound<'_, PyDict>) -> PyResult<ussdb::CampaignUserMap> {
+    use ussdb::SdkField;
     let py = data.py();
-    let goal_identifier = match optional_str(data, intern!(py, "goalIdentifiers"))? {
-        Some(g) => Some(g),
-        None => optional_str(data, intern!(py, "goalIdentifier"))?,
+    let goal_identifier = match field_value(
+        data,
+        SdkField::GoalIdentifier,
+        intern!(py, "goalIdentifiers"),
+    )? {
+        Some((key, v)) => Some(field_str(&key, &v, "a str or None")?),
+        None => None,
     };
     Ok(ussdb::CampaignUserMap {
-        user_id: required_str(data, intern!(py, "userId"))?,
-        campaign_key: required_str(data, intern!(py, "campaignKey"))?,
-        variation_name: required_str(data, intern!(py, "variationName"))?,
+        user_id: required_str(data, SdkField::UserId, intern!(py, "userId"))?,
+        campaign_key: required_str(data, SdkField::CampaignKey, intern!(py, "campaignKey"))?,
+        variation_name: required_str(data, SdkField::VariationName, intern!(py, "variationName"))?,
         goal_identifier,
     })
 }

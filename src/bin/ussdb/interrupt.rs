@@ -4,38 +4,36 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// The exit status of a command stopped by Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2).
 pub const EXIT_CODE: u8 = 130;
 
-static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Set by the signal handler itself, on the thread the signal interrupts (the main thread, for a Ctrl-C sent to
+/// the process), so the flag is set before that thread goes on: what it reads next is read with the flag set.
+static REQUESTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
-/// Only stores to an atomic: the one kind of work that is safe inside a signal handler.
-extern "C" fn on_sigint(_signal: libc::c_int) {
-    REQUESTED.store(true, Ordering::SeqCst);
-}
-
-/// From now on, the first Ctrl-C sets [`requested`] instead of ending the process. `SA_RESETHAND` puts the
-/// default action back as the handler runs, so a second Ctrl-C ends the process at once if the first is not
-/// acted on (say, while a read from a terminal waits for input). `SA_RESTART` keeps interrupted reads and
-/// writes going instead of failing them with `EINTR`.
+/// From now on, the first Ctrl-C sets [`requested`] instead of ending the process; a second one ends it at once
+/// with [`EXIT_CODE`], for when the first is not acted on soon (say, while a read from a terminal waits for
+/// input). Interrupted reads and writes are restarted, not failed with `EINTR`.
 pub fn catch() {
-    let handler: extern "C" fn(libc::c_int) = on_sigint;
-    // SAFETY: `action` is fully initialised (zeroed, then every field this call reads is set); the handler only
-    // touches an atomic, which is async-signal-safe.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = handler as *const () as libc::sighandler_t;
-        action.sa_flags = libc::SA_RESTART | libc::SA_RESETHAND;
-        libc::sigemptyset(&mut action.sa_mask);
-        // On failure Ctrl-C keeps its default action: the command ends at once, as it would without this.
-        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
-    }
+    let flag = REQUESTED.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    // In this order: the shutdown hook runs first and does nothing until the flag hook has set the flag once.
+    // If either cannot be installed, Ctrl-C keeps its default action: the command ends at once, which the store
+    // survives like any crash.
+    let _ = signal_hook::flag::register_conditional_shutdown(
+        signal_hook::consts::SIGINT,
+        i32::from(EXIT_CODE),
+        Arc::clone(flag),
+    );
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(flag));
 }
 
 /// True once Ctrl-C was pressed after [`catch`].
 pub fn requested() -> bool {
-    REQUESTED.load(Ordering::SeqCst)
+    REQUESTED
+        .get()
+        .is_some_and(|flag| flag.load(Ordering::SeqCst))
 }
 
 /// An input that ends at the next line boundary once Ctrl-C was pressed, so an import of JSON Lines stops after

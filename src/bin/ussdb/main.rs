@@ -389,7 +389,7 @@ fn import(
             ));
         }
         let input = File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
-        let len = input.metadata().map(|m| m.len()).ok();
+        let len = input.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
         (Box::new(input), len)
     };
     let name = if stdin {

@@ -1,34 +1,30 @@
 //! Opening a store: take the directory lock, clean up leftovers, read every segment in id order and rebuild the
 //! index, cutting off a torn tail of the newest segment.
 //!
-//! Only the newest segment can legitimately end in a torn record (rotation fsyncs a segment before the next one
-//! exists). A bad record there is a torn write when no intact record follows it, or when the gap before the
-//! next intact record has the shape of pages the kernel never wrote back (see [`lost_writeback`]): it is cut off
-//! with a warning, after everything else opened. Any other bad record followed by intact ones, and anything wrong
-//! in an older segment, is damage: reported as [`Error::Corrupted`] with the file and offset.
+//! Whether bad bytes are a torn write or damage is decided by [`tail::classify`], which `verify` asks too. A torn
+//! tail is cut off with a warning, after everything else opened (so a failed open leaves the directory as it
+//! found it); damage is reported as [`Error::Corrupted`] with the file and offset.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
 
+use super::compaction::{Compaction, FRESH_WITHOUT_HINT};
+use super::write::LogState;
+use super::{Counters, Engine};
 use crate::codec;
-use crate::compaction::Compaction;
-use crate::engine::{Counters, Engine};
+use crate::dir;
+use crate::durability::GroupCommit;
 use crate::hint;
-use crate::index::{Index, KeyHasher, Loc, MAX_SEGMENT_ID};
-use crate::log::{LogState, Syncer};
-use crate::record::{self, DecodeError, HeaderError, Kind, SEGMENT_HEADER_LEN};
-use crate::seed;
-use crate::segment::{self, Segment, TMP_SUFFIX};
-use crate::store::Options;
+use crate::index::{Index, Loc};
+use crate::options::Options;
+use crate::record::{Kind, Records};
+use crate::seed::{self, KeyHasher};
+use crate::segment::Segment;
+use crate::tail::{self, Stop};
 use crate::vfs::{VFile, Vfs};
 use crate::{Error, Result};
-
-/// Name of the lock file in a store directory.
-pub const LOCK_FILE: &str = "LOCK";
 
 impl Engine {
     pub(crate) fn open(dir: &Path, options: Options) -> Result<Engine> {
@@ -40,30 +36,21 @@ impl Engine {
             });
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("create store directory", dir, e))?;
-        let lock = lock_dir(dir)?;
+        let lock = dir::lock(dir)?;
 
-        let mut ids = Vec::new();
-        let mut hints = BTreeSet::new();
-        for name in vfs
-            .list_dir(dir)
-            .map_err(|e| Error::io("list store directory", dir, e))?
-        {
-            let Some(name) = name.to_str() else { continue };
-            if name.ends_with(TMP_SUFFIX) {
-                log::warn!(
-                    "removing {name} in {}, left over from an interrupted write",
-                    dir.display()
-                );
-                let path = dir.join(name);
-                vfs.remove_file(&path)
-                    .map_err(|e| Error::io("remove temporary file", &path, e))?;
-            } else if let Some(id) = segment::parse_file_name(name) {
-                ids.push(id);
-            } else if let Some(id) = segment::parse_hint_file_name(name) {
-                hints.insert(id);
-            }
+        let listing = dir::list(&*vfs, dir)?;
+        for name in &listing.leftovers {
+            log::warn!(
+                "removing {} in {}, left over from an interrupted write",
+                name.display(),
+                dir.display()
+            );
+            let path = dir.join(name);
+            vfs.remove_file(&path)
+                .map_err(|e| Error::io("remove temporary file", &path, e))?;
         }
-        ids.sort_unstable();
+        let mut ids = listing.segments;
+        let hints = listing.hints;
         // After the *.tmp cleanup (which takes a left-over SEED.tmp) and before anything is hashed.
         let seed = seed::load_or_create(&*vfs, dir)?;
         // A hint without its segment is left by a crash between removing a compacted segment and its hint; one
@@ -72,7 +59,7 @@ impl Engine {
             .iter()
             .filter(|&&id| ids.binary_search(&id).is_err() || ids.last() == Some(&id))
         {
-            let path = dir.join(segment::hint_file_name(id));
+            let path = dir.join(dir::hint_file_name(id));
             vfs.remove_file(&path)
                 .map_err(|e| Error::io("remove stale hint file", &path, e))?;
         }
@@ -96,7 +83,7 @@ impl Engine {
                 active: Arc::clone(&active),
                 written: 0,
             }),
-            syncer: Syncer::default(),
+            commit: GroupCommit::default(),
             poison: OnceLock::new(),
             counters: Counters::default(),
             compaction: Compaction::default(),
@@ -108,20 +95,16 @@ impl Engine {
         // doubling of the need; segments that are scanned grow the index as they go.
         let hinted: u64 = ids
             .iter()
-            .filter(|id| hints.contains(id))
-            .filter_map(|&id| {
-                hint::entry_count(&*engine.vfs, &dir.join(segment::hint_file_name(id)))
-            })
+            .filter(|id| hints.binary_search(id).is_ok())
+            .filter_map(|&id| hint::entry_count(&*engine.vfs, &dir.join(dir::hint_file_name(id))))
             .sum();
         engine
             .index
             .unshared()
             .reserve(usize::try_from(hinted).unwrap_or(usize::MAX));
-        let fresh_from = ids
-            .len()
-            .saturating_sub(crate::compaction::FRESH_WITHOUT_HINT);
+        let fresh_from = ids.len().saturating_sub(FRESH_WITHOUT_HINT);
         for (i, id) in ids.into_iter().enumerate() {
-            let hint = match hints.contains(&id) {
+            let hint = match hints.binary_search(&id).is_ok() {
                 true => Hint::Present,
                 // The background thread leaves the newest sealed segments without hints on purpose.
                 false if i >= fresh_from => Hint::NotYet,
@@ -130,7 +113,7 @@ impl Engine {
             engine.recover_sealed(id, hint)?;
         }
         if let Some(bytes) = newest_bytes {
-            engine.replay_all(active.id(), active.path(), &bytes)?;
+            engine.replay_all(active.id(), &bytes)?;
         }
         if let Some(torn) = torn {
             torn.cut()?;
@@ -140,8 +123,8 @@ impl Engine {
 
     /// Reads sealed segment `id` into the index: through its hint file if there is a sound one, else by scanning.
     fn recover_sealed(&mut self, id: u32, hint: Hint) -> Result<()> {
-        let (path, file, len) = open_segment(&*self.vfs, &self.dir, id)?;
-        let segment = Arc::new(Segment::active(id, path.clone(), file, len, 0).seal());
+        let segment = Arc::new(Segment::open(&*self.vfs, &self.dir, id)?.seal());
+        let path = segment.path().to_owned();
         self.segments
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
@@ -168,15 +151,14 @@ impl Engine {
         }
         let contents = segment.contents()?;
         let bytes: &[u8] = &contents;
-        let end = valid_prefix(bytes);
-        if end < bytes.len() {
-            let reason = record::decode(&bytes[end..])
-                .err()
-                .map(describe)
-                .unwrap_or_default();
-            return Err(Error::corrupted(&path, end as u64, reason));
+        let mut records = Records::new(bytes);
+        records.by_ref().for_each(drop);
+        if let Some((at, e)) = records.stopped() {
+            let (Stop::Damaged { reason, .. } | Stop::Torn { reason }) =
+                tail::classify(bytes, *at, e, false);
+            return Err(Error::corrupted(&path, *at as u64, reason));
         }
-        self.replay_all(id, &path, bytes)
+        self.replay_all(id, bytes)
     }
 
     /// Replays a segment from its hint file. Everything is checked before the first entry is applied, so a
@@ -191,15 +173,13 @@ impl Engine {
             Ok(decoded) => decoded,
             Err(reason) => return refuse(reason),
         };
-        if header.file_id != segment.file_id() {
-            return refuse(format!("written for segment {}", header.file_id));
-        }
-        if header.segment_len != segment.len() {
-            return refuse(format!(
-                "written for a segment of {} bytes, the segment has {}",
-                header.segment_len,
-                segment.len()
-            ));
+        if let Some(reason) = hint::mismatch(
+            &header,
+            segment.file_id(),
+            segment.len(),
+            self.index.hasher(),
+        ) {
+            return refuse(reason);
         }
         if let Some(last) = entries.last() {
             let mut crc = [0u8; 4];
@@ -217,9 +197,6 @@ impl Engine {
                 return refuse("its last record does not match the segment's".into());
             }
         }
-        if header.hasher != self.index.hasher().identity() {
-            return refuse("made with another hash seed".into());
-        }
         // Most entries are keys the index has not seen: no entry with their hash means no entry for their key,
         // so they go in without any key at all. Only where an entry with the same hash exists (the key was
         // written in an earlier segment too, or two keys collide) are the keys read from the records and
@@ -228,7 +205,9 @@ impl Engine {
         for batch in entries.chunks(BATCH) {
             // The index is memory-bound: touching a batch of home slots first lets their cache misses overlap.
             let hashes: [u64; BATCH] = std::array::from_fn(|i| batch.get(i).map_or(0, |e| e.hash));
-            self.index.unshared().prefetch(&hashes[..batch.len()]);
+            self.index
+                .unshared()
+                .prefetch(hashes.get(..batch.len()).unwrap_or_default());
             for entry in batch {
                 let loc = Loc::new(segment.id(), entry.offset);
                 match entry.kind {
@@ -245,7 +224,7 @@ impl Engine {
                 // The hint passed every check, so a record that does not match it is damage in the segment.
                 let matches = key
                     .as_deref()
-                    .and_then(codec::decode_key)
+                    .and_then(codec::split_key)
                     .is_some_and(|(u, c)| self.index.hasher().hash(u, c) == entry.hash);
                 let (Some(key), true) = (key, matches) else {
                     return Err(self.corrupted_at(
@@ -259,19 +238,15 @@ impl Engine {
         Ok(Ok(()))
     }
 
-    /// Replays the records of segment `id` (already checked by [`valid_prefix`]) into the index.
-    fn replay_all(&mut self, id: u32, path: &Path, bytes: &[u8]) -> Result<()> {
-        let mut offset = SEGMENT_HEADER_LEN as usize;
-        while offset < bytes.len() {
-            let rec = record::decode(&bytes[offset..])
-                .map_err(|e| Error::corrupted(path, offset as u64, describe(e)))?;
+    /// Replays the records of segment `id` (already checked: every record is intact) into the index.
+    fn replay_all(&mut self, id: u32, bytes: &[u8]) -> Result<()> {
+        for (offset, rec) in Records::new(bytes) {
             let loc = Loc::new(id, offset as u64);
-            let Some((user_id, campaign_key)) = codec::decode_key(rec.key) else {
+            let Some((user_id, item)) = codec::split_key(rec.key) else {
                 return Err(self.corrupted_at(loc, "record key is malformed".into()));
             };
-            let hash = self.index.hasher().hash(user_id, campaign_key);
+            let hash = self.index.hasher().hash(user_id, item);
             self.replay(loc, hash, rec.kind, rec.key, rec.len() as u64)?;
-            offset += rec.len();
         }
         Ok(())
     }
@@ -285,7 +260,7 @@ impl Engine {
         let mut old = None;
         for candidate in index.candidates(hash).iter() {
             let Some(segment) = segments.get(&candidate.segment()) else {
-                let path = self.dir.join(segment::file_name(candidate.segment()));
+                let path = self.dir.join(dir::segment_file_name(candidate.segment()));
                 return Err(Error::corrupted(
                     path,
                     candidate.offset(),
@@ -321,40 +296,6 @@ impl Engine {
     }
 }
 
-/// How long `open` waits for a held lock before it reports [`Error::Locked`]. A lock can be held for a moment by
-/// no store at all: a child process that any thread of this process is starting shares the lock file's open
-/// description from fork until exec (close-on-exec closes it only then), so without patience a store closed and
-/// reopened while another thread spawns a process fails at random.
-const LOCK_PATIENCE: Duration = Duration::from_millis(500);
-
-/// Takes the directory's lock file (creating it), so no other process or handle opens the store meanwhile.
-pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File> {
-    let lock_path = dir.join(LOCK_FILE);
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(|e| Error::io("open lock file", &lock_path, e))?;
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match lock.try_lock() {
-            Ok(()) => return Ok(lock),
-            Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_PATIENCE => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io("lock store directory", &lock_path, e));
-            }
-        }
-    }
-}
-
 /// What open knows about a sealed segment's hint file.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Hint {
@@ -367,84 +308,39 @@ enum Hint {
 /// Why a hint file was not used.
 struct HintRefused(String);
 
-/// Opens segment `id` and checks its header; returns its path, file and length.
-fn open_segment(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(PathBuf, Arc<dyn VFile>, u64)> {
-    let path = dir.join(segment::file_name(id));
-    if id == 0 || id > MAX_SEGMENT_ID {
-        return Err(Error::corrupted(
-            &path,
-            0,
-            format!("segment id {id} is out of range"),
-        ));
-    }
-    let file: Arc<dyn VFile> = Arc::from(
-        vfs.open(&path)
-            .map_err(|e| Error::io("open segment", &path, e))?,
-    );
-    let len = file
-        .len()
-        .map_err(|e| Error::io("read segment length", &path, e))?;
-    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-    let got = file
-        .read_at(&mut header, 0)
-        .map_err(|e| Error::io("read segment header", &path, e))?;
-    match record::decode_segment_header(&header[..got]) {
-        Ok(found) if found == id => Ok((path, file, len)),
-        Ok(found) => Err(Error::corrupted(
-            &path,
-            12,
-            format!("header names segment {found}, the file name {id}"),
-        )),
-        Err(HeaderError::Short) => Err(Error::corrupted(&path, 0, "segment header is incomplete")),
-        Err(HeaderError::BadMagic) => Err(Error::BadMagic { path }),
-        Err(HeaderError::Version(found)) => Err(Error::UnsupportedVersion {
-            path,
-            found,
-            supported: record::FORMAT_VERSION,
-        }),
-        Err(HeaderError::Invalid(reason)) => Err(Error::corrupted(&path, 0, reason)),
-    }
-}
-
-/// Opens the newest segment as the active one, cutting off a torn tail; returns it with its bytes.
+/// Opens the newest segment as the active one, finding a torn tail (cut later); returns it with its bytes.
 fn open_newest(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(Segment, Vec<u8>, Option<TornTail>)> {
-    let (path, file, len) = open_segment(vfs, dir, id)?;
-    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-    let got = file
+    let segment = Segment::open(vfs, dir, id)?;
+    let path = segment.path().to_owned();
+    let mut bytes = vec![0u8; usize::try_from(segment.len()).unwrap_or(usize::MAX)];
+    let got = segment
+        .file()
         .read_at(&mut bytes, 0)
         .map_err(|e| Error::io("read segment", &path, e))?;
     bytes.truncate(got);
-    let end = valid_prefix(&bytes);
+    let mut records = Records::new(&bytes);
+    records.by_ref().for_each(drop);
     let mut torn = None;
-    if end < bytes.len() {
-        let mut reason = record::decode(&bytes[end..])
-            .err()
-            .map(describe)
-            .unwrap_or_default();
-        if let Some(next) = next_intact_record(&bytes, end + 1) {
-            if !lost_writeback(&bytes, end, next) {
-                return Err(Error::corrupted(
-                    &path,
-                    end as u64,
-                    format!(
-                        "{reason}; an intact record follows at offset {next}, so this is damage, not a torn write"
-                    ),
-                ));
+    if let Some((end, e)) = records.stopped() {
+        let end = *end;
+        match tail::classify(&bytes, end, e, true) {
+            Stop::Damaged { reason, .. } => {
+                return Err(Error::corrupted(&path, end as u64, reason));
             }
-            reason = format!(
-                "{reason}; the page cache wrote back later pages but not this one before a power loss"
-            );
+            Stop::Torn { reason } => {
+                torn = Some(TornTail {
+                    file: Arc::clone(segment.file_arc()),
+                    path: path.clone(),
+                    at: end as u64,
+                    cut: bytes.len() - end,
+                    reason,
+                });
+                bytes.truncate(end);
+            }
         }
-        torn = Some(TornTail {
-            file: Arc::clone(&file),
-            path: path.clone(),
-            at: end as u64,
-            cut: bytes.len() - end,
-            reason,
-        });
-        bytes.truncate(end);
     }
-    Ok((Segment::active(id, path, file, end as u64, 0), bytes, torn))
+    let len = bytes.len() as u64;
+    Ok((segment.with_len(len), bytes, torn))
 }
 
 /// A torn write found at the end of the newest segment, cut off only once the rest of the store has opened, so
@@ -471,42 +367,4 @@ impl TornTail {
             .and_then(|()| self.file.sync_data())
             .map_err(|e| Error::io("cut torn tail", &self.path, e))
     }
-}
-
-/// True when the damage at `from`, followed by an intact record at `next`, has the shape of writes that never
-/// reached the disk: some 4 KiB page between them ends in zeros, as a page does that the kernel had not written
-/// back when the power went (it wrote a later page first). Bit rot flips bits; it does not zero a page's tail.
-/// Without fsyncs (`Periodic`, `Never`) such a hole can precede intact records; with `Immediate`, anything after
-/// it was never acknowledged, since the fsync that acknowledges a write covers every page before it.
-fn lost_writeback(bytes: &[u8], from: usize, next: usize) -> bool {
-    const PAGE: usize = 4096;
-    const ZERO_TAIL: usize = 64;
-    (from / PAGE + 1..=next / PAGE)
-        .map(|page| page * PAGE)
-        .filter_map(|boundary| bytes.get(boundary - ZERO_TAIL..boundary))
-        .any(|tail| tail.iter().all(|&b| b == 0))
-}
-
-/// The length of the longest prefix of a segment's bytes that is the header and whole, intact records.
-fn valid_prefix(bytes: &[u8]) -> usize {
-    let mut offset = SEGMENT_HEADER_LEN as usize;
-    while let Some(rest) = bytes.get(offset..).filter(|r| !r.is_empty()) {
-        match record::decode(rest) {
-            Ok(rec) => offset += rec.len(),
-            Err(_) => break,
-        }
-    }
-    offset.min(bytes.len())
-}
-
-pub(crate) fn describe(e: DecodeError) -> String {
-    match e {
-        DecodeError::Short { .. } => "record is cut short by the end of the file".to_owned(),
-        DecodeError::Invalid(reason) => reason,
-    }
-}
-
-/// The first offset at or after `from` where an intact record starts, if any.
-pub(crate) fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
-    (from..bytes.len()).find(|&at| record::decode(&bytes[at..]).is_ok())
 }

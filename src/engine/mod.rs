@@ -1,8 +1,17 @@
-//! The engine: index, segments and log joined into get / put / delete over (user id, campaign key) keys.
+//! The engine: bytes in, bytes out. A key is a user id and an item of that user (a campaign key's bytes for a
+//! mapping); a value is bytes the fronts encode. The engine joins the index, the segments and the log.
 //!
-//! Read path: hash the key, take the candidate locations from the index (no lock kept), read each record from
-//! its segment and keep the one whose full key matches. Write path (in `log`): one appender under a mutex,
-//! which also serialises every index change, so the index always points at the newest record of each key.
+//! This file holds the engine's state and the read path; the other files of the folder each hold one path:
+//! - `write.rs`: the write path (one appender under the log mutex, rotation, group commit waits);
+//! - `open.rs`: opening a directory (replay from hint files or segments, torn tails);
+//! - `compaction/`: rewriting sealed segments (`policy` picks runs, `run` rewrites one, `worker` is the thread).
+//!
+//! Read path: hash the key once, copy the candidate locations out of one index shard (no lock kept), read each
+//! record from its segment and keep the one whose full key matches.
+
+mod compaction;
+mod open;
+mod write;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -11,36 +20,44 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 
 use crate::codec;
-use crate::compaction::Compaction;
+use crate::dir;
+use crate::durability::GroupCommit;
 use crate::index::{Index, Loc};
-use crate::log::{LogState, Syncer};
+use crate::options::Options;
 use crate::record::RecordRef;
 use crate::segment::Segment;
-use crate::store::{Durability, Options};
-use crate::uss::CampaignUserMap;
 use crate::vfs::Vfs;
 use crate::{Error, Result};
 
-/// A mapping as read back: the map and the SDK's extra `metaData` JSON text, if any.
-pub type Entry = (CampaignUserMap, Option<String>);
+pub(crate) use compaction::CompactionWorker;
+pub use write::Batch;
+use write::LogState;
 
+/// The shared state of an open store.
 pub(crate) struct Engine {
     pub(crate) dir: PathBuf,
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) options: Options,
     pub(crate) index: Index,
     pub(crate) segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
-    pub(crate) log: Mutex<LogState>,
-    pub(crate) syncer: Syncer,
+    log: Mutex<LogState>,
+    commit: GroupCommit,
     /// Set by the first failed fsync or unrecoverable write; writes are refused from then on.
-    pub(crate) poison: OnceLock<String>,
+    poison: OnceLock<String>,
     pub(crate) counters: Counters,
     /// Compaction's own state: one pass at a time, its counters, the background thread's wake-up.
-    pub(crate) compaction: Compaction,
+    pub(crate) compaction: compaction::Compaction,
     /// Held (flock) for the engine's lifetime, so a second process cannot open the directory.
-    pub(crate) _lock: File,
+    _lock: File,
 }
 
+/// While it lives, no write and no compaction runs; readers go on.
+pub(crate) struct Quiet<'a> {
+    _pass: MutexGuard<'a, ()>,
+    _log: MutexGuard<'a, LogState>,
+}
+
+/// Counters of the engine's work since open, for `Stats`.
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) sets: AtomicU64,
@@ -52,7 +69,7 @@ pub(crate) struct Counters {
 const MAX_LOOKUPS: usize = 1000;
 
 /// What reading a location found.
-pub(crate) enum Found<T> {
+enum Found<T> {
     /// The record is there; `f` made this of it.
     Record(T),
     /// The segment is gone (compacted away after the index was read): look the key up again.
@@ -60,19 +77,30 @@ pub(crate) enum Found<T> {
 }
 
 impl Engine {
-    pub(crate) fn durability(&self) -> Durability {
-        self.options.durability
-    }
-
     pub(crate) fn segments(&self) -> RwLockReadGuard<'_, BTreeMap<u32, Arc<Segment>>> {
         self.segments.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn lock_log(&self) -> MutexGuard<'_, LogState> {
+    fn lock_log(&self) -> MutexGuard<'_, LogState> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn check_poison(&self) -> Result<()> {
+    /// Waits for writers and compaction to stand still and returns a guard that keeps them so (for verify).
+    pub(crate) fn quiesce(&self) -> Quiet<'_> {
+        // Compaction first, as it takes them: no pass is half done while the log and the index are compared.
+        let pass = self.compaction.lock_pass();
+        Quiet {
+            _pass: pass,
+            _log: self.lock_log(),
+        }
+    }
+
+    /// True once a failure made the store refuse writes.
+    pub(crate) fn poisoned(&self) -> bool {
+        self.poison.get().is_some()
+    }
+
+    fn check_poison(&self) -> Result<()> {
         match self.poison.get() {
             Some(reason) => Err(Error::Poisoned {
                 reason: reason.clone(),
@@ -81,7 +109,7 @@ impl Engine {
         }
     }
 
-    pub(crate) fn set_poison(&self, reason: String) {
+    fn set_poison(&self, reason: String) {
         log::error!(
             "ussdb store in {} refuses writes from now on: {reason}",
             self.dir.display()
@@ -90,11 +118,7 @@ impl Engine {
     }
 
     /// Reads the record at `loc` and hands it to `f`.
-    pub(crate) fn read_at<T>(
-        &self,
-        loc: Loc,
-        f: impl FnOnce(RecordRef<'_>) -> T,
-    ) -> Result<Found<T>> {
+    fn read_at<T>(&self, loc: Loc, f: impl FnOnce(RecordRef<'_>) -> T) -> Result<Found<T>> {
         let segments = self.segments();
         match segments.get(&loc.segment()) {
             Some(segment) => segment.with_record(loc.offset(), f).map(Found::Record),
@@ -102,34 +126,35 @@ impl Engine {
         }
     }
 
-    fn decode_entry(&self, loc: Loc, key: &[u8], value: &[u8]) -> Result<Entry> {
-        codec::decode_map(key, value).map_err(|reason| self.corrupted_at(loc, reason))
-    }
-
+    /// The error for damage at `loc`, naming the segment's file.
     pub(crate) fn corrupted_at(&self, loc: Loc, reason: String) -> Error {
         let path = match self.segments().get(&loc.segment()) {
             Some(segment) => segment.path().to_owned(),
-            None => self.dir.join(crate::segment::file_name(loc.segment())),
+            None => self.dir.join(dir::segment_file_name(loc.segment())),
         };
         Error::corrupted(path, loc.offset(), reason)
     }
 
-    /// The newest mapping of (`user_id`, `campaign_key`).
-    pub(crate) fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<Entry>> {
-        codec::check_id("user_id", user_id)?;
-        codec::check_id("campaign_key", campaign_key)?;
-        let hash = self.index.hasher().hash(user_id, campaign_key);
+    /// The value of (`user_id`, `item`), handed to `decode` while it is read (no copy is made here).
+    pub(crate) fn get_with<T>(
+        &self,
+        user_id: &str,
+        item: &[u8],
+        decode: impl Fn(&[u8]) -> std::result::Result<T, String>,
+    ) -> Result<Option<T>> {
+        let hash = self.index.hasher().hash(user_id.as_bytes(), item);
         let mut moved = None;
         'lookup: for _ in 0..MAX_LOOKUPS {
             for loc in self.index.candidates(hash).iter() {
                 let found = self.read_at(loc, |rec| {
-                    codec::key_matches(rec.key, user_id, campaign_key).then(|| {
-                        codec::decode_map_of(user_id, campaign_key, rec.value)
-                            .map_err(|reason| self.corrupted_at(loc, reason))
-                    })
+                    codec::key_matches(rec.key, user_id, item).then(|| decode(rec.value))
                 })?;
                 match found {
-                    Found::Record(Some(entry)) => return entry.map(Some),
+                    Found::Record(Some(value)) => {
+                        return value
+                            .map(Some)
+                            .map_err(|reason| self.corrupted_at(loc, reason));
+                    }
                     Found::Record(None) => {}
                     Found::Moved => {
                         moved = Some(loc);
@@ -142,36 +167,42 @@ impl Engine {
         Err(self.lost(moved))
     }
 
-    /// The index entry of (`user_id`, `campaign_key`), with the length of its record. Called with the log locked,
-    /// so the answer stays true until the caller unlocks it.
-    pub(crate) fn find_locked(
+    /// Every item of `user_id` that `decode` keeps (it gets the item and the value; `Ok(None)` skips a record),
+    /// in no particular order. Costs in proportion to that user's items.
+    pub(crate) fn items_of<T>(
         &self,
-        hash: u64,
         user_id: &str,
-        campaign_key: &str,
-    ) -> Result<Option<(Loc, u64)>> {
-        for loc in self.index.candidates(hash).iter() {
-            let found = self.read_at(loc, |rec| {
-                codec::key_matches(rec.key, user_id, campaign_key).then(|| rec.len())
-            })?;
-            match found {
-                Found::Record(Some(len)) => return Ok(Some((loc, len as u64))),
-                Found::Record(None) => {}
-                // Segments are only removed with the log locked, and the index never points into a removed one.
-                Found::Moved => {
-                    return Err(
-                        self.corrupted_at(loc, "index points into a missing segment".into())
-                    );
+        decode: impl Fn(&[u8], &[u8]) -> std::result::Result<Option<T>, String>,
+    ) -> Result<Vec<T>> {
+        let user_part = self.index.hasher().user_part(user_id.as_bytes());
+        let mut moved = None;
+        'lookup: for _ in 0..MAX_LOOKUPS {
+            let mut out = Vec::new();
+            for (_, loc) in self.index.user_candidates(user_part) {
+                let found = self.read_at(loc, |rec| {
+                    codec::split_key(rec.key)
+                        .filter(|(user, _)| *user == user_id.as_bytes())
+                        .map(|(_, item)| decode(item, rec.value))
+                })?;
+                match found {
+                    Found::Record(Some(Ok(Some(value)))) => out.push(value),
+                    Found::Record(Some(Ok(None)) | None) => {}
+                    Found::Record(Some(Err(reason))) => return Err(self.corrupted_at(loc, reason)),
+                    Found::Moved => {
+                        moved = Some(loc);
+                        continue 'lookup;
+                    }
                 }
             }
+            return Ok(out);
         }
-        Ok(None)
+        Err(self.lost(moved))
     }
 
     /// The index entry whose record has the encoded key `key`, with the record's length, reading only record
-    /// headers and keys (no values, no checksums). For compaction, the only remover of segments, so none
-    /// vanishes behind its back.
-    pub(crate) fn find_key(&self, hash: u64, key: &[u8]) -> Result<Option<(Loc, u64)>> {
+    /// headers and keys (no values, no checksums). The caller holds the log mutex or is compaction (the only
+    /// remover of segments), so no segment vanishes behind its back.
+    fn find_key(&self, hash: u64, key: &[u8]) -> Result<Option<(Loc, u64)>> {
         for loc in self.index.candidates(hash).iter() {
             let Some(segment) = self.segments().get(&loc.segment()).cloned() else {
                 return Err(self.corrupted_at(loc, "index points into a missing segment".into()));
@@ -185,33 +216,6 @@ impl Engine {
         Ok(None)
     }
 
-    /// Every mapping of `user_id`, sorted by campaign key.
-    pub(crate) fn campaigns_of(&self, user_id: &str) -> Result<Vec<Entry>> {
-        codec::check_id("user_id", user_id)?;
-        let user_part = self.index.hasher().user_part(user_id);
-        let mut moved = None;
-        'lookup: for _ in 0..MAX_LOOKUPS {
-            let mut out = Vec::new();
-            for (_, loc) in self.index.user_candidates(user_part) {
-                let found = self.read_at(loc, |rec| {
-                    codec::key_of_user(rec.key, user_id)
-                        .then(|| self.decode_entry(loc, rec.key, rec.value))
-                })?;
-                match found {
-                    Found::Record(Some(entry)) => out.push(entry?),
-                    Found::Record(None) => {}
-                    Found::Moved => {
-                        moved = Some(loc);
-                        continue 'lookup;
-                    }
-                }
-            }
-            out.sort_by(|a, b| a.0.campaign_key.cmp(&b.0.campaign_key));
-            return Ok(out);
-        }
-        Err(self.lost(moved))
-    }
-
     /// The error for a lookup that kept finding its segment gone: compaction moves a record once per pass, so
     /// this many misses in a row means the index points into a segment that no longer exists.
     fn lost(&self, moved: Option<Loc>) -> Error {
@@ -222,47 +226,53 @@ impl Engine {
     }
 
     /// Adds `bytes` to the dead count of the segment holding `loc`.
-    pub(crate) fn mark_dead(&self, loc: Loc, bytes: u64) {
+    fn mark_dead(&self, loc: Loc, bytes: u64) {
         if let Some(segment) = self.segments().get(&loc.segment()) {
             segment.add_dead(bytes);
         }
     }
-}
 
-/// Every live mapping of a store, one index shard at a time; made by [`crate::Store::entries`].
-///
-/// Memory stays bounded by one shard's locations (1/64 of the index, 16 bytes each) and no lock is held while a
-/// record is read: each shard's locations are copied, then read in file order from a snapshot of the segment
-/// list, whose `Arc`s keep a compacted-away segment readable until the shard is done. Mappings written while
-/// the iteration runs may or may not be seen; each mapping present throughout is yielded exactly once.
-pub struct Entries<'a> {
-    engine: &'a Engine,
-    next_shard: usize,
-    pending: std::vec::IntoIter<Loc>,
-    segments: BTreeMap<u32, Arc<Segment>>,
-    failed: bool,
-}
-
-impl std::fmt::Debug for Entries<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entries")
-            .field("next_shard", &self.next_shard)
-            .field("pending", &self.pending.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'a> Entries<'a> {
-    pub(crate) fn new(engine: &'a Engine) -> Entries<'a> {
-        Entries {
-            engine,
+    /// A walk over every live record, decoded by `decode` (`Ok(None)` skips a record).
+    pub(crate) fn scan<T>(&self, decode: Decoder<T>) -> Scan<'_, T> {
+        Scan {
+            engine: self,
+            decode,
             next_shard: 0,
             pending: Vec::new().into_iter(),
             segments: BTreeMap::new(),
             failed: false,
         }
     }
+}
 
+/// Turns a live record's key and value into what a [`Scan`] yields; `Ok(None)` skips the record.
+pub(crate) type Decoder<T> = fn(&[u8], &[u8]) -> std::result::Result<Option<T>, String>;
+
+/// Every live record of a store, one index shard at a time.
+///
+/// Memory stays bounded by one shard's locations (1/64 of the index, 16 bytes each) and no lock is held while a
+/// record is read: each shard's locations are copied, then read in file order from a snapshot of the segment
+/// list, whose `Arc`s keep a compacted-away segment readable until the shard is done. Records written while
+/// the walk runs may or may not be seen; each record present throughout is yielded exactly once.
+pub(crate) struct Scan<'a, T> {
+    engine: &'a Engine,
+    decode: Decoder<T>,
+    next_shard: usize,
+    pending: std::vec::IntoIter<Loc>,
+    segments: BTreeMap<u32, Arc<Segment>>,
+    failed: bool,
+}
+
+impl<T> std::fmt::Debug for Scan<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scan")
+            .field("next_shard", &self.next_shard)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Scan<'_, T> {
     /// Loads the next non-empty shard; false when there is none.
     fn load_shard(&mut self) -> bool {
         while self.next_shard < self.engine.index.shard_count() {
@@ -294,35 +304,40 @@ impl<'a> Entries<'a> {
         false
     }
 
-    fn read(&self, loc: Loc) -> Result<Entry> {
+    fn read(&self, loc: Loc) -> Result<Option<T>> {
         let segment = self
             .segments
             .get(&loc.segment())
             .ok_or_else(|| self.engine.corrupted_at(loc, "segment vanished".into()))?;
         segment
             .with_record(loc.offset(), |rec| {
-                codec::decode_map(rec.key, rec.value)
+                (self.decode)(rec.key, rec.value)
                     .map_err(|reason| self.engine.corrupted_at(loc, reason))
             })
-            .and_then(|entry| entry)
+            .and_then(|value| value)
     }
 }
 
-impl Iterator for Entries<'_> {
-    type Item = Result<Entry>;
+impl<T> Iterator for Scan<'_, T> {
+    type Item = Result<T>;
 
-    fn next(&mut self) -> Option<Result<Entry>> {
-        if self.failed {
-            return None;
+    fn next(&mut self) -> Option<Result<T>> {
+        while !self.failed {
+            let loc = match self.pending.next() {
+                Some(loc) => loc,
+                None if self.load_shard() => self.pending.next()?,
+                None => return None,
+            };
+            match self.read(loc) {
+                Ok(Some(value)) => return Some(Ok(value)),
+                Ok(None) => {}
+                Err(e) => {
+                    // A damaged record ends the walk: the caller sees the error once, not a stream of them.
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
         }
-        let loc = match self.pending.next() {
-            Some(loc) => loc,
-            None if self.load_shard() => self.pending.next()?,
-            None => return None,
-        };
-        let entry = self.read(loc);
-        // A damaged record ends the walk: the caller sees the error once, not a stream of them.
-        self.failed = entry.is_err();
-        Some(entry)
+        None
     }
 }

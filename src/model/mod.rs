@@ -1,53 +1,92 @@
-//! The front door: the User Storage Service interface that A/B-testing SDKs call, and the map they store.
+//! What the store holds, as the SDKs see it: [`CampaignUserMap`] (one user's assignment in one campaign), its goal
+//! list helpers, and the one table of the key names each SDK writes ([`SdkField`]).
+//!
+//! Pure data: nothing here does I/O or knows how records are stored.
 
+mod dialect;
+
+use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::store::Store;
-use crate::{Error, Result};
+pub use dialect::SdkField;
 
 /// What separates goal identifiers in [`CampaignUserMap::goal_identifier`].
 pub const GOAL_DELIMITER: &str = "_vwo_";
 
-/// A User Storage Service, as A/B-testing SDKs ask the host application for one: it keeps the variation first
-/// assigned to a user, so the user keeps it when the campaign's settings change.
-///
-/// Object safe: a `Box<dyn UserStorageService>` or `Arc<dyn UserStorageService>` works.
-pub trait UserStorageService: Send + Sync {
-    /// The stored map of `user_id` in `campaign_key`, or `None`.
-    fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>, Error>;
-    /// Stores `map`, replacing any earlier one for the same user and campaign.
-    fn set(&self, map: &CampaignUserMap) -> Result<(), Error>;
-}
-
 /// One user's assignment in one campaign (the SDKs' `userStorageData`).
 ///
 /// Its JSON form uses the SDKs' camelCase keys (`userId`, `campaignKey`, `variationName`, `goalIdentifier`,
-/// absent when `None`), and also reads what other SDKs write: `goalIdentifiers` (plural), snake_case keys, and a
-/// goal list given as an array of strings (joined with [`GOAL_DELIMITER`]). Unknown keys such as `metaData` are
-/// ignored here; [`Store::set_with_meta`] keeps them.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// absent when `None`), and also reads what other SDKs write (every name [`SdkField`] lists: `goalIdentifiers`
+/// (plural), snake_case keys, ...) and a goal list given as an array of strings (joined with
+/// [`GOAL_DELIMITER`]). Unknown keys such as `metaData` are ignored here; `Store::set_with_meta` keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CampaignUserMap {
     /// The user's id as passed to the SDK.
-    #[serde(alias = "user_id")]
     pub user_id: String,
     /// The campaign's unique key.
-    #[serde(alias = "campaign_key")]
     pub campaign_key: String,
     /// The variation the user was assigned.
-    #[serde(alias = "variation_name")]
     pub variation_name: String,
     /// Goals already tracked for this user and campaign, joined by `_vwo_`, kept byte for byte (some SDKs write
     /// a leading or trailing delimiter).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        alias = "goalIdentifiers",
-        alias = "goal_identifier",
-        alias = "goal_identifiers",
-        deserialize_with = "goals_from_json"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub goal_identifier: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for CampaignUserMap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<CampaignUserMap, D::Error> {
+        deserializer.deserialize_map(MapVisitor)
+    }
+}
+
+/// Reads a map's keys through the [`SdkField`] table, so every SDK's key style is read the same way here and by
+/// the importer.
+struct MapVisitor;
+
+impl<'de> Visitor<'de> for MapVisitor {
+    type Value = CampaignUserMap;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a user storage record (userId, campaignKey, variationName, goalIdentifier)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CampaignUserMap, A::Error> {
+        let (mut user_id, mut campaign_key, mut variation_name) = (None, None, None);
+        let mut goal_identifier = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let slot = match SdkField::from_key(&key) {
+                Some(SdkField::UserId) => &mut user_id,
+                Some(SdkField::CampaignKey) => &mut campaign_key,
+                Some(SdkField::VariationName) => &mut variation_name,
+                Some(SdkField::GoalIdentifier) => {
+                    goal_identifier = map.next_value::<GoalList>()?.0;
+                    continue;
+                }
+                Some(SdkField::MetaData) | None => {
+                    map.next_value::<de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<String>()?);
+        }
+        let missing = |field: SdkField| de::Error::custom(field.missing());
+        Ok(CampaignUserMap {
+            user_id: user_id.ok_or_else(|| missing(SdkField::UserId))?,
+            campaign_key: campaign_key.ok_or_else(|| missing(SdkField::CampaignKey))?,
+            variation_name: variation_name.ok_or_else(|| missing(SdkField::VariationName))?,
+            goal_identifier,
+        })
+    }
+}
+
+/// A goal list as any SDK writes it: a string, null, or an array of strings (joined with [`GOAL_DELIMITER`]).
+pub(crate) struct GoalList(pub(crate) Option<String>);
+
+impl<'de> Deserialize<'de> for GoalList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<GoalList, D::Error> {
+        goals_from_json(deserializer).map(GoalList)
+    }
 }
 
 impl CampaignUserMap {
@@ -98,9 +137,7 @@ impl CampaignUserMap {
 }
 
 /// Reads a goal list written as a string, null, or an array of strings.
-pub(crate) fn goals_from_json<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<String>, D::Error> {
+fn goals_from_json<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Goals {
@@ -112,16 +149,6 @@ pub(crate) fn goals_from_json<'de, D: Deserializer<'de>>(
         Some(Goals::One(s)) => Some(s),
         Some(Goals::Many(list)) => Some(list.join(GOAL_DELIMITER)),
     })
-}
-
-impl UserStorageService for Store {
-    fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>, Error> {
-        Store::get(self, user_id, campaign_key)
-    }
-
-    fn set(&self, map: &CampaignUserMap) -> Result<(), Error> {
-        Store::set(self, map)
-    }
 }
 
 #[cfg(test)]

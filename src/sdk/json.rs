@@ -15,9 +15,9 @@ use serde::de;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::log::Batch;
+use crate::engine::Batch;
+use crate::model::{CampaignUserMap, GoalList, SdkField};
 use crate::store::Store;
-use crate::uss::{CampaignUserMap, goals_from_json};
 use crate::{Error, Result};
 
 /// What an import does with a record it cannot read or store.
@@ -113,26 +113,68 @@ pub struct ImportReport {
 /// How many skipped records an [`ImportReport`] lists one by one (all are counted).
 pub const MAX_REPORTED_SKIPS: usize = 100;
 
-/// One record of any SDK's dialect, borrowing from the input where it can.
-#[derive(Deserialize)]
+/// One record of any SDK's dialect, borrowing from the input where it can. Keys are read through the one
+/// [`SdkField`] table, as [`CampaignUserMap`]'s own JSON form reads them.
 struct SdkRecord<'a> {
-    #[serde(borrow, rename = "userId", alias = "user_id")]
     user_id: Cow<'a, str>,
-    #[serde(borrow, rename = "campaignKey", alias = "campaign_key")]
     campaign_key: Cow<'a, str>,
-    #[serde(borrow, rename = "variationName", alias = "variation_name")]
     variation_name: Cow<'a, str>,
-    #[serde(
-        default,
-        rename = "goalIdentifier",
-        alias = "goalIdentifiers",
-        alias = "goal_identifier",
-        alias = "goal_identifiers",
-        deserialize_with = "goals_from_json"
-    )]
     goal_identifier: Option<String>,
-    #[serde(default, borrow, rename = "metaData", alias = "meta_data")]
     meta_data: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for SdkRecord<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_map(RecordVisitor(std::marker::PhantomData))
+    }
+}
+
+struct RecordVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> de::Visitor<'de> for RecordVisitor<'a> {
+    type Value = SdkRecord<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object with userId, campaignKey and variationName")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let (mut user_id, mut campaign_key, mut variation_name) = (None, None, None);
+        let (mut goal_identifier, mut meta_data) = (None, None);
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match SdkField::from_key(&key) {
+                Some(SdkField::UserId) => &mut user_id,
+                Some(SdkField::CampaignKey) => &mut campaign_key,
+                Some(SdkField::VariationName) => &mut variation_name,
+                Some(SdkField::GoalIdentifier) => {
+                    goal_identifier = map.next_value::<GoalList>()?.0;
+                    continue;
+                }
+                Some(SdkField::MetaData) => {
+                    meta_data = Some(map.next_value::<&'de RawValue>()?);
+                    continue;
+                }
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<Cow<'de, str>>()?);
+        }
+        let missing = |field: SdkField| de::Error::custom(field.missing());
+        Ok(SdkRecord {
+            user_id: user_id.ok_or_else(|| missing(SdkField::UserId))?,
+            campaign_key: campaign_key.ok_or_else(|| missing(SdkField::CampaignKey))?,
+            variation_name: variation_name.ok_or_else(|| missing(SdkField::VariationName))?,
+            goal_identifier,
+            meta_data: meta_data.filter(|raw| raw.get() != "null"),
+        })
+    }
 }
 
 impl<'a> SdkRecord<'a> {

@@ -1,25 +1,24 @@
-//! The write path: one appender for the active segment, rotation when it is full, and group commit.
+//! The write path: one appender for the active segment, rotation when it is full, and the durability wait.
 //!
 //! Every write takes the log mutex, finds the key's current record, appends its own record with one `pwrite`,
 //! and updates the index before unlocking, so the order of records in the log, the order of index updates and
-//! the order in which writers were served are the same. Durability waits happen after the unlock:
-//! with [`Durability::Immediate`] a writer waits until an fsync covers its record; the first waiter runs that
-//! fsync for everyone (the leader) and writers that arrive meanwhile share the next one.
+//! the order in which writers were served are the same. Durability waits happen after the unlock: with
+//! [`Durability::Immediate`] a writer waits in [`GroupCommit`] until an fsync covers its record.
 //!
 //! fsync order: a record is durable once the active segment is `fdatasync`ed. Rotation fsyncs the full segment
 //! before the next one is created (so only the newest segment can ever hold a torn record), and creation writes
 //! the new header to a temporary file, fsyncs it, renames it into place and fsyncs the directory.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
 
+use super::Engine;
 use crate::codec;
-use crate::engine::Engine;
+use crate::durability::Durability;
 use crate::index::{Loc, MAX_OFFSET, MAX_SEGMENT_ID};
+use crate::model::CampaignUserMap;
 use crate::record::{self, Kind, SEGMENT_HEADER_LEN};
 use crate::segment::Segment;
-use crate::store::Durability;
-use crate::uss::CampaignUserMap;
 use crate::{Error, Result};
 
 /// State of the appender, behind the log mutex.
@@ -32,38 +31,8 @@ pub(crate) struct LogState {
     pub(crate) written: u64,
 }
 
-/// Group commit bookkeeping.
-#[derive(Default)]
-pub(crate) struct Syncer {
-    state: Mutex<SyncState>,
-    done: Condvar,
-}
-
-#[derive(Default)]
-struct SyncState {
-    /// Everything up to this log position is durable.
-    synced: u64,
-    /// A leader is running an fsync.
-    busy: bool,
-}
-
-impl Syncer {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Notes that everything up to `position` is durable (rotation fsynced it).
-    fn advance(&self, position: u64) {
-        let mut state = self.lock();
-        if position > state.synced {
-            state.synced = position;
-            self.done.notify_all();
-        }
-    }
-}
-
 /// Mappings to store together with one lock of the log, few `pwrite`s and at most one fsync: the fast way to
-/// load many. Build it with [`Batch::push`], write it with [`crate::Store::write_batch`].
+/// load many. Build it with [`Batch::push`], write it with `Store::write_batch`.
 ///
 /// Each mapping is checked and encoded by `push`, so a mapping that cannot be stored is refused there, before
 /// anything is written. Within a batch, a later mapping of the same user and campaign wins. A batch is not
@@ -82,7 +51,7 @@ impl Batch {
         Batch::default()
     }
 
-    /// Adds `map`, with the SDK's `metaData` JSON text if any (see [`crate::Store::set_with_meta`]). Fails, adding
+    /// Adds `map`, with the SDK's `metaData` JSON text if any (see `Store::set_with_meta`). Fails, adding
     /// nothing, if the mapping cannot be stored (an empty or too long id, a value over [`crate::MAX_VALUE_LEN`]).
     pub fn push(&mut self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
         let key = codec::encode_key(&map.user_id, &map.campaign_key)?;
@@ -112,25 +81,18 @@ impl Batch {
 }
 
 impl Engine {
-    /// Stores a mapping (replacing any earlier one).
-    pub(crate) fn put(&self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
-        let key = codec::encode_key(&map.user_id, &map.campaign_key)?;
-        let value = codec::encode_value(map, meta_data)?;
+    /// Stores `value` under (`user_id`, `item`), replacing any earlier value. The caller has checked the item.
+    pub(crate) fn put(&self, user_id: &str, item: &[u8], value: &[u8]) -> Result<()> {
+        let key = codec::encode_item_key(user_id, item)?;
         let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len() + value.len());
-        record::encode(&mut rec, Kind::Put, &key, &value);
-        let hash = self.index.hasher().hash(&map.user_id, &map.campaign_key);
+        record::encode(&mut rec, Kind::Put, &key, value);
+        let hash = self.index.hasher().hash(user_id.as_bytes(), item);
         let position = {
             let mut log = self.lock_log();
             self.check_poison()?;
-            let old = self.find_locked(hash, &map.user_id, &map.campaign_key)?;
+            let old = self.find_key(hash, &key)?;
             let loc = self.append(&mut log, &rec)?;
-            match old {
-                Some((old_loc, old_len)) => {
-                    self.index.replace(hash, old_loc, loc);
-                    self.mark_dead(old_loc, old_len);
-                }
-                None => self.index.insert(hash, loc),
-            }
+            self.point(hash, old, loc);
             log.written
         };
         self.counters.sets.fetch_add(1, Ordering::Relaxed);
@@ -172,7 +134,14 @@ impl Engine {
                         .records
                         .get(s + record::RECORD_HEADER_LEN..s + record::RECORD_HEADER_LEN + key_len)
                         .unwrap_or_default();
-                    if let Err(e) = self.index_put(loc, key) {
+                    let indexed = codec::split_key(key)
+                        .ok_or_else(|| {
+                            self.corrupted_at(loc, "batch record key is malformed".into())
+                        })
+                        .and_then(|(user, item)| {
+                            self.index_put(self.index.hasher().hash(user, item), key, loc)
+                        });
+                    if let Err(e) = indexed {
                         // The records are in the log but not all in the index: reads could miss them until a
                         // reopen replays the log, so stop writing now.
                         self.set_poison(format!("indexing a written batch failed: {e}"));
@@ -189,38 +158,50 @@ impl Engine {
         self.wait_durable(position)
     }
 
-    /// Points the index at the put record of `key` just written at `loc`. Called with the log locked.
-    fn index_put(&self, loc: Loc, key: &[u8]) -> Result<()> {
-        let (user_id, campaign_key) = codec::decode_key(key)
-            .ok_or_else(|| self.corrupted_at(loc, "batch record key is malformed".into()))?;
-        let hash = self.index.hasher().hash(user_id, campaign_key);
-        match self.find_locked(hash, user_id, campaign_key)? {
+    /// Points the index at the put record of `key` just written at `loc`, marking the record it replaces dead.
+    /// Called with the log locked.
+    fn index_put(&self, hash: u64, key: &[u8], loc: Loc) -> Result<()> {
+        let old = self.find_key(hash, key)?;
+        self.point(hash, old, loc);
+        Ok(())
+    }
+
+    /// Points the index at `loc` for `hash`, replacing `old` (its location and length), which becomes dead.
+    fn point(&self, hash: u64, old: Option<(Loc, u64)>, loc: Loc) {
+        match old {
             Some((old_loc, old_len)) => {
                 self.index.replace(hash, old_loc, loc);
                 self.mark_dead(old_loc, old_len);
             }
             None => self.index.insert(hash, loc),
         }
+    }
+
+    /// Appends a tombstone for `key` (which the index points at `old`), drops the index entry and counts both
+    /// records dead. Called with the log locked.
+    fn tombstone(&self, log: &mut LogState, hash: u64, key: &[u8], old: (Loc, u64)) -> Result<()> {
+        let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len());
+        record::encode(&mut rec, Kind::Delete, key, &[]);
+        let loc = self.append(log, &rec)?;
+        self.index.remove(hash, old.0);
+        self.mark_dead(old.0, old.1);
+        // A tombstone is dead weight from birth: it only shadows the records it deletes.
+        self.mark_dead(loc, rec.len() as u64);
         Ok(())
     }
 
-    /// Erases a mapping; false if there was none.
-    pub(crate) fn delete(&self, user_id: &str, campaign_key: &str) -> Result<bool> {
-        let key = codec::encode_key(user_id, campaign_key)?;
-        let hash = self.index.hasher().hash(user_id, campaign_key);
+    /// Erases the value of (`user_id`, `item`); false if there was none. Needs no readable old record: the
+    /// index says where it is and how long, which is all a tombstone needs.
+    pub(crate) fn delete(&self, user_id: &str, item: &[u8]) -> Result<bool> {
+        let key = codec::encode_item_key(user_id, item)?;
+        let hash = self.index.hasher().hash(user_id.as_bytes(), item);
         let position = {
             let mut log = self.lock_log();
             self.check_poison()?;
-            let Some((old_loc, old_len)) = self.find_locked(hash, user_id, campaign_key)? else {
+            let Some(old) = self.find_key(hash, &key)? else {
                 return Ok(false);
             };
-            let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len());
-            record::encode(&mut rec, Kind::Delete, &key, &[]);
-            let loc = self.append(&mut log, &rec)?;
-            self.index.remove(hash, old_loc);
-            self.mark_dead(old_loc, old_len);
-            // A tombstone is dead weight from birth: it only shadows the records it deletes.
-            self.mark_dead(loc, rec.len() as u64);
+            self.tombstone(&mut log, hash, &key, old)?;
             log.written
         };
         self.counters.deletes.fetch_add(1, Ordering::Relaxed);
@@ -228,31 +209,31 @@ impl Engine {
         Ok(true)
     }
 
-    /// Erases every mapping of `user_id`; returns how many there were.
+    /// Erases every item of `user_id`; returns how many there were.
     pub(crate) fn forget_user(&self, user_id: &str) -> Result<usize> {
         codec::check_id("user_id", user_id)?;
-        let user_part = self.index.hasher().user_part(user_id);
+        let user_part = self.index.hasher().user_part(user_id.as_bytes());
         let (count, position) = {
             let mut log = self.lock_log();
             self.check_poison()?;
             let mut doomed = Vec::new();
             for (hash, loc) in self.index.user_candidates(user_part) {
-                let found = self.read_at(loc, |rec| {
-                    codec::key_of_user(rec.key, user_id)
-                        .then(|| (rec.key.to_vec(), rec.len() as u64))
+                let Some(segment) = self.segments().get(&loc.segment()).cloned() else {
+                    return Err(
+                        self.corrupted_at(loc, "index points into a missing segment".into())
+                    );
+                };
+                let found = segment.with_key(loc.offset(), |_, key, len| {
+                    codec::split_key(key)
+                        .is_some_and(|(user, _)| user == user_id.as_bytes())
+                        .then(|| (key.to_vec(), len))
                 })?;
-                if let crate::engine::Found::Record(Some((key, len))) = found {
-                    doomed.push((hash, loc, key, len));
+                if let Some((key, len)) = found {
+                    doomed.push((hash, key, (loc, len)));
                 }
             }
-            let mut rec = Vec::new();
-            for (hash, old_loc, key, old_len) in &doomed {
-                rec.clear();
-                record::encode(&mut rec, Kind::Delete, key, &[]);
-                let loc = self.append(&mut log, &rec)?;
-                self.index.remove(*hash, *old_loc);
-                self.mark_dead(*old_loc, *old_len);
-                self.mark_dead(loc, rec.len() as u64);
+            for (hash, key, old) in &doomed {
+                self.tombstone(&mut log, *hash, key, *old)?;
             }
             (doomed.len(), log.written)
         };
@@ -266,7 +247,7 @@ impl Engine {
     }
 
     /// Appends one encoded record to the active segment, rotating first if it would overflow.
-    pub(crate) fn append(&self, log: &mut LogState, rec: &[u8]) -> Result<Loc> {
+    fn append(&self, log: &mut LogState, rec: &[u8]) -> Result<Loc> {
         let len = rec.len() as u64;
         let used = log.active.len();
         if used > SEGMENT_HEADER_LEN && used + len > self.options.segment_size {
@@ -302,7 +283,7 @@ impl Engine {
     pub(crate) fn rotate(&self, log: &mut LogState) -> Result<()> {
         let old = Arc::clone(&log.active);
         self.fsync(&old)?;
-        self.syncer.advance(log.written);
+        self.commit.advance(log.written);
         if log.next_id > MAX_SEGMENT_ID {
             return Err(Error::InvalidOption {
                 option: "segment_size",
@@ -336,7 +317,7 @@ impl Engine {
 
     /// Returns once the write that ended at `position` is as durable as the durability mode promises.
     fn wait_durable(&self, position: u64) -> Result<()> {
-        match self.durability() {
+        match self.options.durability {
             Durability::Immediate => self.sync_to(position),
             Durability::Periodic(_) | Durability::Never => Ok(()),
         }
@@ -348,36 +329,19 @@ impl Engine {
         self.sync_to(position)
     }
 
-    /// Group commit: returns once an fsync covered `position`, running it if no one else is.
+    /// Returns once an fsync covered `position` (group commit: one leader fsyncs for every waiter).
     fn sync_to(&self, position: u64) -> Result<()> {
-        let mut state = self.syncer.lock();
-        loop {
-            self.check_poison()?;
-            if state.synced >= position {
-                return Ok(());
-            }
-            if state.busy {
-                state = self
-                    .syncer
-                    .done
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            state.busy = true;
-            drop(state);
-            let (segment, target) = {
-                let log = self.lock_log();
-                (Arc::clone(&log.active), log.written)
-            };
-            let result = self.fsync(&segment);
-            state = self.syncer.lock();
-            state.busy = false;
-            if result.is_ok() && target > state.synced {
-                state.synced = target;
-            }
-            self.syncer.done.notify_all();
-            result?;
-        }
+        self.commit.wait_for(
+            position,
+            || self.check_poison(),
+            || {
+                // The target is read before the fsync starts, so the fsync covers it.
+                let (segment, target) = {
+                    let log = self.lock_log();
+                    (Arc::clone(&log.active), log.written)
+                };
+                self.fsync(&segment).map(|()| target)
+            },
+        )
     }
 }

@@ -1,0 +1,157 @@
+//! The store directory: its lock, the names of the files in it, and the one way a new file is made durable.
+//!
+//! Every file the engine creates whole (a new segment's header, the seed, a hint file) goes through
+//! [`write_durably`]: written under a `*.tmp` name, fsynced, renamed into place, directory fsynced. A crash leaves
+//! either no file or a complete one, plus at most a `*.tmp` that `open` removes.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::vfs::{VFile, Vfs};
+use crate::{Error, Result};
+
+/// Name of the lock file in a store directory.
+pub(crate) const LOCK_FILE: &str = "LOCK";
+/// File name suffix of segments.
+pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
+/// Suffix of files being written that are not yet part of the store; removed on open.
+pub(crate) const TMP_SUFFIX: &str = ".tmp";
+/// File name suffix of hint files.
+pub(crate) const HINT_SUFFIX: &str = ".hint";
+
+/// The file name of segment `id`: zero-padded so names sort by id.
+pub(crate) fn segment_file_name(id: u32) -> String {
+    format!("{id:010}{SEGMENT_SUFFIX}")
+}
+
+/// The file name of the hint file of segment `id`.
+pub(crate) fn hint_file_name(id: u32) -> String {
+    format!("{id:010}{HINT_SUFFIX}")
+}
+
+/// The temporary name under which `name` is written before it is renamed into place.
+pub(crate) fn tmp_name(name: &str) -> String {
+    format!("{name}{TMP_SUFFIX}")
+}
+
+/// The id in a segment file name, if `name` is one.
+pub(crate) fn parse_segment_file_name(name: &str) -> Option<u32> {
+    parse_id(name, SEGMENT_SUFFIX)
+}
+
+/// The id in a hint file name, if `name` is one.
+pub(crate) fn parse_hint_file_name(name: &str) -> Option<u32> {
+    parse_id(name, HINT_SUFFIX)
+}
+
+fn parse_id(name: &str, suffix: &str) -> Option<u32> {
+    let digits = name.strip_suffix(suffix)?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Creates the file `dir/name` durably with `bytes` as its contents: written to `name.tmp`, fsynced, renamed onto
+/// `name` (replacing it), and the directory fsynced. Returns the open file (positioned nowhere: all I/O is
+/// positional). On failure the temporary file is removed and `name` is untouched.
+pub(crate) fn write_durably(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<Box<dyn VFile>> {
+    let path = dir.join(name);
+    let tmp = dir.join(tmp_name(name));
+    let _ = vfs.remove_file(&tmp);
+    let file = vfs.create_new(&tmp).map_err(|e| Error::io(what, &tmp, e))?;
+    let written = file
+        .write_all_at(bytes, 0)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| Error::io(what, &tmp, e))
+        .and_then(|()| {
+            vfs.rename(&tmp, &path)
+                .map_err(|e| Error::io(what, &tmp, e))
+        });
+    if let Err(e) = written {
+        let _ = vfs.remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(vfs, dir)?;
+    Ok(file)
+}
+
+/// fsyncs the directory, so that creations, renames and removals in it survive a power cut.
+pub(crate) fn sync_dir(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
+    vfs.sync_dir(dir)
+        .map_err(|e| Error::io("sync directory", dir, e))
+}
+
+/// How long `open` waits for a held lock before it reports [`Error::Locked`]. A lock can be held for a moment by
+/// no store at all: a child process that any thread of this process is starting shares the lock file's open
+/// description from fork until exec (close-on-exec closes it only then), so without patience a store closed and
+/// reopened while another thread spawns a process fails at random.
+const LOCK_PATIENCE: Duration = Duration::from_millis(500);
+
+/// Takes the directory's lock file (creating it), so no other process or handle opens the store meanwhile.
+pub(crate) fn lock(dir: &Path) -> Result<fs::File> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io("lock store directory", &lock_path, e));
+            }
+        }
+    }
+}
+
+/// What a store directory holds, by kind of file, as `open` and `verify` read it.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// Segment ids, ascending.
+    pub(crate) segments: Vec<u32>,
+    /// Ids of segments that have a hint file, ascending.
+    pub(crate) hints: Vec<u32>,
+    /// Names of `*.tmp` files left over from interrupted writes.
+    pub(crate) leftovers: Vec<PathBuf>,
+}
+
+/// Lists the store files in `dir`; other names are ignored.
+pub(crate) fn list(vfs: &dyn Vfs, dir: &Path) -> Result<Listing> {
+    let mut listing = Listing::default();
+    for name in vfs
+        .list_dir(dir)
+        .map_err(|e| Error::io("list store directory", dir, e))?
+    {
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(TMP_SUFFIX) {
+            listing.leftovers.push(PathBuf::from(name));
+        } else if let Some(id) = parse_segment_file_name(name) {
+            listing.segments.push(id);
+        } else if let Some(id) = parse_hint_file_name(name) {
+            listing.hints.push(id);
+        }
+    }
+    listing.segments.sort_unstable();
+    listing.hints.sort_unstable();
+    Ok(listing)
+}

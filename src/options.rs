@@ -1,0 +1,116 @@
+//! How a store is opened: [`Options`] and the limits of each setting.
+
+use std::sync::Arc;
+
+use crate::durability::Durability;
+use crate::vfs::{StdVfs, Vfs};
+use crate::{Error, Result};
+
+/// How a store is opened (`Store::open_with`). Build with [`Options::default`] and the builder methods.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub(crate) durability: Durability,
+    pub(crate) segment_size: u64,
+    pub(crate) weak_hash: bool,
+    pub(crate) vfs: Arc<dyn Vfs>,
+    pub(crate) compaction_threshold: f64,
+    pub(crate) auto_compaction: bool,
+}
+
+/// The default [`Options::compaction_threshold`]: a sealed segment is compacted once half of it is dead.
+pub const DEFAULT_COMPACTION_THRESHOLD: f64 = 0.5;
+
+/// The default segment size: 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// The smallest segment size accepted.
+pub(crate) const MIN_SEGMENT_SIZE: u64 = 4096;
+/// The largest segment size accepted (record offsets are 40-bit).
+pub(crate) const MAX_SEGMENT_SIZE: u64 = 1 << 38;
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            durability: Durability::Immediate,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            weak_hash: false,
+            vfs: Arc::new(StdVfs),
+            compaction_threshold: DEFAULT_COMPACTION_THRESHOLD,
+            auto_compaction: true,
+        }
+    }
+}
+
+impl Options {
+    /// Sets the durability mode (default [`Durability::Immediate`]).
+    pub fn durability(mut self, durability: Durability) -> Options {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the size at which the active segment is sealed and a new one started (default 64 MiB; 4 KiB to
+    /// 256 GiB). A single record larger than this gets a segment of its own.
+    pub fn segment_size(mut self, bytes: u64) -> Options {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Sets the fraction of a sealed segment's bytes that must be dead (overwritten, deleted, tombstones) before
+    /// background compaction rewrites it (default 0.5, from 0.0 to 1.0). Lower keeps the directory smaller and
+    /// costs more rewriting: with threshold `t`, sealed segments hold at most about `1 / (1 - t)` times their live
+    /// data. `Store::compact` ignores it and reclaims every dead byte it can.
+    pub fn compaction_threshold(mut self, ratio: f64) -> Options {
+        self.compaction_threshold = ratio;
+        self
+    }
+
+    /// Turns the background compaction thread on or off (default on). Woken whenever a segment is sealed and
+    /// every second, it compacts segments over [`Options::compaction_threshold`] and writes hint files for sealed
+    /// segments (for a fast open; all but the two newest). With it off, the directory only shrinks and hint
+    /// files are only written when `Store::compact` is called.
+    pub fn auto_compaction(mut self, on: bool) -> Options {
+        self.auto_compaction = on;
+        self
+    }
+
+    /// Uses a different file layer (for fault-injection tests).
+    #[doc(hidden)]
+    pub fn vfs(mut self, vfs: Arc<dyn Vfs>) -> Options {
+        self.vfs = vfs;
+        self
+    }
+
+    /// Makes nearly every key share an index hash, to test that colliding hashes stay correct. Slow.
+    #[doc(hidden)]
+    pub fn colliding_hashes_for_tests(mut self, on: bool) -> Options {
+        self.weak_hash = on;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&self.segment_size) {
+            return Err(Error::InvalidOption {
+                option: "segment_size",
+                reason: format!(
+                    "{} bytes is outside {MIN_SEGMENT_SIZE}..={MAX_SEGMENT_SIZE}",
+                    self.segment_size
+                ),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.compaction_threshold) {
+            return Err(Error::InvalidOption {
+                option: "compaction_threshold",
+                reason: format!("{} is outside 0.0..=1.0", self.compaction_threshold),
+            });
+        }
+        if let Durability::Periodic(interval) = self.durability
+            && interval.is_zero()
+        {
+            return Err(Error::InvalidOption {
+                option: "durability",
+                reason: "a Periodic interval must be longer than zero; use Immediate instead"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
