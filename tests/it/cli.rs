@@ -143,7 +143,7 @@ fn import_export_round_trip_through_files_with_a_skipped_line() {
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("line 2") && err.contains("1 mappings before it were imported"),
+        err.contains("line 2") && err.contains("1 mapping before it was imported"),
         "{err}"
     );
 
@@ -746,4 +746,109 @@ fn small_things_a_new_user_meets() {
         "{err}"
     );
     drop(held);
+}
+
+#[test]
+fn import_messages_give_each_position_once_and_any_key_casing_is_read() {
+    let dir = tempdir();
+    let d = dir.path().join("store");
+
+    // .NET-style PascalCase keys are read like the other SDKs' spellings.
+    let dotnet = concat!(
+        r#"{"UserId":"u1","CampaignKey":"c","VariationName":"V","GoalIdentifiers":["a","b"],"MetaData":{"k":1}}"#,
+        "\n",
+        r#"{"USER_ID":"u2","campaign_KEY":"c","variationname":"W"}"#,
+        "\n",
+    );
+    let out = ussdb_with_input(&d, &["import", "-"], Some(dotnet));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&ussdb(&d, &["get", "u1", "c"]).stdout).trim(),
+        r#"{"userId":"u1","campaignKey":"c","variationName":"V","goalIdentifier":"a_vwo_b","metaData":{"k":1}}"#
+    );
+    assert!(ussdb(&d, &["get", "u2", "c"]).status.success());
+
+    // A missing field: the line once, the column once, the accepted names, no parser-relative position.
+    let input = concat!(
+        r#"{"userId":"u3","campaignKey":"c","variationName":"V"}"#,
+        "\n\n",
+        r#"{"user":"u4","campaignKey":"c","variationName":"V"}"#,
+        "\n",
+    );
+    let out = ussdb_with_input(&d, &["import", "-"], Some(input));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("ussdb: import stopped at line 3: invalid user storage JSON at column ")
+            && err.contains("missing field `userId` (accepted names: userId, user_id")
+            && err.contains("(1 mapping before it was imported, none after it)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("line").count(), 1, "{err}");
+
+    // Records of the wrong shape name what was expected in the SDKs' terms, not an internal type.
+    let out = ussdb_with_input(
+        &d,
+        &["import", "-", "--on-error", "skip"],
+        Some(concat!(
+            "42\n",
+            r#"{"userId":"u5","user_id":"u6","campaignKey":"c","variationName":"V"}"#,
+            "\n",
+            r#"{"userId":"u7","campaignKey":"c","variationName":""}"#,
+            "\n",
+            r#"{"userId":"u8","campaignKey":"c","variationName":"V"}"#,
+            "\n",
+        )),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains("SdkRecord") && !err.contains("struct"),
+        "{err}"
+    );
+    assert!(
+        err.contains("skipped line 1: invalid user storage JSON at column ")
+            && err.contains("expected a JSON object with userId, campaignKey and variationName"),
+        "{err}"
+    );
+    assert!(
+        err.contains("skipped line 2: ") && err.contains("`userId` is given more than once"),
+        "{err}"
+    );
+    assert!(
+        err.contains("skipped line 3: invalid variation_name \"\": must not be empty"),
+        "{err}"
+    );
+
+    // Inside a multi-line array element: the element and its first line from the import, the exact line and
+    // column from the parser, each once.
+    let array = "[\n  {\"userId\":\"a\",\"campaignKey\":\"c\",\"variationName\":\"V\"},\n  {\"userId\":\"b\",\n   \"campaignKey\":5}\n]\n";
+    let out = ussdb_with_input(&dir.path().join("other"), &["import", "-"], Some(array));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(
+            "ussdb: import stopped at array element 2 (line 3): invalid user storage JSON at line 4, column "
+        ),
+        "{err}"
+    );
+    assert_eq!(err.matches("line").count(), 2, "{err}");
+}
+
+#[test]
+fn an_empty_variation_name_is_refused() {
+    let dir = tempdir();
+    let d = dir.path().join("store");
+    let out = ussdb(&d, &["set", "u", "c", ""]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("invalid variation_name \"\": must not be empty"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !d.exists(),
+        "a refused set must not leave a new store behind"
+    );
 }

@@ -10,12 +10,14 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use store_dir::DirState;
-use ussdb::{CampaignUserMap, Durability, GOAL_DELIMITER, ImportOptions, OnError, Options, Store};
+use ussdb::{
+    Batch, CampaignUserMap, Durability, GOAL_DELIMITER, ImportOptions, OnError, Options, Store,
+};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -61,7 +63,7 @@ impl Mode {
     pub fn durability(self) -> Durability {
         match self {
             Mode::Immediate => Durability::Immediate,
-            Mode::Periodic => Durability::Periodic(Duration::from_millis(100)),
+            Mode::Periodic => Durability::Periodic(ussdb::DEFAULT_PERIODIC_INTERVAL),
             Mode::Never => Durability::Never,
         }
     }
@@ -329,9 +331,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 variation_name: variation.clone(),
                 goal_identifier: (!goals.is_empty()).then(|| goals.join(GOAL_DELIMITER)),
             };
-            open_for_writing(&cli)?
-                .set_with_meta(&map, meta.as_deref())
-                .map_err(err)?;
+            // Checked (ids, variation, size) before the store is opened, so a refused set leaves no new store.
+            let mut batch = Batch::new();
+            batch.push(&map, meta.as_deref()).map_err(err)?;
+            open_for_writing(&cli)?.write_batch(&batch).map_err(err)?;
         }
         Command::Delete { user, campaign } => {
             if !open_existing(&cli)?.delete(user, campaign).map_err(err)? {
@@ -389,7 +392,11 @@ fn import(
             ));
         }
         let input = File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
-        let len = input.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+        let len = input
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
         (Box::new(input), len)
     };
     let name = if stdin {
