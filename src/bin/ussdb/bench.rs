@@ -331,7 +331,7 @@ pub fn run(parent: &Path, mode: Mode, args: &Args) -> Result<Outcome, String> {
         "open   {:.3} s for {} mappings in {}",
         open.as_secs_f64(),
         stats.mappings,
-        plural(stats.segments as u64, "segment", "segments")
+        plural(stats.segments, "segment", "segments")
     );
 
     let next_user = Arc::new(AtomicU64::new(args.users));
