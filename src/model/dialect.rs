@@ -54,14 +54,16 @@ impl SdkField {
     /// The field an SDK means by `key`, if any: one of its names in any letter case (`UserId`, `USER_ID`), since
     /// code that serialises the record itself (.NET's default, Go's `UserID`) may capitalise differently.
     pub fn from_key(key: &str) -> Option<SdkField> {
-        let find = |same: &dyn Fn(&str) -> bool| {
-            TABLE
-                .iter()
-                .find(|(_, names)| names.iter().any(|name| same(name)))
-                .map(|&(field, _)| field)
-        };
         // The exact spelling first: it is what nearly every record has, and the cheaper comparison.
-        find(&|name| name == key).or_else(|| find(&|name| name.eq_ignore_ascii_case(key)))
+        TABLE
+            .iter()
+            .find(|(_, names)| names.contains(&key))
+            .or_else(|| {
+                TABLE
+                    .iter()
+                    .find(|(_, names)| names.iter().any(|name| name.eq_ignore_ascii_case(key)))
+            })
+            .map(|&(field, _)| field)
     }
 
     /// The names this field is read under; the first is the one written.

@@ -42,7 +42,9 @@ pub struct UntilInterrupted<R> {
     inner: BufReader<R>,
     /// Whether everything handed out so far ends with a newline (or nothing was).
     at_line_start: bool,
-    lines: u64,
+    /// Newlines in every buffer read so far, counted once per buffer (the unconsumed rest is subtracted when
+    /// asked), which costs far less than counting each line as it is consumed.
+    newlines_read: u64,
     stopped: bool,
 }
 
@@ -51,20 +53,28 @@ impl<R: Read> UntilInterrupted<R> {
         UntilInterrupted {
             inner: BufReader::with_capacity(1 << 16, inner),
             at_line_start: true,
-            lines: 0,
+            newlines_read: 0,
             stopped: false,
         }
     }
 
     /// Whole lines handed out (the last one may lack its newline at the end of the input).
     pub fn lines(&self) -> u64 {
-        self.lines
+        self.newlines_read - newlines(self.inner.buffer())
     }
 
     /// True when the input was cut short by Ctrl-C.
     pub fn stopped(&self) -> bool {
         self.stopped
     }
+}
+
+fn newlines(bytes: &[u8]) -> u64 {
+    // Counted in runs of at most 255 bytes into a `u8`, a loop the compiler turns into wide vector compares.
+    bytes
+        .chunks(255)
+        .map(|run| u64::from(run.iter().fold(0u8, |n, &b| n + u8::from(b == b'\n'))))
+        .sum()
 }
 
 impl<R: Read> Read for UntilInterrupted<R> {
@@ -89,7 +99,11 @@ impl<R: Read> BufRead for UntilInterrupted<R> {
         if self.stopped {
             return Ok(&[]);
         }
+        let refill = self.inner.buffer().is_empty();
         let buf = self.inner.fill_buf()?;
+        if refill {
+            self.newlines_read += newlines(buf);
+        }
         if interrupted && let Some(end) = buf.iter().position(|&b| b == b'\n') {
             // Finish the line under way, then end.
             return Ok(&buf[..=end]);
@@ -98,12 +112,12 @@ impl<R: Read> BufRead for UntilInterrupted<R> {
     }
 
     fn consume(&mut self, amount: usize) {
-        if amount == 0 {
-            return;
+        if let Some(&last) = amount
+            .checked_sub(1)
+            .and_then(|i| self.inner.buffer().get(i))
+        {
+            self.at_line_start = last == b'\n';
         }
-        let handed = &self.inner.buffer()[..amount.min(self.inner.buffer().len())];
-        self.lines += handed.iter().filter(|&&b| b == b'\n').count() as u64;
-        self.at_line_start = handed.last() == Some(&b'\n');
         self.inner.consume(amount);
     }
 }
