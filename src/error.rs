@@ -84,6 +84,19 @@ pub enum Error {
         /// The path.
         path: PathBuf,
     },
+    /// A write to a store opened with `Options::read_only`.
+    ReadOnly {
+        /// The store's directory.
+        path: PathBuf,
+    },
+    /// A store opened before this process was forked: the child shares the parent's files but not its engine,
+    /// so using it from the child would corrupt the store.
+    Forked {
+        /// The store's directory.
+        path: PathBuf,
+        /// The process that opened it.
+        opened_by: u32,
+    },
     /// An earlier fsync or write failed, so the on-disk state is unknown; the store refuses writes until it is
     /// reopened (a failed fsync may have silently dropped dirty pages, so retrying it would lie).
     Poisoned {
@@ -286,6 +299,17 @@ impl fmt::Display for Error {
             Error::NotADirectory { path } => {
                 write!(f, "{} exists and is not a directory", path.display())
             }
+            Error::ReadOnly { path } => write!(
+                f,
+                "the store in {} is open read-only; reopen it without read_only to write",
+                path.display()
+            ),
+            Error::Forked { path, opened_by } => write!(
+                f,
+                "the store in {} was opened by process {opened_by} before this process was forked; open it \
+                 after forking, in the process that uses it (for example in gunicorn's post_fork hook)",
+                path.display()
+            ),
             Error::Poisoned { reason } => write!(
                 f,
                 "the store refuses writes after an earlier failure ({reason}); reopen it to recover"

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::Result;
 use crate::codec;
 use crate::durability::{Durability, PeriodicSync};
-use crate::engine::{Batch, CompactionWorker, Engine, Scan};
+use crate::engine::{BackupReport, Batch, CompactionWorker, Engine, Scan};
 use crate::model::CampaignUserMap;
 use crate::options::Options;
 use crate::record::SEGMENT_HEADER_LEN;
@@ -89,6 +89,7 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let engine = Arc::new(Engine::open(dir.as_ref(), options)?);
         let periodic = match engine.options.durability {
+            _ if engine.options.read_only => None,
             Durability::Periodic(interval) => {
                 let weak = Arc::downgrade(&engine);
                 Some(PeriodicSync::spawn(interval, move || {
@@ -103,7 +104,7 @@ impl Store {
             }
             Durability::Immediate | Durability::Never => None,
         };
-        let compactor = match engine.options.auto_compaction {
+        let compactor = match engine.options.auto_compaction && !engine.options.read_only {
             true => Some(CompactionWorker::spawn(
                 &engine,
                 engine.options.compaction_threshold,
@@ -226,8 +227,19 @@ impl Store {
         verify::check_engine(self.engine(), &mut progress)
     }
 
+    /// Copies the store into `dest` (a new or empty directory) while it stays in use: a consistent copy holding
+    /// every write acknowledged before the call (and perhaps some made during it), which [`crate::verify_dir`]
+    /// checks and [`Store::open`] opens. Sealed files are hard-linked where the file system allows, the active
+    /// segment's durable prefix is copied; writes go on meanwhile, compaction waits.
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
+        self.engine().backup(dest.as_ref())
+    }
+
     /// Returns once everything written so far is on stable storage, whatever the durability mode.
     pub fn sync(&self) -> Result<()> {
+        if self.engine().options.read_only {
+            return Ok(());
+        }
         self.engine().sync()
     }
 
@@ -295,6 +307,22 @@ impl Store {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        if self.engine.forked() {
+            // The threads are the parent's: they do not exist here, and joining them would wait forever. The
+            // parent syncs and closes; the child only lets go of its copies of the files.
+            let threads = (
+                self.compactor
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+                self.periodic
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            );
+            std::mem::forget(threads);
+            return;
+        }
         if let Some(mut compactor) = self
             .compactor
             .lock()
@@ -312,6 +340,7 @@ impl Drop for Shared {
             periodic.stop();
         }
         if !self.engine.poisoned()
+            && !self.engine.options.read_only
             && let Err(e) = self.engine.sync()
         {
             log::error!("final fsync of {} failed: {e}", self.engine.dir.display());

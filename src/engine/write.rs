@@ -16,6 +16,7 @@ use super::Engine;
 use crate::codec;
 use crate::durability::Durability;
 use crate::index::{Loc, MAX_OFFSET, MAX_SEGMENT_ID};
+use crate::manifest::Sealed;
 use crate::model::CampaignUserMap;
 use crate::record::{self, Kind, SEGMENT_HEADER_LEN};
 use crate::segment::Segment;
@@ -29,6 +30,8 @@ pub(crate) struct LogState {
     pub(crate) next_id: u32,
     /// Bytes appended since open, across segments: the position group commit counts in.
     pub(crate) written: u64,
+    /// crc32 of the active segment's bytes so far, recorded in the manifest when it is sealed.
+    pub(crate) crc: crc32fast::Hasher,
 }
 
 /// Mappings to store together with one lock of the log, few `pwrite`s and at most one fsync: the fast way to
@@ -278,6 +281,7 @@ impl Engine {
         }
         segment.grew(len);
         log.written += len;
+        log.crc.update(rec);
         Ok(Loc::new(segment.id(), offset))
     }
 
@@ -294,8 +298,34 @@ impl Engine {
                 ),
             });
         }
-        let new = Arc::new(Segment::create(&*self.vfs, &self.dir, log.next_id)?);
+        let id = log.next_id;
+        let new = Arc::new(Segment::create(&*self.vfs, &self.dir, id)?);
+        // The commit point of a rotation: the manifest names the full segment sealed and the new one active.
+        // Until it is written the new file is uncommitted (open removes it), so on failure nothing changes.
+        {
+            let mut manifest = self.lock_manifest();
+            let mut next = manifest.clone();
+            next.sealed.push(Sealed {
+                file_id: old.file_id(),
+                len: old.len(),
+                crc: log.crc.clone().finalize(),
+                hint: 0,
+            });
+            next.active = id;
+            next.next_file_id = next.next_file_id.max(id + 1);
+            if let Err((e, unknown)) = next.write(&*self.vfs, &self.dir) {
+                if unknown {
+                    self.set_poison(format!("rotating to segment {id} failed half way: {e}"));
+                } else {
+                    let _ = self.vfs.remove_file(new.path());
+                }
+                return Err(e);
+            }
+            *manifest = next;
+        }
         log.next_id += 1;
+        log.crc = crc32fast::Hasher::new();
+        log.crc.update(&record::segment_header(id));
         let sealed = Arc::new(old.seal());
         {
             let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per behaviour. They use only the public API.
 
+mod backup;
 #[cfg(feature = "cli")]
 mod cli;
 mod common;
@@ -14,6 +15,8 @@ mod fuzz_harness;
 mod hints;
 mod import_export;
 mod load;
+mod locking;
+mod manifest;
 mod misuse;
 mod model;
 mod recovery;
