@@ -46,6 +46,7 @@ fn every_subcommand_help_has_an_example() {
         "export",
         "stats",
         "verify",
+        "backup",
         "compact",
         "bench",
     ] {
@@ -736,16 +737,73 @@ fn small_things_a_new_user_meets() {
             .contains("\"userId\":\"u\"")
     );
 
-    // A store held by another process: the message says what to do.
+    // A store held by a writer: the message says what to do.
     let held = ussdb::Store::open(&d).expect("open store");
     let out = ussdb(&d, &["get", "u", "c"]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
-        err.contains("in use by another process") && err.contains("stop that process"),
+        err.contains("in use by another process")
+            && err.contains("Stop that process")
+            && err.contains("Store::backup"),
         "{err}"
     );
     drop(held);
+
+    // A store held by a reader: commands that read share it, those that write are told why they cannot.
+    let reader = ussdb::Store::open_with(&d, ussdb::Options::default().read_only(true))
+        .expect("open read-only");
+    assert!(ussdb(&d, &["get", "u", "c"]).status.success());
+    let out = ussdb(&d, &["set", "u", "c", "W"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("in use by another process"));
+    drop(reader);
+}
+
+#[test]
+fn reads_write_nothing_and_backup_makes_a_store_that_verifies() {
+    let dir = tempdir();
+    let d = dir.path().join("store");
+    assert!(ussdb(&d, &["set", "u", "c", "V"]).status.success());
+    std::fs::remove_file(d.join("LOCK")).expect("remove LOCK");
+    let before = names(&d);
+    for args in [
+        &["get", "u", "c"][..],
+        &["campaigns", "u"],
+        &["export"],
+        &["stats"],
+        &["verify"],
+    ] {
+        let out = ussdb(&d, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(names(&d), before, "{args:?} wrote into the store");
+    }
+    let out = ussdb(&d, &["--read-only", "set", "u", "c", "W"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--read-only: `set` writes to the store"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let copy = dir.path().join("copy");
+    let out = ussdb(&d, &["backup", copy.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("backed up 1 segment in "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(ussdb(&copy, &["verify"]).status.success());
+    let got = text(&ussdb(&copy, &["get", "u", "c"]).stdout);
+    assert!(got.contains("\"variationName\":\"V\""), "{got}");
+    // A second backup into the same, now full, directory is refused.
+    assert_eq!(
+        ussdb(&d, &["backup", copy.to_str().expect("utf-8")])
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ussdb::{CampaignUserMap, Durability, Options, Store};
 
 use crate::Mode;
-use crate::{interrupt, progress};
+use crate::{interrupt, plural, progress};
 
 /// Progress is counted in steps of this many operations, so the counting does not show in the figures.
 const PROGRESS_STEP: u64 = 1024;
@@ -163,10 +163,6 @@ pub enum Outcome {
     Done,
     /// Ctrl-C stopped it; its store is removed all the same.
     Interrupted,
-}
-
-fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn mode_name(mode: Mode) -> &'static str {

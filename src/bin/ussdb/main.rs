@@ -39,6 +39,11 @@ struct Cli {
     /// The store directory.
     #[arg(long, global = true, default_value = "ussdb-data")]
     dir: PathBuf,
+    /// Open the store read-only, as commands that only read always do: nothing in DIR is written, so it works on
+    /// a snapshot or a read-only file system, and any number of readers may share the store (not while a
+    /// process writes to it). Commands that write refuse.
+    #[arg(long, global = true)]
+    read_only: bool,
     /// Whether --dir was given (rather than defaulted), so messages do not ask for what was passed.
     #[arg(skip)]
     dir_given: bool,
@@ -169,6 +174,18 @@ enum Command {
     ///
     /// Example: ussdb --dir ./data verify
     Verify,
+    /// Copy the store into DEST, a new or empty directory: a consistent copy (every write acknowledged before the
+    /// command, as one prefix of the log) with the store's manifest and SEED, which opens without a scan.
+    ///
+    /// Sealed segments are hard-linked when DEST is on the same file system, copied otherwise. Like the commands
+    /// that write, it needs the store to itself; a running server makes its backups with `Store::backup`. Check
+    /// the copy with `ussdb --dir DEST verify`.
+    ///
+    /// Example: ussdb --dir ./data backup ./backups/2026-11-28
+    Backup {
+        /// The directory to copy into (created if missing; must be empty).
+        dest: PathBuf,
+    },
     /// Rewrite live records out of segments with dead ones and remove those segments.
     ///
     /// Example: ussdb --dir ./data compact
@@ -180,6 +197,26 @@ enum Command {
     ///
     /// Example: ussdb bench --users 100000 --threads 4 --durability periodic
     Bench(bench::Args),
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Get { .. } => "get",
+            Command::Set { .. } => "set",
+            Command::Delete { .. } => "delete",
+            Command::ForgetUser { .. } => "forget-user",
+            Command::Campaigns { .. } => "campaigns",
+            Command::Import { .. } => "import",
+            Command::Export { .. } => "export",
+            Command::Stats => "stats",
+            Command::Verify => "verify",
+            Command::Backup { .. } => "backup",
+            Command::Compact => "compact",
+            Command::Bench(_) => "bench",
+        }
+    }
 }
 
 /// `println!` that does not panic when stdout is closed: `ussdb export | head` ends quietly, as with other
@@ -239,9 +276,10 @@ fn main() -> ExitCode {
 fn describe(cli: &Cli, e: &ussdb::Error) -> String {
     match e {
         ussdb::Error::Locked { path } => format!(
-            "the store at {} is in use by another process (it holds {}): stop that process, or close the store \
-             in it, and run this again; to look at a live store, copy it (docs/GUIDE.md, \"Backups\") and \
-             point --dir at the copy",
+            "the store at {} is in use by another process (lock {}): a process that writes to a store has it to \
+             itself, and commands that write need it to themselves. Stop that process (or close the store in it) \
+             and run this again; to look at a live store, have its process copy it with Store::backup and point \
+             --dir at the copy (commands that only read, or --read-only, share a store with other readers)",
             cli.dir.display(),
             path.display()
         ),
@@ -249,38 +287,50 @@ fn describe(cli: &Cli, e: &ussdb::Error) -> String {
     }
 }
 
-/// Opens the store, creating it. Without background compaction: a one-shot command should not start rewriting
-/// segments behind the user's back (`ussdb compact` does it on request).
-fn open(cli: &Cli) -> Result<Store, String> {
-    Store::open_with(
-        &cli.dir,
-        Options::default()
-            .durability(cli.durability.durability())
-            .auto_compaction(false),
-    )
-    .map_err(|e| describe(cli, &e))
+/// How a command uses the store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads only: opened read-only (a shared lock, nothing in the directory written), so any number of such
+    /// commands can run at once and a store on a read-only file system (a snapshot) can be looked at.
+    Read,
+    /// Changes an existing store.
+    Change,
+    /// Writes, creating the store in a new or empty directory.
+    Create,
 }
 
-/// Opens an existing store: commands that read (or only remove) should not create an empty one where a path
-/// was mistyped.
-fn open_existing(cli: &Cli) -> Result<Store, String> {
-    match store_dir::state(&cli.dir)? {
-        DirState::Store => open(cli),
-        other => Err(no_store(cli, &other)),
+/// Opens the store. Without background compaction: a one-shot command should not start rewriting segments
+/// behind the user's back (`ussdb compact` does it on request).
+fn open(cli: &Cli, access: Access) -> Result<Store, String> {
+    if cli.read_only && access != Access::Read {
+        return Err(format!(
+            "--read-only: `{}` writes to the store; run it without --read-only",
+            cli.command.name()
+        ));
     }
+    let state = store_dir::state(&cli.dir)?;
+    match (&state, access) {
+        (DirState::Store, _) | (DirState::Missing | DirState::Empty, Access::Create) => {}
+        (DirState::Other { example }, Access::Create) => {
+            return Err(format!(
+                "{} holds other files (such as {example}) and no ussdb store; refusing to make a store among \
+                 them: choose a new or empty directory with --dir",
+                cli.dir.display()
+            ));
+        }
+        (DirState::NotADirectory, Access::Create) => {
+            return Err(format!("{} is not a directory", cli.dir.display()));
+        }
+        (_, Access::Read | Access::Change) => return Err(no_store(cli, &state)),
+    }
+    Store::open_with(&cli.dir, options(cli, access)).map_err(|e| describe(cli, &e))
 }
 
-/// Opens the store for a command that writes: creates it in a new or empty directory, never among other files.
-fn open_for_writing(cli: &Cli) -> Result<Store, String> {
-    match store_dir::state(&cli.dir)? {
-        DirState::Missing | DirState::Empty | DirState::Store => open(cli),
-        DirState::Other { example } => Err(format!(
-            "{} holds other files (such as {example}) and no ussdb store; refusing to make a store among them: \
-             choose a new or empty directory with --dir",
-            cli.dir.display()
-        )),
-        DirState::NotADirectory => Err(format!("{} is not a directory", cli.dir.display())),
-    }
+fn options(cli: &Cli, access: Access) -> Options {
+    Options::default()
+        .durability(cli.durability.durability())
+        .auto_compaction(false)
+        .read_only(access == Access::Read)
 }
 
 fn no_store(cli: &Cli, state: &DirState) -> String {
@@ -302,7 +352,7 @@ fn no_store(cli: &Cli, state: &DirState) -> String {
 fn run(cli: Cli) -> Result<ExitCode, String> {
     let err = |e: ussdb::Error| describe(&cli, &e);
     match &cli.command {
-        Command::Get { user, campaign } => match open_existing(&cli)?
+        Command::Get { user, campaign } => match open(&cli, Access::Read)?
             .get_with_meta(user, campaign)
             .map_err(err)?
         {
@@ -334,18 +384,26 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             // Checked (ids, variation, size) before the store is opened, so a refused set leaves no new store.
             let mut batch = Batch::new();
             batch.push(&map, meta.as_deref()).map_err(err)?;
-            open_for_writing(&cli)?.write_batch(&batch).map_err(err)?;
+            open(&cli, Access::Create)?
+                .write_batch(&batch)
+                .map_err(err)?;
         }
         Command::Delete { user, campaign } => {
-            if !open_existing(&cli)?.delete(user, campaign).map_err(err)? {
+            if !open(&cli, Access::Change)?
+                .delete(user, campaign)
+                .map_err(err)?
+            {
                 return Ok(ExitCode::from(1));
             }
         }
         Command::ForgetUser { user } => {
-            out!("{}", open_existing(&cli)?.forget_user(user).map_err(err)?)
+            out!(
+                "{}",
+                open(&cli, Access::Change)?.forget_user(user).map_err(err)?
+            )
         }
         Command::Campaigns { user } => {
-            for map in open_existing(&cli)?.campaigns_of(user).map_err(err)? {
+            for map in open(&cli, Access::Read)?.campaigns_of(user).map_err(err)? {
                 out!("{}", ussdb::to_json_record(&map, None));
             }
         }
@@ -355,9 +413,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             batch_size,
         } => return import(&cli, file, *on_error, *batch_size),
         Command::Export { output, force } => export(&cli, output.as_deref(), *force)?,
-        Command::Stats => print_stats(&open_existing(&cli)?),
+        Command::Stats => print_stats(&open(&cli, Access::Read)?),
         Command::Verify => return verify(&cli),
         Command::Compact => compact(&cli)?,
+        Command::Backup { dest } => backup(&cli, dest)?,
         Command::Bench(args) => {
             return Ok(match bench::run(&cli.dir, cli.durability, args)? {
                 bench::Outcome::Done => ExitCode::SUCCESS,
@@ -405,7 +464,7 @@ fn import(
         file.display().to_string()
     };
     interrupt::catch();
-    let store = open_for_writing(cli)?;
+    let store = open(cli, Access::Create)?;
     let started = Instant::now();
     let mut input = interrupt::UntilInterrupted::new(input);
     let bar = progress::bar("import", len, true);
@@ -465,7 +524,7 @@ fn import(
 }
 
 fn export(cli: &Cli, output: Option<&Path>, force: bool) -> Result<(), String> {
-    let store = open_existing(cli)?;
+    let store = open(cli, Access::Read)?;
     let err = |e: ussdb::Error| describe(cli, &e);
     let file = match output {
         Some(path) if force => Some(File::create(path)),
@@ -530,12 +589,7 @@ fn verify(cli: &Cli) -> Result<ExitCode, String> {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let opened = Store::open_with(
-        &cli.dir,
-        Options::default()
-            .durability(cli.durability.durability())
-            .auto_compaction(false),
-    );
+    let opened = Store::open_with(&cli.dir, options(cli, Access::Read));
     let report = match opened {
         Ok(store) => store
             .verify_with_progress(tick)
@@ -566,8 +620,29 @@ fn verify(cli: &Cli) -> Result<ExitCode, String> {
     })
 }
 
+fn backup(cli: &Cli, dest: &Path) -> Result<(), String> {
+    // Not read-only: a backup first makes everything acknowledged durable, which is a write.
+    let store = open(cli, Access::Change)?;
+    let started = Instant::now();
+    let report = store.backup(dest).map_err(|e| describe(cli, &e))?;
+    out!(
+        "backed up {} in {:.2} s to {}: {} bytes of segments, {} files hard-linked, {} copied",
+        plural(report.segments, "segment", "segments"),
+        started.elapsed().as_secs_f64(),
+        dest.display(),
+        report.bytes,
+        report.linked,
+        report.copied
+    );
+    Ok(())
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn compact(cli: &Cli) -> Result<(), String> {
-    let store = open_existing(cli)?;
+    let store = open(cli, Access::Change)?;
     let before = store.stats();
     let bar = progress::bar("compact", None, false);
     let started = Instant::now();
@@ -576,13 +651,13 @@ fn compact(cli: &Cli) -> Result<(), String> {
     result.map_err(|e| describe(cli, &e))?;
     let after = store.stats();
     out!(
-        "compacted in {:.2} s: {} -> {} bytes on disk ({} reclaimed), {} -> {} segments, space amplification {:.2} -> {:.2}",
+        "compacted in {:.2} s: {} -> {} bytes on disk ({} reclaimed), {} -> {}, space amplification {:.2} -> {:.2}",
         started.elapsed().as_secs_f64(),
         before.disk_bytes,
         after.disk_bytes,
         before.disk_bytes.saturating_sub(after.disk_bytes),
         before.segments,
-        after.segments,
+        plural(after.segments, "segment", "segments"),
         before.space_amplification,
         after.space_amplification
     );

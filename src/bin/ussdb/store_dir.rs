@@ -8,9 +8,10 @@ use std::path::Path;
 pub enum DirState {
     /// Nothing: a store would be created.
     Missing,
-    /// A directory with nothing in it but what an interrupted creation of a store leaves (`LOCK`, `SEED.tmp`).
+    /// A directory with nothing in it but what an interrupted creation of a store leaves (`LOCK`, `*.tmp` of
+    /// the store's own files).
     Empty,
-    /// A store: the directory holds the `SEED` file or a segment (`*.seg`).
+    /// A store: the directory holds the `SEED` or `MANIFEST` file or a segment (`*.seg`).
     Store,
     /// A directory with other files and no store; `example` names one of them.
     Other { example: String },
@@ -31,10 +32,11 @@ pub fn state(dir: &Path) -> Result<DirState, String> {
         let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name == "SEED" || name.ends_with(".seg") {
+        if name == "SEED" || name == "MANIFEST" || name.ends_with(".seg") {
             return Ok(DirState::Store);
         }
-        if name != "LOCK" && name != "SEED.tmp" && example.is_none() {
+        let leftover = matches!(&*name, "LOCK" | "SEED.tmp" | "MANIFEST.tmp");
+        if !leftover && example.is_none() {
             example = Some(name.into_owned());
         }
     }
