@@ -151,6 +151,7 @@ impl Store {
     pub fn set_with_meta(&self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
         codec::check_id("user_id", &map.user_id)?;
         codec::check_id("campaign_key", &map.campaign_key)?;
+        codec::check_variation(&map.variation_name)?;
         let value = codec::encode_value(map, meta_data)?;
         self.engine()
             .put(&map.user_id, map.campaign_key.as_bytes(), &value)
