@@ -13,6 +13,7 @@ use crate::engine::{BackupReport, Batch, CompactionWorker, Engine, Scan};
 use crate::model::CampaignUserMap;
 use crate::options::Options;
 use crate::record::SEGMENT_HEADER_LEN;
+use crate::repair::{self, RepairReport};
 use crate::verify::{self, VerifyReport};
 
 /// A mapping as read back: the map and the SDK's extra `metaData` JSON text, if any.
@@ -150,6 +151,7 @@ impl Store {
     pub fn set_with_meta(&self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
         codec::check_id("user_id", &map.user_id)?;
         codec::check_id("campaign_key", &map.campaign_key)?;
+        codec::check_variation(&map.variation_name)?;
         let value = codec::encode_value(map, meta_data)?;
         self.engine()
             .put(&map.user_id, map.campaign_key.as_bytes(), &value)
@@ -224,6 +226,16 @@ impl Store {
     /// [`Store::verify`], calling `progress(bytes_done, bytes_total)` as it goes.
     pub fn verify_with_progress(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
         verify::check_engine(self.engine(), &mut progress)
+    }
+
+    /// Salvages the store in `dir`, which must not be open: keeps every intact record, drops damaged ones, and
+    /// rewrites the store so that it opens. The report lists exactly what was lost: the keys whose newest record
+    /// was damaged where they are readable (those keys are erased, so no older value or deleted mapping comes
+    /// back), the file and offset otherwise, and segment files that are missing. A store with nothing damaged is
+    /// left as it is. A crash during a repair leaves either the old store or the repaired one.
+    pub fn repair(dir: impl AsRef<Path>, options: Options) -> Result<RepairReport> {
+        options.validate()?;
+        repair::repair(dir.as_ref(), &options)
     }
 
     /// Copies the store into `dest` (a new or empty directory) while it stays in use: a consistent copy holding
@@ -351,7 +363,7 @@ impl Drop for Shared {
 ///
 /// Memory stays bounded by one index shard's locations (1/64 of the index) and no lock is held while a record is
 /// read. Mappings written while the iteration runs may or may not be seen; each mapping present throughout is
-/// yielded exactly once. A damaged record ends the walk with its error.
+/// yielded exactly once. A damaged record is yielded as its error and the walk goes on; an I/O error ends it.
 #[derive(Debug)]
 pub struct Entries<'a>(Scan<'a, Entry>);
 

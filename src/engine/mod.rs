@@ -364,8 +364,10 @@ impl<T> Iterator for Scan<'_, T> {
             match self.read(loc) {
                 Ok(Some(value)) => return Some(Ok(value)),
                 Ok(None) => {}
+                // A damaged record is reported and the walk goes on: one bad record must not hide the rest.
+                Err(e) if e.is_corruption() => return Some(Err(e)),
                 Err(e) => {
-                    // A damaged record ends the walk: the caller sees the error once, not a stream of them.
+                    // The OS refused (an I/O error): later reads would likely fail the same way.
                     self.failed = true;
                     return Some(Err(e));
                 }

@@ -20,5 +20,6 @@ mod manifest;
 mod misuse;
 mod model;
 mod recovery;
+mod repair;
 mod sdk;
 mod verify;
