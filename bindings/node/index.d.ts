@@ -86,6 +86,7 @@ export type UssdbErrorCode =
   | 'USSDB_POISONED'
   | 'USSDB_IMPORT'
   | 'USSDB_BACKEND'
+  | 'USSDB_EXPORT'
   | 'USSDB_CLOSED'
   | 'USSDB_INTERNAL'
   | 'USSDB_ERROR';

@@ -117,6 +117,7 @@ fn code_of(e: &ussdb::Error) -> &'static str {
         E::Poisoned { .. } => "USSDB_POISONED",
         E::Import { .. } => "USSDB_IMPORT",
         E::Backend { .. } => "USSDB_BACKEND",
+        E::Export { .. } => "USSDB_EXPORT",
         // The enum is non-exhaustive: a variant added later still gets a code callers can match on.
         _ => "USSDB_ERROR",
     }
