@@ -93,7 +93,9 @@ pub use codec::{MAX_ID_LEN, MAX_VALUE_LEN};
 pub use durability::{DEFAULT_PERIODIC_INTERVAL, Durability};
 pub use engine::Batch;
 pub use error::{BackendErrorKind, Error, Result};
-pub use model::{CampaignUserMap, GOAL_DELIMITER, SdkField};
+pub use model::{
+    CampaignUserMap, FeatureRecord, Field, FmeField, FmeId, GOAL_DELIMITER, MEG_PREFIXES, SdkField,
+};
 pub use options::{DEFAULT_COMPACTION_THRESHOLD, DEFAULT_SEGMENT_SIZE, Options};
 pub use sdk::UserStorageService;
 #[cfg(feature = "json")]
