@@ -97,12 +97,12 @@ pub use model::{
     CampaignUserMap, FeatureRecord, Field, FmeField, FmeId, GOAL_DELIMITER, MEG_PREFIXES, SdkField,
 };
 pub use options::{DEFAULT_COMPACTION_THRESHOLD, DEFAULT_SEGMENT_SIZE, Options};
-pub use sdk::UserStorageService;
+pub use sdk::{FeatureStorage, UserStorageService};
 #[cfg(feature = "json")]
 pub use sdk::{
     ImportOptions, ImportReport, MAX_REPORTED_SKIPS, OnError, Position, SkippedRecord,
     parse_json_record, to_json_record,
 };
-pub use store::{Entries, Entry, Stats, Store};
+pub use store::{Entries, Entry, FeatureEntries, Stats, Store};
 pub use verify::{Damage, VerifyReport, verify_dir, verify_dir_with_progress};
 pub use vfs::{StdFile, StdVfs, VFile, Vfs};

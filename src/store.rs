@@ -10,7 +10,7 @@ use crate::Result;
 use crate::codec;
 use crate::durability::{Durability, PeriodicSync};
 use crate::engine::{Batch, CompactionWorker, Engine, Scan};
-use crate::model::CampaignUserMap;
+use crate::model::{CampaignUserMap, FeatureRecord, check_id};
 use crate::options::Options;
 use crate::record::SEGMENT_HEADER_LEN;
 use crate::verify::{self, VerifyReport};
@@ -22,7 +22,8 @@ pub type Entry = (CampaignUserMap, Option<String>);
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Live mappings.
+    /// Live records: campaign mappings and FME records ([`Store::count_features`] tells how many of them are FME
+    /// records; the index does not keep kinds, so that count walks the store).
     pub mappings: u64,
     /// Segment files.
     pub segments: u64,
@@ -161,8 +162,8 @@ impl Store {
         self.engine().delete(user_id, campaign_key.as_bytes())
     }
 
-    /// Erases every mapping of `user_id` (e.g. for a privacy request); returns how many there were. Costs in
-    /// proportion to that user's mappings, not to the store.
+    /// Erases every mapping and every FME record of `user_id` (e.g. for a privacy request); returns how many there
+    /// were. Costs in proportion to that user's records, not to the store.
     pub fn forget_user(&self, user_id: &str) -> Result<usize> {
         self.engine().forget_user(user_id)
     }
@@ -181,6 +182,77 @@ impl Store {
         Ok(maps)
     }
 
+    /// The FME record of `user_id` for `feature_key` (a feature flag's key, or `_vwo_meta_meg_<groupId>` for a
+    /// mutually exclusive group), if any: what an FME SDK's connector `get(featureKey, userId)` returns.
+    pub fn get_feature(&self, feature_key: &str, user_id: &str) -> Result<Option<FeatureRecord>> {
+        check_id("feature_key", feature_key)?;
+        check_id("user_id", user_id)?;
+        self.engine()
+            .get_with(user_id, &codec::feature_item(feature_key), |value| {
+                codec::decode_feature(user_id, feature_key, value)
+            })
+    }
+
+    /// Stores `record`, replacing any earlier record of its user and feature key: what an FME SDK's connector
+    /// `set(data)` does. Every member, including the ones this version does not know, comes back from
+    /// [`Store::get_feature`] as it went in. FME records live apart from campaign mappings: a feature key equal to
+    /// a campaign key does not touch that mapping.
+    pub fn set_feature(&self, record: &FeatureRecord) -> Result<()> {
+        record.check()?;
+        let value = codec::encode_feature(record)?;
+        self.engine().put(
+            &record.user_id,
+            &codec::feature_item(&record.feature_key),
+            &value,
+        )
+    }
+
+    /// Erases the FME record of `user_id` for `feature_key`; true if there was one.
+    pub fn delete_feature(&self, feature_key: &str, user_id: &str) -> Result<bool> {
+        check_id("feature_key", feature_key)?;
+        check_id("user_id", user_id)?;
+        self.engine()
+            .delete(user_id, &codec::feature_item(feature_key))
+    }
+
+    /// Every FME record of `user_id` (group records included), sorted by feature key. Costs in proportion to that
+    /// user's records. [`Store::campaigns_of`] lists the same user's campaign mappings.
+    pub fn features_of(&self, user_id: &str) -> Result<Vec<FeatureRecord>> {
+        check_id("user_id", user_id)?;
+        let mut records =
+            self.engine()
+                .items_of(user_id, |item, value| match codec::classify_item(item) {
+                    codec::Item::Feature(feature_key) => {
+                        codec::decode_feature(user_id, feature_key, value).map(Some)
+                    }
+                    codec::Item::Campaign(_) | codec::Item::Unknown => Ok(None),
+                })?;
+        records.sort_by(|a, b| a.feature_key.cmp(&b.feature_key));
+        Ok(records)
+    }
+
+    /// Every live FME record, in no particular order, under the same rules as [`Store::entries`] (which yields
+    /// the campaign mappings).
+    pub fn feature_entries(&self) -> FeatureEntries<'_> {
+        FeatureEntries(self.engine().scan(|key, value| {
+            let (_, item) = codec::split_key(key).ok_or("record key is malformed")?;
+            match codec::classify_item(item) {
+                codec::Item::Feature(_) => codec::decode_feature_record(key, value).map(Some),
+                codec::Item::Campaign(_) | codec::Item::Unknown => Ok(None),
+            }
+        }))
+    }
+
+    /// How many live FME records the store holds. Walks every live record's key (the index does not keep kinds),
+    /// so it costs like an export without the writing.
+    pub fn count_features(&self) -> Result<u64> {
+        let scan = self.engine().scan(|key, _| {
+            let (_, item) = codec::split_key(key).ok_or("record key is malformed")?;
+            Ok(matches!(codec::classify_item(item), codec::Item::Feature(_)).then_some(()))
+        });
+        scan.map(|r| r.map(|()| 1)).sum()
+    }
+
     /// Stores every mapping of `batch`, in order, with one lock of the log and at most one fsync: much faster than
     /// one [`Store::set`] each when loading many mappings. Not atomic: if it fails or the process crashes midway,
     /// a prefix of the batch may be stored.
@@ -197,7 +269,8 @@ impl Store {
         self.write_batch(&batch)
     }
 
-    /// Every live mapping with its `metaData`, in no particular order. Holds no lock while it reads a record and
+    /// Every live campaign mapping with its `metaData`, in no particular order (FME records are not included: see
+    /// [`Store::feature_entries`]). Holds no lock while it reads a record and
     /// keeps memory bounded; see [`Entries`] for what concurrent writes do to it.
     pub fn entries(&self) -> Entries<'_> {
         Entries(self.engine().scan(|key, value| {
@@ -330,6 +403,18 @@ impl Iterator for Entries<'_> {
     type Item = Result<Entry>;
 
     fn next(&mut self) -> Option<Result<Entry>> {
+        self.0.next()
+    }
+}
+
+/// Every live FME record of a store; made by [`Store::feature_entries`]. Memory and concurrency as [`Entries`].
+#[derive(Debug)]
+pub struct FeatureEntries<'a>(Scan<'a, FeatureRecord>);
+
+impl Iterator for FeatureEntries<'_> {
+    type Item = Result<FeatureRecord>;
+
+    fn next(&mut self) -> Option<Result<FeatureRecord>> {
         self.0.next()
     }
 }

@@ -16,7 +16,7 @@ use super::Engine;
 use crate::codec;
 use crate::durability::Durability;
 use crate::index::{Loc, MAX_OFFSET, MAX_SEGMENT_ID};
-use crate::model::CampaignUserMap;
+use crate::model::{CampaignUserMap, FeatureRecord};
 use crate::record::{self, Kind, SEGMENT_HEADER_LEN};
 use crate::segment::Segment;
 use crate::{Error, Result};
@@ -63,7 +63,20 @@ impl Batch {
         Ok(())
     }
 
-    /// Number of mappings in the batch.
+    /// Adds an FME record (see `Store::set_feature`). Fails, adding nothing, if it cannot be stored (an empty or
+    /// too long feature key or user id, a value over [`crate::MAX_VALUE_LEN`]).
+    pub fn push_feature(&mut self, rec: &FeatureRecord) -> Result<()> {
+        rec.check()?;
+        let key = codec::encode_item_key(&rec.user_id, &codec::feature_item(&rec.feature_key))?;
+        let value = codec::encode_feature(rec)?;
+        let start = self.records.len();
+        record::encode(&mut self.records, Kind::Put, &key, &value);
+        self.items
+            .push((start, self.records.len() - start, key.len()));
+        Ok(())
+    }
+
+    /// Number of records (mappings and FME records) in the batch.
     pub fn len(&self) -> usize {
         self.items.len()
     }

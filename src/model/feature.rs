@@ -795,6 +795,26 @@ mod json {
         }
     }
 
+    impl FeatureRecord {
+        /// The records of an object keyed by storage keys (`{"f_u1": {...}, "f:u2": {...}}`, as the SDKs' example
+        /// connectors hold them), or `None` when `json` is not such an object (not an object, empty, or with a
+        /// member that is not an object).
+        pub(crate) fn keyed_records(json: &str) -> Option<Result<Vec<FeatureRecord>>> {
+            let members = parse_members(json).ok()?;
+            if members.0.is_empty() || !members.0.iter().all(|(_, raw)| raw.get().starts_with('{'))
+            {
+                return None;
+            }
+            Some(
+                members
+                    .0
+                    .iter()
+                    .map(|(key, raw)| FeatureRecord::from_keyed_json(key, raw.get()))
+                    .collect(),
+            )
+        }
+    }
+
     /// The separators the SDKs' example connectors join feature key and user id with.
     const SEPARATORS: [char; 2] = ['_', ':'];
 

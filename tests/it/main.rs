@@ -9,6 +9,7 @@ mod concurrency;
 mod corruption;
 mod crash;
 mod faults;
+mod fme;
 mod fuzz_corpus;
 mod fuzz_harness;
 mod hints;
