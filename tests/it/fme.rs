@@ -324,3 +324,89 @@ fn import_reads_the_example_connectors_keyed_dumps_and_names_bad_lines() {
         other => panic!("{other:?}"),
     }
 }
+
+#[cfg(feature = "cli")]
+mod cli {
+    use std::io::Write;
+    use std::process::{Command, Output, Stdio};
+
+    use crate::common::tempdir;
+
+    fn ussdb(dir: &std::path::Path, args: &[&str], input: Option<&str>) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ussdb"))
+            .arg("--dir")
+            .arg(dir)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ussdb");
+        let mut stdin = child.stdin.take().expect("stdin");
+        if let Some(input) = input {
+            stdin.write_all(input.as_bytes()).expect("write stdin");
+        }
+        drop(stdin);
+        child.wait_with_output().expect("wait for ussdb")
+    }
+
+    fn stdout(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn feature_commands_store_print_list_erase_and_carry_through_export() {
+        let dir = tempdir();
+        let d = dir.path();
+        for sub in ["get-feature", "set-feature", "delete-feature", "features"] {
+            let out = ussdb(d, &[sub, "--help"], None);
+            assert!(
+                stdout(&out).contains("Example: ussdb"),
+                "{sub} --help has no example"
+            );
+        }
+        let rec = super::RECORDS[1];
+        assert!(ussdb(d, &["set-feature", rec], None).status.success());
+        let meg = super::RECORDS[2];
+        let out = ussdb(d, &["set-feature"], Some(meg));
+        assert!(out.status.success(), "{out:?}");
+        let out = ussdb(d, &["get-feature", "search", "u1"], None);
+        assert_eq!(stdout(&out), format!("{rec}\n"));
+        let out = ussdb(d, &["features", "u1"], None);
+        assert_eq!(stdout(&out), format!("{meg}\n{rec}\n"));
+        assert_eq!(
+            ussdb(d, &["get-feature", "search", "u9"], None)
+                .status
+                .code(),
+            Some(1)
+        );
+        let out = ussdb(
+            d,
+            &["set-feature", r#"{"featureKey":"f","userId":1}"#],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("userId"));
+        assert!(stdout(&ussdb(d, &["stats"], None)).contains("fme records          2"));
+
+        let exported = stdout(&ussdb(d, &["export"], None));
+        let other = tempdir();
+        let out = ussdb(other.path(), &["import", "-"], Some(&exported));
+        assert!(stdout(&out).contains("2 of them FME records"), "{out:?}");
+        let out = ussdb(other.path(), &["get-feature", "search", "u1"], None);
+        assert_eq!(stdout(&out), format!("{rec}\n"));
+
+        assert!(
+            ussdb(d, &["delete-feature", "search", "u1"], None)
+                .status
+                .success()
+        );
+        assert_eq!(
+            ussdb(d, &["delete-feature", "search", "u1"], None)
+                .status
+                .code(),
+            Some(1)
+        );
+        assert_eq!(stdout(&ussdb(d, &["forget-user", "u1"], None)), "1\n");
+    }
+}

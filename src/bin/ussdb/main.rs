@@ -88,7 +88,7 @@ enum Command {
     ///
     /// Example: ussdb --dir ./data delete user-42 checkout-test
     Delete { user: String, campaign: String },
-    /// Erase every mapping of a user (e.g. for a privacy request) and print how many there were.
+    /// Erase every mapping and FME record of a user (e.g. for a privacy request) and print how many there were.
     ///
     /// Example: ussdb --dir ./data forget-user user-42
     ForgetUser { user: String },
@@ -100,7 +100,8 @@ enum Command {
     ///
     /// Reads camelCase (userId, campaignKey, variationName, goalIdentifier), Python's goalIdentifiers, Ruby's
     /// snake_case, goal lists as strings or arrays, and keeps a metaData value as JSON. A later record of the same
-    /// user and campaign wins. Bad records are reported with their line number.
+    /// user and campaign wins. Bad records are reported with their line number. Lines with a featureKey are the
+    /// FME SDKs' records, as are objects keyed by featureKey_userId (or featureKey:userId) storage keys.
     ///
     /// Example: ussdb --dir ./data --durability never import users.jsonl --on-error skip
     Import {
@@ -113,7 +114,8 @@ enum Command {
         #[arg(long, default_value_t = 8192)]
         batch_size: usize,
     },
-    /// Export every mapping as camelCase JSON Lines (metaData as JSON when present), which import reads back.
+    /// Export every mapping as camelCase JSON Lines (metaData as JSON when present), then every FME record,
+    /// which import reads back.
     ///
     /// Example: ussdb --dir ./data export --output users.jsonl
     Export {
@@ -139,6 +141,8 @@ enum Command {
     ///
     /// Example: ussdb bench --users 100000 --threads 4 --durability periodic
     Bench(bench::Args),
+    #[command(flatten)]
+    Feature(feature::Command),
 }
 
 /// `println!` that does not panic when stdout is closed: `ussdb export | head` ends quietly, as with other
@@ -152,6 +156,8 @@ macro_rules! out {
         }
     }};
 }
+
+mod feature;
 
 fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -265,10 +271,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             batch_size,
         } => import(&cli, file, *on_error, *batch_size)?,
         Command::Export { output } => export(&cli, output.as_deref())?,
-        Command::Stats => print_stats(&open_existing(&cli)?),
+        Command::Stats => {
+            let store = open_existing(&cli)?;
+            print_stats(&store);
+            feature::print_stats(&store)?;
+        }
         Command::Verify => return verify(&cli),
         Command::Compact => compact(&cli)?,
         Command::Bench(args) => bench::run(&cli.dir, cli.durability, args).map_err(err)?,
+        Command::Feature(command) => return feature::run(&cli, command),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -313,11 +324,15 @@ fn import(cli: &Cli, file: &Path, on_error: ErrorMode, batch_size: usize) -> Res
         );
     }
     out!(
-        "imported {} mappings from {} records ({} skipped) in {secs:.2} s ({:.0} mappings/s)",
+        "imported {} mappings from {} records ({} skipped) in {secs:.2} s ({:.0} mappings/s){}",
         report.imported,
         report.records,
         report.skipped,
-        report.imported as f64 / secs.max(1e-9)
+        report.imported as f64 / secs.max(1e-9),
+        match report.features {
+            0 => String::new(),
+            n => format!("; {n} of them FME records"),
+        }
     );
     Ok(())
 }
