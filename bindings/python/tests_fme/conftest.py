@@ -182,3 +182,14 @@ def server():
 @pytest.fixture
 def store_dir(tmp_path):
     return str(tmp_path / "ussdb")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cancel_sdk_polling_timers():
+    """Each vwo.init starts a settings-polling threading.Timer (every 10 minutes unless the settings
+    say otherwise) that re-arms itself and is not a daemon thread, so a process that initialised the
+    SDK never exits by itself. Cancel those timers once the tests are done."""
+    yield
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
