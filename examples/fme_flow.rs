@@ -43,7 +43,10 @@ fn get_flag(
 ) -> ussdb::Result<i64> {
     if let Some(stored) = connector.get_feature(feature_key, user_id)?
         && stored.experiment_key.value().map(String::as_str) == Some(experiment.key)
-        && let Some(variation) = stored.experiment_variation_id.value().and_then(FmeId::as_i64)
+        && let Some(variation) = stored
+            .experiment_variation_id
+            .value()
+            .and_then(FmeId::as_i64)
     {
         return Ok(variation);
     }
@@ -100,7 +103,10 @@ fn main() -> ussdb::Result<()> {
         println!("{}", record.to_json());
     }
     // A privacy request erases both kinds of record of the user.
-    println!("forget_user(user-0) erased {} records", store.forget_user("user-0")?);
+    println!(
+        "forget_user(user-0) erased {} records",
+        store.forget_user("user-0")?
+    );
     drop(store);
     std::fs::remove_dir_all(&dir).map_err(|e| ussdb::Error::Io {
         op: "remove the example's store",

@@ -763,8 +763,13 @@ mod tests {
     #[test]
     fn the_quick_test_sees_every_spelling_of_the_feature_key() {
         for name in FmeField::FeatureKey.names() {
-            assert!(mentions_feature_key(format!("{{\"{name}\":1}}").as_bytes()), "{name}");
+            assert!(
+                mentions_feature_key(format!("{{\"{name}\":1}}").as_bytes()),
+                "{name}"
+            );
         }
-        assert!(!mentions_feature_key(br#"{"userId":"u","campaignKey":"c","variationName":"v"}"#));
+        assert!(!mentions_feature_key(
+            br#"{"userId":"u","campaignKey":"c","variationName":"v"}"#
+        ));
     }
 }
