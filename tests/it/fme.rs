@@ -410,3 +410,18 @@ mod cli {
         assert_eq!(stdout(&ussdb(d, &["forget-user", "u1"], None)), "1\n");
     }
 }
+
+#[test]
+fn the_value_fuzz_check_accepts_fme_values() {
+    // The golden FME values of docs/FORMAT.md, behind a split byte of 0 (no key): the fuzz check decodes them,
+    // re-encodes them, and holds them to the JSON round trip.
+    for value in [
+        &b"\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"[..],
+        b"\x01\x00\x02\x00\x3e\x02\x04f_r1\x02\x00\x02\x01\x00\x02\x00\x01\x00\x02\x02\x01\x035.0\x02\x01h\x00",
+        b"\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x07{\"x\":1}",
+    ] {
+        let mut data = vec![0u8];
+        data.extend_from_slice(value);
+        ussdb::fuzzing::value_codec(&data);
+    }
+}
