@@ -170,13 +170,23 @@ class SettingsServer:
         self.httpd.server_close()
 
 
-@pytest.fixture
-def server():
+@pytest.fixture(scope="session")
+def _server_for_the_session():
+    # One server for every test: the SDK sends its events from a thread pool, after get_flag returned, and
+    # they must find the server still there.
     srv = SettingsServer()
     try:
         yield srv
     finally:
         srv.close()
+
+
+@pytest.fixture
+def server(_server_for_the_session):
+    srv = _server_for_the_session
+    srv.settings = settings()
+    srv.settings_fetches = 0
+    return srv
 
 
 @pytest.fixture
