@@ -190,6 +190,14 @@ enum Command {
     ///
     /// Example: ussdb --dir ./data compact
     Compact,
+    /// Salvage a damaged store so that it opens: keep every intact record, drop damaged ones, and list exactly
+    /// what was lost (the keys where readable, file and offset otherwise). Exit code 1 when something was lost.
+    ///
+    /// A key whose newest record is damaged is erased, so that no older value or deleted mapping comes back. The
+    /// store must not be open elsewhere. Take a copy first if the damaged bytes matter to you.
+    ///
+    /// Example: ussdb --dir ./data repair
+    Repair,
     /// Run a simulated SDK workload on a fresh store and print throughput and latency.
     ///
     /// The store is a new directory DIR/bench-PID (created, so never one that held anything) and is removed
@@ -214,6 +222,7 @@ impl Command {
             Command::Verify => "verify",
             Command::Backup { .. } => "backup",
             Command::Compact => "compact",
+            Command::Repair => "repair",
             Command::Bench(_) => "bench",
         }
     }
@@ -416,6 +425,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Stats => print_stats(&open(&cli, Access::Read)?),
         Command::Verify => return verify(&cli),
         Command::Compact => compact(&cli)?,
+        Command::Repair => return repair(&cli),
         Command::Backup { dest } => backup(&cli, dest)?,
         Command::Bench(args) => {
             return Ok(match bench::run(&cli.dir, cli.durability, args)? {
@@ -635,6 +645,35 @@ fn backup(cli: &Cli, dest: &Path) -> Result<(), String> {
         report.copied
     );
     Ok(())
+}
+
+fn repair(cli: &Cli) -> Result<ExitCode, String> {
+    let state = store_dir::state(&cli.dir)?;
+    if state != DirState::Store {
+        return Err(no_store(cli, &state));
+    }
+    let report =
+        Store::repair(&cli.dir, options(cli, Access::Change)).map_err(|e| describe(cli, &e))?;
+    for lost in &report.lost {
+        out!("lost: {lost}");
+    }
+    match (report.rewritten, report.lost.len()) {
+        (false, _) => out!(
+            "ok: nothing damaged, nothing changed ({} records)",
+            report.records
+        ),
+        (true, 0) => out!("rewritten: {} mappings kept, nothing lost", report.kept),
+        (true, n) => out!(
+            "REPAIRED: {} kept, {} lost (listed above); the store opens again",
+            plural(report.kept, "record", "records"),
+            plural(n as u64, "piece of damage", "pieces of damage")
+        ),
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn plural(n: u64, one: &str, many: &str) -> String {
