@@ -104,6 +104,6 @@ pub use sdk::{
     ImportOptions, ImportReport, MAX_REPORTED_SKIPS, OnError, Position, SkippedRecord,
     parse_json_record, to_json_record,
 };
-pub use store::{Entries, Entry, Stats, Store};
+pub use store::{Durable, Entries, Entry, Stats, Store};
 pub use verify::{Damage, VerifyReport, verify_dir, verify_dir_with_progress};
 pub use vfs::{StdFile, StdVfs, VFile, Vfs};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::Result;
 use crate::codec;
 use crate::durability::{Durability, PeriodicSync};
-use crate::engine::{BackupReport, Batch, CompactionWorker, Engine, Scan};
+use crate::engine::{BackupReport, Batch, Committer, CompactionWorker, Engine, Scan};
 use crate::model::CampaignUserMap;
 use crate::options::Options;
 use crate::record::SEGMENT_HEADER_LEN;
@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub(crate) engine: Arc<Engine>,
     periodic: Mutex<Option<PeriodicSync>>,
     compactor: Mutex<Option<CompactionWorker>>,
+    /// Serves [`Store::set_async`]'s futures; started on first use.
+    committer: Mutex<Option<Committer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -117,6 +119,7 @@ impl Store {
                 engine,
                 periodic: Mutex::new(periodic),
                 compactor: Mutex::new(compactor),
+                committer: Mutex::new(None),
             }),
         })
     }
@@ -135,6 +138,55 @@ impl Store {
     /// Stores `map`, replacing any earlier mapping of its user and campaign.
     pub fn set(&self, map: &CampaignUserMap) -> Result<()> {
         self.set_with_meta(map, None)
+    }
+
+    /// Stores `map` at once (readers see it when this returns) and returns a future that resolves when the write
+    /// is as durable as the durability mode promises: with [`Durability::Immediate`], once a group commit's fsync
+    /// covers it. No thread is parked per waiting future: one background thread (`ussdb-commit`) serves them all,
+    /// so many concurrent requests share a few fsyncs. Works with any executor (no runtime dependency).
+    ///
+    /// ```
+    /// # fn main() -> ussdb::Result<()> {
+    /// # let dir = tempfile::tempdir().expect("temp dir");
+    /// let store = ussdb::Store::open(dir.path())?;
+    /// let durable = store.set_async(&ussdb::CampaignUserMap::new("u", "c", "v"));
+    /// // ... `durable.await` in an async fn; here, a minimal executor:
+    /// # let waker = std::task::Waker::noop();
+    /// # let mut cx = std::task::Context::from_waker(&waker);
+    /// # let mut durable = std::pin::pin!(durable);
+    /// # while std::future::Future::poll(durable.as_mut(), &mut cx).is_pending() { std::thread::yield_now(); }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_async(&self, map: &CampaignUserMap) -> Durable {
+        let written = codec::check_id("user_id", &map.user_id)
+            .and_then(|()| codec::check_id("campaign_key", &map.campaign_key))
+            .and_then(|()| codec::encode_value(map, None))
+            .and_then(|value| {
+                self.engine()
+                    .put_unwaited(&map.user_id, map.campaign_key.as_bytes(), &value)
+            });
+        Durable {
+            store: self.clone(),
+            written: Some(written),
+            position: 0,
+        }
+    }
+
+    /// Wakes `waker` once `position` is durable, starting the commit thread on first use.
+    fn register_waiter(&self, position: u64, waker: std::task::Waker) -> Result<()> {
+        let mut committer = self
+            .inner
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if committer.is_none() {
+            *committer = Some(Committer::spawn(&self.inner.engine)?);
+        }
+        if let Some(committer) = committer.as_ref() {
+            committer.register(position, waker);
+        }
+        Ok(())
     }
 
     /// The mapping with the extra `metaData` JSON text some SDKs attach (see [`Store::set_with_meta`]).
@@ -330,6 +382,10 @@ impl Drop for Shared {
                     .get_mut()
                     .unwrap_or_else(|e| e.into_inner())
                     .take(),
+                self.committer
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
             );
             std::mem::forget(threads);
             return;
@@ -341,6 +397,14 @@ impl Drop for Shared {
             .take()
         {
             compactor.stop();
+        }
+        if let Some(mut committer) = self
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            committer.stop();
         }
         if let Some(mut periodic) = self
             .periodic
@@ -372,5 +436,50 @@ impl Iterator for Entries<'_> {
 
     fn next(&mut self) -> Option<Result<Entry>> {
         self.0.next()
+    }
+}
+
+/// The future of [`Store::set_async`]: resolves when the write is durable, or with the error that stopped it.
+#[must_use = "a write is only known to be durable once this future resolves"]
+#[derive(Debug)]
+pub struct Durable {
+    store: Store,
+    /// The append's outcome, until the first poll takes it.
+    written: Option<Result<u64>>,
+    position: u64,
+}
+
+impl std::future::Future for Durable {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        use std::task::Poll;
+        if let Some(written) = self.written.take() {
+            match written {
+                Ok(position) => self.position = position,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        let engine = self.store.engine();
+        match engine.is_durable(self.position) {
+            Ok(true) => return Poll::Ready(Ok(())),
+            Ok(false) => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+        if let Err(e) = self
+            .store
+            .register_waiter(self.position, cx.waker().clone())
+        {
+            return Poll::Ready(Err(e));
+        }
+        // The commit may have covered the position between the check and the registration.
+        match engine.is_durable(self.position) {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per behaviour. They use only the public API.
 
+mod async_writes;
 mod backup;
 #[cfg(feature = "cli")]
 mod cli;
