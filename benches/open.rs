@@ -28,7 +28,10 @@ fn options() -> Options {
 fn open_checked(dir: &Path, hinted: bool) -> Store {
     let store = Store::open_with(dir, options()).expect("open");
     let stats = store.stats();
-    assert_eq!(stats.mappings, MAPPINGS as u64, "every mapping after reopen");
+    assert_eq!(
+        stats.mappings, MAPPINGS as u64,
+        "every mapping after reopen"
+    );
     assert!(stats.segments > 2, "the store spans several segments");
     assert_eq!(
         stats.hint_files > 0,

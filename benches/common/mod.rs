@@ -119,13 +119,15 @@ pub fn temp_dir() -> TempDir {
 
 /// Opens a store in `dir` with `options` and loads mappings `0..n` into it (batches of 10,000), then syncs.
 pub fn build(dir: &std::path::Path, n: usize, options: Options) -> Store {
-    let store = Store::open_with(dir, options)
-        .unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    let store =
+        Store::open_with(dir, options).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
     let mut batch = Batch::new();
     for start in (0..n).step_by(10_000) {
         batch.clear();
         for i in start..(start + 10_000).min(n) {
-            batch.push(&mapping(i), None).expect("a workload mapping is valid");
+            batch
+                .push(&mapping(i), None)
+                .expect("a workload mapping is valid");
         }
         store.write_batch(&batch).expect("load the store");
     }
