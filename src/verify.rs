@@ -627,7 +627,8 @@ pub fn verify_dir_with_progress(
             path: dir.to_owned(),
         });
     }
-    let _lock = dir::lock(dir)?;
+    // Shared: other readers may look too, a writer may not open meanwhile; nothing is created.
+    let _lock = dir::lock(dir, true)?;
     let vfs = StdVfs;
     let listing = dir::list(&vfs, dir)?;
     let mut total = 0;

@@ -6,7 +6,6 @@
 //! found it); damage is reported as [`Error::Corrupted`] with the file and offset.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -36,11 +35,19 @@ impl Engine {
                 path: dir.to_owned(),
             });
         }
-        fs::create_dir_all(dir).map_err(|e| Error::io("create store directory", dir, e))?;
-        let lock = dir::lock(dir)?;
+        let read_only = options.read_only;
+        if read_only && !dir.is_dir() {
+            return Err(Error::NotADirectory {
+                path: dir.to_owned(),
+            });
+        }
+        if !read_only {
+            dir::create(dir)?;
+        }
+        let lock = dir::lock(dir, read_only)?;
 
         let listing = dir::list(&*vfs, dir)?;
-        for name in &listing.leftovers {
+        for name in listing.leftovers.iter().filter(|_| !read_only) {
             log::warn!(
                 "removing {} in {}, left over from an interrupted write",
                 name.display(),
@@ -51,17 +58,27 @@ impl Engine {
                 .map_err(|e| Error::io("remove temporary file", &path, e))?;
         }
         // After the *.tmp cleanup (which takes a left-over SEED.tmp) and before anything is hashed.
-        let seed = seed::load_or_create(&*vfs, dir)?;
+        let seed = match read_only {
+            false => seed::load_or_create(&*vfs, dir)?,
+            // Without a seed no hint can be used; a reader scans instead of making one.
+            true => seed::read(&*vfs, dir)?.unwrap_or_else(|_| seed::Seed::random()),
+        };
         let (mut manifest, mut dirty) = match manifest::read(&*vfs, dir)? {
             Some(manifest) => (manifest, false),
             None => (legacy_manifest(&*vfs, dir, &listing)?, true),
         };
-        dirty |= reconcile(&*vfs, dir, &mut manifest, &listing)?;
+        dirty |= reconcile(&*vfs, dir, &mut manifest, &listing, read_only)?;
 
         let (active, newest_bytes, torn) = match listing.segments.binary_search(&manifest.active) {
             Ok(_) => {
                 let (segment, bytes, torn) = open_newest(&*vfs, dir, manifest.active)?;
                 (segment, Some(bytes), torn)
+            }
+            Err(_) if read_only && manifest.sealed.is_empty() && manifest.generation == 0 => {
+                return Err(Error::InvalidOption {
+                    option: "read_only",
+                    reason: format!("there is no store in {} to open read-only", dir.display()),
+                });
             }
             // A store that has never had a segment: its first one.
             Err(_) if manifest.sealed.is_empty() && manifest.generation == 0 => {
@@ -111,6 +128,7 @@ impl Engine {
             poison: OnceLock::new(),
             counters: Counters::default(),
             compaction: Compaction::default(),
+            pid: std::process::id(),
             _lock: lock,
         };
         // Size the index once for everything the hints list, instead of doubling every shard ~20 times and
@@ -142,9 +160,17 @@ impl Engine {
             engine.replay_all(active.id(), &bytes)?;
         }
         if let Some(torn) = torn {
-            torn.cut()?;
+            match read_only {
+                false => torn.cut()?,
+                true => log::warn!(
+                    "{}: a torn write of {} bytes at offset {} is ignored (read-only)",
+                    torn.path.display(),
+                    torn.cut,
+                    torn.at
+                ),
+            }
         }
-        if dirty {
+        if dirty && !read_only {
             let engine_dir = engine.dir.clone();
             let vfs = Arc::clone(&engine.vfs);
             engine
@@ -204,7 +230,9 @@ impl Engine {
                         path.display()
                     );
                     // Gone, so that a sound one is written in its place.
-                    let _ = self.vfs.remove_file(&hint_path);
+                    if !self.options.read_only {
+                        let _ = self.vfs.remove_file(&hint_path);
+                    }
                     if let Some(e) = self.manifest_mut().sealed_entry(id) {
                         e.hint = 0;
                     }
@@ -517,15 +545,21 @@ fn legacy_manifest(vfs: &dyn Vfs, dir: &Path, listing: &Listing) -> Result<Manif
 /// Brings the directory in line with the manifest before anything is read: files the manifest retired or never
 /// committed are removed, hint files it does not name are removed; a file it names that is missing, or a segment
 /// file it does not know, is an error naming the file. Returns true when the manifest changed.
+/// A reader (`read_only`) removes nothing: it leaves left-overs where they are and ignores them.
 fn reconcile(
     vfs: &dyn Vfs,
     dir: &Path,
     manifest: &mut Manifest,
     listing: &Listing,
+    read_only: bool,
 ) -> Result<bool> {
     let mut changed = false;
     let named = |id: u32| id == manifest.active || manifest.sealed.iter().any(|s| s.file_id == id);
     let remove = |path: &Path, why: &str| -> Result<()> {
+        if read_only {
+            log::warn!("ignoring {}: {why}", path.display());
+            return Ok(());
+        }
         log::warn!("removing {}: {why}", path.display());
         vfs.remove_file(path)
             .map_err(|e| Error::io("remove file", path, e))
@@ -590,7 +624,7 @@ fn reconcile(
         manifest.retired.clear();
         changed = true;
     }
-    if removed {
+    if removed && !read_only {
         dir::sync_dir(vfs, dir)?;
     }
     Ok(changed)

@@ -55,9 +55,11 @@ impl Batch {
     }
 
     /// Adds `map`, with the SDK's `metaData` JSON text if any (see `Store::set_with_meta`). Fails, adding
-    /// nothing, if the mapping cannot be stored (an empty or too long id, a value over [`crate::MAX_VALUE_LEN`]).
+    /// nothing, if the mapping cannot be stored (an empty or too long id, an empty variation name, a value over
+    /// [`crate::MAX_VALUE_LEN`]).
     pub fn push(&mut self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
         let key = codec::encode_key(&map.user_id, &map.campaign_key)?;
+        codec::check_variation(&map.variation_name)?;
         let value = codec::encode_value(map, meta_data)?;
         let start = self.records.len();
         record::encode(&mut self.records, Kind::Put, &key, &value);
@@ -86,6 +88,13 @@ impl Batch {
 impl Engine {
     /// Stores `value` under (`user_id`, `item`), replacing any earlier value. The caller has checked the item.
     pub(crate) fn put(&self, user_id: &str, item: &[u8], value: &[u8]) -> Result<()> {
+        let position = self.put_unwaited(user_id, item, value)?;
+        self.wait_durable(position)
+    }
+
+    /// [`Engine::put`] without the durability wait: appends and indexes the record (visible to readers at once)
+    /// and returns the log position a wait must reach.
+    pub(crate) fn put_unwaited(&self, user_id: &str, item: &[u8], value: &[u8]) -> Result<u64> {
         let key = codec::encode_item_key(user_id, item)?;
         let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len() + value.len());
         record::encode(&mut rec, Kind::Put, &key, value);
@@ -99,6 +108,25 @@ impl Engine {
             log.written
         };
         self.counters.sets.fetch_add(1, Ordering::Relaxed);
+        Ok(position)
+    }
+
+    /// True once the log position `position` is as durable as the durability mode promises (poisoning is an
+    /// error: the write may never become durable).
+    pub(crate) fn is_durable(&self, position: u64) -> Result<bool> {
+        match self.options.durability {
+            Durability::Immediate => {
+                if self.commit.synced() >= position {
+                    return Ok(true);
+                }
+                self.check_poison().map(|()| false)
+            }
+            Durability::Periodic(_) | Durability::Never => Ok(true),
+        }
+    }
+
+    /// Blocks until `position` is durable (for the thread that serves asynchronous waiters).
+    pub(crate) fn wait_position(&self, position: u64) -> Result<()> {
         self.wait_durable(position)
     }
 
