@@ -2,12 +2,19 @@
 //!
 //! Each entry is 16 bytes (hash, packed location) whatever the ids' length; full keys live only on disk and are
 //! compared against the record on every read, so two keys with the same hash stay correct (the table simply
-//! holds both entries). The hash is built so that all of a user's mappings sit in one run of the table:
-//! the upper 40 bits hash the user id and alone choose the shard and the home slot, the lower 24 bits hash the
-//! campaign key. `campaigns_of` and `forget_user` therefore walk one short run instead of the whole table.
+//! holds both entries). The upper 40 bits of the hash hash the user id and alone choose the shard; the lower 24
+//! bits hash the campaign key.
 //!
-//! The table is split into shards, each an open-addressing table with linear probing behind its own `RwLock`:
-//! readers of different shards never meet, a resize moves one shard, and no lock is held while a record is read.
+//! Each shard has a shared table whose home slots depend only on the user part, so all of a user's mappings sit
+//! in one run: `campaigns_of` and `forget_user` walk that run instead of the whole table, at no memory beyond the
+//! entries. A run costs its length on every insert and lookup of that user, though, so a user with more than
+//! [`OWN_TABLE_ABOVE`] entries moves to a table of its own, keyed by the whole hash (a map from user part to
+//! table, behind a 64-bucket count that lets other users skip it), and moves back when it falls below
+//! [`SHARED_BELOW`]. Every operation is then O(1) expected, and a user's walk costs that user's entries, however
+//! many one user has; the hash itself (which hint files store) is the same either way.
+//!
+//! Each shard sits behind its own `RwLock`: readers of different shards never meet, a resize moves one table of
+//! one shard, and no lock is held while a record is read.
 
 #![expect(
     clippy::indexing_slicing,

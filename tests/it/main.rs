@@ -17,5 +17,6 @@ mod load;
 mod misuse;
 mod model;
 mod recovery;
+mod scale;
 mod sdk;
 mod verify;
