@@ -84,8 +84,19 @@ type Runs = Table<false>;
 /// The table of one user with many entries.
 type Own = Table<true>;
 
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Multiplicative (Fibonacci) hashing: its top bits depend on every bit of `key`.
 fn mix(key: u64) -> u64 {
-    key.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    key.wrapping_mul(GOLDEN)
+}
+
+/// A full 64-bit mixer (the SplitMix64 finalizer): every output bit depends on every input bit, so two inputs
+/// that differ in any way land independently.
+fn scramble(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// The user part of an index hash (see [`KeyHasher::user_part`]).
@@ -101,7 +112,10 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
     fn home(&self, hash: u64) -> usize {
         let bits = self.slots.len().trailing_zeros();
         let mixed = if BY_KEY {
-            mix(hash)
+            // Salted with the capacity, so each resize scatters the entries anew. Without that, a table that
+            // shrinks after losing entries in slot order (`forget_user` walks it so) would keep the survivors,
+            // all from the top of the hash range, in the top of the smaller table: one huge run.
+            scramble(hash.wrapping_add((self.slots.len() as u64).wrapping_mul(GOLDEN)))
         } else {
             // The top bits of the mixed user part chose the shard; the next ones choose the slot.
             mix(user_of(hash)) << SHARD_BITS
@@ -960,6 +974,30 @@ mod tests {
         assert_eq!(index.len(), 5 + others * 3);
         let per_mapping = index.heap_bytes() as f64 / index.len() as f64;
         assert!(per_mapping < 45.0, "{per_mapping} heap bytes per mapping");
+    }
+
+    #[test]
+    fn an_own_table_emptied_in_slot_order_keeps_short_runs() {
+        // `forget_user` removes a user's entries in slot order; each shrink must scatter the survivors (which
+        // all come from the end of the old table) over the whole new table.
+        let h = KeyHasher::new(crate::seed::Seed::random(), false);
+        let mut table = Own::default();
+        for c in 0..100_000u64 {
+            let hash = h.hash(b"big", format!("c{c}").as_bytes());
+            table.insert(hash, Loc::new(1, c + 1));
+        }
+        let order: Vec<(u64, Loc)> = table.entries().collect();
+        let mut shrinks = 0;
+        for (hash, loc) in order {
+            let capacity = table.slots.len();
+            assert!(table.remove(hash, loc));
+            if table.slots.len() != capacity && table.len > 0 {
+                shrinks += 1;
+                let d = mean_displacement(&table);
+                assert!(d < 4.0, "{d} after shrinking to {}", table.slots.len());
+            }
+        }
+        assert!(shrinks >= 5, "{shrinks} shrinks");
     }
 
     #[test]
