@@ -22,6 +22,7 @@
 )]
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::seed::{KeyHasher, USER_SHIFT};
@@ -304,9 +305,33 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
     }
 }
 
+/// Hashes a user part for [`OwnTables`]: it is already a keyed SipHash output (`seed.rs`), so hashing it again
+/// with std's SipHash would only cost time on every operation of a user with a table of its own.
+#[derive(Default)]
+struct UserPartHasher(u64);
+
+impl Hasher for UserPartHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the keys are u64); any other input still hashes to something sound.
+        for &b in bytes {
+            self.0 = mix(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, user_part: u64) {
+        // The map takes its bucket from the low bits and a tag from the top ones: the user part is random in
+        // its low 40 bits, and the multiply carries them into the top.
+        self.0 = user_part ^ mix(user_part);
+    }
+}
+
 /// The users of a shard that have tables of their own.
 struct OwnTables {
-    users: HashMap<u64, Own>,
+    users: HashMap<u64, Own, BuildHasherDefault<UserPartHasher>>,
     /// How many of `users` fall on each of 64 buckets by their low bits: a lookup of a user whose bucket is
     /// empty (nearly all users, when a few have many items) skips the map.
     buckets: [u32; 64],
@@ -315,7 +340,7 @@ struct OwnTables {
 impl Default for OwnTables {
     fn default() -> OwnTables {
         OwnTables {
-            users: HashMap::new(),
+            users: HashMap::default(),
             buckets: [0; 64],
         }
     }
