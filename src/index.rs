@@ -757,8 +757,8 @@ mod tests {
             let loc = Loc::new(1, step);
             // Phases of mostly inserts and mostly removes, so the table grows and shrinks many times.
             let removing = match (step / 2000) % 2 {
-                0 => next() % 3 == 0,
-                _ => next() % 4 != 0,
+                0 => next().is_multiple_of(3),
+                _ => !next().is_multiple_of(4),
             };
             if removing {
                 if let Some((&l, _)) = model.iter().find(|(_, h)| **h == hash) {
@@ -854,14 +854,14 @@ mod tests {
                 |model: &HashMap<u64, u64>| model.values().filter(|h| user_of(**h) == user).count();
             while count(&model) != target {
                 step += 1;
-                let unshared = next() % 2 == 0;
+                let unshared = next().is_multiple_of(2);
                 let mine: Vec<(u64, u64)> = model
                     .iter()
                     .filter(|(_, h)| user_of(**h) == user)
                     .map(|(&l, &h)| (l, h))
                     .collect();
                 if count(&model) < target {
-                    let hash = user << USER_SHIFT | next() % ITEMS;
+                    let hash = (user << USER_SHIFT) | (next() % ITEMS);
                     let loc = Loc::new(1, step);
                     if unshared {
                         index.unshared().insert(hash, loc);
