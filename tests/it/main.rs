@@ -22,5 +22,6 @@ mod misuse;
 mod model;
 mod recovery;
 mod repair;
+mod scale;
 mod sdk;
 mod verify;
