@@ -162,6 +162,16 @@ pub(crate) fn of_segment(
     Ok(builder.finish(file_id))
 }
 
+/// The identity of a hint file: the checksum of its header, which covers the segment it was made for, that
+/// segment's length and last record, the hash function and the checksum of the entries. The manifest records it.
+pub(crate) fn identity(bytes: &[u8]) -> Option<u32> {
+    bytes
+        .get(44..48)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .filter(|&crc| crc != 0)
+}
+
 /// The one judgement of a sound hint against the segment it names: `Some(reason)` when `header` was written for
 /// another segment, another length of it, or another hash function. (Open also compares the last record's
 /// checksum; verify compares every entry with the records.)

@@ -59,8 +59,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-// Layers, bottom to top; each module imports only from the ones above it in this list (CI checks that the module
-// graph has no cycle). docs/ARCHITECTURE.md has the map.
+// Layers, bottom to top: a module imports only from its own group or the groups above it (CI checks that the
+// module graph has no cycle). docs/ARCHITECTURE.md has the map and the order within each group.
 //
 // base: pure data and the file layer
 mod durability;
@@ -74,11 +74,13 @@ mod codec;
 mod dir;
 mod hint;
 mod index;
+mod manifest;
 mod seed;
 mod segment;
 mod tail;
 // the engine: bytes in, bytes out
 mod engine;
+mod repair;
 // checks and the handle
 mod store;
 mod verify;
@@ -91,18 +93,19 @@ pub mod fuzzing;
 
 pub use codec::{MAX_ID_LEN, MAX_VALUE_LEN};
 pub use durability::{DEFAULT_PERIODIC_INTERVAL, Durability};
-pub use engine::Batch;
+pub use engine::{BackupReport, Batch};
 pub use error::{BackendErrorKind, Error, Result};
 pub use model::{
     CampaignUserMap, FeatureRecord, Field, FmeField, FmeId, GOAL_DELIMITER, MEG_PREFIXES, SdkField,
 };
 pub use options::{DEFAULT_COMPACTION_THRESHOLD, DEFAULT_SEGMENT_SIZE, Options};
+pub use repair::{Lost, RepairReport};
 pub use sdk::{FeatureStorage, UserStorageService};
 #[cfg(feature = "json")]
 pub use sdk::{
     ImportOptions, ImportReport, MAX_REPORTED_SKIPS, OnError, Position, SkippedRecord,
     parse_json_record, to_json_record,
 };
-pub use store::{Entries, Entry, FeatureEntries, Stats, Store};
+pub use store::{Durable, Entries, Entry, FeatureEntries, Stats, Store};
 pub use verify::{Damage, VerifyReport, verify_dir, verify_dir_with_progress};
 pub use vfs::{StdFile, StdVfs, VFile, Vfs};

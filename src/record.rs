@@ -30,7 +30,9 @@
 /// Magic number at the start of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"USSDBSEG";
 /// The newest on-disk format version this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads. Version 1 stores have no `MANIFEST`; opening one writes it.
+pub(crate) const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Size of the segment header in bytes.
 pub(crate) const SEGMENT_HEADER_LEN: u64 = 20;
 /// Size of a record header in bytes.
@@ -280,6 +282,14 @@ pub(crate) enum HeaderError {
     Invalid(String),
 }
 
+/// The format version a sound segment header states (call after [`decode_segment_header`] accepted it).
+pub(crate) fn segment_version(header: &[u8]) -> u32 {
+    header
+        .get(8..12)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
 /// Checks a segment header and returns the segment id it names.
 pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<u32, HeaderError> {
     let Some(h) = bytes.get(..SEGMENT_HEADER_LEN as usize) else {
@@ -296,7 +306,7 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<u32, HeaderError> {
         )));
     }
     let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(HeaderError::Version(version));
     }
     Ok(u32::from_le_bytes([h[12], h[13], h[14], h[15]]))
@@ -332,13 +342,22 @@ mod tests {
     #[test]
     fn golden_segment_header() {
         let h = segment_header(7);
-        assert_eq!(&h[..16], b"USSDBSEG\x01\x00\x00\x00\x07\x00\x00\x00");
+        assert_eq!(&h[..16], b"USSDBSEG\x02\x00\x00\x00\x07\x00\x00\x00");
         assert_eq!(decode_segment_header(&h), Ok(7));
-        let mut future = h;
-        future[8] = 2;
-        let crc = crc32fast::hash(&future[..16]);
-        future[16..].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_segment_header(&future), Err(HeaderError::Version(2)));
+        let with_version = |v: u8| {
+            let mut other = h;
+            other[8] = v;
+            let crc = crc32fast::hash(&other[..16]);
+            other[16..].copy_from_slice(&crc.to_le_bytes());
+            other
+        };
+        // Version 1 (before the manifest) is still read; a newer one is refused.
+        assert_eq!(decode_segment_header(&with_version(1)), Ok(7));
+        assert_eq!(segment_version(&with_version(1)), 1);
+        assert_eq!(
+            decode_segment_header(&with_version(3)),
+            Err(HeaderError::Version(3))
+        );
     }
 
     #[test]

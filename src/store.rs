@@ -9,14 +9,23 @@ use std::time::Duration;
 use crate::Result;
 use crate::codec;
 use crate::durability::{Durability, PeriodicSync};
-use crate::engine::{Batch, CompactionWorker, Engine, Scan};
+use crate::engine::{BackupReport, Batch, Committer, CompactionWorker, Engine, Scan};
 use crate::model::{CampaignUserMap, FeatureRecord, check_id};
 use crate::options::Options;
 use crate::record::SEGMENT_HEADER_LEN;
+use crate::repair::{self, RepairReport};
 use crate::verify::{self, VerifyReport};
 
 /// A mapping as read back: the map and the SDK's extra `metaData` JSON text, if any.
 pub type Entry = (CampaignUserMap, Option<String>);
+
+/// A live record of either kind, from [`Store::records`].
+pub(crate) enum AnyRecord {
+    /// A campaign mapping and its `metaData`.
+    Mapping(CampaignUserMap, Option<String>),
+    /// An FME record.
+    Feature(FeatureRecord),
+}
 
 /// A snapshot of a store's counters.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -66,6 +75,8 @@ pub(crate) struct Shared {
     pub(crate) engine: Arc<Engine>,
     periodic: Mutex<Option<PeriodicSync>>,
     compactor: Mutex<Option<CompactionWorker>>,
+    /// Serves [`Store::set_async`]'s futures; started on first use.
+    committer: Mutex<Option<Committer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -90,6 +101,7 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let engine = Arc::new(Engine::open(dir.as_ref(), options)?);
         let periodic = match engine.options.durability {
+            _ if engine.options.read_only => None,
             Durability::Periodic(interval) => {
                 let weak = Arc::downgrade(&engine);
                 Some(PeriodicSync::spawn(interval, move || {
@@ -104,7 +116,7 @@ impl Store {
             }
             Durability::Immediate | Durability::Never => None,
         };
-        let compactor = match engine.options.auto_compaction {
+        let compactor = match engine.options.auto_compaction && !engine.options.read_only {
             true => Some(CompactionWorker::spawn(
                 &engine,
                 engine.options.compaction_threshold,
@@ -116,6 +128,7 @@ impl Store {
                 engine,
                 periodic: Mutex::new(periodic),
                 compactor: Mutex::new(compactor),
+                committer: Mutex::new(None),
             }),
         })
     }
@@ -136,6 +149,55 @@ impl Store {
         self.set_with_meta(map, None)
     }
 
+    /// Stores `map` at once (readers see it when this returns) and returns a future that resolves when the write
+    /// is as durable as the durability mode promises: with [`Durability::Immediate`], once a group commit's fsync
+    /// covers it. No thread is parked per waiting future: one background thread (`ussdb-commit`) serves them all,
+    /// so many concurrent requests share a few fsyncs. Works with any executor (no runtime dependency).
+    ///
+    /// ```
+    /// # fn main() -> ussdb::Result<()> {
+    /// # let dir = tempfile::tempdir().expect("temp dir");
+    /// let store = ussdb::Store::open(dir.path())?;
+    /// let durable = store.set_async(&ussdb::CampaignUserMap::new("u", "c", "v"));
+    /// // ... `durable.await` in an async fn; here, a minimal executor:
+    /// # let waker = std::task::Waker::noop();
+    /// # let mut cx = std::task::Context::from_waker(&waker);
+    /// # let mut durable = std::pin::pin!(durable);
+    /// # while std::future::Future::poll(durable.as_mut(), &mut cx).is_pending() { std::thread::yield_now(); }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_async(&self, map: &CampaignUserMap) -> Durable {
+        let written = codec::check_id("user_id", &map.user_id)
+            .and_then(|()| codec::check_id("campaign_key", &map.campaign_key))
+            .and_then(|()| codec::encode_value(map, None))
+            .and_then(|value| {
+                self.engine()
+                    .put_unwaited(&map.user_id, map.campaign_key.as_bytes(), &value)
+            });
+        Durable {
+            store: self.clone(),
+            written: Some(written),
+            position: 0,
+        }
+    }
+
+    /// Wakes `waker` once `position` is durable, starting the commit thread on first use.
+    fn register_waiter(&self, position: u64, waker: std::task::Waker) -> Result<()> {
+        let mut committer = self
+            .inner
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if committer.is_none() {
+            *committer = Some(Committer::spawn(&self.inner.engine)?);
+        }
+        if let Some(committer) = committer.as_ref() {
+            committer.register(position, waker);
+        }
+        Ok(())
+    }
+
     /// The mapping with the extra `metaData` JSON text some SDKs attach (see [`Store::set_with_meta`]).
     pub fn get_with_meta(&self, user_id: &str, campaign_key: &str) -> Result<Option<Entry>> {
         codec::check_id("user_id", user_id)?;
@@ -150,6 +212,7 @@ impl Store {
     pub fn set_with_meta(&self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
         codec::check_id("user_id", &map.user_id)?;
         codec::check_id("campaign_key", &map.campaign_key)?;
+        codec::check_variation(&map.variation_name)?;
         let value = codec::encode_value(map, meta_data)?;
         self.engine()
             .put(&map.user_id, map.campaign_key.as_bytes(), &value)
@@ -283,6 +346,20 @@ impl Store {
         }))
     }
 
+    /// Every live record of either kind in one walk (for export: a damaged record is met once, not once per kind).
+    pub(crate) fn records(&self) -> Scan<'_, AnyRecord> {
+        self.engine().scan(|key, value| {
+            let (_, item) = codec::split_key(key).ok_or("record key is malformed")?;
+            match codec::classify_item(item) {
+                codec::Item::Campaign(_) => codec::decode_map(key, value)
+                    .map(|(map, meta)| Some(AnyRecord::Mapping(map, meta))),
+                codec::Item::Feature(_) => codec::decode_feature_record(key, value)
+                    .map(|rec| Some(AnyRecord::Feature(rec))),
+                codec::Item::Unknown => Ok(None),
+            }
+        })
+    }
+
     /// Reads every record of every segment, checks its checksum, key and value, and checks that the index agrees
     /// with the log: every index entry points at the newest intact record of its key, and every key whose newest
     /// record is a put is indexed. Problems are listed by file and offset in the report; an `Err` means the check
@@ -298,8 +375,29 @@ impl Store {
         verify::check_engine(self.engine(), &mut progress)
     }
 
+    /// Salvages the store in `dir`, which must not be open: keeps every intact record, drops damaged ones, and
+    /// rewrites the store so that it opens. The report lists exactly what was lost: the keys whose newest record
+    /// was damaged where they are readable (those keys are erased, so no older value or deleted mapping comes
+    /// back), the file and offset otherwise, and segment files that are missing. A store with nothing damaged is
+    /// left as it is. A crash during a repair leaves either the old store or the repaired one.
+    pub fn repair(dir: impl AsRef<Path>, options: Options) -> Result<RepairReport> {
+        options.validate()?;
+        repair::repair(dir.as_ref(), &options)
+    }
+
+    /// Copies the store into `dest` (a new or empty directory) while it stays in use: a consistent copy holding
+    /// every write acknowledged before the call (and perhaps some made during it), which [`crate::verify_dir`]
+    /// checks and [`Store::open`] opens. Sealed files are hard-linked where the file system allows, the active
+    /// segment's durable prefix is copied; writes go on meanwhile, compaction waits.
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
+        self.engine().backup(dest.as_ref())
+    }
+
     /// Returns once everything written so far is on stable storage, whatever the durability mode.
     pub fn sync(&self) -> Result<()> {
+        if self.engine().options.read_only {
+            return Ok(());
+        }
         self.engine().sync()
     }
 
@@ -367,6 +465,26 @@ impl Store {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        if self.engine.forked() {
+            // The threads are the parent's: they do not exist here, and joining them would wait forever. The
+            // parent syncs and closes; the child only lets go of its copies of the files.
+            let threads = (
+                self.compactor
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+                self.periodic
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+                self.committer
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            );
+            std::mem::forget(threads);
+            return;
+        }
         if let Some(mut compactor) = self
             .compactor
             .lock()
@@ -374,6 +492,14 @@ impl Drop for Shared {
             .take()
         {
             compactor.stop();
+        }
+        if let Some(mut committer) = self
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            committer.stop();
         }
         if let Some(mut periodic) = self
             .periodic
@@ -384,6 +510,7 @@ impl Drop for Shared {
             periodic.stop();
         }
         if !self.engine.poisoned()
+            && !self.engine.options.read_only
             && let Err(e) = self.engine.sync()
         {
             log::error!("final fsync of {} failed: {e}", self.engine.dir.display());
@@ -395,7 +522,7 @@ impl Drop for Shared {
 ///
 /// Memory stays bounded by one index shard's locations (1/64 of the index) and no lock is held while a record is
 /// read. Mappings written while the iteration runs may or may not be seen; each mapping present throughout is
-/// yielded exactly once. A damaged record ends the walk with its error.
+/// yielded exactly once. A damaged record is yielded as its error and the walk goes on; an I/O error ends it.
 #[derive(Debug)]
 pub struct Entries<'a>(Scan<'a, Entry>);
 
@@ -404,6 +531,51 @@ impl Iterator for Entries<'_> {
 
     fn next(&mut self) -> Option<Result<Entry>> {
         self.0.next()
+    }
+}
+
+/// The future of [`Store::set_async`]: resolves when the write is durable, or with the error that stopped it.
+#[must_use = "a write is only known to be durable once this future resolves"]
+#[derive(Debug)]
+pub struct Durable {
+    store: Store,
+    /// The append's outcome, until the first poll takes it.
+    written: Option<Result<u64>>,
+    position: u64,
+}
+
+impl std::future::Future for Durable {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        use std::task::Poll;
+        if let Some(written) = self.written.take() {
+            match written {
+                Ok(position) => self.position = position,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        let engine = self.store.engine();
+        match engine.is_durable(self.position) {
+            Ok(true) => return Poll::Ready(Ok(())),
+            Ok(false) => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+        if let Err(e) = self
+            .store
+            .register_waiter(self.position, cx.waker().clone())
+        {
+            return Poll::Ready(Err(e));
+        }
+        // The commit may have covered the position between the check and the registration.
+        match engine.is_durable(self.position) {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 

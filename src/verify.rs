@@ -14,6 +14,7 @@ use crate::dir;
 use crate::engine::Engine;
 use crate::hint;
 use crate::index::Loc;
+use crate::manifest::{self, Manifest};
 use crate::record::{Kind, RecordRef, Records};
 use crate::seed::{self, KeyHasher};
 use crate::segment::{self, Segment};
@@ -245,13 +246,37 @@ impl Walk<'_> {
         segment: &[u8],
         hint_path: &Path,
         hasher: &std::result::Result<KeyHasher, String>,
+        named: Option<u32>,
     ) -> Result<()> {
         let found = match hint::read(&StdVfs, hint_path) {
             Ok(found) => found,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if named.is_some_and(|id| id != 0) {
+                    self.report.hint_problems.push(Damage {
+                        path: hint_path.to_owned(),
+                        offset: 0,
+                        reason: format!(
+                            "missing, though {} names it; open scans the segment instead",
+                            manifest::MANIFEST_FILE
+                        ),
+                    });
+                }
+                return Ok(());
+            }
             Err(e) => return Err(Error::io("read hint file", hint_path, e)),
         };
         self.report.hint_files += 1;
+        if named == Some(0) {
+            self.report.hint_problems.push(Damage {
+                path: hint_path.to_owned(),
+                offset: 0,
+                reason: format!(
+                    "not named in {}: open removes it and writes a new one",
+                    manifest::MANIFEST_FILE
+                ),
+            });
+            return Ok(());
+        }
         let hasher = match hasher {
             Ok(hasher) => hasher,
             Err(reason) => {
@@ -270,6 +295,18 @@ impl Walk<'_> {
             return Ok(());
         };
         if found == expected {
+            if let Some(identity) = named
+                && hint::identity(&found) != Some(identity)
+            {
+                self.report.hint_problems.push(Damage {
+                    path: hint_path.to_owned(),
+                    offset: 44,
+                    reason: format!(
+                        "not the hint file {} names (put back from a backup?); open ignores it and scans",
+                        manifest::MANIFEST_FILE
+                    ),
+                });
+            }
             return Ok(());
         }
         let offset = found
@@ -457,50 +494,146 @@ pub(crate) fn check_engine(
     engine: &Engine,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport> {
-    {
-        let _quiet = engine.quiesce();
-        let segments = engine.segments().clone();
-        let total = segments.values().map(|s| s.len()).sum();
-        let mut walk = Walk {
-            dir: engine.dir.clone(),
-            report: VerifyReport {
-                index_checked: true,
-                ..VerifyReport::default()
-            },
-            newest: HashMap::new(),
-            done: 0,
-            total,
-            progress,
+    let _quiet = engine.quiesce();
+    let segments = engine.segments().clone();
+    let manifest = engine.manifest();
+    let total = segments.values().map(|s| s.len()).sum();
+    let mut walk = Walk {
+        dir: engine.dir.clone(),
+        report: VerifyReport {
+            index_checked: true,
+            ..VerifyReport::default()
+        },
+        newest: HashMap::new(),
+        done: 0,
+        total,
+        progress,
+    };
+    let hasher = Ok(engine.index.hasher().clone());
+    let listing = dir::list(&*engine.vfs, &engine.dir)?;
+    walk.check_files(&manifest, &listing, |id| segments.get(&id).map(|s| s.len()));
+    for entry in &manifest.sealed {
+        let Some(segment) = segments.get(&entry.file_id) else {
+            continue;
         };
-        // Replay order: a compaction output takes the file id (and place) of the oldest segment it replaced.
-        let hasher = Ok(engine.index.hasher().clone());
-        let mut in_order: Vec<&Arc<Segment>> = segments.values().collect();
-        in_order.sort_by_key(|s| s.file_id());
-        let last = in_order.last().map(|s| s.id());
-        for segment in in_order {
-            let id = segment.id();
-            let contents = segment.contents()?;
-            let bytes: &[u8] = &contents;
-            walk.scan_segment(
-                id,
-                segment.file_id(),
-                segment.path(),
-                bytes,
-                Some(id) == last,
+        let contents = segment.contents()?;
+        walk.scan_sealed(entry, segment.path(), &contents);
+        walk.check_hint(
+            entry.file_id,
+            &contents,
+            &segment.hint_path(),
+            &hasher,
+            Some(entry.hint),
+        )?;
+    }
+    if let Some(active) = segments.get(&manifest.active) {
+        let contents = active.contents()?;
+        walk.scan_segment(
+            active.id(),
+            active.file_id(),
+            active.path(),
+            &contents,
+            true,
+        );
+    }
+    walk.check_index(engine, &segments);
+    Ok(walk.report)
+}
+
+impl Walk<'_> {
+    /// Scans a sealed segment and compares its bytes with what the manifest recorded at sealing.
+    fn scan_sealed(&mut self, entry: &manifest::Sealed, path: &Path, bytes: &[u8]) {
+        let before = self.report.damage.len();
+        self.scan_segment(entry.file_id, entry.file_id, path, bytes, false);
+        // Damage already named in this file explains a checksum difference; a length difference is reported by
+        // the file check.
+        if self.report.damage.len() > before || bytes.len() as u64 != entry.len {
+            return;
+        }
+        if entry.crc != 0 && crc32fast::hash(bytes) != entry.crc {
+            self.damage(
+                path,
+                0,
+                format!(
+                    "the file's checksum differs from the one {} recorded when it was sealed",
+                    manifest::MANIFEST_FILE
+                ),
             );
-            if Some(id) != last {
-                walk.check_hint(segment.file_id(), bytes, &segment.hint_path(), &hasher)?;
+        }
+    }
+
+    /// Compares the store's files with the manifest: every file it names must exist with its sealed length, and
+    /// no segment file may be there that it does not know. `len_of` gives a named segment's length, if present.
+    fn check_files(
+        &mut self,
+        manifest: &Manifest,
+        listing: &dir::Listing,
+        len_of: impl Fn(u32) -> Option<u64>,
+    ) {
+        let dir = self.dir.clone();
+        let named =
+            |id: u32| id == manifest.active || manifest.sealed.iter().any(|s| s.file_id == id);
+        for entry in &manifest.sealed {
+            let path = dir.join(dir::segment_file_name(entry.file_id));
+            match (
+                listing.segments.binary_search(&entry.file_id),
+                len_of(entry.file_id),
+            ) {
+                (Err(_), _) | (_, None) => self.damage(
+                    &path,
+                    0,
+                    format!(
+                        "missing: a sealed segment named in {}; the mappings it held are lost",
+                        manifest::MANIFEST_FILE
+                    ),
+                ),
+                (Ok(_), Some(len)) if len != entry.len => self.damage(
+                    &path,
+                    len.min(entry.len),
+                    format!(
+                        "{len} bytes, {} recorded {} at sealing ({})",
+                        manifest::MANIFEST_FILE,
+                        entry.len,
+                        if len < entry.len {
+                            "shortened"
+                        } else {
+                            "grown"
+                        }
+                    ),
+                ),
+                _ => {}
             }
         }
-        walk.check_index(engine, &segments);
-        Ok(walk.report)
+        if listing.segments.binary_search(&manifest.active).is_err() && manifest.active != 0 {
+            self.damage(
+                &dir.join(dir::segment_file_name(manifest.active)),
+                0,
+                format!(
+                    "missing: the newest segment named in {}; its acknowledged writes are lost",
+                    manifest::MANIFEST_FILE
+                ),
+            );
+        }
+        for &id in &listing.segments {
+            if named(id) || id >= manifest.next_file_id || manifest.retired.contains(&id) {
+                continue;
+            }
+            self.damage(
+                &dir.join(dir::segment_file_name(id)),
+                0,
+                format!(
+                    "extra: a segment file {} does not name (from elsewhere or an old backup)",
+                    manifest::MANIFEST_FILE
+                ),
+            );
+        }
     }
 }
 
 /// Verifies the store in `dir` from its files alone, without opening it (so without cutting a torn tail or
-/// building an index): every record of every segment is read and checked. Use it on a store that
-/// [`crate::Store::open`] refuses, to list all of its damage rather than the first. Takes the directory's lock,
-/// so it fails with [`Error::Locked`] while the store is open.
+/// building an index): every record of every segment is read and checked, and the files are compared with the
+/// manifest. Use it on a store that [`crate::Store::open`] refuses, to list all of its damage rather than the
+/// first. Takes the directory's lock, so it fails with [`Error::Locked`] while the store is open.
 pub fn verify_dir(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     verify_dir_with_progress(dir, |_, _| {})
 }
@@ -516,15 +649,19 @@ pub fn verify_dir_with_progress(
             path: dir.to_owned(),
         });
     }
-    let _lock = dir::lock(dir)?;
+    // Shared: other readers may look too, a writer may not open meanwhile; nothing is created.
+    let _lock = dir::lock(dir, true)?;
     let vfs = StdVfs;
-    let ids = dir::list(&vfs, dir)?.segments;
+    let listing = dir::list(&vfs, dir)?;
     let mut total = 0;
-    for &id in &ids {
+    let mut lens = HashMap::new();
+    for &id in &listing.segments {
         let path = dir.join(dir::segment_file_name(id));
-        total += std::fs::metadata(&path)
+        let len = std::fs::metadata(&path)
             .map_err(|e| Error::io("read segment length", &path, e))?
             .len();
+        lens.insert(id, len);
+        total += len;
     }
     let mut walk = Walk {
         dir: dir.to_owned(),
@@ -541,13 +678,53 @@ pub fn verify_dir_with_progress(
         Err(None) => Err(format!("{} is missing", seed::SEED_FILE)),
         Err(Some(reason)) => Err(format!("{}: {reason}", seed::SEED_FILE)),
     };
-    let last = ids.last().copied();
-    for &id in &ids {
+    let manifest = match manifest::read(&vfs, dir) {
+        Ok(Some(manifest)) => Some(manifest),
+        // A store of an earlier version: its segments replay in file-id order.
+        Ok(None) => None,
+        Err(Error::Corrupted { path, reason, .. }) => {
+            walk.damage(&path, 0, reason);
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let read = |id: u32| -> Result<(std::path::PathBuf, Vec<u8>)> {
         let path = dir.join(dir::segment_file_name(id));
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read segment", &path, e))?;
-        walk.scan_segment(id, id, &path, &bytes, Some(id) == last);
-        if Some(id) != last {
-            walk.check_hint(id, &bytes, &dir.join(dir::hint_file_name(id)), &hasher)?;
+        Ok((path, bytes))
+    };
+    match &manifest {
+        Some(manifest) => {
+            walk.check_files(manifest, &listing, |id| lens.get(&id).copied());
+            for entry in &manifest.sealed {
+                if !lens.contains_key(&entry.file_id) {
+                    continue;
+                }
+                let (path, bytes) = read(entry.file_id)?;
+                walk.scan_sealed(entry, &path, &bytes);
+                let hint_path = dir.join(dir::hint_file_name(entry.file_id));
+                walk.check_hint(entry.file_id, &bytes, &hint_path, &hasher, Some(entry.hint))?;
+            }
+            if lens.contains_key(&manifest.active) {
+                let (path, bytes) = read(manifest.active)?;
+                walk.scan_segment(manifest.active, manifest.active, &path, &bytes, true);
+            }
+        }
+        None => {
+            let last = listing.segments.last().copied();
+            for &id in &listing.segments {
+                let (path, bytes) = read(id)?;
+                walk.scan_segment(id, id, &path, &bytes, Some(id) == last);
+                if Some(id) != last {
+                    walk.check_hint(
+                        id,
+                        &bytes,
+                        &dir.join(dir::hint_file_name(id)),
+                        &hasher,
+                        None,
+                    )?;
+                }
+            }
         }
     }
     walk.count_live_without_index();

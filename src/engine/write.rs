@@ -16,6 +16,7 @@ use super::Engine;
 use crate::codec;
 use crate::durability::Durability;
 use crate::index::{Loc, MAX_OFFSET, MAX_SEGMENT_ID};
+use crate::manifest::Sealed;
 use crate::model::{CampaignUserMap, FeatureRecord};
 use crate::record::{self, Kind, SEGMENT_HEADER_LEN};
 use crate::segment::Segment;
@@ -29,6 +30,8 @@ pub(crate) struct LogState {
     pub(crate) next_id: u32,
     /// Bytes appended since open, across segments: the position group commit counts in.
     pub(crate) written: u64,
+    /// crc32 of the active segment's bytes so far, recorded in the manifest when it is sealed.
+    pub(crate) crc: crc32fast::Hasher,
 }
 
 /// Mappings to store together with one lock of the log, few `pwrite`s and at most one fsync: the fast way to
@@ -52,9 +55,11 @@ impl Batch {
     }
 
     /// Adds `map`, with the SDK's `metaData` JSON text if any (see `Store::set_with_meta`). Fails, adding
-    /// nothing, if the mapping cannot be stored (an empty or too long id, a value over [`crate::MAX_VALUE_LEN`]).
+    /// nothing, if the mapping cannot be stored (an empty or too long id, an empty variation name, a value over
+    /// [`crate::MAX_VALUE_LEN`]).
     pub fn push(&mut self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
         let key = codec::encode_key(&map.user_id, &map.campaign_key)?;
+        codec::check_variation(&map.variation_name)?;
         let value = codec::encode_value(map, meta_data)?;
         let start = self.records.len();
         record::encode(&mut self.records, Kind::Put, &key, &value);
@@ -96,6 +101,13 @@ impl Batch {
 impl Engine {
     /// Stores `value` under (`user_id`, `item`), replacing any earlier value. The caller has checked the item.
     pub(crate) fn put(&self, user_id: &str, item: &[u8], value: &[u8]) -> Result<()> {
+        let position = self.put_unwaited(user_id, item, value)?;
+        self.wait_durable(position)
+    }
+
+    /// [`Engine::put`] without the durability wait: appends and indexes the record (visible to readers at once)
+    /// and returns the log position a wait must reach.
+    pub(crate) fn put_unwaited(&self, user_id: &str, item: &[u8], value: &[u8]) -> Result<u64> {
         let key = codec::encode_item_key(user_id, item)?;
         let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len() + value.len());
         record::encode(&mut rec, Kind::Put, &key, value);
@@ -109,6 +121,25 @@ impl Engine {
             log.written
         };
         self.counters.sets.fetch_add(1, Ordering::Relaxed);
+        Ok(position)
+    }
+
+    /// True once the log position `position` is as durable as the durability mode promises (poisoning is an
+    /// error: the write may never become durable).
+    pub(crate) fn is_durable(&self, position: u64) -> Result<bool> {
+        match self.options.durability {
+            Durability::Immediate => {
+                if self.commit.synced() >= position {
+                    return Ok(true);
+                }
+                self.check_poison().map(|()| false)
+            }
+            Durability::Periodic(_) | Durability::Never => Ok(true),
+        }
+    }
+
+    /// Blocks until `position` is durable (for the thread that serves asynchronous waiters).
+    pub(crate) fn wait_position(&self, position: u64) -> Result<()> {
         self.wait_durable(position)
     }
 
@@ -289,6 +320,7 @@ impl Engine {
         }
         segment.grew(len);
         log.written += len;
+        log.crc.update(rec);
         Ok(Loc::new(segment.id(), offset))
     }
 
@@ -305,8 +337,34 @@ impl Engine {
                 ),
             });
         }
-        let new = Arc::new(Segment::create(&*self.vfs, &self.dir, log.next_id)?);
+        let id = log.next_id;
+        let new = Arc::new(Segment::create(&*self.vfs, &self.dir, id)?);
+        // The commit point of a rotation: the manifest names the full segment sealed and the new one active.
+        // Until it is written the new file is uncommitted (open removes it), so on failure nothing changes.
+        {
+            let mut manifest = self.lock_manifest();
+            let mut next = manifest.clone();
+            next.sealed.push(Sealed {
+                file_id: old.file_id(),
+                len: old.len(),
+                crc: log.crc.clone().finalize(),
+                hint: 0,
+            });
+            next.active = id;
+            next.next_file_id = next.next_file_id.max(id + 1);
+            if let Err((e, unknown)) = next.write(&*self.vfs, &self.dir) {
+                if unknown {
+                    self.set_poison(format!("rotating to segment {id} failed half way: {e}"));
+                } else {
+                    let _ = self.vfs.remove_file(new.path());
+                }
+                return Err(e);
+            }
+            *manifest = next;
+        }
         log.next_id += 1;
+        log.crc = crc32fast::Hasher::new();
+        log.crc.update(&record::segment_header(id));
         let sealed = Arc::new(old.seal());
         {
             let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());

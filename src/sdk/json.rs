@@ -8,7 +8,7 @@
 //!
 //! The FME SDKs' records ([`FeatureRecord`]) travel the same way: a line whose top level has `featureKey` is an
 //! FME record (read by [`FeatureRecord::from_json`]), and so is an object keyed by the storage keys of the SDKs'
-//! example connectors (`featureKey_userId`, `featureKey:userId`). Export writes them after the mappings, one
+//! example connectors (`featureKey_userId`, `featureKey:userId`). Export writes them among the mappings, one
 //! [`FeatureRecord::to_json`] a line, every member byte for byte.
 
 use std::borrow::Cow;
@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 
 use crate::engine::Batch;
 use crate::model::{CampaignUserMap, FeatureRecord, FmeField, GoalList, SdkField};
-use crate::store::Store;
+use crate::store::{AnyRecord, Store};
 use crate::{Error, Result};
 
 /// What an import does with a record it cannot read or store.
@@ -153,21 +153,28 @@ impl<'de: 'a, 'a> de::Visitor<'de> for RecordVisitor<'a> {
     ) -> std::result::Result<Self::Value, A::Error> {
         let (mut user_id, mut campaign_key, mut variation_name) = (None, None, None);
         let (mut goal_identifier, mut meta_data) = (None, None);
+        let mut seen = [false; SdkField::ALL.len()];
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let slot = match SdkField::from_key(&key) {
-                Some(SdkField::UserId) => &mut user_id,
-                Some(SdkField::CampaignKey) => &mut campaign_key,
-                Some(SdkField::VariationName) => &mut variation_name,
-                Some(SdkField::GoalIdentifier) => {
+            let Some(field) = SdkField::from_key(&key) else {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            };
+            if let Some(seen) = seen.get_mut(field as usize) {
+                if *seen {
+                    return Err(de::Error::custom(field.repeated()));
+                }
+                *seen = true;
+            }
+            let slot = match field {
+                SdkField::UserId => &mut user_id,
+                SdkField::CampaignKey => &mut campaign_key,
+                SdkField::VariationName => &mut variation_name,
+                SdkField::GoalIdentifier => {
                     goal_identifier = map.next_value::<GoalList>()?.0;
                     continue;
                 }
-                Some(SdkField::MetaData) => {
+                SdkField::MetaData => {
                     meta_data = Some(map.next_value::<&'de RawValue>()?);
-                    continue;
-                }
-                _ => {
-                    map.next_value::<de::IgnoredAny>()?;
                     continue;
                 }
             };
@@ -208,10 +215,8 @@ impl<'a> SdkRecord<'a> {
 /// # Ok::<(), ussdb::Error>(())
 /// ```
 pub fn parse_json_record(json: &str) -> Result<(CampaignUserMap, Option<String>)> {
-    let record: SdkRecord<'_> = serde_json::from_str(json).map_err(|source| Error::Json {
-        context: "user storage record".into(),
-        source,
-    })?;
+    let record: SdkRecord<'_> =
+        serde_json::from_str(json).map_err(|source| json_error(1, 1, source))?;
     let (map, meta) = record.into_parts();
     Ok((map, meta.map(|m| m.get().to_owned())))
 }
@@ -327,10 +332,11 @@ fn mentions_feature_key(text: &[u8]) -> bool {
     text.windows(6).any(|w| w == b"eature")
 }
 
-fn utf8(text: &[u8], position: Position) -> Result<&str> {
+fn utf8(text: &[u8], line: u64, column: u64) -> Result<&str> {
     std::str::from_utf8(text).map_err(|e| {
         json_error(
-            position,
+            line,
+            column,
             <serde_json::Error as de::Error>::custom(format!("not UTF-8: {e}")),
         )
     })
@@ -339,10 +345,11 @@ fn utf8(text: &[u8], position: Position) -> Result<&str> {
 /// Reads one record of either kind: an FME record when its top level has `featureKey` (in any of its accepted
 /// spellings), a campaign mapping otherwise, and, failing that, an object keyed by the storage keys of the FME
 /// SDKs' example connectors (`featureKey_userId` or `featureKey:userId`) whose members are FME records.
-fn parse_any(text: &[u8], position: Position) -> Result<Parsed<'_>> {
+/// `line` and `column` place the record's text in the input, for error messages.
+fn parse_any(text: &[u8], line: u64, column: u64) -> Result<Parsed<'_>> {
     if mentions_feature_key(text) {
-        let json = utf8(text, position)?;
-        let top = serde_json::from_str::<TopKeys>(json).map_err(|e| json_error(position, e))?;
+        let json = utf8(text, line, column)?;
+        let top = serde_json::from_str::<TopKeys>(json).map_err(|e| json_error(line, column, e))?;
         if top
             .0
             .iter()
@@ -357,10 +364,10 @@ fn parse_any(text: &[u8], position: Position) -> Result<Parsed<'_>> {
             Ok(Parsed::Mapping(map, meta))
         }
         Err(campaign_error) => {
-            let json = utf8(text, position)?;
+            let json = utf8(text, line, column)?;
             match FeatureRecord::keyed_records(json) {
                 Some(records) => records.map(Parsed::Features),
-                None => Err(json_error(position, campaign_error)),
+                None => Err(json_error(line, column, campaign_error)),
             }
         }
     }
@@ -436,16 +443,25 @@ const MAX_RECORD_TEXT: usize = 64 << 20;
 
 fn too_long() -> Error {
     Error::Json {
-        context: format!("longer than {} MiB", MAX_RECORD_TEXT >> 20),
-        source: <serde_json::Error as de::Error>::custom("record too long"),
+        context: String::new(),
+        source: <serde_json::Error as de::Error>::custom(format!(
+            "the record is longer than {} MiB",
+            MAX_RECORD_TEXT >> 20
+        )),
     }
 }
 
-fn json_error(position: Position, source: serde_json::Error) -> Error {
-    Error::Json {
-        context: position.to_string(),
-        source,
-    }
+/// A record's parse error, placed in the input: the record's text starts at `line`, `column` (both from 1), and
+/// the parser counts from there. The record's own position (line, array element) is said by whoever reports the
+/// record, so on the record's first line only the column is given.
+fn json_error(line: u64, column: u64, source: serde_json::Error) -> Error {
+    let (at_line, at_column) = (source.line() as u64, source.column() as u64);
+    let context = match at_line {
+        0 => String::new(),
+        1 => format!("column {}", column + at_column.saturating_sub(1)),
+        _ => format!("line {}, column {at_column}", line + at_line - 1),
+    };
+    Error::Json { context, source }
 }
 
 impl Store {
@@ -487,6 +503,8 @@ impl Store {
         // one JSON array or JSON Lines; the skipped newlines still count for line numbers.
         let mut skipped = 0u64;
         let mut newlines = 0u64;
+        // The column (from 1) the first record starts at, for error positions.
+        let mut column = 1u64;
         if input
             .fill_buf()
             .map_err(read_error)?
@@ -504,21 +522,40 @@ impl Store {
             if blanks == 0 {
                 break Some(byte);
             }
-            newlines += buf.iter().take(blanks).filter(|&&b| b == b'\n').count() as u64;
+            for &b in buf.iter().take(blanks) {
+                if b == b'\n' {
+                    newlines += 1;
+                    column = 1;
+                } else {
+                    column += 1;
+                }
+            }
             input.consume(blanks);
             skipped += blanks as u64;
         };
         let last = match first {
             None => Position::Line(1),
-            Some(b'[') => import_array(&mut importer, input, skipped, newlines, &mut progress)?,
-            Some(_) => import_lines(&mut importer, input, skipped, newlines, &mut progress)?,
+            Some(b'[') => import_array(
+                &mut importer,
+                input,
+                skipped,
+                (newlines, column),
+                &mut progress,
+            )?,
+            Some(_) => import_lines(
+                &mut importer,
+                input,
+                skipped,
+                (newlines, column),
+                &mut progress,
+            )?,
         };
         importer.flush(last)?;
         Ok(importer.report)
     }
 
-    /// Writes every live mapping as camelCase JSON Lines (`metaData` as JSON when present), then every FME record
-    /// ([`FeatureRecord::to_json`]), and returns how many lines.
+    /// Writes every live mapping as camelCase JSON Lines (`metaData` as JSON when present), and every FME record
+    /// ([`FeatureRecord::to_json`]) among them, and returns how many lines.
     /// The order is unspecified; sort the output for a stable one.
     pub fn export_json(&self, out: impl Write) -> Result<u64> {
         self.export_json_with_progress(out, |_| {})
@@ -533,19 +570,31 @@ impl Store {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
         let write_error = |e| Error::io("write export output", PathBuf::from("<output>"), e);
         let mut written = 0u64;
-        for entry in self.entries() {
-            let (map, meta) = entry?;
-            write_record(&mut out, &map, meta.as_deref()).map_err(|e| write_error(e.into()))?;
-            out.write_all(b"\n").map_err(write_error)?;
-            written += 1;
-            if written.is_multiple_of(4096) {
-                progress(written);
+        let mut damaged: Vec<Error> = Vec::new();
+        let mut skipped_count = 0u64;
+        // One walk over both kinds: mappings and FME records come mixed, each FME record as one
+        // `FeatureRecord::to_json` line (import tells them apart by `featureKey`).
+        for entry in self.records() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                // Skipped and reported at the end: one damaged record must not stop an export.
+                Err(e) if e.is_corruption() => {
+                    log::warn!("export skips a damaged record: {e}");
+                    skipped_count += 1;
+                    if damaged.is_empty() {
+                        damaged.push(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match entry {
+                AnyRecord::Mapping(map, meta) => write_record(&mut out, &map, meta.as_deref())
+                    .map_err(|e| write_error(e.into()))?,
+                AnyRecord::Feature(rec) => out
+                    .write_all(rec.to_json().as_bytes())
+                    .map_err(write_error)?,
             }
-        }
-        // FME records follow, one `FeatureRecord::to_json` a line; import tells them apart by `featureKey`.
-        for rec in self.feature_entries() {
-            let line = rec?.to_json();
-            out.write_all(line.as_bytes()).map_err(write_error)?;
             out.write_all(b"\n").map_err(write_error)?;
             written += 1;
             if written.is_multiple_of(4096) {
@@ -554,21 +603,30 @@ impl Store {
         }
         out.flush().map_err(write_error)?;
         progress(written);
-        Ok(written)
+        match damaged.into_iter().next() {
+            None => Ok(written),
+            Some(first) => Err(Error::Export {
+                written,
+                skipped: skipped_count,
+                first: Box::new(first),
+            }),
+        }
     }
 }
 
 /// Imports JSON Lines; returns the position after the last line.
+/// `(lines_before, first_column)`: the lines skipped before the first record, and the column it starts at.
 fn import_lines(
     importer: &mut Importer<'_>,
     mut input: impl BufRead,
     mut bytes: u64,
-    lines_before: u64,
+    (lines_before, first_column): (u64, u64),
     progress: &mut dyn FnMut(u64),
 ) -> Result<Position> {
     let read_error = |e| Error::io("read import input", PathBuf::from("<input>"), e);
     let mut line = Vec::new();
     let mut number = lines_before;
+    let mut column = first_column;
     loop {
         line.clear();
         let n = (&mut input)
@@ -600,7 +658,8 @@ fn import_lines(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        importer.take(position, parse_any(&line, position))?;
+        importer.take(position, parse_any(&line, number, column))?;
+        column = 1;
         if number.is_multiple_of(4096) {
             progress(bytes);
         }
@@ -614,13 +673,16 @@ fn import_array(
     importer: &mut Importer<'_>,
     mut input: impl BufRead,
     mut bytes: u64,
-    lines_before: u64,
+    (lines_before, first_column): (u64, u64),
     progress: &mut dyn FnMut(u64),
 ) -> Result<Position> {
     let mut element = Vec::new();
     let mut index = 0u64;
     let mut line = lines_before + 1;
     let mut element_line = line;
+    // The column of the byte last looked at (from 1; the `[` is at `first_column`), and where the element began.
+    let mut column = first_column - 1;
+    let mut element_column = first_column;
     // Nesting depth: 0 before the opening `[`, 1 between elements, more inside one.
     let mut depth = 0usize;
     let (mut in_string, mut escaped, mut closed) = (false, false, false);
@@ -645,6 +707,7 @@ fn import_array(
                 if run > 0 {
                     element.extend_from_slice(rest.get(..run).unwrap_or_default());
                     i += run;
+                    column += run as u64;
                     if element.len() > MAX_RECORD_TEXT {
                         return Err(array_error(
                             importer,
@@ -658,6 +721,9 @@ fn import_array(
             i += 1;
             if b == b'\n' {
                 line += 1;
+                column = 0;
+            } else {
+                column += 1;
             }
             if closed {
                 if !b.is_ascii_whitespace() {
@@ -696,7 +762,7 @@ fn import_array(
                     }
                     index += 1;
                     let at = position(index, element_line);
-                    importer.take(at, parse_any(&element, at))?;
+                    importer.take(at, parse_any(&element, element_line, element_column))?;
                     element.clear();
                     closed = b == b']';
                     if index.is_multiple_of(4096) {
@@ -714,6 +780,7 @@ fn import_array(
                 (_, _) => {
                     if element.is_empty() {
                         element_line = line;
+                        element_column = column;
                     }
                     element.push(b);
                     match b {
@@ -742,8 +809,9 @@ fn import_array(
 
 /// An error in the array's own syntax: nothing after it can be read, whatever `on_error` says.
 fn array_error(importer: &mut Importer<'_>, at: Position, reason: &str) -> Error {
+    // `at` is given once, by the import error.
     let source = Error::Json {
-        context: at.to_string(),
+        context: String::new(),
         source: <serde_json::Error as de::Error>::custom(reason),
     };
     if let Err(e) = importer.flush(at) {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use ussdb::{FeatureRecord, Store};
 
-use super::{Cli, open, open_existing, stdout_failed};
+use super::{Access, Cli, describe, open, stdout_failed};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -17,7 +17,12 @@ pub enum Command {
     /// FEATURE is the flag's key, or `_vwo_meta_meg_<groupId>` for a mutually exclusive group's winner.
     ///
     /// Example: ussdb --dir ./data get-feature checkout user-42
-    GetFeature { feature: String, user: String },
+    GetFeature {
+        /// The feature flag's key (or `_vwo_meta_meg_<groupId>`).
+        feature: String,
+        /// The user's id.
+        user: String,
+    },
     /// Store an FME record given as the JSON an FME SDK passes to its connector's set() (replacing any earlier
     /// record of its user and feature).
     ///
@@ -33,18 +38,38 @@ pub enum Command {
     /// Erase a user's FME record for a feature flag (exit code 1 when there was none).
     ///
     /// Example: ussdb --dir ./data delete-feature checkout user-42
-    DeleteFeature { feature: String, user: String },
+    DeleteFeature {
+        /// The feature flag's key (or `_vwo_meta_meg_<groupId>`).
+        feature: String,
+        /// The user's id.
+        user: String,
+    },
     /// Print every FME record of a user as JSON Lines, sorted by feature key.
     ///
     /// Example: ussdb --dir ./data features user-42
-    Features { user: String },
+    Features {
+        /// The user's id.
+        user: String,
+    },
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::GetFeature { .. } => "get-feature",
+            Command::SetFeature { .. } => "set-feature",
+            Command::DeleteFeature { .. } => "delete-feature",
+            Command::Features { .. } => "features",
+        }
+    }
 }
 
 pub fn run(cli: &Cli, command: &Command) -> Result<ExitCode, String> {
-    let err = |e: ussdb::Error| e.to_string();
+    let err = |e: ussdb::Error| describe(cli, &e);
     match command {
         Command::GetFeature { feature, user } => {
-            match open_existing(cli)?
+            match open(cli, Access::Read)?
                 .get_feature(feature, user)
                 .map_err(err)?
             {
@@ -63,11 +88,12 @@ pub fn run(cli: &Cli, command: &Command) -> Result<ExitCode, String> {
                     text
                 }
             };
+            // Checked before the store is opened, so a refused record leaves no new store.
             let rec = FeatureRecord::from_json(text.trim()).map_err(err)?;
-            open(cli).map_err(err)?.set_feature(&rec).map_err(err)?;
+            open(cli, Access::Create)?.set_feature(&rec).map_err(err)?;
         }
         Command::DeleteFeature { feature, user } => {
-            if !open_existing(cli)?
+            if !open(cli, Access::Change)?
                 .delete_feature(feature, user)
                 .map_err(err)?
             {
@@ -75,7 +101,7 @@ pub fn run(cli: &Cli, command: &Command) -> Result<ExitCode, String> {
             }
         }
         Command::Features { user } => {
-            for rec in open_existing(cli)?.features_of(user).map_err(err)? {
+            for rec in open(cli, Access::Read)?.features_of(user).map_err(err)? {
                 out!("{}", rec.to_json());
             }
         }
