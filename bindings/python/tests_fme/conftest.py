@@ -7,6 +7,7 @@ that serves a settings file built here (and can swap it between SDK inits) and a
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -165,6 +166,22 @@ class SettingsServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
+    def requests(self):
+        with self._lock:
+            return self.settings_fetches + self.other_requests
+
+    def wait_until_quiet(self, quiet=1.0, limit=30.0):
+        """Waits (at most `limit` seconds) until no request came for `quiet` seconds: the SDK's events of the
+        last test are still on their way when the tests end."""
+        waited, seen = 0.0, self.requests()
+        calm = 0.0
+        while calm < quiet and waited < limit:
+            time.sleep(0.1)
+            waited += 0.1
+            now = self.requests()
+            calm = calm + 0.1 if now == seen else 0.0
+            seen = now
+
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
@@ -178,6 +195,7 @@ def _server_for_the_session():
     try:
         yield srv
     finally:
+        srv.wait_until_quiet()
         srv.close()
 
 
