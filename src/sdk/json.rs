@@ -349,13 +349,19 @@ fn utf8(text: &[u8], line: u64, column: u64) -> Result<&str> {
 fn parse_any(text: &[u8], line: u64, column: u64) -> Result<Parsed<'_>> {
     if mentions_feature_key(text) {
         let json = utf8(text, line, column)?;
+        // The common case first: an FME record. When it does not read as one, its error counts only if the
+        // top level names a feature key (else this is a campaign record that mentions one deeper down).
+        let fme_error = match FeatureRecord::from_json(json) {
+            Ok(rec) => return Ok(Parsed::Features(vec![rec])),
+            Err(e) => e,
+        };
         let top = serde_json::from_str::<TopKeys>(json).map_err(|e| json_error(line, column, e))?;
         if top
             .0
             .iter()
             .any(|k| FmeField::from_key(k) == Some(FmeField::FeatureKey))
         {
-            return FeatureRecord::from_json(json).map(|rec| Parsed::Features(vec![rec]));
+            return Err(fme_error);
         }
     }
     match serde_json::from_slice::<SdkRecord<'_>>(text) {
