@@ -20,6 +20,7 @@ use crate::verify::{self, VerifyReport};
 pub type Entry = (CampaignUserMap, Option<String>);
 
 /// A live record of either kind, from [`Store::records`].
+#[cfg(feature = "json")]
 pub(crate) enum AnyRecord {
     /// A campaign mapping and its `metaData`.
     Mapping(CampaignUserMap, Option<String>),
@@ -347,6 +348,7 @@ impl Store {
     }
 
     /// Every live record of either kind in one walk (for export: a damaged record is met once, not once per kind).
+    #[cfg(feature = "json")]
     pub(crate) fn records(&self) -> Scan<'_, AnyRecord> {
         self.engine().scan(|key, value| {
             let (_, item) = codec::split_key(key).ok_or("record key is malformed")?;
