@@ -20,4 +20,5 @@ mod misuse;
 mod model;
 mod recovery;
 mod sdk;
+mod sync_points;
 mod verify;
