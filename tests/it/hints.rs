@@ -320,6 +320,7 @@ fn a_missing_or_damaged_seed_is_replaced_and_the_hints_of_the_old_one_are_not_us
             0,
             "{what}: no hint of the old seed is used"
         );
+        assert_eq!(store.stats().segments - 1, sealed, "{what}");
         let new = std::fs::read(&seed).expect("a new seed file");
         assert_eq!(new.len(), 32, "{what}");
         assert_ne!(new, good, "{what}");
