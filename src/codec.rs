@@ -53,6 +53,19 @@ pub(crate) fn check_id(field: &'static str, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an empty variation name, as empty ids are refused: the SDKs never store one, so it can only come from
+/// a mistake (a missing field read as `""`), and a user mapped to no variation would stay stuck there.
+pub(crate) fn check_variation(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid_key(
+            "variation_name",
+            name,
+            "must not be empty",
+        ));
+    }
+    Ok(())
+}
+
 /// Encodes the key of a mapping after checking both ids.
 pub(crate) fn encode_key(user_id: &str, campaign_key: &str) -> Result<Vec<u8>> {
     check_id("user_id", user_id)?;

@@ -80,6 +80,7 @@ mod segment;
 mod tail;
 // the engine: bytes in, bytes out
 mod engine;
+mod repair;
 // checks and the handle
 mod store;
 mod verify;
@@ -92,10 +93,11 @@ pub mod fuzzing;
 
 pub use codec::{MAX_ID_LEN, MAX_VALUE_LEN};
 pub use durability::{DEFAULT_PERIODIC_INTERVAL, Durability};
-pub use engine::Batch;
+pub use engine::{BackupReport, Batch};
 pub use error::{BackendErrorKind, Error, Result};
 pub use model::{CampaignUserMap, GOAL_DELIMITER, SdkField};
 pub use options::{DEFAULT_COMPACTION_THRESHOLD, DEFAULT_SEGMENT_SIZE, Options};
+pub use repair::{Lost, RepairReport};
 pub use sdk::UserStorageService;
 #[cfg(feature = "json")]
 pub use sdk::{

@@ -9,10 +9,11 @@ use std::time::Duration;
 use crate::Result;
 use crate::codec;
 use crate::durability::{Durability, PeriodicSync};
-use crate::engine::{Batch, CompactionWorker, Engine, Scan};
+use crate::engine::{BackupReport, Batch, CompactionWorker, Engine, Scan};
 use crate::model::CampaignUserMap;
 use crate::options::Options;
 use crate::record::SEGMENT_HEADER_LEN;
+use crate::repair::{self, RepairReport};
 use crate::verify::{self, VerifyReport};
 
 /// A mapping as read back: the map and the SDK's extra `metaData` JSON text, if any.
@@ -150,6 +151,7 @@ impl Store {
     pub fn set_with_meta(&self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
         codec::check_id("user_id", &map.user_id)?;
         codec::check_id("campaign_key", &map.campaign_key)?;
+        codec::check_variation(&map.variation_name)?;
         let value = codec::encode_value(map, meta_data)?;
         self.engine()
             .put(&map.user_id, map.campaign_key.as_bytes(), &value)
@@ -224,6 +226,24 @@ impl Store {
     /// [`Store::verify`], calling `progress(bytes_done, bytes_total)` as it goes.
     pub fn verify_with_progress(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
         verify::check_engine(self.engine(), &mut progress)
+    }
+
+    /// Salvages the store in `dir`, which must not be open: keeps every intact record, drops damaged ones, and
+    /// rewrites the store so that it opens. The report lists exactly what was lost: the keys whose newest record
+    /// was damaged where they are readable (those keys are erased, so no older value or deleted mapping comes
+    /// back), the file and offset otherwise, and segment files that are missing. A store with nothing damaged is
+    /// left as it is. A crash during a repair leaves either the old store or the repaired one.
+    pub fn repair(dir: impl AsRef<Path>, options: Options) -> Result<RepairReport> {
+        options.validate()?;
+        repair::repair(dir.as_ref(), &options)
+    }
+
+    /// Copies the store into `dest` (a new or empty directory) while it stays in use: a consistent copy holding
+    /// every write acknowledged before the call (and perhaps some made during it), which [`crate::verify_dir`]
+    /// checks and [`Store::open`] opens. Sealed files are hard-linked where the file system allows, the active
+    /// segment's durable prefix is copied; writes go on meanwhile, compaction waits.
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
+        self.engine().backup(dest.as_ref())
     }
 
     /// Returns once everything written so far is on stable storage, whatever the durability mode.
@@ -343,7 +363,7 @@ impl Drop for Shared {
 ///
 /// Memory stays bounded by one index shard's locations (1/64 of the index) and no lock is held while a record is
 /// read. Mappings written while the iteration runs may or may not be seen; each mapping present throughout is
-/// yielded exactly once. A damaged record ends the walk with its error.
+/// yielded exactly once. A damaged record is yielded as its error and the walk goes on; an I/O error ends it.
 #[derive(Debug)]
 pub struct Entries<'a>(Scan<'a, Entry>);
 

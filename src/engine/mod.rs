@@ -9,6 +9,7 @@
 //! Read path: hash the key once, copy the candidate locations out of one index shard (no lock kept), read each
 //! record from its segment and keep the one whose full key matches.
 
+mod backup;
 mod compaction;
 mod open;
 mod write;
@@ -29,6 +30,7 @@ use crate::segment::Segment;
 use crate::vfs::Vfs;
 use crate::{Error, Result};
 
+pub use backup::BackupReport;
 pub(crate) use compaction::CompactionWorker;
 pub use write::Batch;
 use write::LogState;
@@ -362,8 +364,10 @@ impl<T> Iterator for Scan<'_, T> {
             match self.read(loc) {
                 Ok(Some(value)) => return Some(Ok(value)),
                 Ok(None) => {}
+                // A damaged record is reported and the walk goes on: one bad record must not hide the rest.
+                Err(e) if e.is_corruption() => return Some(Err(e)),
                 Err(e) => {
-                    // A damaged record ends the walk: the caller sees the error once, not a stream of them.
+                    // The OS refused (an I/O error): later reads would likely fail the same way.
                     self.failed = true;
                     return Some(Err(e));
                 }

@@ -62,9 +62,11 @@ impl Batch {
     }
 
     /// Adds `map`, with the SDK's `metaData` JSON text if any (see `Store::set_with_meta`). Fails, adding
-    /// nothing, if the mapping cannot be stored (an empty or too long id, a value over [`crate::MAX_VALUE_LEN`]).
+    /// nothing, if the mapping cannot be stored (an empty or too long id, an empty variation name, a value over
+    /// [`crate::MAX_VALUE_LEN`]).
     pub fn push(&mut self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
         let key = codec::encode_key(&map.user_id, &map.campaign_key)?;
+        codec::check_variation(&map.variation_name)?;
         let value = codec::encode_value(map, meta_data)?;
         let start = self.records.len();
         record::encode(&mut self.records, Kind::Put, &key, &value);

@@ -54,16 +54,27 @@ impl<'de> Visitor<'de> for MapVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CampaignUserMap, A::Error> {
         let (mut user_id, mut campaign_key, mut variation_name) = (None, None, None);
         let mut goal_identifier = None;
+        let mut seen = [false; SdkField::ALL.len()];
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let slot = match SdkField::from_key(&key) {
-                Some(SdkField::UserId) => &mut user_id,
-                Some(SdkField::CampaignKey) => &mut campaign_key,
-                Some(SdkField::VariationName) => &mut variation_name,
-                Some(SdkField::GoalIdentifier) => {
+            let Some(field) = SdkField::from_key(&key) else {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            };
+            if let Some(seen) = seen.get_mut(field as usize) {
+                if *seen {
+                    return Err(de::Error::custom(field.repeated()));
+                }
+                *seen = true;
+            }
+            let slot = match field {
+                SdkField::UserId => &mut user_id,
+                SdkField::CampaignKey => &mut campaign_key,
+                SdkField::VariationName => &mut variation_name,
+                SdkField::GoalIdentifier => {
                     goal_identifier = map.next_value::<GoalList>()?.0;
                     continue;
                 }
-                Some(SdkField::MetaData) | None => {
+                SdkField::MetaData => {
                     map.next_value::<de::IgnoredAny>()?;
                     continue;
                 }

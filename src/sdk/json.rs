@@ -146,21 +146,28 @@ impl<'de: 'a, 'a> de::Visitor<'de> for RecordVisitor<'a> {
     ) -> std::result::Result<Self::Value, A::Error> {
         let (mut user_id, mut campaign_key, mut variation_name) = (None, None, None);
         let (mut goal_identifier, mut meta_data) = (None, None);
+        let mut seen = [false; SdkField::ALL.len()];
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let slot = match SdkField::from_key(&key) {
-                Some(SdkField::UserId) => &mut user_id,
-                Some(SdkField::CampaignKey) => &mut campaign_key,
-                Some(SdkField::VariationName) => &mut variation_name,
-                Some(SdkField::GoalIdentifier) => {
+            let Some(field) = SdkField::from_key(&key) else {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            };
+            if let Some(seen) = seen.get_mut(field as usize) {
+                if *seen {
+                    return Err(de::Error::custom(field.repeated()));
+                }
+                *seen = true;
+            }
+            let slot = match field {
+                SdkField::UserId => &mut user_id,
+                SdkField::CampaignKey => &mut campaign_key,
+                SdkField::VariationName => &mut variation_name,
+                SdkField::GoalIdentifier => {
                     goal_identifier = map.next_value::<GoalList>()?.0;
                     continue;
                 }
-                Some(SdkField::MetaData) => {
+                SdkField::MetaData => {
                     meta_data = Some(map.next_value::<&'de RawValue>()?);
-                    continue;
-                }
-                _ => {
-                    map.next_value::<de::IgnoredAny>()?;
                     continue;
                 }
             };
@@ -201,10 +208,8 @@ impl<'a> SdkRecord<'a> {
 /// # Ok::<(), ussdb::Error>(())
 /// ```
 pub fn parse_json_record(json: &str) -> Result<(CampaignUserMap, Option<String>)> {
-    let record: SdkRecord<'_> = serde_json::from_str(json).map_err(|source| Error::Json {
-        context: "user storage record".into(),
-        source,
-    })?;
+    let record: SdkRecord<'_> =
+        serde_json::from_str(json).map_err(|source| json_error(1, 1, source))?;
     let (map, meta) = record.into_parts();
     Ok((map, meta.map(|m| m.get().to_owned())))
 }
@@ -339,16 +344,25 @@ const MAX_RECORD_TEXT: usize = 64 << 20;
 
 fn too_long() -> Error {
     Error::Json {
-        context: format!("longer than {} MiB", MAX_RECORD_TEXT >> 20),
-        source: <serde_json::Error as de::Error>::custom("record too long"),
+        context: String::new(),
+        source: <serde_json::Error as de::Error>::custom(format!(
+            "the record is longer than {} MiB",
+            MAX_RECORD_TEXT >> 20
+        )),
     }
 }
 
-fn json_error(position: Position, source: serde_json::Error) -> Error {
-    Error::Json {
-        context: position.to_string(),
-        source,
-    }
+/// A record's parse error, placed in the input: the record's text starts at `line`, `column` (both from 1), and
+/// the parser counts from there. The record's own position (line, array element) is said by whoever reports the
+/// record, so on the record's first line only the column is given.
+fn json_error(line: u64, column: u64, source: serde_json::Error) -> Error {
+    let (at_line, at_column) = (source.line() as u64, source.column() as u64);
+    let context = match at_line {
+        0 => String::new(),
+        1 => format!("column {}", column + at_column.saturating_sub(1)),
+        _ => format!("line {}, column {at_column}", line + at_line - 1),
+    };
+    Error::Json { context, source }
 }
 
 impl Store {
@@ -387,6 +401,8 @@ impl Store {
         // one JSON array or JSON Lines; the skipped newlines still count for line numbers.
         let mut skipped = 0u64;
         let mut newlines = 0u64;
+        // The column (from 1) the first record starts at, for error positions.
+        let mut column = 1u64;
         if input
             .fill_buf()
             .map_err(read_error)?
@@ -404,14 +420,33 @@ impl Store {
             if blanks == 0 {
                 break Some(byte);
             }
-            newlines += buf.iter().take(blanks).filter(|&&b| b == b'\n').count() as u64;
+            for &b in buf.iter().take(blanks) {
+                if b == b'\n' {
+                    newlines += 1;
+                    column = 1;
+                } else {
+                    column += 1;
+                }
+            }
             input.consume(blanks);
             skipped += blanks as u64;
         };
         let last = match first {
             None => Position::Line(1),
-            Some(b'[') => import_array(&mut importer, input, skipped, newlines, &mut progress)?,
-            Some(_) => import_lines(&mut importer, input, skipped, newlines, &mut progress)?,
+            Some(b'[') => import_array(
+                &mut importer,
+                input,
+                skipped,
+                (newlines, column),
+                &mut progress,
+            )?,
+            Some(_) => import_lines(
+                &mut importer,
+                input,
+                skipped,
+                (newlines, column),
+                &mut progress,
+            )?,
         };
         importer.flush(last)?;
         Ok(importer.report)
@@ -432,8 +467,22 @@ impl Store {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
         let write_error = |e| Error::io("write export output", PathBuf::from("<output>"), e);
         let mut written = 0u64;
+        let mut damaged: Vec<Error> = Vec::new();
+        let mut skipped_count = 0u64;
         for entry in self.entries() {
-            let (map, meta) = entry?;
+            let (map, meta) = match entry {
+                Ok(entry) => entry,
+                // Skipped and reported at the end: one damaged record must not stop an export.
+                Err(e) if e.is_corruption() => {
+                    log::warn!("export skips a damaged record: {e}");
+                    skipped_count += 1;
+                    if damaged.is_empty() {
+                        damaged.push(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             write_record(&mut out, &map, meta.as_deref()).map_err(|e| write_error(e.into()))?;
             out.write_all(b"\n").map_err(write_error)?;
             written += 1;
@@ -443,21 +492,30 @@ impl Store {
         }
         out.flush().map_err(write_error)?;
         progress(written);
-        Ok(written)
+        match damaged.into_iter().next() {
+            None => Ok(written),
+            Some(first) => Err(Error::Export {
+                written,
+                skipped: skipped_count,
+                first: Box::new(first),
+            }),
+        }
     }
 }
 
 /// Imports JSON Lines; returns the position after the last line.
+/// `(lines_before, first_column)`: the lines skipped before the first record, and the column it starts at.
 fn import_lines(
     importer: &mut Importer<'_>,
     mut input: impl BufRead,
     mut bytes: u64,
-    lines_before: u64,
+    (lines_before, first_column): (u64, u64),
     progress: &mut dyn FnMut(u64),
 ) -> Result<Position> {
     let read_error = |e| Error::io("read import input", PathBuf::from("<input>"), e);
     let mut line = Vec::new();
     let mut number = lines_before;
+    let mut column = first_column;
     loop {
         line.clear();
         let n = (&mut input)
@@ -491,7 +549,8 @@ fn import_lines(
         }
         let parsed = serde_json::from_slice::<SdkRecord<'_>>(&line)
             .map(SdkRecord::into_parts)
-            .map_err(|e| json_error(position, e));
+            .map_err(|e| json_error(number, column, e));
+        column = 1;
         importer.take(position, parsed)?;
         if number.is_multiple_of(4096) {
             progress(bytes);
@@ -506,13 +565,16 @@ fn import_array(
     importer: &mut Importer<'_>,
     mut input: impl BufRead,
     mut bytes: u64,
-    lines_before: u64,
+    (lines_before, first_column): (u64, u64),
     progress: &mut dyn FnMut(u64),
 ) -> Result<Position> {
     let mut element = Vec::new();
     let mut index = 0u64;
     let mut line = lines_before + 1;
     let mut element_line = line;
+    // The column of the byte last looked at (from 1; the `[` is at `first_column`), and where the element began.
+    let mut column = first_column - 1;
+    let mut element_column = first_column;
     // Nesting depth: 0 before the opening `[`, 1 between elements, more inside one.
     let mut depth = 0usize;
     let (mut in_string, mut escaped, mut closed) = (false, false, false);
@@ -537,6 +599,7 @@ fn import_array(
                 if run > 0 {
                     element.extend_from_slice(rest.get(..run).unwrap_or_default());
                     i += run;
+                    column += run as u64;
                     if element.len() > MAX_RECORD_TEXT {
                         return Err(array_error(
                             importer,
@@ -550,6 +613,9 @@ fn import_array(
             i += 1;
             if b == b'\n' {
                 line += 1;
+                column = 0;
+            } else {
+                column += 1;
             }
             if closed {
                 if !b.is_ascii_whitespace() {
@@ -590,7 +656,7 @@ fn import_array(
                     let at = position(index, element_line);
                     let parsed = serde_json::from_slice::<SdkRecord<'_>>(&element)
                         .map(SdkRecord::into_parts)
-                        .map_err(|e| json_error(at, e));
+                        .map_err(|e| json_error(element_line, element_column, e));
                     importer.take(at, parsed)?;
                     element.clear();
                     closed = b == b']';
@@ -609,6 +675,7 @@ fn import_array(
                 (_, _) => {
                     if element.is_empty() {
                         element_line = line;
+                        element_column = column;
                     }
                     element.push(b);
                     match b {
@@ -637,8 +704,9 @@ fn import_array(
 
 /// An error in the array's own syntax: nothing after it can be read, whatever `on_error` says.
 fn array_error(importer: &mut Importer<'_>, at: Position, reason: &str) -> Error {
+    // `at` is given once, by the import error.
     let source = Error::Json {
-        context: at.to_string(),
+        context: String::new(),
         source: <serde_json::Error as de::Error>::custom(reason),
     };
     if let Err(e) = importer.flush(at) {

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per behaviour. They use only the public API.
 
+mod backup;
 #[cfg(feature = "cli")]
 mod cli;
 mod common;
@@ -19,6 +20,7 @@ mod manifest;
 mod misuse;
 mod model;
 mod recovery;
+mod repair;
 mod sdk;
 mod sync_points;
 mod verify;

@@ -41,6 +41,25 @@ fn empty_and_oversized_ids_are_refused() {
 }
 
 #[test]
+fn an_empty_variation_name_is_refused_by_set_and_by_batches() {
+    // Regression: an empty variation name was stored, though no SDK ever writes one.
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    let empty = map("u", "c", "", None);
+    match store.set(&empty) {
+        Err(Error::InvalidKey { field, .. }) => assert_eq!(field, "variation_name"),
+        other => panic!("set with an empty variation gave {other:?}"),
+    }
+    let mut batch = ussdb::Batch::new();
+    assert!(matches!(
+        batch.push(&empty, None),
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(batch.is_empty());
+    assert_eq!(store.get("u", "c").expect("get"), None);
+}
+
+#[test]
 fn oversized_values_are_refused_and_nothing_is_written() {
     let dir = tempdir();
     let store = open(dir.path(), small_segments());
