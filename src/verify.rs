@@ -15,10 +15,10 @@ use crate::engine::Engine;
 use crate::hint;
 use crate::index::Loc;
 use crate::manifest::{self, Manifest};
-use crate::record::{Kind, RecordRef, Records};
-use crate::seed::{self, KeyHasher};
+use crate::record::{self, Kind, RecordRef, Records};
+use crate::seed::{self, KeyHasher, Seed};
 use crate::segment::{self, Segment};
-use crate::tail::{self, Stop};
+use crate::tail::{self, Role, Stop};
 use crate::vfs::StdVfs;
 use crate::{Error, Result};
 
@@ -30,6 +30,9 @@ pub struct VerifyReport {
     pub segments: u64,
     /// Intact records read (puts and tombstones, live or not).
     pub records: u64,
+    /// Intact sync points read: records the store appends after an fsync to say how far it reached, which
+    /// recovery uses to tell damage from a torn write. Not counted in `records`.
+    pub sync_points: u64,
     /// Bytes read.
     pub bytes: u64,
     /// Live campaign mappings: campaign keys whose newest record is an intact put.
@@ -150,6 +153,8 @@ struct Walk<'p> {
     done: u64,
     total: u64,
     progress: &'p mut dyn FnMut(u64, u64),
+    /// The store's seed, which authenticates sync points in the newest segment; `None` if it cannot be read.
+    seed: Option<Seed>,
 }
 
 /// How often (in records) progress is reported.
@@ -210,7 +215,15 @@ impl Walk<'_> {
             let Some((at, e)) = records.stopped() else {
                 break;
             };
-            match tail::classify(bytes, *at, e, newest) {
+            let role = match newest {
+                true => Role::Newest {
+                    version: record::segment_version(bytes),
+                    file_id,
+                    seed: self.seed.as_ref(),
+                },
+                false => Role::Sealed,
+            };
+            match tail::classify(bytes, *at, e, role) {
                 Stop::Torn { reason } => {
                     self.report.torn_tail = Some(Damage {
                         path: path.to_owned(),
@@ -328,6 +341,10 @@ impl Walk<'_> {
     }
 
     fn record(&mut self, loc: Loc, rec: RecordRef<'_>, path: &Path) {
+        if rec.kind == Kind::Sync {
+            self.report.sync_points += 1;
+            return;
+        }
         self.report.records += 1;
         if self.report.records.is_multiple_of(PROGRESS_EVERY) {
             (self.progress)(self.done + loc.offset(), self.total);
@@ -508,6 +525,8 @@ pub(crate) fn check_engine(
         done: 0,
         total,
         progress,
+        // The file the engine loaded its seed from (it never rewrites it while open).
+        seed: seed::read(&*engine.vfs, &engine.dir)?.ok(),
     };
     let hasher = Ok(engine.index.hasher().clone());
     let listing = dir::list(&*engine.vfs, &engine.dir)?;
@@ -670,10 +689,13 @@ pub fn verify_dir_with_progress(
         done: 0,
         total,
         progress: &mut progress,
+        seed: None,
     };
     // Read, never made: checking a store writes nothing. The colliding test mode is not known here; a store
     // written in it would have its hints reported as made with another seed.
-    let hasher = match seed::read(&vfs, dir)? {
+    let seed_file = seed::read(&vfs, dir)?;
+    walk.seed = seed_file.as_ref().ok().copied();
+    let hasher = match seed_file {
         Ok(seed) => Ok(KeyHasher::new(seed, false)),
         Err(None) => Err(format!("{} is missing", seed::SEED_FILE)),
         Err(Some(reason)) => Err(format!("{}: {reason}", seed::SEED_FILE)),

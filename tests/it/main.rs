@@ -25,4 +25,5 @@ mod recovery;
 mod repair;
 mod scale;
 mod sdk;
+mod sync_points;
 mod verify;
