@@ -153,13 +153,17 @@ pub(crate) fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
                     report.records += 1;
                     if codec::split_key(rec.key).is_some() {
                         let state = match rec.kind {
-                            Kind::Put => Newest::Put {
+                            Kind::Put => Some(Newest::Put {
                                 file_id: segment.file_id(),
                                 offset,
-                            },
-                            Kind::Delete => Newest::Gone,
+                            }),
+                            Kind::Delete => Some(Newest::Gone),
+                            // A sync point has no key (and is not carried over: it vouched for its old file).
+                            Kind::Sync => None,
                         };
-                        newest.insert(rec.key.to_vec(), state);
+                        if let Some(state) = state {
+                            newest.insert(rec.key.to_vec(), state);
+                        }
                     }
                     offset += rec.len();
                 }

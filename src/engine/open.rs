@@ -22,7 +22,7 @@ use crate::options::Options;
 use crate::record::{self, Kind, Records};
 use crate::seed::{self, KeyHasher};
 use crate::segment::Segment;
-use crate::tail::{self, Stop};
+use crate::tail::{self, Role, Stop};
 use crate::vfs::{VFile, Vfs};
 use crate::{Error, Result};
 
@@ -71,7 +71,7 @@ impl Engine {
 
         let (active, newest_bytes, torn) = match listing.segments.binary_search(&manifest.active) {
             Ok(_) => {
-                let (segment, bytes, torn) = open_newest(&*vfs, dir, manifest.active)?;
+                let (segment, bytes, torn) = open_newest(&*vfs, dir, manifest.active, &seed)?;
                 (segment, Some(bytes), torn)
             }
             Err(_) if read_only && manifest.sealed.is_empty() && manifest.generation == 0 => {
@@ -122,6 +122,7 @@ impl Engine {
                 active: Arc::clone(&active),
                 written: 0,
                 crc,
+                sync_key: seed,
             }),
             manifest: Mutex::new(manifest),
             commit: GroupCommit::default(),
@@ -179,6 +180,11 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .write(&*vfs, &engine_dir)
                 .map_err(|(e, _)| e)?;
+        }
+        if !read_only {
+            // A newest segment of an older format has no sync points: seal it, so that every write from now on
+            // lands in a segment that has them.
+            engine.seal_older_format()?;
         }
         Ok(engine)
     }
@@ -250,7 +256,7 @@ impl Engine {
         records.by_ref().for_each(drop);
         if let Some((at, e)) = records.stopped() {
             let (Stop::Damaged { reason, .. } | Stop::Torn { reason }) =
-                tail::classify(bytes, *at, e, false);
+                tail::classify(bytes, *at, e, Role::Sealed);
             return Err(Error::corrupted(&path, *at as u64, reason));
         }
         self.replay_all(id, bytes)?;
@@ -324,6 +330,10 @@ impl Engine {
             for entry in batch {
                 let loc = Loc::new(segment.id(), entry.offset);
                 match entry.kind {
+                    Kind::Sync => {
+                        segment.add_dead(entry.len);
+                        continue;
+                    }
                     Kind::Put if self.index.unshared().insert_new_hash(entry.hash, loc) => continue,
                     Kind::Delete if self.index.unshared().candidates(entry.hash).is_empty() => {
                         segment.add_dead(entry.len);
@@ -355,6 +365,11 @@ impl Engine {
     fn replay_all(&mut self, id: u32, bytes: &[u8]) -> Result<()> {
         for (offset, rec) in Records::new(bytes) {
             let loc = Loc::new(id, offset as u64);
+            if rec.kind == Kind::Sync {
+                // Only recovery reads sync points (tail.rs); to the index they are dead bytes from birth.
+                self.replay(loc, 0, rec.kind, rec.key, rec.len() as u64)?;
+                continue;
+            }
             let Some((user_id, item)) = codec::split_key(rec.key) else {
                 return Err(self.corrupted_at(loc, "record key is malformed".into()));
             };
@@ -369,6 +384,12 @@ impl Engine {
     /// owns the engine alone, so it works on the index and the segment table without their locks.
     fn replay(&mut self, loc: Loc, hash: u64, kind: Kind, key: &[u8], len: u64) -> Result<()> {
         let segments = self.segments.get_mut().unwrap_or_else(|e| e.into_inner());
+        if kind == Kind::Sync {
+            if let Some(segment) = segments.get(&loc.segment()) {
+                segment.add_dead(len);
+            }
+            return Ok(());
+        }
         let mut index = self.index.unshared();
         let mut old = None;
         for candidate in index.candidates(hash).iter() {
@@ -403,7 +424,7 @@ impl Engine {
                 mark_dead(old_loc, old_len);
                 mark_dead(loc, len);
             }
-            (Kind::Delete, None) => mark_dead(loc, len),
+            (Kind::Delete, None) | (Kind::Sync, _) => mark_dead(loc, len),
         }
         Ok(())
     }
@@ -425,8 +446,14 @@ enum Hint {
 /// Why a hint file was not used.
 struct HintRefused(String);
 
-/// Opens the newest segment as the active one, finding a torn tail (cut later); returns it with its bytes.
-fn open_newest(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(Segment, Vec<u8>, Option<TornTail>)> {
+/// Opens the newest segment as the active one, finding a torn tail (cut later); returns it with its bytes. `seed`
+/// authenticates its sync points.
+fn open_newest(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    id: u32,
+    seed: &seed::Seed,
+) -> Result<(Segment, Vec<u8>, Option<TornTail>)> {
     let segment = Segment::open(vfs, dir, id)?;
     let path = segment.path().to_owned();
     let mut bytes = vec![0u8; usize::try_from(segment.len()).unwrap_or(usize::MAX)];
@@ -440,7 +467,12 @@ fn open_newest(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(Segment, Vec<u8>, 
     let mut torn = None;
     if let Some((end, e)) = records.stopped() {
         let end = *end;
-        match tail::classify(&bytes, end, e, true) {
+        let role = Role::Newest {
+            version: segment.version(),
+            file_id: id,
+            seed: Some(seed),
+        };
+        match tail::classify(&bytes, end, e, role) {
             Stop::Damaged { reason, .. } => {
                 return Err(Error::corrupted(&path, end as u64, reason));
             }

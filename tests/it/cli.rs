@@ -911,3 +911,46 @@ fn an_empty_variation_name_is_refused() {
         "a refused set must not leave a new store behind"
     );
 }
+
+#[test]
+fn repair_lists_what_it_dropped_and_the_store_opens_again() {
+    let dir = tempdir();
+    let d = dir.path();
+    let mut lines = String::new();
+    for i in 0..20_000 {
+        lines.push_str(&format!(
+            "{{\"userId\":\"user-{i}\",\"campaignKey\":\"c\",\"variationName\":\"V\"}}\n"
+        ));
+    }
+    let out = ussdb_with_input(d, &["--durability", "never", "import", "-"], Some(&lines));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = ussdb(d, &["repair"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ok: "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let seg = segment_files(d)[0].clone();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open");
+    std::os::unix::fs::FileExt::write_all_at(&file, b"\xff\xff", 5000).expect("damage");
+    drop(file);
+    assert!(!ussdb(d, &["stats"]).status.success());
+    let out = ussdb(d, &["repair"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.lines().any(|l| l.starts_with("lost: ")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("REPAIRED: ")),
+        "{stdout}"
+    );
+    let out = ussdb(d, &["verify"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}

@@ -187,7 +187,7 @@ fn bad_magic_and_future_versions_are_named() {
     match Store::open(dir.path()) {
         Err(Error::UnsupportedVersion {
             found: 9,
-            supported: 2,
+            supported: 3,
             path,
         }) => assert_eq!(path, seg),
         other => panic!("{other:?}"),

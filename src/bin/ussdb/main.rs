@@ -120,7 +120,7 @@ enum Command {
         /// The campaign's key.
         campaign: String,
     },
-    /// Erase every mapping of a user (e.g. for a privacy request) and print how many there were.
+    /// Erase every mapping and FME record of a user (e.g. for a privacy request) and print how many there were.
     ///
     /// Example: ussdb --dir ./data forget-user user-42
     ForgetUser {
@@ -141,6 +141,8 @@ enum Command {
     /// user and campaign wins. Bad records are reported with their line number; with `--on-error skip` the exit
     /// code is 2 when no record at all could be imported. Ctrl-C stops after the line being read and prints what
     /// was imported (exit code 130).
+    /// Lines with a featureKey are the FME SDKs' records, as are objects keyed by featureKey_userId (or
+    /// featureKey:userId) storage keys.
     ///
     /// Example: ussdb --dir ./data --durability never import users.jsonl --on-error skip
     Import {
@@ -153,7 +155,8 @@ enum Command {
         #[arg(long, default_value_t = 8192)]
         batch_size: usize,
     },
-    /// Export every mapping as camelCase JSON Lines (metaData as JSON when present), which import reads back.
+    /// Export every mapping as camelCase JSON Lines (metaData as JSON when present), and every FME record,
+    /// which import reads back.
     ///
     /// Example: ussdb --dir ./data export --output users.jsonl
     Export {
@@ -190,6 +193,14 @@ enum Command {
     ///
     /// Example: ussdb --dir ./data compact
     Compact,
+    /// Salvage a damaged store so that it opens: keep every intact record, drop damaged ones, and list exactly
+    /// what was lost (the keys where readable, file and offset otherwise). Exit code 1 when something was lost.
+    ///
+    /// A key whose newest record is damaged is erased, so that no older value or deleted mapping comes back. The
+    /// store must not be open elsewhere. Take a copy first if the damaged bytes matter to you.
+    ///
+    /// Example: ussdb --dir ./data repair
+    Repair,
     /// Run a simulated SDK workload on a fresh store and print throughput and latency.
     ///
     /// The store is a new directory DIR/bench-PID (created, so never one that held anything) and is removed
@@ -197,6 +208,8 @@ enum Command {
     ///
     /// Example: ussdb bench --users 100000 --threads 4 --durability periodic
     Bench(bench::Args),
+    #[command(flatten)]
+    Feature(feature::Command),
 }
 
 impl Command {
@@ -214,7 +227,9 @@ impl Command {
             Command::Verify => "verify",
             Command::Backup { .. } => "backup",
             Command::Compact => "compact",
+            Command::Repair => "repair",
             Command::Bench(_) => "bench",
+            Command::Feature(command) => command.name(),
         }
     }
 }
@@ -230,6 +245,8 @@ macro_rules! out {
         }
     }};
 }
+
+mod feature;
 
 fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -413,9 +430,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             batch_size,
         } => return import(&cli, file, *on_error, *batch_size),
         Command::Export { output, force } => export(&cli, output.as_deref(), *force)?,
-        Command::Stats => print_stats(&open(&cli, Access::Read)?),
+        Command::Stats => {
+            let store = open(&cli, Access::Read)?;
+            print_stats(&store);
+            feature::print_stats(&store)?;
+        }
         Command::Verify => return verify(&cli),
         Command::Compact => compact(&cli)?,
+        Command::Repair => return repair(&cli),
         Command::Backup { dest } => backup(&cli, dest)?,
         Command::Bench(args) => {
             return Ok(match bench::run(&cli.dir, cli.durability, args)? {
@@ -423,6 +445,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 bench::Outcome::Interrupted => ExitCode::from(interrupt::EXIT_CODE),
             });
         }
+        Command::Feature(command) => return feature::run(&cli, command),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -498,11 +521,15 @@ fn import(
         );
     }
     out!(
-        "imported {} mappings from {} records ({} skipped) in {secs:.2} s ({:.0} mappings/s)",
+        "imported {} mappings from {} records ({} skipped) in {secs:.2} s ({:.0} mappings/s){}",
         report.imported,
         report.records,
         report.skipped,
-        report.imported as f64 / secs.max(1e-9)
+        report.imported as f64 / secs.max(1e-9),
+        match report.features {
+            0 => String::new(),
+            n => format!("; {n} of them FME records"),
+        }
     );
     if input.stopped() {
         let lines = input.lines();
@@ -635,6 +662,35 @@ fn backup(cli: &Cli, dest: &Path) -> Result<(), String> {
         report.copied
     );
     Ok(())
+}
+
+fn repair(cli: &Cli) -> Result<ExitCode, String> {
+    let state = store_dir::state(&cli.dir)?;
+    if state != DirState::Store {
+        return Err(no_store(cli, &state));
+    }
+    let report =
+        Store::repair(&cli.dir, options(cli, Access::Change)).map_err(|e| describe(cli, &e))?;
+    for lost in &report.lost {
+        out!("lost: {lost}");
+    }
+    match (report.rewritten, report.lost.len()) {
+        (false, _) => out!(
+            "ok: nothing damaged, nothing changed ({} records)",
+            report.records
+        ),
+        (true, 0) => out!("rewritten: {} mappings kept, nothing lost", report.kept),
+        (true, n) => out!(
+            "REPAIRED: {} kept, {} lost (listed above); the store opens again",
+            plural(report.kept, "record", "records"),
+            plural(n as u64, "piece of damage", "pieces of damage")
+        ),
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn plural(n: u64, one: &str, many: &str) -> String {
