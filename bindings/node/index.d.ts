@@ -9,6 +9,25 @@ export interface CampaignUserMap {
   goalIdentifier?: string;
 }
 
+/**
+ * One user's record for one feature flag, as vwo-fme-node-sdk passes it to its storage connector (unknown members
+ * are kept, member for member).
+ */
+export interface FeatureRecord {
+  featureKey: string;
+  userId: string;
+  featureId?: number | null;
+  rolloutId?: number | null;
+  rolloutKey?: string | null;
+  rolloutVariationId?: number | null;
+  experimentId?: number | null;
+  experimentKey?: string | null;
+  experimentVariationId?: number | null;
+  isInHoldoutId?: number[] | null;
+  notInHoldoutId?: number[] | null;
+  [member: string]: unknown;
+}
+
 /** What `set` accepts: a map whose goal list may also be null; other fields are ignored. */
 export interface CampaignUserMapInput {
   userId: string;
@@ -87,6 +106,7 @@ export type UssdbErrorCode =
   | 'USSDB_IMPORT'
   | 'USSDB_BACKEND'
   | 'USSDB_EXPORT'
+  | 'USSDB_JSON'
   | 'USSDB_CLOSED'
   | 'USSDB_INTERNAL'
   | 'USSDB_ERROR';
@@ -134,6 +154,17 @@ export declare class Store {
   deleteAsync(userId: string, campaignKey: string): Promise<boolean>;
   forgetUserAsync(userId: string): Promise<number>;
   campaignsOfAsync(userId: string): Promise<CampaignUserMap[]>;
+  /** The FME record of a user in a feature, or undefined. */
+  getFeature(featureKey: string, userId: string): FeatureRecord | undefined;
+  /** Stores an FME record, replacing the one of its feature and user. */
+  setFeature(record: FeatureRecord): void;
+  deleteFeature(featureKey: string, userId: string): boolean;
+  /** Every FME record of a user. */
+  featuresOf(userId: string): FeatureRecord[];
+  getFeatureAsync(featureKey: string, userId: string): Promise<FeatureRecord | undefined>;
+  setFeatureAsync(record: FeatureRecord): Promise<void>;
+  deleteFeatureAsync(featureKey: string, userId: string): Promise<boolean>;
+  featuresOfAsync(userId: string): Promise<FeatureRecord[]>;
   syncAsync(): Promise<void>;
   compactAsync(): Promise<void>;
   backupAsync(dest: string | URL): Promise<BackupReport>;
@@ -173,6 +204,19 @@ export declare class AsyncUserStorage {
   constructor(pathOrStore: string | URL | Store, options?: AsyncUserStorageOptions);
   get(userId: string, campaignKey: string): Promise<CampaignUserMap | undefined>;
   set(map: CampaignUserMapInput): Promise<void>;
+  readonly store: Store;
+  /** Waits for pending writes, then syncs and closes. */
+  close(): Promise<void>;
+}
+
+/**
+ * vwo-fme-node-sdk's storage connector: `init({ accountId, sdkKey, storage: new FmeStorage(dir) })`. Both calls
+ * run on the libuv thread pool.
+ */
+export declare class FmeStorage {
+  constructor(pathOrStore: string | URL | Store, options?: AsyncUserStorageOptions);
+  get(featureKey: string, userId: string): Promise<FeatureRecord | undefined>;
+  set(data: FeatureRecord): Promise<void>;
   readonly store: Store;
   /** Waits for pending writes, then syncs and closes. */
   close(): Promise<void>;

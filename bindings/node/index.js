@@ -108,6 +108,18 @@ function promised(f) {
   }
 }
 
+/** An FME record as the JSON the engine reads; its keys are checked here for a clear TypeError. */
+function featureJson(record) {
+  if (!isObject(record)) throw typeError('the FME record', 'an object', record);
+  str('featureKey', record.featureKey);
+  str('userId', record.userId);
+  return JSON.stringify(record);
+}
+
+function parsed(json) {
+  return json === undefined || json === null ? undefined : JSON.parse(json);
+}
+
 function statsOf(s) {
   return { ...s, lastCompactionSeconds: s.lastCompactionSeconds ?? null };
 }
@@ -225,6 +237,49 @@ class Store {
     return promised(() => native.closeAsync(this.#h));
   }
 
+  // ---- FME records (vwo-fme-node-sdk): objects in, objects out; the engine keeps them as the SDKs' JSON ----
+
+  /** The FME record of `userId` in feature `featureKey`, or undefined. */
+  getFeature(featureKey, userId) {
+    return parsed(native.getFeature(this.#h, str('featureKey', featureKey), str('userId', userId)));
+  }
+
+  /** Stores an FME record (`featureKey`, `userId`, the rule and variation ids; other members are kept too). */
+  setFeature(record) {
+    native.setFeature(this.#h, featureJson(record));
+  }
+
+  deleteFeature(featureKey, userId) {
+    return native.deleteFeature(this.#h, str('featureKey', featureKey), str('userId', userId));
+  }
+
+  /** Every FME record of a user. */
+  featuresOf(userId) {
+    return native.featuresOf(this.#h, str('userId', userId)).map((json) => JSON.parse(json));
+  }
+
+  getFeatureAsync(featureKey, userId) {
+    return promised(() =>
+      native
+        .getFeatureAsync(this.#h, str('featureKey', featureKey), str('userId', userId))
+        .then(parsed),
+    );
+  }
+
+  setFeatureAsync(record) {
+    return promised(() => native.setFeatureAsync(this.#h, featureJson(record)));
+  }
+
+  deleteFeatureAsync(featureKey, userId) {
+    return promised(() => native.deleteFeatureAsync(this.#h, str('featureKey', featureKey), str('userId', userId)));
+  }
+
+  featuresOfAsync(userId) {
+    return promised(() =>
+      native.featuresOfAsync(this.#h, str('userId', userId)).then((jsons) => jsons.map((json) => JSON.parse(json))),
+    );
+  }
+
   get [Symbol.toStringTag]() {
     return 'ussdb.Store';
   }
@@ -293,6 +348,10 @@ function keyOf(userId, campaignKey) {
   return `${userId.length}:${userId}${campaignKey}`;
 }
 
+function featureKeyOf(featureKey, userId) {
+  return `f${featureKey.length}:${featureKey}${userId}`;
+}
+
 /** The write still running for `key`, if any. */
 function pendingWrite(store, key) {
   return pendingWrites.get(store)?.get(key);
@@ -353,53 +412,89 @@ class UserStorage {
  * `vwo.launch({ settingsFile, asyncStorageConfig: { redisStorage: new AsyncUserStorage(dir) } })`.
  * Every call runs on the libuv thread pool.
  */
-class AsyncUserStorage {
+/**
+ * The writes of an SDK adapter that the SDK does not wait for: ordered per key after one another and before a
+ * read of the same key, failures handed to `onError` (and the Promise marked handled, so a full disk is no
+ * unhandled rejection that ends the process; a caller who awaits still sees it), and waited for on close.
+ */
+class SdkWrites {
   #store;
   #onError;
-  /** Writes not finished yet: the SDK does not wait for them, so `close` does. */
-  #writes = new Set();
+  #running = new Set();
+
+  constructor(store, onError) {
+    this.#store = store;
+    this.#onError = onError;
+  }
+
+  read(key, work) {
+    const pending = pendingWrite(this.#store, key);
+    return pending === undefined ? work() : pending.then(work);
+  }
+
+  write(key, work) {
+    const done = promised(() => serialized(this.#store, key(), work));
+    done.catch(this.#onError);
+    const running = this.#running;
+    running.add(done);
+    const forget = () => running.delete(done);
+    done.then(forget, forget);
+    return done;
+  }
+
+  drain() {
+    return Promise.allSettled([...this.#running]);
+  }
+}
+
+/** `new X(pathOrStore, {onError, ...storeOptions})` for the Promise-based adapters. */
+function asyncAdapter(pathOrStore, options, className) {
+  if (options !== undefined && !isObject(options)) throw typeError('options', 'an object', options);
+  const { onError, ...storeOptions } = options ?? {};
+  const report = reporter(onError);
+  const opening = Object.keys(storeOptions).length > 0 ? storeOptions : undefined;
+  const store = storeFor(pathOrStore, opening, className);
+  return { store, writes: new SdkWrites(store, report) };
+}
+
+/**
+ * The user storage of vwo-node-sdk in its Promise mode (vwo-node-sdk >= 1.68.0):
+ * `vwo.launch({ settingsFile, asyncStorageConfig: { redisStorage: new AsyncUserStorage(dir) } })`.
+ * Every call runs on the libuv thread pool.
+ */
+class AsyncUserStorage {
+  #store;
+  #writes;
 
   /** `options.onError(err)` hears about failed writes (default: `process.emitWarning`), see `set`. */
   constructor(pathOrStore, options) {
-    if (options !== undefined && !isObject(options)) throw typeError('options', 'an object', options);
-    const { onError, ...storeOptions } = options ?? {};
-    this.#onError = reporter(onError);
-    const opening = Object.keys(storeOptions).length > 0 ? storeOptions : undefined;
-    this.#store = storeFor(pathOrStore, opening, 'AsyncUserStorage');
+    ({ store: this.#store, writes: this.#writes } = asyncAdapter(pathOrStore, options, 'AsyncUserStorage'));
   }
 
   /** The stored map, or undefined; waits for a `set` of the same key that is still running. */
   get(userId, campaignKey) {
     const store = this.#store;
-    if (typeof userId === 'string' && typeof campaignKey === 'string') {
-      const pending = pendingWrite(store, keyOf(userId, campaignKey));
-      if (pending !== undefined) return pending.then(() => store.getAsync(userId, campaignKey));
-    }
-    return store.getAsync(userId, campaignKey);
+    if (typeof userId !== 'string' || typeof campaignKey !== 'string') return store.getAsync(userId, campaignKey);
+    return this.#writes.read(keyOf(userId, campaignKey), () => store.getAsync(userId, campaignKey));
   }
 
   /**
-   * Stores the map. The SDK does not wait for this Promise, so a failure is also handed to `onError` and the
-   * Promise is marked handled: a full disk must not become an unhandled rejection that ends the process. A
-   * caller who awaits it still sees the rejection.
+   * Stores the map, keeping goals already stored for the same variation. The SDK does not wait for this
+   * Promise: a failure also goes to `onError`, and the Promise is marked handled.
    */
   set(map) {
     const store = this.#store;
-    const done = promised(() => {
-      const incoming = sdkMap(map);
-      const key = keyOf(incoming.userId, incoming.campaignKey);
-      return serialized(store, key, () =>
-        store.getAsync(incoming.userId, incoming.campaignKey).then((stored) =>
-          store.setAsync(mergedForSdk(stored, incoming)),
-        ),
-      );
-    });
-    done.catch(this.#onError);
-    const writes = this.#writes;
-    writes.add(done);
-    const forget = () => writes.delete(done);
-    done.then(forget, forget);
-    return done;
+    let incoming;
+    return this.#writes.write(
+      () => {
+        incoming = sdkMap(map);
+        return keyOf(incoming.userId, incoming.campaignKey);
+      },
+      () =>
+        store
+          .getAsync(incoming.userId, incoming.campaignKey)
+          .then((stored) => store.setAsync(mergedForSdk(stored, incoming))),
+    );
   }
 
   get store() {
@@ -408,8 +503,52 @@ class AsyncUserStorage {
 
   /** Waits for the writes still running (the SDK's `set` calls are not awaited), then syncs and closes. */
   close() {
-    return Promise.allSettled([...this.#writes]).then(() => this.#store.closeAsync());
+    return this.#writes.drain().then(() => this.#store.closeAsync());
   }
 }
 
-module.exports = { Store, UserStorage, AsyncUserStorage, DEFAULT_DURABILITY, GOAL_DELIMITER };
+/**
+ * The storage connector of vwo-fme-node-sdk: `init({ accountId, sdkKey, storage: new FmeStorage(dir) })`.
+ * `get(featureKey, userId)` and `set(data)` return Promises and run on the libuv thread pool; the record is the
+ * SDK's object (`featureKey`, `userId`, rollout and experiment ids and keys, ...), kept member for member.
+ */
+class FmeStorage {
+  #store;
+  #writes;
+
+  /** `options.onError(err)` hears about failed writes (default: `process.emitWarning`). */
+  constructor(pathOrStore, options) {
+    ({ store: this.#store, writes: this.#writes } = asyncAdapter(pathOrStore, options, 'FmeStorage'));
+  }
+
+  /** The stored record, or undefined; waits for a `set` of the same key that is still running. */
+  get(featureKey, userId) {
+    const store = this.#store;
+    if (typeof featureKey !== 'string' || typeof userId !== 'string') return store.getFeatureAsync(featureKey, userId);
+    return this.#writes.read(featureKeyOf(featureKey, userId), () => store.getFeatureAsync(featureKey, userId));
+  }
+
+  /** Stores the record the SDK passes (members it leaves undefined are dropped, as JSON does). */
+  set(data) {
+    const store = this.#store;
+    let json;
+    return this.#writes.write(
+      () => {
+        json = featureJson(data);
+        return featureKeyOf(data.featureKey, data.userId);
+      },
+      () => store.setFeatureAsync(JSON.parse(json)),
+    );
+  }
+
+  get store() {
+    return this.#store;
+  }
+
+  /** Waits for the writes still running, then syncs and closes. */
+  close() {
+    return this.#writes.drain().then(() => this.#store.closeAsync());
+  }
+}
+
+module.exports = { Store, UserStorage, AsyncUserStorage, FmeStorage, DEFAULT_DURABILITY, GOAL_DELIMITER };

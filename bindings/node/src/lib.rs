@@ -118,6 +118,7 @@ fn code_of(e: &ussdb::Error) -> &'static str {
         E::Import { .. } => "USSDB_IMPORT",
         E::Backend { .. } => "USSDB_BACKEND",
         E::Export { .. } => "USSDB_EXPORT",
+        E::Json { .. } => "USSDB_JSON",
         // The enum is non-exhaustive: a variant added later still gets a code callers can match on.
         _ => "USSDB_ERROR",
     }
@@ -656,6 +657,48 @@ pub fn backup(env: Env, handle: Unknown, dest: String) -> Result<BackupReport> {
     run(&env, self::handle(&env, &handle)?, |s| s.backup(&dest)).map(BackupReport::from)
 }
 
+// ---- FME records (vwo-fme-node-sdk), as the SDKs' JSON: index.js parses and stringifies ----
+
+#[napi]
+pub fn get_feature(
+    env: Env,
+    handle: Unknown,
+    feature_key: String,
+    user_id: String,
+) -> Result<Option<String>> {
+    run(&env, self::handle(&env, &handle)?, |s| {
+        s.get_feature(&feature_key, &user_id)
+    })
+    .map(|r| r.map(|r| r.to_json()))
+}
+
+#[napi]
+pub fn set_feature(env: Env, handle: Unknown, json: String) -> Result<()> {
+    run(&env, self::handle(&env, &handle)?, |s| {
+        s.set_feature(&ussdb::FeatureRecord::from_json(&json)?)
+    })
+}
+
+#[napi]
+pub fn delete_feature(
+    env: Env,
+    handle: Unknown,
+    feature_key: String,
+    user_id: String,
+) -> Result<bool> {
+    run(&env, self::handle(&env, &handle)?, |s| {
+        s.delete_feature(&feature_key, &user_id)
+    })
+}
+
+#[napi]
+pub fn features_of(env: Env, handle: Unknown, user_id: String) -> Result<Vec<String>> {
+    run(&env, self::handle(&env, &handle)?, |s| {
+        s.features_of(&user_id)
+    })
+    .map(|rs| rs.iter().map(ussdb::FeatureRecord::to_json).collect())
+}
+
 #[napi]
 pub fn close(env: Env, handle: Unknown) -> Result<()> {
     let h = self::handle(&env, &handle)?;
@@ -720,6 +763,11 @@ pub enum Op {
     Sync,
     Compact,
     Backup(String),
+    GetFeature(String, String),
+    /// The record's JSON, parsed here on the pool thread.
+    SetFeature(String),
+    DeleteFeature(String, String),
+    FeaturesOf(String),
     Close,
 }
 
@@ -730,6 +778,9 @@ pub enum Answer {
     Bool(bool),
     Count(usize),
     Backup(ussdb::BackupReport),
+    /// FME records as the SDKs' JSON.
+    Json(Option<String>),
+    Jsons(Vec<String>),
     Nothing,
 }
 
@@ -759,6 +810,17 @@ impl Task for Call {
             Op::Sync => with_store(shared, |s| s.sync()).map(|()| Answer::Nothing),
             Op::Compact => with_store(shared, |s| s.compact()).map(|()| Answer::Nothing),
             Op::Backup(dest) => with_store(shared, |s| s.backup(&dest)).map(Answer::Backup),
+            Op::GetFeature(f, u) => with_store(shared, |s| s.get_feature(&f, &u))
+                .map(|r| Answer::Json(r.map(|r| r.to_json()))),
+            Op::SetFeature(json) => with_store(shared, |s| {
+                s.set_feature(&ussdb::FeatureRecord::from_json(&json)?)
+            })
+            .map(|()| Answer::Nothing),
+            Op::DeleteFeature(f, u) => {
+                with_store(shared, |s| s.delete_feature(&f, &u)).map(Answer::Bool)
+            }
+            Op::FeaturesOf(u) => with_store(shared, |s| s.features_of(&u))
+                .map(|rs| Answer::Jsons(rs.iter().map(ussdb::FeatureRecord::to_json).collect())),
             Op::Close => close_store(shared).map(|()| Answer::Nothing),
         })
     }
@@ -776,6 +838,9 @@ impl Task for Call {
                 Answer::Bool(b) => return bool::to_napi_value(raw, b).map(Raw),
                 Answer::Count(n) => return f64::to_napi_value(raw, n as f64).map(Raw),
                 Answer::Backup(r) => return BackupReport::to_napi_value(raw, r.into()).map(Raw),
+                Answer::Json(None) => js_undefined(raw),
+                Answer::Json(Some(json)) => js_string(raw, &json),
+                Answer::Jsons(jsons) => return Vec::<String>::to_napi_value(raw, jsons).map(Raw),
             }
         };
         value.map(Raw).map_err(|t| t.into_napi(&env))
@@ -852,6 +917,36 @@ pub fn compact_async(env: Env, handle: Unknown) -> Result<AsyncTask<Call>> {
 #[napi(ts_return_type = "Promise<BackupReport>")]
 pub fn backup_async(env: Env, handle: Unknown, dest: String) -> Result<AsyncTask<Call>> {
     call(&env, &handle, Op::Backup(dest))
+}
+
+#[napi(ts_return_type = "Promise<string | undefined>")]
+pub fn get_feature_async(
+    env: Env,
+    handle: Unknown,
+    feature_key: String,
+    user_id: String,
+) -> Result<AsyncTask<Call>> {
+    call(&env, &handle, Op::GetFeature(feature_key, user_id))
+}
+
+#[napi(ts_return_type = "Promise<void>")]
+pub fn set_feature_async(env: Env, handle: Unknown, json: String) -> Result<AsyncTask<Call>> {
+    call(&env, &handle, Op::SetFeature(json))
+}
+
+#[napi(ts_return_type = "Promise<boolean>")]
+pub fn delete_feature_async(
+    env: Env,
+    handle: Unknown,
+    feature_key: String,
+    user_id: String,
+) -> Result<AsyncTask<Call>> {
+    call(&env, &handle, Op::DeleteFeature(feature_key, user_id))
+}
+
+#[napi(ts_return_type = "Promise<Array<string>>")]
+pub fn features_of_async(env: Env, handle: Unknown, user_id: String) -> Result<AsyncTask<Call>> {
+    call(&env, &handle, Op::FeaturesOf(user_id))
 }
 
 #[napi(ts_return_type = "Promise<void>")]

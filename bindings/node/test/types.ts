@@ -1,6 +1,7 @@
 // Compiled by types.test.js with `tsc --noEmit --strict`: index.d.ts describes the API and fits the SDKs' types.
 import * as vwo from 'vwo-node-sdk';
-import { AsyncUserStorage, CampaignUserMap, Store, Stats, UserStorage, UssdbError } from '../index';
+import * as fme from 'vwo-fme-node-sdk';
+import { AsyncUserStorage, CampaignUserMap, FeatureRecord, FmeStorage, Store, Stats, UserStorage, UssdbError } from '../index';
 
 const store: Store = new Store('/tmp/x', { durability: 'periodic:50ms', segmentSize: 1 << 20 });
 const found: CampaignUserMap | undefined = store.get('u', 'c');
@@ -39,3 +40,8 @@ const asyncSdk = vwo.launch({
   returnPromiseFor: { all: true },
 } as vwo.VWOAsyncLaunchConfig);
 void asyncSdk;
+
+const fmeStorage = new FmeStorage(store);
+void fme.init({ accountId: '1', sdkKey: 'k', storage: fmeStorage });
+const rec: FeatureRecord | undefined = store.getFeature('f', 'u');
+void rec;
