@@ -80,11 +80,11 @@ fn first_variation_wins_and_goals_union_under_a_race() {
     let results: Vec<Vec<CampaignUserMap>> =
         racers.into_iter().map(|r| r.join().unwrap()).collect();
     let store = RedisStore::open(&server.url()).unwrap();
-    for i in 0..USERS {
+    for (i, (told_a, told_b)) in results[0].iter().zip(&results[1]).enumerate() {
         let stored = store.get(&format!("user-{i}"), "race").unwrap().unwrap();
         // Both writers were told the same winner, and it is what is stored.
-        assert_eq!(results[0][i].variation_name, stored.variation_name);
-        assert_eq!(results[1][i].variation_name, stored.variation_name);
+        assert_eq!(told_a.variation_name, stored.variation_name);
+        assert_eq!(told_b.variation_name, stored.variation_name);
         let goals: BTreeSet<&str> = stored.goals().collect();
         assert_eq!(
             goals,
