@@ -105,6 +105,8 @@ mod store;
 mod verify;
 // fronts
 mod sdk;
+#[cfg(feature = "redis")]
+mod tiers;
 
 /// Fuzzing entry points over the private decoders. Not part of the API: it may change in any release.
 #[doc(hidden)]
@@ -126,5 +128,7 @@ pub use sdk::{
     parse_json_record, to_json_record,
 };
 pub use store::{Durable, Entries, Entry, FeatureEntries, Stats, Store};
+#[cfg(feature = "redis")]
+pub use tiers::{DEFAULT_TIMEOUT as REDIS_DEFAULT_TIMEOUT, RedisConfig, RedisStore};
 pub use verify::{Damage, VerifyReport, verify_dir, verify_dir_with_progress};
 pub use vfs::{StdFile, StdVfs, VFile, Vfs};

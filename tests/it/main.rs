@@ -11,6 +11,8 @@ mod concurrency;
 mod corruption;
 mod crash;
 mod faults;
+#[cfg(feature = "redis")]
+mod fleet;
 mod fme;
 mod fuzz_corpus;
 mod fuzz_harness;
