@@ -530,7 +530,9 @@ fn fixture_model() -> Model {
             user_id: format!("user-{}", i % 7),
             campaign_key: format!("campaign-{}", i % 5),
             variation_name: format!("variation-{i}"),
-            goal_identifier: (i % 2 == 0).then(|| format!("goal-{i}_vwo_").repeat(i % 4 + 1)),
+            goal_identifier: i
+                .is_multiple_of(2)
+                .then(|| format!("goal-{i}_vwo_").repeat(i % 4 + 1)),
         };
         let meta = (i % 10 == 7).then(|| format!("{{\"n\":{i}}}"));
         model.insert((map.user_id.clone(), map.campaign_key.clone()), (map, meta));
