@@ -47,9 +47,9 @@ pub enum Error {
         /// The newest version this build reads.
         supported: u32,
     },
-    /// A user id, campaign key or variation name that cannot be stored (empty, or an id too long).
+    /// A user id, campaign key, feature key or variation name that cannot be stored (empty, or an id too long).
     InvalidKey {
-        /// Which argument: `"user_id"`, `"campaign_key"` or `"variation_name"`.
+        /// Which argument: `"user_id"`, `"campaign_key"`, `"feature_key"` or `"variation_name"`.
         field: &'static str,
         /// The offending value, shortened to 64 characters.
         key: String,
@@ -60,7 +60,7 @@ pub enum Error {
     ValueTooLarge {
         /// The mapping's user id.
         user_id: String,
-        /// The mapping's campaign key.
+        /// The mapping's campaign key (an FME record's feature key).
         campaign_key: String,
         /// Size of the encoded value in bytes.
         len: usize,

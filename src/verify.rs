@@ -35,8 +35,11 @@ pub struct VerifyReport {
     pub sync_points: u64,
     /// Bytes read.
     pub bytes: u64,
-    /// Live mappings: keys whose newest record is an intact put.
+    /// Live campaign mappings: campaign keys whose newest record is an intact put.
     pub mappings: u64,
+    /// Live FME records: feature items whose newest record is an intact put (their values are decoded and checked
+    /// like the mappings').
+    pub feature_records: u64,
     /// True when the in-memory index was compared with the log (a store that could be opened); false for a
     /// scan of the files alone ([`verify_dir`]).
     pub index_checked: bool,
@@ -96,6 +99,9 @@ impl fmt::Display for VerifyReport {
             "{} segment(s), {} records, {} bytes, {} mappings",
             self.segments, self.records, self.bytes, self.mappings
         )?;
+        if self.feature_records > 0 {
+            write!(f, ", {} FME records", self.feature_records)?;
+        }
         if self.hint_files > 0 {
             write!(f, ", {} hint file(s)", self.hint_files)?;
         }
@@ -134,6 +140,8 @@ fn fingerprint(key: &[u8]) -> Fingerprint {
 struct Newest {
     loc: Loc,
     put: bool,
+    /// The key is an FME record's (its item is in the FME namespace).
+    feature: bool,
     indexed: bool,
 }
 
@@ -344,10 +352,17 @@ impl Walk<'_> {
         if codec::split_key(rec.key).is_none() {
             return self.damage(path, loc.offset(), "record key is malformed");
         }
-        if rec.kind == Kind::Put
-            && codec::decode_key(rec.key).is_some()
-            && let Err(reason) = codec::decode_value(rec.value)
-        {
+        let item = codec::split_key(rec.key).map(|(_, item)| codec::classify_item(item));
+        let decoded = match (rec.kind, item) {
+            (Kind::Put, Some(codec::Item::Campaign(_))) if codec::decode_key(rec.key).is_some() => {
+                codec::decode_value(rec.value).map(drop)
+            }
+            (Kind::Put, Some(codec::Item::Feature(_))) => {
+                codec::decode_feature_record(rec.key, rec.value).map(drop)
+            }
+            _ => Ok(()),
+        };
+        if let Err(reason) = decoded {
             self.damage(
                 path,
                 loc.offset(),
@@ -359,6 +374,7 @@ impl Walk<'_> {
             Newest {
                 loc,
                 put: rec.kind == Kind::Put,
+                feature: matches!(item, Some(codec::Item::Feature(_))),
                 indexed: false,
             },
         );
@@ -430,7 +446,10 @@ impl Walk<'_> {
                 match self.newest.get_mut(&print) {
                     Some(newest) if newest.loc == loc => {
                         newest.indexed = true;
-                        self.report.mappings += 1;
+                        match newest.feature {
+                            true => self.report.feature_records += 1,
+                            false => self.report.mappings += 1,
+                        }
                     }
                     Some(newest) => {
                         let (seg, off) = (newest.loc.segment(), newest.loc.offset());
@@ -479,7 +498,10 @@ impl Walk<'_> {
     }
 
     fn count_live_without_index(&mut self) {
-        self.report.mappings = self.newest.values().filter(|n| n.put).count() as u64;
+        let live = self.newest.values().filter(|n| n.put);
+        let features = live.clone().filter(|n| n.feature).count() as u64;
+        self.report.feature_records = features;
+        self.report.mappings = live.count() as u64 - features;
     }
 }
 

@@ -12,6 +12,7 @@
 mod backup;
 mod compaction;
 mod open;
+mod waiters;
 mod write;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ use crate::{Error, Result};
 
 pub use backup::BackupReport;
 pub(crate) use compaction::CompactionWorker;
+pub(crate) use waiters::Committer;
 pub use write::Batch;
 use write::LogState;
 

@@ -20,7 +20,7 @@ use crate::codec;
 use crate::durability::Durability;
 use crate::index::{Loc, MAX_OFFSET, MAX_SEGMENT_ID};
 use crate::manifest::Sealed;
-use crate::model::CampaignUserMap;
+use crate::model::{CampaignUserMap, FeatureRecord};
 use crate::record::{self, Kind, SEGMENT_HEADER_LEN, SYNC_POINTS_VERSION, SYNC_RECORD_LEN};
 use crate::seed::Seed;
 use crate::segment::Segment;
@@ -75,7 +75,20 @@ impl Batch {
         Ok(())
     }
 
-    /// Number of mappings in the batch.
+    /// Adds an FME record (see `Store::set_feature`). Fails, adding nothing, if it cannot be stored (an empty or
+    /// too long feature key or user id, a value over [`crate::MAX_VALUE_LEN`]).
+    pub fn push_feature(&mut self, rec: &FeatureRecord) -> Result<()> {
+        rec.check()?;
+        let key = codec::encode_item_key(&rec.user_id, &codec::feature_item(&rec.feature_key))?;
+        let value = codec::encode_feature(rec)?;
+        let start = self.records.len();
+        record::encode(&mut self.records, Kind::Put, &key, &value);
+        self.items
+            .push((start, self.records.len() - start, key.len()));
+        Ok(())
+    }
+
+    /// Number of records (mappings and FME records) in the batch.
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -95,6 +108,13 @@ impl Batch {
 impl Engine {
     /// Stores `value` under (`user_id`, `item`), replacing any earlier value. The caller has checked the item.
     pub(crate) fn put(&self, user_id: &str, item: &[u8], value: &[u8]) -> Result<()> {
+        let position = self.put_unwaited(user_id, item, value)?;
+        self.wait_durable(position)
+    }
+
+    /// [`Engine::put`] without the durability wait: appends and indexes the record (visible to readers at once)
+    /// and returns the log position a wait must reach.
+    pub(crate) fn put_unwaited(&self, user_id: &str, item: &[u8], value: &[u8]) -> Result<u64> {
         let key = codec::encode_item_key(user_id, item)?;
         let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len() + value.len());
         record::encode(&mut rec, Kind::Put, &key, value);
@@ -108,6 +128,25 @@ impl Engine {
             log.written
         };
         self.counters.sets.fetch_add(1, Ordering::Relaxed);
+        Ok(position)
+    }
+
+    /// True once the log position `position` is as durable as the durability mode promises (poisoning is an
+    /// error: the write may never become durable).
+    pub(crate) fn is_durable(&self, position: u64) -> Result<bool> {
+        match self.options.durability {
+            Durability::Immediate => {
+                if self.commit.synced() >= position {
+                    return Ok(true);
+                }
+                self.check_poison().map(|()| false)
+            }
+            Durability::Periodic(_) | Durability::Never => Ok(true),
+        }
+    }
+
+    /// Blocks until `position` is durable (for the thread that serves asynchronous waiters).
+    pub(crate) fn wait_position(&self, position: u64) -> Result<()> {
         self.wait_durable(position)
     }
 

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per behaviour. They use only the public API.
 
+mod async_writes;
 mod backup;
 #[cfg(feature = "cli")]
 mod cli;
@@ -10,6 +11,7 @@ mod concurrency;
 mod corruption;
 mod crash;
 mod faults;
+mod fme;
 mod fuzz_corpus;
 mod fuzz_harness;
 mod hints;
@@ -21,6 +23,7 @@ mod misuse;
 mod model;
 mod recovery;
 mod repair;
+mod scale;
 mod sdk;
 mod sync_points;
 mod verify;

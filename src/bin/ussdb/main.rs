@@ -120,7 +120,7 @@ enum Command {
         /// The campaign's key.
         campaign: String,
     },
-    /// Erase every mapping of a user (e.g. for a privacy request) and print how many there were.
+    /// Erase every mapping and FME record of a user (e.g. for a privacy request) and print how many there were.
     ///
     /// Example: ussdb --dir ./data forget-user user-42
     ForgetUser {
@@ -141,6 +141,8 @@ enum Command {
     /// user and campaign wins. Bad records are reported with their line number; with `--on-error skip` the exit
     /// code is 2 when no record at all could be imported. Ctrl-C stops after the line being read and prints what
     /// was imported (exit code 130).
+    /// Lines with a featureKey are the FME SDKs' records, as are objects keyed by featureKey_userId (or
+    /// featureKey:userId) storage keys.
     ///
     /// Example: ussdb --dir ./data --durability never import users.jsonl --on-error skip
     Import {
@@ -153,7 +155,8 @@ enum Command {
         #[arg(long, default_value_t = 8192)]
         batch_size: usize,
     },
-    /// Export every mapping as camelCase JSON Lines (metaData as JSON when present), which import reads back.
+    /// Export every mapping as camelCase JSON Lines (metaData as JSON when present), and every FME record,
+    /// which import reads back.
     ///
     /// Example: ussdb --dir ./data export --output users.jsonl
     Export {
@@ -205,6 +208,8 @@ enum Command {
     ///
     /// Example: ussdb bench --users 100000 --threads 4 --durability periodic
     Bench(bench::Args),
+    #[command(flatten)]
+    Feature(feature::Command),
 }
 
 impl Command {
@@ -224,6 +229,7 @@ impl Command {
             Command::Compact => "compact",
             Command::Repair => "repair",
             Command::Bench(_) => "bench",
+            Command::Feature(command) => command.name(),
         }
     }
 }
@@ -239,6 +245,8 @@ macro_rules! out {
         }
     }};
 }
+
+mod feature;
 
 fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -422,7 +430,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             batch_size,
         } => return import(&cli, file, *on_error, *batch_size),
         Command::Export { output, force } => export(&cli, output.as_deref(), *force)?,
-        Command::Stats => print_stats(&open(&cli, Access::Read)?),
+        Command::Stats => {
+            let store = open(&cli, Access::Read)?;
+            print_stats(&store);
+            feature::print_stats(&store)?;
+        }
         Command::Verify => return verify(&cli),
         Command::Compact => compact(&cli)?,
         Command::Repair => return repair(&cli),
@@ -433,6 +445,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 bench::Outcome::Interrupted => ExitCode::from(interrupt::EXIT_CODE),
             });
         }
+        Command::Feature(command) => return feature::run(&cli, command),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -508,11 +521,15 @@ fn import(
         );
     }
     out!(
-        "imported {} mappings from {} records ({} skipped) in {secs:.2} s ({:.0} mappings/s)",
+        "imported {} mappings from {} records ({} skipped) in {secs:.2} s ({:.0} mappings/s){}",
         report.imported,
         report.records,
         report.skipped,
-        report.imported as f64 / secs.max(1e-9)
+        report.imported as f64 / secs.max(1e-9),
+        match report.features {
+            0 => String::new(),
+            n => format!("; {n} of them FME records"),
+        }
     );
     if input.stopped() {
         let lines = input.lines();

@@ -201,7 +201,7 @@ impl Engine {
             return Err(Error::InvalidOption {
                 option: "segment_size",
                 reason: format!(
-                    "the store has used all {MAX_SEGMENT_ID} segment ids; reopen it or use larger segments"
+                    "the store has used all {MAX_SEGMENT_ID} segment ids; use larger segments (see docs/GUIDE.md, Limits)"
                 ),
             });
         }
