@@ -316,16 +316,22 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    /// Writes the segment being built and starts the next one.
-    fn seal(&mut self) -> Result<()> {
-        let id = self.next_id;
+    /// Writes the segment being built, durably, under its id.
+    fn write(&self) -> Result<()> {
         dir::write_durably(
             self.vfs,
             self.dir,
-            &dir::segment_file_name(id),
+            &dir::segment_file_name(self.next_id),
             &self.buf,
             "write repaired segment",
-        )?;
+        )
+        .map(drop)
+    }
+
+    /// Writes the segment being built and starts the next one.
+    fn seal(&mut self) -> Result<()> {
+        let id = self.next_id;
+        self.write()?;
         self.sealed.push(Sealed {
             file_id: id,
             len: self.buf.len() as u64,
@@ -341,14 +347,7 @@ impl<'a> Writer<'a> {
 
     /// Writes the last segment, which becomes the active one; returns the sealed ones and its id.
     fn finish(mut self) -> Result<(Vec<Sealed>, u32)> {
-        let id = self.next_id;
-        dir::write_durably(
-            self.vfs,
-            self.dir,
-            &dir::segment_file_name(id),
-            &self.buf,
-            "write repaired segment",
-        )?;
-        Ok((std::mem::take(&mut self.sealed), id))
+        self.write()?;
+        Ok((std::mem::take(&mut self.sealed), self.next_id))
     }
 }

@@ -133,3 +133,19 @@ pub fn copy_dir_to_memory(from: &Path) -> tempfile::TempDir {
     }
     to
 }
+
+/// A plain CRC-32 (IEEE), bit by bit, so tests that forge headers do not lean on the crate's own checksum code.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

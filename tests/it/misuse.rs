@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use ussdb::{CampaignUserMap, Durability, Error, MAX_ID_LEN, MAX_VALUE_LEN, Options, Store};
 
-use crate::common::{map, open, segment_files, small_segments, tempdir};
+use crate::common::{crc32, map, open, segment_files, small_segments, tempdir};
 
 #[test]
 fn empty_and_oversized_ids_are_refused() {
@@ -219,20 +219,4 @@ fn errors_are_std_errors_with_context() {
         .set(&CampaignUserMap::new("", "c", "v"))
         .expect_err("empty id");
     assert!(err.to_string().contains("user_id"), "{err}");
-}
-
-/// A plain CRC-32 (IEEE), so the test does not lean on the crate's own checksum code.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use ussdb::{CampaignUserMap, Durability, Error, Options, Store};
 
-use crate::common::{copy_dir, map, memory_tempdir, open, record_extents, segment_files, tempdir};
+use crate::common::{
+    copy_dir, crc32, map, memory_tempdir, open, record_extents, segment_files, tempdir,
+};
 
 /// Every durability mode. `Periodic` with an interval no test lasts, so that record offsets stay where the test
 /// computes them; its thread's own sync points are covered by
@@ -24,22 +26,6 @@ fn options(durability: Durability) -> Options {
     Options::default()
         .durability(durability)
         .auto_compaction(false)
-}
-
-/// A plain CRC-32 (IEEE), so the test does not lean on the crate's own checksum code.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// The only segment of a store that never rotated.
