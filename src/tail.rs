@@ -58,12 +58,13 @@ pub(crate) enum Role<'a> {
 /// Judges the bytes at `at`, where the walk over `bytes` (a whole segment) stopped with `error`.
 pub(crate) fn classify(bytes: &[u8], at: usize, error: &DecodeError, role: Role<'_>) -> Stop {
     let reason = error.to_string();
-    let next = record::next_intact_record(bytes, at + 1);
+    // Where a walk over damaged bytes may go on (verify lists all damage); a torn write needs none.
+    let next = || record::next_intact_record(bytes, at + 1);
     let (version, file_id, seed) = match role {
         Role::Sealed => {
             return Stop::Damaged {
                 reason: format!("{reason}; this sealed segment cannot hold a torn write"),
-                next,
+                next: next(),
             };
         }
         Role::Newest {
@@ -73,7 +74,7 @@ pub(crate) fn classify(bytes: &[u8], at: usize, error: &DecodeError, role: Role<
         } => (version, file_id, seed),
     };
     if version < record::SYNC_POINTS_VERSION {
-        return classify_by_shape(bytes, at, reason, next);
+        return classify_by_shape(bytes, at, reason, next());
     }
     match proven_durable(bytes, at, file_id, seed) {
         Some(proof) if (at as u64) < proof.durable => Stop::Damaged {
@@ -82,7 +83,7 @@ pub(crate) fn classify(bytes: &[u8], at: usize, error: &DecodeError, role: Role<
                  of this file, so this is damage to durable data, not a torn write",
                 proof.at, proof.durable
             ),
-            next,
+            next: next(),
         },
         Some(proof) => Stop::Torn {
             reason: format!(

@@ -442,7 +442,9 @@ impl Engine {
     fn append_sync_point(&self, segment: &Arc<Segment>, target: u64, covered: u64) -> Result<u64> {
         let mut log = self.lock_log();
         let offset = segment.len();
-        if !Arc::ptr_eq(&log.active, segment)
+        // A poisoned store appends nothing (a failed append may have left a torn record where this would go).
+        if self.check_poison().is_err()
+            || !Arc::ptr_eq(&log.active, segment)
             || segment.version() < SYNC_POINTS_VERSION
             || offset + SYNC_RECORD_LEN as u64 > self.options.segment_size
         {
