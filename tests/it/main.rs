@@ -19,4 +19,5 @@ mod misuse;
 mod model;
 mod recovery;
 mod sdk;
+mod simfs;
 mod verify;
