@@ -15,10 +15,10 @@ use crate::engine::Engine;
 use crate::hint;
 use crate::index::Loc;
 use crate::manifest::{self, Manifest};
-use crate::record::{Kind, RecordRef, Records};
-use crate::seed::{self, KeyHasher};
+use crate::record::{self, Kind, RecordRef, Records};
+use crate::seed::{self, KeyHasher, Seed};
 use crate::segment::{self, Segment};
-use crate::tail::{self, Stop};
+use crate::tail::{self, Role, Stop};
 use crate::vfs::StdVfs;
 use crate::{Error, Result};
 
@@ -30,10 +30,16 @@ pub struct VerifyReport {
     pub segments: u64,
     /// Intact records read (puts and tombstones, live or not).
     pub records: u64,
+    /// Intact sync points read: records the store appends after an fsync to say how far it reached, which
+    /// recovery uses to tell damage from a torn write. Not counted in `records`.
+    pub sync_points: u64,
     /// Bytes read.
     pub bytes: u64,
-    /// Live mappings: keys whose newest record is an intact put.
+    /// Live campaign mappings: campaign keys whose newest record is an intact put.
     pub mappings: u64,
+    /// Live FME records: feature items whose newest record is an intact put (their values are decoded and checked
+    /// like the mappings').
+    pub feature_records: u64,
     /// True when the in-memory index was compared with the log (a store that could be opened); false for a
     /// scan of the files alone ([`verify_dir`]).
     pub index_checked: bool,
@@ -93,6 +99,9 @@ impl fmt::Display for VerifyReport {
             "{} segment(s), {} records, {} bytes, {} mappings",
             self.segments, self.records, self.bytes, self.mappings
         )?;
+        if self.feature_records > 0 {
+            write!(f, ", {} FME records", self.feature_records)?;
+        }
         if self.hint_files > 0 {
             write!(f, ", {} hint file(s)", self.hint_files)?;
         }
@@ -131,6 +140,8 @@ fn fingerprint(key: &[u8]) -> Fingerprint {
 struct Newest {
     loc: Loc,
     put: bool,
+    /// The key is an FME record's (its item is in the FME namespace).
+    feature: bool,
     indexed: bool,
 }
 
@@ -142,6 +153,8 @@ struct Walk<'p> {
     done: u64,
     total: u64,
     progress: &'p mut dyn FnMut(u64, u64),
+    /// The store's seed, which authenticates sync points in the newest segment; `None` if it cannot be read.
+    seed: Option<Seed>,
 }
 
 /// How often (in records) progress is reported.
@@ -202,7 +215,15 @@ impl Walk<'_> {
             let Some((at, e)) = records.stopped() else {
                 break;
             };
-            match tail::classify(bytes, *at, e, newest) {
+            let role = match newest {
+                true => Role::Newest {
+                    version: record::segment_version(bytes),
+                    file_id,
+                    seed: self.seed.as_ref(),
+                },
+                false => Role::Sealed,
+            };
+            match tail::classify(bytes, *at, e, role) {
                 Stop::Torn { reason } => {
                     self.report.torn_tail = Some(Damage {
                         path: path.to_owned(),
@@ -320,6 +341,10 @@ impl Walk<'_> {
     }
 
     fn record(&mut self, loc: Loc, rec: RecordRef<'_>, path: &Path) {
+        if rec.kind == Kind::Sync {
+            self.report.sync_points += 1;
+            return;
+        }
         self.report.records += 1;
         if self.report.records.is_multiple_of(PROGRESS_EVERY) {
             (self.progress)(self.done + loc.offset(), self.total);
@@ -327,10 +352,17 @@ impl Walk<'_> {
         if codec::split_key(rec.key).is_none() {
             return self.damage(path, loc.offset(), "record key is malformed");
         }
-        if rec.kind == Kind::Put
-            && codec::decode_key(rec.key).is_some()
-            && let Err(reason) = codec::decode_value(rec.value)
-        {
+        let item = codec::split_key(rec.key).map(|(_, item)| codec::classify_item(item));
+        let decoded = match (rec.kind, item) {
+            (Kind::Put, Some(codec::Item::Campaign(_))) if codec::decode_key(rec.key).is_some() => {
+                codec::decode_value(rec.value).map(drop)
+            }
+            (Kind::Put, Some(codec::Item::Feature(_))) => {
+                codec::decode_feature_record(rec.key, rec.value).map(drop)
+            }
+            _ => Ok(()),
+        };
+        if let Err(reason) = decoded {
             self.damage(
                 path,
                 loc.offset(),
@@ -342,6 +374,7 @@ impl Walk<'_> {
             Newest {
                 loc,
                 put: rec.kind == Kind::Put,
+                feature: matches!(item, Some(codec::Item::Feature(_))),
                 indexed: false,
             },
         );
@@ -413,7 +446,10 @@ impl Walk<'_> {
                 match self.newest.get_mut(&print) {
                     Some(newest) if newest.loc == loc => {
                         newest.indexed = true;
-                        self.report.mappings += 1;
+                        match newest.feature {
+                            true => self.report.feature_records += 1,
+                            false => self.report.mappings += 1,
+                        }
                     }
                     Some(newest) => {
                         let (seg, off) = (newest.loc.segment(), newest.loc.offset());
@@ -462,7 +498,10 @@ impl Walk<'_> {
     }
 
     fn count_live_without_index(&mut self) {
-        self.report.mappings = self.newest.values().filter(|n| n.put).count() as u64;
+        let live = self.newest.values().filter(|n| n.put);
+        let features = live.clone().filter(|n| n.feature).count() as u64;
+        self.report.feature_records = features;
+        self.report.mappings = live.count() as u64 - features;
     }
 }
 
@@ -486,6 +525,8 @@ pub(crate) fn check_engine(
         done: 0,
         total,
         progress,
+        // The file the engine loaded its seed from (it never rewrites it while open).
+        seed: seed::read(&*engine.vfs, &engine.dir)?.ok(),
     };
     let hasher = Ok(engine.index.hasher().clone());
     let listing = dir::list(&*engine.vfs, &engine.dir)?;
@@ -627,7 +668,8 @@ pub fn verify_dir_with_progress(
             path: dir.to_owned(),
         });
     }
-    let _lock = dir::lock(dir)?;
+    // Shared: other readers may look too, a writer may not open meanwhile; nothing is created.
+    let _lock = dir::lock(dir, true)?;
     let vfs = StdVfs;
     let listing = dir::list(&vfs, dir)?;
     let mut total = 0;
@@ -647,10 +689,13 @@ pub fn verify_dir_with_progress(
         done: 0,
         total,
         progress: &mut progress,
+        seed: None,
     };
     // Read, never made: checking a store writes nothing. The colliding test mode is not known here; a store
     // written in it would have its hints reported as made with another seed.
-    let hasher = match seed::read(&vfs, dir)? {
+    let seed_file = seed::read(&vfs, dir)?;
+    walk.seed = seed_file.as_ref().ok().copied();
+    let hasher = match seed_file {
         Ok(seed) => Ok(KeyHasher::new(seed, false)),
         Err(None) => Err(format!("{} is missing", seed::SEED_FILE)),
         Err(Some(reason)) => Err(format!("{}: {reason}", seed::SEED_FILE)),

@@ -9,18 +9,19 @@
 //! Read path: hash the key once, copy the candidate locations out of one index shard (no lock kept), read each
 //! record from its segment and keep the one whose full key matches.
 
+mod backup;
 mod compaction;
 mod open;
+mod waiters;
 mod write;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 
 use crate::codec;
-use crate::dir;
+use crate::dir::{self, DirLock};
 use crate::durability::GroupCommit;
 use crate::index::{Index, Loc};
 use crate::manifest::Manifest;
@@ -30,7 +31,9 @@ use crate::segment::Segment;
 use crate::vfs::Vfs;
 use crate::{Error, Result};
 
+pub use backup::BackupReport;
 pub(crate) use compaction::CompactionWorker;
+pub(crate) use waiters::Committer;
 pub use write::Batch;
 use write::LogState;
 
@@ -51,8 +54,10 @@ pub(crate) struct Engine {
     pub(crate) counters: Counters,
     /// Compaction's own state: one pass at a time, its counters, the background thread's wake-up.
     pub(crate) compaction: compaction::Compaction,
+    /// The process that opened the store: a forked child must not use it.
+    pid: u32,
     /// Held (flock) for the engine's lifetime, so a second process cannot open the directory.
-    _lock: File,
+    _lock: DirLock,
 }
 
 /// While it lives, no write and no compaction runs; readers go on.
@@ -113,7 +118,24 @@ impl Engine {
         self.poison.get().is_some()
     }
 
+    /// True in a process forked from the one that opened the store.
+    pub(crate) fn forked(&self) -> bool {
+        std::process::id() != self.pid
+    }
+
+    /// Whether writes may go ahead: not read-only, not in a forked child, not poisoned.
     fn check_poison(&self) -> Result<()> {
+        if self.options.read_only {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        }
+        if self.forked() {
+            return Err(Error::Forked {
+                path: self.dir.clone(),
+                opened_by: self.pid,
+            });
+        }
         match self.poison.get() {
             Some(reason) => Err(Error::Poisoned {
                 reason: reason.clone(),
@@ -344,8 +366,10 @@ impl<T> Iterator for Scan<'_, T> {
             match self.read(loc) {
                 Ok(Some(value)) => return Some(Ok(value)),
                 Ok(None) => {}
+                // A damaged record is reported and the walk goes on: one bad record must not hide the rest.
+                Err(e) if e.is_corruption() => return Some(Err(e)),
                 Err(e) => {
-                    // A damaged record ends the walk: the caller sees the error once, not a stream of them.
+                    // The OS refused (an I/O error): later reads would likely fail the same way.
                     self.failed = true;
                     return Some(Err(e));
                 }

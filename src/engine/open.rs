@@ -6,7 +6,6 @@
 //! found it); damage is reported as [`Error::Corrupted`] with the file and offset.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -23,7 +22,7 @@ use crate::options::Options;
 use crate::record::{self, Kind, Records};
 use crate::seed::{self, KeyHasher};
 use crate::segment::Segment;
-use crate::tail::{self, Stop};
+use crate::tail::{self, Role, Stop};
 use crate::vfs::{VFile, Vfs};
 use crate::{Error, Result};
 
@@ -36,11 +35,19 @@ impl Engine {
                 path: dir.to_owned(),
             });
         }
-        fs::create_dir_all(dir).map_err(|e| Error::io("create store directory", dir, e))?;
-        let lock = dir::lock(dir)?;
+        let read_only = options.read_only;
+        if read_only && !dir.is_dir() {
+            return Err(Error::NotADirectory {
+                path: dir.to_owned(),
+            });
+        }
+        if !read_only {
+            dir::create(dir)?;
+        }
+        let lock = dir::lock(dir, read_only)?;
 
         let listing = dir::list(&*vfs, dir)?;
-        for name in &listing.leftovers {
+        for name in listing.leftovers.iter().filter(|_| !read_only) {
             log::warn!(
                 "removing {} in {}, left over from an interrupted write",
                 name.display(),
@@ -51,17 +58,27 @@ impl Engine {
                 .map_err(|e| Error::io("remove temporary file", &path, e))?;
         }
         // After the *.tmp cleanup (which takes a left-over SEED.tmp) and before anything is hashed.
-        let seed = seed::load_or_create(&*vfs, dir)?;
+        let seed = match read_only {
+            false => seed::load_or_create(&*vfs, dir)?,
+            // Without a seed no hint can be used; a reader scans instead of making one.
+            true => seed::read(&*vfs, dir)?.unwrap_or_else(|_| seed::Seed::random()),
+        };
         let (mut manifest, mut dirty) = match manifest::read(&*vfs, dir)? {
             Some(manifest) => (manifest, false),
             None => (legacy_manifest(&*vfs, dir, &listing)?, true),
         };
-        dirty |= reconcile(&*vfs, dir, &mut manifest, &listing)?;
+        dirty |= reconcile(&*vfs, dir, &mut manifest, &listing, read_only)?;
 
         let (active, newest_bytes, torn) = match listing.segments.binary_search(&manifest.active) {
             Ok(_) => {
-                let (segment, bytes, torn) = open_newest(&*vfs, dir, manifest.active)?;
+                let (segment, bytes, torn) = open_newest(&*vfs, dir, manifest.active, &seed)?;
                 (segment, Some(bytes), torn)
+            }
+            Err(_) if read_only && manifest.sealed.is_empty() && manifest.generation == 0 => {
+                return Err(Error::InvalidOption {
+                    option: "read_only",
+                    reason: format!("there is no store in {} to open read-only", dir.display()),
+                });
             }
             // A store that has never had a segment: its first one.
             Err(_) if manifest.sealed.is_empty() && manifest.generation == 0 => {
@@ -105,12 +122,14 @@ impl Engine {
                 active: Arc::clone(&active),
                 written: 0,
                 crc,
+                sync_key: seed,
             }),
             manifest: Mutex::new(manifest),
             commit: GroupCommit::default(),
             poison: OnceLock::new(),
             counters: Counters::default(),
             compaction: Compaction::default(),
+            pid: std::process::id(),
             _lock: lock,
         };
         // Size the index once for everything the hints list, instead of doubling every shard ~20 times and
@@ -142,9 +161,17 @@ impl Engine {
             engine.replay_all(active.id(), &bytes)?;
         }
         if let Some(torn) = torn {
-            torn.cut()?;
+            match read_only {
+                false => torn.cut()?,
+                true => log::warn!(
+                    "{}: a torn write of {} bytes at offset {} is ignored (read-only)",
+                    torn.path.display(),
+                    torn.cut,
+                    torn.at
+                ),
+            }
         }
-        if dirty {
+        if dirty && !read_only {
             let engine_dir = engine.dir.clone();
             let vfs = Arc::clone(&engine.vfs);
             engine
@@ -153,6 +180,11 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .write(&*vfs, &engine_dir)
                 .map_err(|(e, _)| e)?;
+        }
+        if !read_only {
+            // A newest segment of an older format has no sync points: seal it, so that every write from now on
+            // lands in a segment that has them.
+            engine.seal_older_format()?;
         }
         Ok(engine)
     }
@@ -204,7 +236,9 @@ impl Engine {
                         path.display()
                     );
                     // Gone, so that a sound one is written in its place.
-                    let _ = self.vfs.remove_file(&hint_path);
+                    if !self.options.read_only {
+                        let _ = self.vfs.remove_file(&hint_path);
+                    }
                     if let Some(e) = self.manifest_mut().sealed_entry(id) {
                         e.hint = 0;
                     }
@@ -222,7 +256,7 @@ impl Engine {
         records.by_ref().for_each(drop);
         if let Some((at, e)) = records.stopped() {
             let (Stop::Damaged { reason, .. } | Stop::Torn { reason }) =
-                tail::classify(bytes, *at, e, false);
+                tail::classify(bytes, *at, e, Role::Sealed);
             return Err(Error::corrupted(&path, *at as u64, reason));
         }
         self.replay_all(id, bytes)?;
@@ -296,6 +330,10 @@ impl Engine {
             for entry in batch {
                 let loc = Loc::new(segment.id(), entry.offset);
                 match entry.kind {
+                    Kind::Sync => {
+                        segment.add_dead(entry.len);
+                        continue;
+                    }
                     Kind::Put if self.index.unshared().insert_new_hash(entry.hash, loc) => continue,
                     Kind::Delete if self.index.unshared().candidates(entry.hash).is_empty() => {
                         segment.add_dead(entry.len);
@@ -327,6 +365,11 @@ impl Engine {
     fn replay_all(&mut self, id: u32, bytes: &[u8]) -> Result<()> {
         for (offset, rec) in Records::new(bytes) {
             let loc = Loc::new(id, offset as u64);
+            if rec.kind == Kind::Sync {
+                // Only recovery reads sync points (tail.rs); to the index they are dead bytes from birth.
+                self.replay(loc, 0, rec.kind, rec.key, rec.len() as u64)?;
+                continue;
+            }
             let Some((user_id, item)) = codec::split_key(rec.key) else {
                 return Err(self.corrupted_at(loc, "record key is malformed".into()));
             };
@@ -341,6 +384,12 @@ impl Engine {
     /// owns the engine alone, so it works on the index and the segment table without their locks.
     fn replay(&mut self, loc: Loc, hash: u64, kind: Kind, key: &[u8], len: u64) -> Result<()> {
         let segments = self.segments.get_mut().unwrap_or_else(|e| e.into_inner());
+        if kind == Kind::Sync {
+            if let Some(segment) = segments.get(&loc.segment()) {
+                segment.add_dead(len);
+            }
+            return Ok(());
+        }
         let mut index = self.index.unshared();
         let mut old = None;
         for candidate in index.candidates(hash).iter() {
@@ -375,7 +424,7 @@ impl Engine {
                 mark_dead(old_loc, old_len);
                 mark_dead(loc, len);
             }
-            (Kind::Delete, None) => mark_dead(loc, len),
+            (Kind::Delete, None) | (Kind::Sync, _) => mark_dead(loc, len),
         }
         Ok(())
     }
@@ -397,8 +446,14 @@ enum Hint {
 /// Why a hint file was not used.
 struct HintRefused(String);
 
-/// Opens the newest segment as the active one, finding a torn tail (cut later); returns it with its bytes.
-fn open_newest(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(Segment, Vec<u8>, Option<TornTail>)> {
+/// Opens the newest segment as the active one, finding a torn tail (cut later); returns it with its bytes. `seed`
+/// authenticates its sync points.
+fn open_newest(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    id: u32,
+    seed: &seed::Seed,
+) -> Result<(Segment, Vec<u8>, Option<TornTail>)> {
     let segment = Segment::open(vfs, dir, id)?;
     let path = segment.path().to_owned();
     let mut bytes = vec![0u8; usize::try_from(segment.len()).unwrap_or(usize::MAX)];
@@ -412,7 +467,12 @@ fn open_newest(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(Segment, Vec<u8>, 
     let mut torn = None;
     if let Some((end, e)) = records.stopped() {
         let end = *end;
-        match tail::classify(&bytes, end, e, true) {
+        let role = Role::Newest {
+            version: segment.version(),
+            file_id: id,
+            seed: Some(seed),
+        };
+        match tail::classify(&bytes, end, e, role) {
             Stop::Damaged { reason, .. } => {
                 return Err(Error::corrupted(&path, end as u64, reason));
             }
@@ -517,15 +577,21 @@ fn legacy_manifest(vfs: &dyn Vfs, dir: &Path, listing: &Listing) -> Result<Manif
 /// Brings the directory in line with the manifest before anything is read: files the manifest retired or never
 /// committed are removed, hint files it does not name are removed; a file it names that is missing, or a segment
 /// file it does not know, is an error naming the file. Returns true when the manifest changed.
+/// A reader (`read_only`) removes nothing: it leaves left-overs where they are and ignores them.
 fn reconcile(
     vfs: &dyn Vfs,
     dir: &Path,
     manifest: &mut Manifest,
     listing: &Listing,
+    read_only: bool,
 ) -> Result<bool> {
     let mut changed = false;
     let named = |id: u32| id == manifest.active || manifest.sealed.iter().any(|s| s.file_id == id);
     let remove = |path: &Path, why: &str| -> Result<()> {
+        if read_only {
+            log::warn!("ignoring {}: {why}", path.display());
+            return Ok(());
+        }
         log::warn!("removing {}: {why}", path.display());
         vfs.remove_file(path)
             .map_err(|e| Error::io("remove file", path, e))
@@ -590,7 +656,7 @@ fn reconcile(
         manifest.retired.clear();
         changed = true;
     }
-    if removed {
+    if removed && !read_only {
         dir::sync_dir(vfs, dir)?;
     }
     Ok(changed)

@@ -222,8 +222,8 @@ fn damage_under_a_hint_is_reported_on_read() {
         }
     }
     assert_eq!(errors, 1, "exactly the damaged record is refused");
-    // Compaction refuses to copy it rather than spreading it.
-    assert!(store.compact().is_err() || store.stats().compactions == 0);
+    // Compaction refuses to copy it rather than spreading it: the damaged segment stays as it is.
+    assert!(store.compact().is_err() || std::fs::read(&seg).ok().as_ref() == Some(&bytes));
 }
 
 #[test]
@@ -320,11 +320,14 @@ fn a_missing_or_damaged_seed_is_replaced_and_the_hints_of_the_old_one_are_not_us
             0,
             "{what}: no hint of the old seed is used"
         );
+        assert_eq!(store.stats().segments - 1, sealed, "{what}");
         let new = std::fs::read(&seed).expect("a new seed file");
         assert_eq!(new.len(), 32, "{what}");
         assert_ne!(new, good, "{what}");
-        // The next compaction writes hints under the new seed, and the next open uses all of them.
+        // The next compaction writes hints under the new seed, and the next open uses all of them. (It may seal
+        // the active segment first, for the sync point closing left there, so count the sealed ones again.)
         store.compact().expect("compact");
+        let sealed = store.stats().segments - 1;
         assert_eq!(store.stats().hint_files, sealed, "{what}");
         drop(store);
         let store = check(copy.path(), &model, &format!("{what}, hints rewritten"));
@@ -377,6 +380,8 @@ fn hints_made_with_colliding_hashes_are_not_used_with_real_ones_and_back() {
     let store = open_check(manual(), "real hashes, colliding hints");
     assert_eq!(store.stats().hint_files, 0);
     store.compact().expect("compact");
+    // The pass may seal the active segment (for the sync point closing left there): count the sealed ones again.
+    let sealed = store.stats().segments - 1;
     drop(store);
     let store = open_check(manual(), "real hashes, from hints");
     assert_eq!(store.stats().hint_files, sealed);
@@ -395,6 +400,8 @@ fn a_version_1_hint_is_ignored_and_rewritten() {
     let store = check(dir.path(), &model, "version 1 hint");
     assert_eq!(store.stats().hint_files, sealed - 1);
     store.compact().expect("compact");
+    // The pass may seal the active segment (for the sync point closing left there): count the sealed ones again.
+    let sealed = store.stats().segments - 1;
     drop(store);
     let store = check(dir.path(), &model, "rewritten");
     assert_eq!(store.stats().hint_files, sealed);

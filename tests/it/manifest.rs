@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ussdb::{Error, Store};
 
-use crate::common::{copy_dir, map, open, segment_files, small_segments, tempdir};
+use crate::common::{copy_dir, crc32, map, open, segment_files, small_segments, tempdir};
 
 /// A store of several sealed segments (with hint files) and an active one, every user's "c" mapping overwritten
 /// and a few deleted, so that losing any one file changes what it holds.
@@ -222,20 +222,4 @@ fn files_an_interrupted_rotation_left_behind_are_removed() {
     check_contents(&store, &expected);
     assert!(!stray.exists());
     assert!(store.verify().expect("verify").is_clean());
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    // The same CRC-32 (IEEE) the format uses, bit by bit: tests need no extra dependency for one header.
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }

@@ -201,7 +201,7 @@ impl Engine {
             return Err(Error::InvalidOption {
                 option: "segment_size",
                 reason: format!(
-                    "the store has used all {MAX_SEGMENT_ID} segment ids; reopen it or use larger segments"
+                    "the store has used all {MAX_SEGMENT_ID} segment ids; use larger segments (see docs/GUIDE.md, Limits)"
                 ),
             });
         }
@@ -270,6 +270,10 @@ impl Engine {
                         std::io::Error::other("the store is closing"),
                     ));
                 }
+                if rec.kind == Kind::Sync {
+                    // A sync point vouches for the bytes of its own segment; the copy is sealed and needs none.
+                    continue;
+                }
                 let encoded = bytes.get(offset..offset + rec.len()).unwrap_or_default();
                 let here = Loc::new(segment.id(), offset as u64);
                 let Some((user_id, item)) = codec::split_key(rec.key) else {
@@ -283,6 +287,7 @@ impl Engine {
                 let keep = match rec.kind {
                     Kind::Put => self.index.candidates(hash).iter().any(|loc| loc == here),
                     Kind::Delete => !oldest && self.find_key(hash, rec.key)?.is_none(),
+                    Kind::Sync => false,
                 };
                 if !keep {
                     continue;
