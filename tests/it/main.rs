@@ -27,5 +27,6 @@ mod recovery;
 mod repair;
 mod scale;
 mod sdk;
+mod simfs;
 mod sync_points;
 mod verify;
