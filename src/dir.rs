@@ -14,6 +14,13 @@ use crate::{Error, Result};
 
 /// Name of the lock file in a store directory.
 pub(crate) const LOCK_FILE: &str = "LOCK";
+/// The control file of the multi-process mode (`Options::shared`): mapped by every process, and locked shared
+/// (flock) by each for as long as it has the store open.
+pub(crate) const CONTROL_FILE: &str = "SHARED";
+/// Locked (flock, exclusive) around each group of appends in the multi-process mode.
+pub(crate) const APPEND_LOCK_FILE: &str = "APPEND.lock";
+/// Locked (flock, exclusive) around each compaction pass in the multi-process mode.
+pub(crate) const COMPACT_LOCK_FILE: &str = "COMPACT.lock";
 /// File name suffix of segments.
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
 /// Suffix of files being written that are not yet part of the store; removed on open.
@@ -142,6 +149,10 @@ pub(crate) fn lock(dir: &Path, shared: bool) -> Result<DirLock> {
     let dir_file = fs::File::open(dir).map_err(|e| Error::io("open store directory", dir, e))?;
     let lock_path = dir.join(LOCK_FILE);
     wait_for_lock(&dir_file, shared).map_err(|e| match e {
+        LockError::Held if !shared && held_in_shared_mode(dir) => Error::LockMode {
+            path: dir.to_owned(),
+            held_shared: true,
+        },
         LockError::Held => Error::Locked {
             path: lock_path.clone(),
         },
@@ -158,6 +169,33 @@ pub(crate) fn lock(dir: &Path, shared: bool) -> Result<DirLock> {
         _dir: dir_file,
         _file: Some(file),
     })
+}
+
+/// Takes the directory lock of the multi-process mode: shared (flock) on the directory, like a reader, so that
+/// any number of multi-process openers share it while a single-process writer (exclusive) and they refuse each
+/// other. The appends' and compaction's own locks are taken by the engine (`engine/shared.rs`).
+pub(crate) fn lock_multi_process(dir: &Path) -> Result<DirLock> {
+    let dir_file = fs::File::open(dir).map_err(|e| Error::io("open store directory", dir, e))?;
+    wait_for_lock(&dir_file, true).map_err(|e| match e {
+        LockError::Held => Error::LockMode {
+            path: dir.to_owned(),
+            held_shared: false,
+        },
+        LockError::Io(e) => Error::io("lock store directory", dir, e),
+    })?;
+    Ok(DirLock {
+        _dir: dir_file,
+        _file: None,
+    })
+}
+
+/// True when some process holds the control file of the multi-process mode (so the directory's shared lock is
+/// theirs, not a reader's): used only to word the error.
+fn held_in_shared_mode(dir: &Path) -> bool {
+    let Ok(file) = fs::File::open(dir.join(CONTROL_FILE)) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
 }
 
 enum LockError {

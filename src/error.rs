@@ -79,6 +79,13 @@ pub enum Error {
         /// The lock file that is held.
         path: PathBuf,
     },
+    /// The directory is open in the other mode: multi-process (`Options::shared`) against single-process.
+    LockMode {
+        /// The store's directory.
+        path: PathBuf,
+        /// True when the other process has it open in multi-process mode.
+        held_shared: bool,
+    },
     /// The path given to `open` exists and is not a directory.
     NotADirectory {
         /// The path.
@@ -305,6 +312,24 @@ impl fmt::Display for Error {
                 "the store is already open (lock {} is held by another process or handle)",
                 path.display()
             ),
+            Error::LockMode {
+                path,
+                held_shared: true,
+            } => write!(
+                f,
+                "the store in {} is open in multi-process mode (Options::shared) by another process; open it \
+                 with Options::shared(true) too, or close the others first",
+                path.display()
+            ),
+            Error::LockMode {
+                path,
+                held_shared: false,
+            } => write!(
+                f,
+                "the store in {} is open by another process in single-process mode; open it everywhere with \
+                 Options::shared(true) to share it between processes",
+                path.display()
+            ),
             Error::NotADirectory { path } => {
                 write!(f, "{} exists and is not a directory", path.display())
             }
@@ -316,7 +341,8 @@ impl fmt::Display for Error {
             Error::Forked { path, opened_by } => write!(
                 f,
                 "the store in {} was opened by process {opened_by} before this process was forked; open it \
-                 after forking, in the process that uses it (for example in gunicorn's post_fork hook)",
+                 after forking, in the process that uses it (gunicorn: open it in the post_fork hook or lazily in \
+                 the worker, not at import in the master; uWSGI: lazy-apps = true)",
                 path.display()
             ),
             Error::Poisoned { reason } => write!(

@@ -90,6 +90,7 @@ mod record;
 mod vfs;
 // storage: bytes on disk
 mod codec;
+mod control;
 mod dir;
 mod hint;
 mod index;

@@ -16,6 +16,7 @@ pub struct Options {
     pub(crate) compaction_threshold: f64,
     pub(crate) auto_compaction: bool,
     pub(crate) read_only: bool,
+    pub(crate) shared: bool,
 }
 
 /// The default [`Options::compaction_threshold`]: a sealed segment is compacted once half of it is dead.
@@ -38,6 +39,7 @@ impl Default for Options {
             compaction_threshold: DEFAULT_COMPACTION_THRESHOLD,
             auto_compaction: true,
             read_only: false,
+            shared: false,
         }
     }
 }
@@ -84,6 +86,21 @@ impl Options {
         self
     }
 
+    /// Lets several processes open the store at once (default off): the multi-process mode that web servers with
+    /// worker processes need (gunicorn `-w 4`, uWSGI, node:cluster, PM2). Every process holds a shared lock on
+    /// the directory; appends take a cross-process lock (released by the kernel if its holder dies) one at a
+    /// time, reads take none. A `set` that returned in one process is seen by every `get` that starts after it
+    /// in any other. Compaction runs in one process at a time; the others pick up its result as they read.
+    ///
+    /// A store open in this mode refuses an opener without it, and the other way round
+    /// ([`Error::LockMode`]). Each read first compares one word of the shared control file (`SHARED`) with what
+    /// the process has seen; only when another process wrote does it read their records. See docs/DESIGN.md,
+    /// "Several processes".
+    pub fn shared(mut self, on: bool) -> Options {
+        self.shared = on;
+        self
+    }
+
     /// Uses a different file layer (for fault-injection tests).
     #[doc(hidden)]
     pub fn vfs(mut self, vfs: Arc<dyn Vfs>) -> Options {
@@ -112,6 +129,15 @@ impl Options {
             return Err(Error::InvalidOption {
                 option: "compaction_threshold",
                 reason: format!("{} is outside 0.0..=1.0", self.compaction_threshold),
+            });
+        }
+        if self.shared && self.read_only {
+            return Err(Error::InvalidOption {
+                option: "shared",
+                reason:
+                    "a read-only store does not follow other processes' writes; open it shared and \
+                         writable, or read-only alone"
+                        .into(),
             });
         }
         if let Durability::Periodic(interval) = self.durability

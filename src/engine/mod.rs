@@ -12,6 +12,7 @@
 mod backup;
 mod compaction;
 mod open;
+mod shared;
 mod waiters;
 mod write;
 
@@ -54,8 +55,12 @@ pub(crate) struct Engine {
     pub(crate) counters: Counters,
     /// Compaction's own state: one pass at a time, its counters, the background thread's wake-up.
     pub(crate) compaction: compaction::Compaction,
-    /// The process that opened the store: a forked child must not use it.
+    /// The process that opened the store (named in the error a forked child gets).
     pid: u32,
+    /// `map::fork_generation()` at open: a forked child sees a higher count and must not use the store.
+    forks: u64,
+    /// The multi-process mode's state (`Options::shared`); `None` for a single process.
+    shared: Option<shared::SharedMode>,
     /// Held (flock) for the engine's lifetime, so a second process cannot open the directory.
     _lock: DirLock,
 }
@@ -63,7 +68,33 @@ pub(crate) struct Engine {
 /// While it lives, no write and no compaction runs; readers go on.
 pub(crate) struct Quiet<'a> {
     _pass: MutexGuard<'a, ()>,
-    _log: MutexGuard<'a, LogState>,
+    _log: LogGuard<'a>,
+}
+
+/// The log mutex held; in the multi-process mode also the append lock, with the index caught up with the other
+/// processes (`shared.rs`). Dropping it publishes what was appended, then unlocks.
+pub(crate) struct LogGuard<'a> {
+    engine: &'a Engine,
+    log: MutexGuard<'a, LogState>,
+}
+
+impl std::ops::Deref for LogGuard<'_> {
+    type Target = LogState;
+    fn deref(&self) -> &LogState {
+        &self.log
+    }
+}
+
+impl std::ops::DerefMut for LogGuard<'_> {
+    fn deref_mut(&mut self) -> &mut LogState {
+        &mut self.log
+    }
+}
+
+impl Drop for LogGuard<'_> {
+    fn drop(&mut self) {
+        self.engine.end_append(&self.log);
+    }
 }
 
 /// Counters of the engine's work since open, for `Stats`.
@@ -90,8 +121,10 @@ impl Engine {
         self.segments.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_log(&self) -> MutexGuard<'_, LogState> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_log(&self) -> LogGuard<'_> {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        self.begin_append(&mut log);
+        LogGuard { engine: self, log }
     }
 
     fn lock_manifest(&self) -> MutexGuard<'_, Manifest> {
@@ -118,9 +151,18 @@ impl Engine {
         self.poison.get().is_some()
     }
 
-    /// True in a process forked from the one that opened the store.
+    /// True in a process forked from the one that opened the store (one relaxed load: reads check it too).
+    #[inline]
     pub(crate) fn forked(&self) -> bool {
-        std::process::id() != self.pid
+        crate::map::fork_generation() != self.forks
+    }
+
+    /// The error for a use of the store in a forked child.
+    fn forked_error(&self) -> Error {
+        Error::Forked {
+            path: self.dir.clone(),
+            opened_by: self.pid,
+        }
     }
 
     /// Whether writes may go ahead: not read-only, not in a forked child, not poisoned.
@@ -131,10 +173,7 @@ impl Engine {
             });
         }
         if self.forked() {
-            return Err(Error::Forked {
-                path: self.dir.clone(),
-                opened_by: self.pid,
-            });
+            return Err(self.forked_error());
         }
         match self.poison.get() {
             Some(reason) => Err(Error::Poisoned {
@@ -178,6 +217,22 @@ impl Engine {
         decode: impl Fn(&[u8]) -> std::result::Result<T, String>,
     ) -> Result<Option<T>> {
         let hash = self.index.hasher().hash(user_id.as_bytes(), item);
+        loop {
+            let epoch = self.observe()?;
+            let found = self.get_once(hash, user_id, item, &decode);
+            if self.settled(epoch) {
+                return found;
+            }
+        }
+    }
+
+    fn get_once<T>(
+        &self,
+        hash: u64,
+        user_id: &str,
+        item: &[u8],
+        decode: &impl Fn(&[u8]) -> std::result::Result<T, String>,
+    ) -> Result<Option<T>> {
         let mut moved = None;
         'lookup: for _ in 0..MAX_LOOKUPS {
             for loc in self.index.candidates(hash).iter() {
@@ -208,6 +263,20 @@ impl Engine {
         &self,
         user_id: &str,
         decode: impl Fn(&[u8], &[u8]) -> std::result::Result<Option<T>, String>,
+    ) -> Result<Vec<T>> {
+        loop {
+            let epoch = self.observe()?;
+            let found = self.items_once(user_id, &decode);
+            if self.settled(epoch) {
+                return found;
+            }
+        }
+    }
+
+    fn items_once<T>(
+        &self,
+        user_id: &str,
+        decode: &impl Fn(&[u8], &[u8]) -> std::result::Result<Option<T>, String>,
     ) -> Result<Vec<T>> {
         let user_part = self.index.hasher().user_part(user_id.as_bytes());
         let mut moved = None;
@@ -269,6 +338,7 @@ impl Engine {
 
     /// A walk over every live record, decoded by `decode` (`Ok(None)` skips a record).
     pub(crate) fn scan<T>(&self, decode: Decoder<T>) -> Scan<'_, T> {
+        let failed = self.observe().err();
         Scan {
             engine: self,
             decode,
@@ -276,6 +346,7 @@ impl Engine {
             pending: Vec::new().into_iter(),
             segments: BTreeMap::new(),
             failed: false,
+            refused: failed,
         }
     }
 }
@@ -296,6 +367,8 @@ pub(crate) struct Scan<'a, T> {
     pending: std::vec::IntoIter<Loc>,
     segments: BTreeMap<u32, Arc<Segment>>,
     failed: bool,
+    /// Why the walk cannot start (a forked child, a failed catch-up), yielded first.
+    refused: Option<Error>,
 }
 
 impl<T> std::fmt::Debug for Scan<'_, T> {
@@ -357,6 +430,10 @@ impl<T> Iterator for Scan<'_, T> {
     type Item = Result<T>;
 
     fn next(&mut self) -> Option<Result<T>> {
+        if let Some(e) = self.refused.take() {
+            self.failed = true;
+            return Some(Err(e));
+        }
         while !self.failed {
             let loc = match self.pending.next() {
                 Some(loc) => loc,

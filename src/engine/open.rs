@@ -44,10 +44,20 @@ impl Engine {
         if !read_only {
             dir::create(dir)?;
         }
-        let lock = dir::lock(dir, read_only)?;
+        // The multi-process mode (engine/shared.rs): a joiner (other processes have the store open) removes and
+        // rewrites nothing, since what looks left over may be a live process's.
+        let (lock, shared, hold) = match options.shared {
+            true => {
+                let (lock, shared, hold) = super::shared::open_locks(dir)?;
+                (lock, Some(shared), Some(hold))
+            }
+            false => (dir::lock(dir, read_only)?, None, None),
+        };
+        let join = hold.as_ref().is_some_and(|h| !h.alone);
+        let preserve = read_only || join;
 
         let listing = dir::list(&*vfs, dir)?;
-        for name in listing.leftovers.iter().filter(|_| !read_only) {
+        for name in listing.leftovers.iter().filter(|_| !preserve) {
             log::warn!(
                 "removing {} in {}, left over from an interrupted write",
                 name.display(),
@@ -67,7 +77,12 @@ impl Engine {
             Some(manifest) => (manifest, false),
             None => (legacy_manifest(&*vfs, dir, &listing)?, true),
         };
-        dirty |= reconcile(&*vfs, dir, &mut manifest, &listing, read_only)?;
+        let in_flight = manifest.retired.clone();
+        dirty |= reconcile(&*vfs, dir, &mut manifest, &listing, preserve)?;
+        if join {
+            // Retired ids may be a running compaction's: they stay until the compaction lock's holder clears them.
+            manifest.retired = in_flight;
+        }
 
         let (active, newest_bytes, torn) = match listing.segments.binary_search(&manifest.active) {
             Ok(_) => {
@@ -130,6 +145,8 @@ impl Engine {
             counters: Counters::default(),
             compaction: Compaction::default(),
             pid: std::process::id(),
+            forks: crate::map::fork_generation(),
+            shared,
             _lock: lock,
         };
         // Size the index once for everything the hints list, instead of doubling every shard ~20 times and
@@ -171,7 +188,7 @@ impl Engine {
                 ),
             }
         }
-        if dirty && !read_only {
+        if dirty && !preserve {
             let engine_dir = engine.dir.clone();
             let vfs = Arc::clone(&engine.vfs);
             engine
@@ -181,11 +198,14 @@ impl Engine {
                 .write(&*vfs, &engine_dir)
                 .map_err(|(e, _)| e)?;
         }
-        if !read_only {
+        // Everything this opener found is what the others see: published before any append.
+        engine.publish_opened();
+        if !preserve {
             // A newest segment of an older format has no sync points: seal it, so that every write from now on
             // lands in a segment that has them.
             engine.seal_older_format()?;
         }
+        drop(hold);
         Ok(engine)
     }
 

@@ -154,6 +154,10 @@ impl Engine {
     pub(crate) fn compact(&self, threshold: f64, seal_active: bool) -> Result<()> {
         let _pass = self.compaction.lock_pass();
         self.check_poison()?;
+        // One process at a time in the multi-process mode; the background pass skips while another compacts.
+        let Some(_cross) = self.lock_compaction(seal_active)? else {
+            return Ok(());
+        };
         let started = Instant::now();
         if seal_active {
             // A manual pass also reclaims what the active segment has lost, by sealing it first.
@@ -194,6 +198,9 @@ impl Engine {
     pub(crate) fn compact_range(&self, first: u32, last: u32) -> Result<()> {
         let _pass = self.compaction.lock_pass();
         self.check_poison()?;
+        let Some(_cross) = self.lock_compaction(true)? else {
+            return Ok(());
+        };
         let run: Vec<Arc<Segment>> = self
             .sealed_in_order()
             .into_iter()

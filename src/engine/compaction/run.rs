@@ -89,7 +89,7 @@ impl Engine {
         // A dropped record was made dead by a newer one that may still be unsynced in the active segment
         // (Periodic, Never, or an Immediate writer between its write and its fsync): make that durable before
         // the manifest retires the inputs, or a power cut would take both versions.
-        self.sync().map_err(abandon)?;
+        self.sync_before_retiring().map_err(abandon)?;
         if output.file.is_some() {
             self.install(file_id, &tmp, &hint_tmp).map_err(abandon)?;
         }
@@ -109,7 +109,16 @@ impl Engine {
             crc: output.crc,
             hint: hint::identity(&output.hint).unwrap_or_default(),
         });
-        match self.commit_manifest(&inputs, file_id, output_entry) {
+        // Multi-process mode: the inputs' index entries move below; until then a follow must leave them.
+        self.set_swapping(&inputs);
+        let committed = {
+            let _held = self.hold_for_manifest();
+            self.commit_manifest(&inputs, file_id, output_entry)
+        };
+        if committed.is_err() {
+            self.set_swapping(&[]);
+        }
+        match committed {
             Ok(()) => {}
             // The old manifest stays in force: the output was never part of the store.
             Err((e, false)) => return Err(abandon(e)),
@@ -147,6 +156,7 @@ impl Engine {
             }
         }
         self.take_out(run);
+        self.set_swapping(&[]);
         self.unlink(run).map_err(poisoning)?;
         self.finish_run(input_len, output.len);
         Ok(true)
@@ -208,6 +218,8 @@ impl Engine {
         let slot = log.next_id;
         log.next_id += 1;
         self.lock_manifest().retired.push(slot);
+        self.record_slot(slot)?;
+        drop(log);
         Ok(slot)
     }
 
@@ -411,6 +423,7 @@ impl Engine {
                 "write hint file",
             )?;
             // Vouched for by the manifest from now on; until then open removes it as unknown.
+            let held = self.hold_for_manifest();
             let mut manifest = self.lock_manifest();
             let mut next = manifest.clone();
             if let Some(entry) = next.sealed_entry(segment.file_id()) {
@@ -426,6 +439,7 @@ impl Engine {
                 }
             }
             drop(manifest);
+            drop(held);
             segment.set_hinted(true);
         }
         Ok(())
