@@ -23,6 +23,7 @@ mod locking;
 mod manifest;
 mod misuse;
 mod model;
+mod multiprocess;
 mod recovery;
 mod repair;
 mod scale;

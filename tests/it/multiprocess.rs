@@ -1,0 +1,414 @@
+//! The multi-process mode (`Options::shared`): several processes on one store. The children are this test
+//! binary itself, re-run with `USSDB_MP_ROLE` set: the test `multiprocess::child` does nothing without it.
+//!
+//! - `four_processes_agree_with_a_linearizable_history`: 4 processes do random get/set/delete/forget_user/compact
+//!   on a few keys; every read is checked against every process's acknowledged writes.
+//! - `killed_writers_lose_nothing_acknowledged`: processes are SIGKILLed at random while they write; the others
+//!   go on without an error, and every acknowledged write is there at the end (`USSDB_MP_KILLS` kills; a few
+//!   dozen by default).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ussdb::{Durability, Error, Options, Store};
+
+use crate::common::{map, tempdir};
+
+const ROLE: &str = "USSDB_MP_ROLE";
+const USERS: usize = 4;
+const CAMPAIGNS: usize = 3;
+
+fn shared_options() -> Options {
+    Options::default()
+        .shared(true)
+        .segment_size(4096)
+        .compaction_threshold(0.3)
+        .durability(Durability::Never)
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos()
+}
+
+/// A tiny deterministic generator (xorshift), seeded per child.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn spawn(role: &str, dir: &Path, log: &Path, seed: u64, extra: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+    cmd.args(["--exact", "multiprocess::child", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .env("USSDB_MP_DIR", dir)
+        .env("USSDB_MP_LOG", log)
+        .env("USSDB_MP_SEED", seed.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start a child process")
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+}
+
+/// The child side: runs when the parent set `USSDB_MP_ROLE`.
+#[test]
+fn child() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let dir = PathBuf::from(env("USSDB_MP_DIR"));
+    let log = PathBuf::from(env("USSDB_MP_LOG"));
+    let seed: u64 = env("USSDB_MP_SEED").parse().expect("seed");
+    match role.as_str() {
+        "model" => model_child(&dir, &log, seed),
+        "writer" => writer_child(&dir, &log, seed),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// One line per operation: `kind user campaign value start end` (value `-` for none).
+fn model_child(dir: &Path, log: &Path, seed: u64) {
+    let ops: usize = env("USSDB_MP_OPS").parse().expect("ops");
+    let store = Store::open_with(dir, shared_options()).expect("child opens the store");
+    let mut out = std::io::BufWriter::new(File::create(log).expect("create child log"));
+    // All four start together, so their operations overlap.
+    let go = PathBuf::from(env("USSDB_MP_GO"));
+    while !go.exists() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut rng = Rng(seed | 1);
+    for n in 0..ops {
+        let user = format!("u{}", rng.below(USERS));
+        let campaign = format!("c{}", rng.below(CAMPAIGNS));
+        let start = now_ns();
+        let (kind, value) = match rng.below(100) {
+            0..45 => {
+                let got = store.get(&user, &campaign).expect("get");
+                ("get", got.map(|m| m.variation_name))
+            }
+            45..80 => {
+                let value = format!("p{seed}-{n}");
+                store
+                    .set(&map(&user, &campaign, &value, None))
+                    .expect("set");
+                ("set", Some(value))
+            }
+            80..92 => {
+                store.delete(&user, &campaign).expect("delete");
+                ("delete", None)
+            }
+            92..98 => {
+                store.forget_user(&user).expect("forget_user");
+                ("forget", None)
+            }
+            _ => {
+                store.compact().expect("compact");
+                ("compact", None)
+            }
+        };
+        let end = now_ns();
+        writeln!(
+            out,
+            "{kind} {user} {campaign} {} {start} {end}",
+            value.as_deref().unwrap_or("-")
+        )
+        .expect("write child log");
+    }
+    out.flush().expect("flush child log");
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    kind: String,
+    user: String,
+    campaign: String,
+    value: Option<String>,
+    start: u128,
+    end: u128,
+}
+
+fn read_ops(path: &Path) -> Vec<Op> {
+    let file = File::open(path).expect("open child log");
+    BufReader::new(file)
+        .lines()
+        .map(|line| {
+            let line = line.expect("read child log");
+            let f: Vec<&str> = line.split(' ').collect();
+            assert_eq!(f.len(), 6, "bad log line {line:?}");
+            Op {
+                kind: f[0].to_owned(),
+                user: f[1].to_owned(),
+                campaign: f[2].to_owned(),
+                value: (f[3] != "-").then(|| f[3].to_owned()),
+                start: f[4].parse().expect("start"),
+                end: f[5].parse().expect("end"),
+            }
+        })
+        .collect()
+}
+
+/// Whether `get` may return `value` for its key given every write of that key: the value of a write that began
+/// before the read ended and that no other write wholly between it and the read's start replaced (`None`: the
+/// initial absence, a delete or a forget_user).
+fn allowed(get: &Op, writes: &[&Op]) -> bool {
+    let candidates = writes.iter().filter(|w| w.start < get.end);
+    let initial_ok = !writes.iter().any(|w| w.end < get.start);
+    if get.value.is_none() && initial_ok {
+        return true;
+    }
+    candidates
+        .filter(|w| w.value == get.value)
+        .any(|w| !writes.iter().any(|w2| w2.start > w.end && w2.end < get.start))
+}
+
+#[test]
+fn four_processes_agree_with_a_linearizable_history() {
+    let dir = tempdir();
+    let store_dir = dir.path().join("store");
+    let ops = std::env::var("USSDB_MP_OPS").unwrap_or_else(|_| "3000".into());
+    let go = dir.path().join("go");
+    let children: Vec<(Child, PathBuf)> = (0..4u64)
+        .map(|i| {
+            let log = dir.path().join(format!("model-{i}.log"));
+            let child = spawn(
+                "model",
+                &store_dir,
+                &log,
+                0x9e37_79b9 + i,
+                &[
+                    ("USSDB_MP_OPS", ops.clone()),
+                    ("USSDB_MP_GO", go.display().to_string()),
+                ],
+            );
+            (child, log)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    fs::write(&go, b"").expect("create the go file");
+    let mut all = Vec::new();
+    for (mut child, log) in children {
+        let status = child.wait().expect("wait for child");
+        assert!(status.success(), "a child failed: {status}");
+        all.extend(read_ops(&log));
+    }
+    let mut by_key: BTreeMap<(String, String), Vec<&Op>> = BTreeMap::new();
+    let forgets: Vec<&Op> = all.iter().filter(|o| o.kind == "forget").collect();
+    for op in &all {
+        if op.kind == "set" || op.kind == "delete" {
+            by_key
+                .entry((op.user.clone(), op.campaign.clone()))
+                .or_default()
+                .push(op);
+        }
+    }
+    let mut checked = 0;
+    let mut sets_seen_elsewhere = 0;
+    for get in all.iter().filter(|o| o.kind == "get") {
+        let mut writes = by_key
+            .get(&(get.user.clone(), get.campaign.clone()))
+            .cloned()
+            .unwrap_or_default();
+        writes.extend(forgets.iter().filter(|f| f.user == get.user));
+        assert!(
+            allowed(get, &writes),
+            "get of ({}, {}) in [{}, {}] returned {:?}, which no linearization allows; writes: {:#?}",
+            get.user,
+            get.campaign,
+            get.start,
+            get.end,
+            get.value,
+            writes
+        );
+        checked += 1;
+        if get.value.is_some() {
+            sets_seen_elsewhere += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} reads were checked");
+    assert!(sets_seen_elsewhere > 10, "reads saw almost no values");
+    // The store the four left behind opens alone and verifies clean.
+    let store = Store::open_with(&store_dir, shared_options()).expect("reopen");
+    let report = store.verify().expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// Writes its own keys (user `w<slot>`) in a loop until killed or told to stop, logging `begin key value` before
+/// and `ack key value` after each write (unbuffered: the lines survive SIGKILL), and checks that it reads its own
+/// writes and that reads of the other writers' keys do not fail.
+fn writer_child(dir: &Path, log: &Path, seed: u64) {
+    let slot = env("USSDB_MP_SLOT");
+    let stop = PathBuf::from(env("USSDB_MP_STOP"));
+    let options = shared_options().durability(Durability::Immediate);
+    let store = Store::open_with(dir, options).expect("writer opens the store");
+    let mut out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open writer log");
+    let mut rng = Rng(seed | 1);
+    let user = format!("w{slot}");
+    let mut n = 0u64;
+    while !stop.exists() {
+        n += 1;
+        let campaign = format!("c{}", rng.below(CAMPAIGNS));
+        let delete = rng.below(10) == 0;
+        let value = if delete {
+            "-".to_owned()
+        } else {
+            format!("s{seed}-{n}")
+        };
+        writeln!(out, "begin {user} {campaign} {value}").expect("log");
+        if delete {
+            store.delete(&user, &campaign).expect("delete");
+        } else {
+            store
+                .set(&map(&user, &campaign, &value, None))
+                .expect("set");
+        }
+        writeln!(out, "ack {user} {campaign} {value}").expect("log");
+        let got = store.get(&user, &campaign).expect("get own key");
+        let got = got.map_or_else(|| "-".to_owned(), |m| m.variation_name);
+        assert_eq!(got, value, "a writer did not read its own write");
+        let other = format!("w{}", rng.below(4));
+        store.get(&other, "c0").expect("get another writer's key");
+        if rng.below(200) == 0 {
+            store.compact().expect("compact");
+        }
+    }
+}
+
+#[test]
+fn killed_writers_lose_nothing_acknowledged() {
+    let kills: usize = std::env::var("USSDB_MP_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
+    let dir = tempdir();
+    let store_dir = dir.path().join("store");
+    let stop = dir.path().join("stop");
+    let logs: Vec<PathBuf> = (0..4)
+        .map(|i| dir.path().join(format!("writer-{i}.log")))
+        .collect();
+    let start = |slot: usize, generation: u64| {
+        spawn(
+            "writer",
+            &store_dir,
+            &logs[slot],
+            (slot as u64) << 32 | generation,
+            &[
+                ("USSDB_MP_SLOT", slot.to_string()),
+                ("USSDB_MP_STOP", stop.display().to_string()),
+            ],
+        )
+    };
+    let mut children: Vec<Child> = (0..4).map(|slot| start(slot, 0)).collect();
+    let mut rng = Rng(0x5eed);
+    for kill in 0..kills {
+        std::thread::sleep(Duration::from_millis(5 + rng.below(40) as u64));
+        let slot = rng.below(4);
+        let child = &mut children[slot];
+        if let Some(status) = child.try_wait().expect("poll child") {
+            panic!("writer {slot} stopped by itself: {status}");
+        }
+        child.kill().expect("SIGKILL a writer");
+        child.wait().expect("reap a writer");
+        children[slot] = start(slot, kill as u64 + 1);
+    }
+    fs::write(&stop, b"").expect("create the stop file");
+    for (slot, child) in children.iter_mut().enumerate() {
+        let status = child.wait().expect("wait for writer");
+        assert!(
+            status.success(),
+            "writer {slot} failed while others were killed: {status}"
+        );
+    }
+    let store = match Store::open_with(&store_dir, Options::default()) {
+        Ok(store) => store,
+        Err(e @ Error::Corrupted { .. }) => panic!("the store is damaged: {e}"),
+        Err(e) => panic!("reopen: {e}"),
+    };
+    let mut acked = 0;
+    for log in &logs {
+        // Per key: the value acknowledged last, and the values begun after it (in flight at a kill).
+        let mut state: BTreeMap<(String, String), (Option<String>, Vec<String>)> = BTreeMap::new();
+        let text = fs::read_to_string(log).expect("read writer log");
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() != 4 {
+                continue; // a line cut by the kill
+            }
+            let entry = state
+                .entry((f[1].to_owned(), f[2].to_owned()))
+                .or_default();
+            match f[0] {
+                "begin" => entry.1.push(f[3].to_owned()),
+                "ack" => {
+                    *entry = (Some(f[3].to_owned()), Vec::new());
+                    acked += 1;
+                }
+                _ => {}
+            }
+        }
+        for ((user, campaign), (last, in_flight)) in state {
+            let got = store
+                .get(&user, &campaign)
+                .expect("read after the kills")
+                .map_or_else(|| "-".to_owned(), |m| m.variation_name);
+            let ok = last.as_deref().is_none_or(|l| l == got)
+                || in_flight.contains(&got)
+                || (last.is_none() && got == "-");
+            assert!(
+                ok,
+                "({user}, {campaign}) reads {got:?}; acknowledged last {last:?}, in flight {in_flight:?}"
+            );
+        }
+    }
+    assert!(acked > kills, "only {acked} writes were acknowledged");
+    let report = store.verify().expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[test]
+fn single_and_multi_process_openers_refuse_each_other() {
+    let dir = tempdir();
+    let shared = Store::open_with(dir.path(), Options::default().shared(true)).expect("open shared");
+    let second = Store::open_with(dir.path(), Options::default().shared(true))
+        .expect("a second multi-process open in one process");
+    second.set(&map("u", "c", "v", None)).expect("set");
+    assert_eq!(
+        shared.get("u", "c").expect("get").map(|m| m.variation_name),
+        Some("v".to_owned())
+    );
+    match Store::open(dir.path()) {
+        Err(e @ Error::LockMode { .. }) => assert!(e.to_string().contains("shared(true)"), "{e}"),
+        other => panic!("a single-process open beside a shared one: {other:?}"),
+    }
+    drop((shared, second));
+    let single = Store::open(dir.path()).expect("open single");
+    match Store::open_with(dir.path(), Options::default().shared(true)) {
+        Err(e @ Error::LockMode { .. }) => assert!(e.to_string().contains("single-process"), "{e}"),
+        other => panic!("a shared open beside a single-process one: {other:?}"),
+    }
+    drop(single);
+}
