@@ -412,3 +412,62 @@ fn single_and_multi_process_openers_refuse_each_other() {
     }
     drop(single);
 }
+
+#[test]
+fn a_torn_append_of_a_dead_holder_is_cut_by_the_next_appender() {
+    let dir = tempdir();
+    let store = Store::open_with(dir.path(), Options::default().shared(true)).expect("open shared");
+    // Another handle, as another process would be.
+    let next = Store::open_with(dir.path(), Options::default().shared(true)).expect("open beside");
+    for i in 0..20 {
+        store
+            .set(&map("u", &format!("c{i}"), "before", None))
+            .expect("set");
+    }
+    let active = crate::common::segment_files(dir.path())
+        .pop()
+        .expect("a segment");
+    let clean_len = fs::metadata(&active).expect("segment length").len();
+    // What a writer killed in the middle of its pwrite leaves: part of a record past the published tail, and the
+    // control file's busy word (bytes 40..48, docs/FORMAT.md) still set.
+    let mut seg = OpenOptions::new()
+        .append(true)
+        .open(&active)
+        .expect("open the active segment");
+    // A put whose header promises 3000 bytes of value, cut off after 2000: longer than the next record, so an
+    // append over it would leave the rest behind.
+    let mut torn = vec![0x11, 0x22, 0x33, 0x44, 1, 5, 0, 0xb8, 0x0b, 0, 0];
+    torn.resize(2000, 0x5a);
+    seg.write_all(&torn).expect("append a torn record");
+    let control = OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("SHARED"))
+        .expect("open the control file");
+    std::os::unix::fs::FileExt::write_all_at(&control, &1u64.to_le_bytes(), 40)
+        .expect("set the busy word");
+    // The other handle appends next: it cuts the torn bytes first.
+    next.set(&map("u", "after", "v", None)).expect("set after the torn write");
+    let now = fs::metadata(&active).expect("segment length").len();
+    assert!(
+        now > clean_len && now < clean_len + 1000,
+        "the new record replaces the torn bytes ({clean_len} bytes before, {now} after)"
+    );
+    for i in 0..20 {
+        assert_eq!(
+            store
+                .get("u", &format!("c{i}"))
+                .expect("get")
+                .map(|m| m.variation_name),
+            Some("before".to_owned())
+        );
+    }
+    assert_eq!(
+        store.get("u", "after").expect("get").map(|m| m.variation_name),
+        Some("v".to_owned())
+    );
+    drop((store, next));
+    let reopened = Store::open(dir.path()).expect("reopen alone");
+    let report = reopened.verify().expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(reopened.stats().mappings, 21);
+}
