@@ -57,6 +57,8 @@ export interface StoreOptions {
    * openers may share the directory (a writer and a reader exclude each other).
    */
   readOnly?: boolean;
+  /** Multi-process mode: node:cluster / PM2 workers open one directory together (default true unless readOnly). */
+  shared?: boolean;
 }
 
 /** What `backup` copied. */

@@ -8,7 +8,7 @@
 const { fileURLToPath } = require('node:url');
 const native = require('./ussdb.node');
 
-const OPTIONS = ['durability', 'segmentSize', 'compactionThreshold', 'autoCompaction', 'readOnly'];
+const OPTIONS = ['durability', 'segmentSize', 'compactionThreshold', 'autoCompaction', 'readOnly', 'shared'];
 // "periodic": `set` returns after write(2) and a background thread fsyncs every 100 ms. The same default as the
 // Python binding: a process crash loses nothing, a power loss at most the last 100 ms, and a set costs no fsync.
 const DEFAULT_DURABILITY = 'periodic';
@@ -62,6 +62,7 @@ function openHandle(path, options) {
     compactionThreshold,
     autoCompaction = true,
     readOnly = false,
+    shared = !readOnly,
   } = options;
   if (typeof durability !== 'string') {
     throw typeError('options.durability', '"immediate", "periodic" or "never"', durability);
@@ -74,7 +75,8 @@ function openHandle(path, options) {
   }
   if (typeof autoCompaction !== 'boolean') throw typeError('options.autoCompaction', 'a boolean', autoCompaction);
   if (typeof readOnly !== 'boolean') throw typeError('options.readOnly', 'a boolean', readOnly);
-  return native.open(dirPath(path), durability, segmentSize, compactionThreshold, autoCompaction, readOnly);
+  if (typeof shared !== 'boolean') throw typeError('options.shared', 'a boolean', shared);
+  return native.open(dirPath(path), durability, segmentSize, compactionThreshold, autoCompaction, readOnly, shared);
 }
 
 /** The native `get` answer (undefined, a variation name, or [variation, goals]) as the record object. */

@@ -536,8 +536,10 @@ fn run<T>(
 
 /// Opens (or creates) the store in directory `path` and returns its handle. `durability` is "immediate",
 /// "periodic", "periodic:<N>ms" or "never"; null sizes and thresholds keep the engine's defaults; `read_only`
-/// opens without writing anything, beside other read-only openers.
+/// opens without writing anything, beside other read-only openers; `shared` opens in the multi-process mode
+/// (node:cluster and PM2 workers share the directory; index.js turns it on unless `read_only`).
 #[napi(ts_return_type = "object")]
+#[allow(clippy::too_many_arguments)]
 pub fn open(
     env: Env,
     path: String,
@@ -546,13 +548,15 @@ pub fn open(
     compaction_threshold: Option<f64>,
     auto_compaction: bool,
     read_only: bool,
+    shared: Option<bool>,
 ) -> Result<Raw> {
     let fail = |e: ussdb::Error| Failure::Engine(e).into_napi(&env, &path);
     let durability: ussdb::Durability = durability.parse().map_err(fail)?;
     let mut options = ussdb::Options::default()
         .durability(durability)
         .auto_compaction(auto_compaction)
-        .read_only(read_only);
+        .read_only(read_only)
+        .shared(shared.unwrap_or(!read_only));
     if let Some(bytes) = segment_size {
         // index.js passes only whole numbers; a value outside the engine's range is refused by its check.
         options = options.segment_size(bytes as u64);

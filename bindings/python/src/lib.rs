@@ -43,7 +43,8 @@ fn _after_fork_in_child() {
 
 fn forked_error(path: &std::path::Path) -> PyErr {
     Error::new_err(format!(
-        "the store at {} was opened before this process was forked; open it after forking, in one process",
+        "the store at {} was opened before this process was forked; open it after forking, in the process \
+         that uses it (gunicorn: in the post_fork hook or lazily in the worker; uWSGI: lazy-apps = true)",
         path.display()
     ))
 }
@@ -311,6 +312,8 @@ impl Store {
     /// "immediate" (`set` returns after fsync) or "never" (the OS writes back when it likes).
     /// compaction_threshold: dead fraction of a sealed segment that triggers background compaction
     /// (engine default 0.5); auto_compaction=False leaves compaction to `compact()`.
+    /// shared (default True): the multi-process mode, so the worker processes of gunicorn or uWSGI open one
+    /// directory together; False takes the directory for this process alone.
     #[new]
     #[pyo3(signature = (
         path,
@@ -318,7 +321,8 @@ impl Store {
         segment_size = None,
         *,
         compaction_threshold = None,
-        auto_compaction = true
+        auto_compaction = true,
+        shared = true
     ))]
     fn new(
         py: Python<'_>,
@@ -327,10 +331,12 @@ impl Store {
         segment_size: Option<u64>,
         compaction_threshold: Option<f64>,
         auto_compaction: bool,
+        shared: bool,
     ) -> PyResult<Self> {
         let mut options = ussdb::Options::default()
             .durability(parse_durability(durability)?)
-            .auto_compaction(auto_compaction);
+            .auto_compaction(auto_compaction)
+            .shared(shared);
         if let Some(bytes) = segment_size {
             options = options.segment_size(bytes);
         }
@@ -531,7 +537,7 @@ impl UserStorage {
         let path: PathBuf = path_or_store.extract().map_err(|_| {
             PyTypeError::new_err("UserStorage takes a path (str or os.PathLike) or a ussdb.Store")
         })?;
-        let store = Store::new(py, path, durability, segment_size, None, true)?;
+        let store = Store::new(py, path, durability, segment_size, None, true, true)?;
         Ok(UserStorage {
             store: Py::new(py, store)?,
         })
@@ -607,7 +613,7 @@ impl FmeStorage {
         let path: PathBuf = path_or_store.extract().map_err(|_| {
             PyTypeError::new_err("FmeStorage takes a path (str or os.PathLike) or a ussdb.Store")
         })?;
-        let store = Store::new(py, path, durability, segment_size, None, true)?;
+        let store = Store::new(py, path, durability, segment_size, None, true, true)?;
         Ok(FmeStorage {
             store: Py::new(py, store)?,
         })
