@@ -54,13 +54,18 @@ impl Rng {
 
 fn spawn(role: &str, dir: &Path, log: &Path, seed: u64, extra: &[(&str, String)]) -> Child {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
-    cmd.args(["--exact", "multiprocess::child", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env("USSDB_MP_DIR", dir)
-        .env("USSDB_MP_LOG", log)
-        .env("USSDB_MP_SEED", seed.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "--exact",
+        "multiprocess::child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(ROLE, role)
+    .env("USSDB_MP_DIR", dir)
+    .env("USSDB_MP_LOG", log)
+    .env("USSDB_MP_SEED", seed.to_string())
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
     for (k, v) in extra {
         cmd.env(k, v);
     }
@@ -177,9 +182,11 @@ fn allowed(get: &Op, writes: &[&Op]) -> bool {
     if get.value.is_none() && initial_ok {
         return true;
     }
-    candidates
-        .filter(|w| w.value == get.value)
-        .any(|w| !writes.iter().any(|w2| w2.start > w.end && w2.end < get.start))
+    candidates.filter(|w| w.value == get.value).any(|w| {
+        !writes
+            .iter()
+            .any(|w2| w2.start > w.end && w2.end < get.start)
+    })
 }
 
 #[test]
@@ -358,9 +365,7 @@ fn killed_writers_lose_nothing_acknowledged() {
             if f.len() != 4 {
                 continue; // a line cut by the kill
             }
-            let entry = state
-                .entry((f[1].to_owned(), f[2].to_owned()))
-                .or_default();
+            let entry = state.entry((f[1].to_owned(), f[2].to_owned())).or_default();
             match f[0] {
                 "begin" => entry.1.push(f[3].to_owned()),
                 "ack" => {
@@ -392,7 +397,8 @@ fn killed_writers_lose_nothing_acknowledged() {
 #[test]
 fn single_and_multi_process_openers_refuse_each_other() {
     let dir = tempdir();
-    let shared = Store::open_with(dir.path(), Options::default().shared(true)).expect("open shared");
+    let shared =
+        Store::open_with(dir.path(), Options::default().shared(true)).expect("open shared");
     let second = Store::open_with(dir.path(), Options::default().shared(true))
         .expect("a second multi-process open in one process");
     second.set(&map("u", "c", "v", None)).expect("set");
@@ -446,7 +452,8 @@ fn a_torn_append_of_a_dead_holder_is_cut_by_the_next_appender() {
     std::os::unix::fs::FileExt::write_all_at(&control, &1u64.to_le_bytes(), 40)
         .expect("set the busy word");
     // The other handle appends next: it cuts the torn bytes first.
-    next.set(&map("u", "after", "v", None)).expect("set after the torn write");
+    next.set(&map("u", "after", "v", None))
+        .expect("set after the torn write");
     let now = fs::metadata(&active).expect("segment length").len();
     assert!(
         now > clean_len && now < clean_len + 1000,
@@ -462,7 +469,10 @@ fn a_torn_append_of_a_dead_holder_is_cut_by_the_next_appender() {
         );
     }
     assert_eq!(
-        store.get("u", "after").expect("get").map(|m| m.variation_name),
+        store
+            .get("u", "after")
+            .expect("get")
+            .map(|m| m.variation_name),
         Some("v".to_owned())
     );
     drop((store, next));
