@@ -58,7 +58,7 @@ impl SharedWords {
 /// Maps the first `len` bytes of the control file `file` read-write and shared (`len` a multiple of 8, at most
 /// the file's length). `None` if the OS refuses.
 pub(crate) fn control_file(file: &std::fs::File, len: usize) -> Option<SharedWords> {
-    if len == 0 || len % 8 != 0 || file.metadata().ok()?.len() < len as u64 {
+    if len == 0 || !len.is_multiple_of(8) || file.metadata().ok()?.len() < len as u64 {
         return None;
     }
     // No `unsafe` needed: a raw map hands out only a pointer, and every use of it is argued in `SharedWords::word`.
