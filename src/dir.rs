@@ -159,6 +159,11 @@ pub(crate) fn lock(dir: &Path, shared: bool) -> Result<DirLock> {
         LockError::Io(e) => Error::io("lock store directory", dir, e),
     })?;
     if shared {
+        // A reader and a writer exclude each other in the multi-process mode too: its processes hold the control
+        // file.
+        if held_in_shared_mode(dir) {
+            return Err(Error::Locked { path: lock_path });
+        }
         return Ok(DirLock {
             _dir: dir_file,
             _file: None,
@@ -187,6 +192,20 @@ pub(crate) fn lock_multi_process(dir: &Path) -> Result<DirLock> {
         _dir: dir_file,
         _file: None,
     })
+}
+
+/// True when another process holds the directory's lock beside this multi-process opener, which found itself
+/// alone in its mode: a `read_only` reader, which a writer excludes. (The caller holds the append lock, so no
+/// other opener of the mode is between its directory lock and its control file.) Tries to make this opener's own
+/// shared lock exclusive, and makes it shared again.
+pub(crate) fn readers_present(lock: &DirLock) -> bool {
+    match lock._dir.try_lock() {
+        Ok(()) => {
+            let _ = lock._dir.lock_shared();
+            false
+        }
+        Err(_) => true,
+    }
 }
 
 /// True when some process holds the control file of the multi-process mode (so the directory's shared lock is

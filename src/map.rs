@@ -19,7 +19,8 @@ pub(crate) fn sealed_segment(file: &StdFile, len: u64) -> Option<Mmap> {
     // SAFETY: the caller passes a sealed segment: complete and fsynced, and ussdb never writes to it or truncates it
     // again (compaction replaces or unlinks whole files, which leaves existing maps of the old inode valid). The file
     // is a `StdFile`, which only `StdVfs` makes: a real file the engine opened itself, not something a foreign `Vfs`
-    // could hand over. Other processes are kept out of the directory by the lock and the files are created 0600, so
+    // could hand over. Other processes are kept out of the directory by the lock, or, in the multi-process mode,
+    // run this same engine, which never writes to a sealed segment either; the files are created 0600, so
     // nothing else changes the mapped bytes while the map lives. Readers stay within `len`, the length at sealing
     // time.
     let map = unsafe { memmap2::MmapOptions::new().len(len).map(file.file()) };

@@ -69,11 +69,13 @@ impl Drop for OpenHold {
 /// [`OpenHold`] drops), the control file shared for the store's lifetime (exclusively first, to learn whether
 /// this opener is alone).
 pub(crate) fn open_locks(dir: &Path) -> Result<(DirLock, SharedMode, OpenHold)> {
-    let lock = dir::lock_multi_process(dir)?;
+    // The append lock first: while an opener holds it, no other opener of the mode holds the directory lock
+    // without the control file's, so a directory lock found held beside a lone opener is a reader's.
     let append = open_lock_file(dir, dir::APPEND_LOCK_FILE)?;
     append
         .lock()
         .map_err(|e| Error::io("take the append lock", dir.join(dir::APPEND_LOCK_FILE), e))?;
+    let lock = dir::lock_multi_process(dir)?;
     let mut hold = OpenHold {
         file: append
             .try_clone()
@@ -90,6 +92,11 @@ pub(crate) fn open_locks(dir: &Path) -> Result<(DirLock, SharedMode, OpenHold)> 
             return Err(Error::io("lock control file", &control_path, e));
         }
     };
+    if alone && dir::readers_present(&lock) {
+        return Err(Error::Locked {
+            path: dir.join(dir::LOCK_FILE),
+        });
+    }
     // Converting to shared is not atomic, but every opener holds the append lock while it looks: none can see
     // the gap.
     control

@@ -410,7 +410,17 @@ fn single_and_multi_process_openers_refuse_each_other() {
         Err(e @ Error::LockMode { .. }) => assert!(e.to_string().contains("shared(true)"), "{e}"),
         other => panic!("a single-process open beside a shared one: {other:?}"),
     }
+    match Store::open_with(dir.path(), Options::default().read_only(true)) {
+        Err(Error::Locked { .. }) => {}
+        other => panic!("a reader beside multi-process writers: {other:?}"),
+    }
     drop((shared, second));
+    let reader = Store::open_with(dir.path(), Options::default().read_only(true)).expect("open a reader");
+    match Store::open_with(dir.path(), Options::default().shared(true)) {
+        Err(Error::Locked { .. }) => {}
+        other => panic!("a multi-process writer beside a reader: {other:?}"),
+    }
+    drop(reader);
     let single = Store::open(dir.path()).expect("open single");
     match Store::open_with(dir.path(), Options::default().shared(true)) {
         Err(e @ Error::LockMode { .. }) => assert!(e.to_string().contains("single-process"), "{e}"),

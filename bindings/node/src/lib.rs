@@ -110,7 +110,7 @@ fn code_of(e: &ussdb::Error) -> &'static str {
         E::InvalidKey { .. } => "USSDB_INVALID_KEY",
         E::ValueTooLarge { .. } => "USSDB_VALUE_TOO_LARGE",
         E::InvalidOption { .. } => "USSDB_INVALID_OPTION",
-        E::Locked { .. } => "USSDB_LOCKED",
+        E::Locked { .. } | E::LockMode { .. } => "USSDB_LOCKED",
         E::NotADirectory { .. } => "USSDB_NOT_A_DIRECTORY",
         E::ReadOnly { .. } => "USSDB_READ_ONLY",
         E::Forked { .. } => "USSDB_FORKED",
