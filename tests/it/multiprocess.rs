@@ -415,7 +415,8 @@ fn single_and_multi_process_openers_refuse_each_other() {
         other => panic!("a reader beside multi-process writers: {other:?}"),
     }
     drop((shared, second));
-    let reader = Store::open_with(dir.path(), Options::default().read_only(true)).expect("open a reader");
+    let reader =
+        Store::open_with(dir.path(), Options::default().read_only(true)).expect("open a reader");
     match Store::open_with(dir.path(), Options::default().shared(true)) {
         Err(Error::Locked { .. }) => {}
         other => panic!("a multi-process writer beside a reader: {other:?}"),
