@@ -43,6 +43,11 @@ fn child(dir: &Path, shared: bool, op: &str, n_keys: u64, ops: u64, seed: u64) -
     let store = Store::open_with(dir, options(shared)).expect("open");
     let ids = keys(seed, n_keys, ops);
     let users: Vec<String> = ids.iter().map(|&i| user(i)).collect();
+    // Every process starts its loop at once: each says it is ready, the parent says go.
+    std::fs::write(dir.join(format!("ready-{seed}")), b"").expect("ready file");
+    while !dir.join("go").exists() {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
     let start = Instant::now();
     if op == "get" {
         for u in &users {
@@ -68,17 +73,19 @@ fn run(dir: &Path, shared: bool, op: &str, procs: u64, n_keys: u64, ops: u64) ->
                     format!("{shared} {op} {n_keys} {ops} {}", 1000 + p),
                 )
                 .env("MP_DIR", dir)
-                .output()
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start child")
         })
         .collect();
+    while (0..procs).any(|p| !dir.join(format!("ready-{}", 1000 + p)).exists()) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::fs::write(dir.join("go"), b"").expect("go file");
     let mut slowest: f64 = 0.0;
-    for out in children {
-        let out = out.expect("run child");
-        assert!(
-            out.status.success(),
-            "child failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for child in children {
+        let out = child.wait_with_output().expect("run child");
+        assert!(out.status.success(), "a child failed");
         let secs: f64 = String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()

@@ -253,6 +253,11 @@ fn four_processes_agree_with_a_linearizable_history() {
         }
     }
     assert!(checked > 100, "only {checked} reads were checked");
+    eprintln!(
+        "multi-process model: {} operations of 4 processes, {checked} reads checked ({sets_seen_elsewhere} saw \
+         a value)",
+        all.len()
+    );
     assert!(sets_seen_elsewhere > 10, "reads saw almost no values");
     // The store the four left behind opens alone and verifies clean.
     let store = Store::open_with(&store_dir, shared_options()).expect("reopen");
@@ -390,6 +395,10 @@ fn killed_writers_lose_nothing_acknowledged() {
         }
     }
     assert!(acked > kills, "only {acked} writes were acknowledged");
+    eprintln!(
+        "multi-process crash loop: {kills} SIGKILLs of 4 writer processes, {acked} acknowledged writes checked, \
+         none lost"
+    );
     let report = store.verify().expect("verify");
     assert!(report.is_clean(), "{report:?}");
 }
