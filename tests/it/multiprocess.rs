@@ -21,6 +21,8 @@ use crate::common::{map, tempdir};
 const ROLE: &str = "USSDB_MP_ROLE";
 const USERS: usize = 4;
 const CAMPAIGNS: usize = 3;
+/// Mappings written before the model's children start and never changed.
+const COLD: usize = 60;
 
 fn shared_options() -> Options {
     Options::default()
@@ -108,7 +110,19 @@ fn model_child(dir: &Path, log: &Path, seed: u64) {
         let campaign = format!("c{}", rng.below(CAMPAIGNS));
         let start = now_ns();
         let (kind, value) = match rng.below(100) {
-            0..45 => {
+            // Written once before the children started: compactions in other processes move them, and every
+            // process must follow the move.
+            0..8 => {
+                let i = rng.below(COLD);
+                let got = store.get(&format!("cold{i}"), "c").expect("get cold");
+                assert_eq!(
+                    got.map(|m| m.variation_name),
+                    Some(format!("cold-{i}")),
+                    "a mapping written before the start was lost after a compaction"
+                );
+                continue;
+            }
+            8..45 => {
                 let got = store.get(&user, &campaign).expect("get");
                 ("get", got.map(|m| m.variation_name))
             }
@@ -193,6 +207,20 @@ fn allowed(get: &Op, writes: &[&Op]) -> bool {
 fn four_processes_agree_with_a_linearizable_history() {
     let dir = tempdir();
     let store_dir = dir.path().join("store");
+    {
+        // Cold mappings interleaved with overwritten ones, so their segments hold dead bytes and get compacted.
+        let store = Store::open_with(&store_dir, shared_options()).expect("preload");
+        for i in 0..COLD {
+            store
+                .set(&map(&format!("cold{i}"), "c", &format!("cold-{i}"), None))
+                .expect("set cold");
+            for v in ["a", "b"] {
+                store
+                    .set(&map(&format!("junk{i}"), "c", v, None))
+                    .expect("set junk");
+            }
+        }
+    }
     let ops = std::env::var("USSDB_MP_OPS").unwrap_or_else(|_| "3000".into());
     let go = dir.path().join("go");
     let children: Vec<(Child, PathBuf)> = (0..4u64)
