@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::Engine;
-use super::compaction::explain_disk_full;
+use super::compaction::{explain_disk_full, is_disk_full};
 use crate::codec;
 use crate::durability::Durability;
 use crate::index::{Loc, MAX_OFFSET, MAX_SEGMENT_ID};
@@ -491,7 +491,13 @@ impl Engine {
         }
         let rec = tail::sync_point(&log.sync_key, segment.file_id(), offset, covered);
         let idle = log.written == target;
-        self.append_here(&mut log, &rec)?;
+        match self.append_here(&mut log, &rec) {
+            Ok(_) => {}
+            // The fsync succeeded and the writes it covered are durable; only the note saying so did not fit. Its
+            // bytes were cut back off (or the store is poisoned), and recovery goes by the earlier sync points.
+            Err(e) if is_disk_full(&e) && self.check_poison().is_ok() => return Ok(target),
+            Err(e) => return Err(e),
+        }
         // It only vouches for the bytes before it: dead from birth, for compaction to reclaim.
         segment.add_dead(rec.len() as u64);
         Ok(if idle { log.written } else { target })

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per behaviour. They use only the public API.
 
 mod async_writes;
+mod atomic_ops;
 mod backup;
 #[cfg(feature = "cli")]
 mod cli;
@@ -14,6 +15,7 @@ mod faults;
 #[cfg(feature = "redis")]
 mod fleet;
 mod fme;
+mod full_disk;
 mod fuzz_corpus;
 mod fuzz_harness;
 mod hints;

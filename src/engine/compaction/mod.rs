@@ -59,7 +59,7 @@ use crate::Result;
 use crate::record::{Kind, Records};
 use crate::segment::Segment;
 
-pub(crate) use reserve::explain_disk_full;
+pub(crate) use reserve::{explain_disk_full, is_disk_full};
 pub(crate) use worker::CompactionWorker;
 
 /// Index entries moved per hold of the log mutex.
