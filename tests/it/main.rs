@@ -11,6 +11,7 @@ mod compaction_crash;
 mod concurrency;
 mod corruption;
 mod crash;
+mod crash_files;
 mod faults;
 #[cfg(feature = "redis")]
 mod fleet;
