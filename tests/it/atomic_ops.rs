@@ -60,7 +60,10 @@ fn after_power_cut(dir: &Path, fs: &SimFs, store: Store) -> Vec<String> {
 
 fn modes() -> [Durability; 2] {
     // A period longer than the test: only the rotation's fsync could make part of the operation durable.
-    [Durability::Never, Durability::Periodic(Duration::from_secs(3600))]
+    [
+        Durability::Never,
+        Durability::Periodic(Duration::from_secs(3600)),
+    ]
 }
 
 #[test]
@@ -73,10 +76,7 @@ fn a_forget_user_across_a_rotation_comes_back_whole_or_not_at_all_after_a_power_
         // 30 tombstones of ~40 bytes: about 600 bytes fit before the rotation.
         let store = prepared(dir.path(), &fs, durability, 600);
         let before = segment_files(dir.path()).len();
-        assert_eq!(
-            store.forget_user("victim").expect("forget_user"),
-            CAMPAIGNS
-        );
+        assert_eq!(store.forget_user("victim").expect("forget_user"), CAMPAIGNS);
         assert!(
             segment_files(dir.path()).len() > before,
             "{durability:?}: the test needs a rotation"
@@ -100,7 +100,10 @@ fn a_batch_across_a_rotation_comes_back_whole_or_not_at_all_after_a_power_cut() 
         let mut batch = Batch::new();
         for c in 0..CAMPAIGNS {
             batch
-                .push(&map("victim", &format!("campaign-{c:02}"), "after", None), None)
+                .push(
+                    &map("victim", &format!("campaign-{c:02}"), "after", None),
+                    None,
+                )
                 .expect("push");
         }
         let before = segment_files(dir.path()).len();

@@ -36,7 +36,10 @@ enum Op {
 
 fn op(seq: u64) -> Op {
     let slot = seq.wrapping_mul(2_654_435_761) % (USERS * CAMPAIGNS);
-    let (u, c) = (format!("u{}", slot / CAMPAIGNS), format!("c{}", slot % CAMPAIGNS));
+    let (u, c) = (
+        format!("u{}", slot / CAMPAIGNS),
+        format!("c{}", slot % CAMPAIGNS),
+    );
     match seq % 19 {
         18 => Op::Forget(u),
         n if n % 4 == 3 => Op::Delete(u, c),
@@ -263,9 +266,7 @@ fn a_missing_or_stale_file_between_kills_is_named_and_nothing_acknowledged_is_lo
                 fig.removed_hints += 1;
             }
             3 if !hints.is_empty()
-                && saved
-                    .keys()
-                    .any(|n| n.ends_with(".hint") && *n != hints[0]) =>
+                && saved.keys().any(|n| n.ends_with(".hint") && *n != hints[0]) =>
             {
                 // The hint of another segment (one of now, or of one compacted away) under this one's name.
                 let b = &hints[0];
@@ -282,11 +283,7 @@ fn a_missing_or_stale_file_between_kills_is_named_and_nothing_acknowledged_is_lo
                     report.hint_problems.iter().any(|p| p.path == path),
                     "{context}: verify_dir does not name the stale {b}: {report:?}"
                 );
-                assert_eq!(
-                    read_state(d, &context),
-                    state,
-                    "{context}: with {a} as {b}"
-                );
+                assert_eq!(read_state(d, &context), state, "{context}: with {a} as {b}");
                 if std::fs::read(&path).ok().as_deref() != Some(&original[..]) {
                     std::fs::write(&path, original).expect("put the hint right");
                 }

@@ -69,8 +69,18 @@ fn fill(store: &Store, model: &mut Model, rng: &mut Rng) -> u64 {
             }
             Err(e) if is_full(&e) => {
                 let text = e.to_string();
-                for what in ["disk is full", "free space", "delete", "forget", "compact", "RESERVE"] {
-                    assert!(text.contains(what), "the error says what to do ({what}): {text}");
+                for what in [
+                    "disk is full",
+                    "free space",
+                    "delete",
+                    "forget",
+                    "compact",
+                    "RESERVE",
+                ] {
+                    assert!(
+                        text.contains(what),
+                        "the error says what to do ({what}): {text}"
+                    );
                 }
                 failed += 1;
                 if failed == 3 {
@@ -90,7 +100,11 @@ fn on_a_full_disk_delete_forget_user_and_compact_run_in_the_reserve_and_reclaim_
     let dir = tempdir();
     let fs = SimFs::default();
     let store = Store::open_with(dir.path(), options(&fs, RESERVE)).expect("open");
-    assert_eq!(reserve_len(dir.path()), Some(RESERVE), "open makes the reserve");
+    assert_eq!(
+        reserve_len(dir.path()),
+        Some(RESERVE),
+        "open makes the reserve"
+    );
     let capacity = used(dir.path()) + 30_000;
     fs.lock().plan.capacity = Some(capacity);
     let mut model = Model::new();
@@ -108,7 +122,9 @@ fn on_a_full_disk_delete_forget_user_and_compact_run_in_the_reserve_and_reclaim_
         let victim = USERS[round % USERS.len()];
         let had = model.keys().filter(|(mu, _)| mu == victim).count();
         assert_eq!(
-            store.forget_user(victim).expect("forget_user on a full disk"),
+            store
+                .forget_user(victim)
+                .expect("forget_user on a full disk"),
             had
         );
         model.retain(|(mu, _), _| mu != victim);
@@ -164,7 +180,10 @@ fn without_a_reserve_a_delete_on_a_full_disk_fails_and_says_what_to_do() {
         if store.set(&map("z", &format!("{i}"), "v", None)).is_err() {
             break;
         }
-        model.insert(("z".into(), format!("{i}")), map("z", &format!("{i}"), "v", None));
+        model.insert(
+            ("z".into(), format!("{i}")),
+            map("z", &format!("{i}"), "v", None),
+        );
     }
     let (u, c) = model.keys().next().cloned().expect("a mapping");
     let err = store.delete(&u, &c).expect_err("no room for a tombstone");
@@ -189,8 +208,73 @@ fn the_reserve_is_made_again_on_open_and_a_short_one_is_replaced() {
     // A reader creates nothing; verify does not call it an extra file; the default is sized from the segment.
     let reader = Store::open_with(dir.path(), opts().read_only(true)).expect("read-only");
     drop(reader);
-    assert!(ussdb::verify_dir(dir.path()).expect("verify_dir").is_clean());
+    assert!(
+        ussdb::verify_dir(dir.path())
+            .expect("verify_dir")
+            .is_clean()
+    );
     let other = tempdir();
     drop(Store::open_with(other.path(), Options::default().segment_size(4096)).expect("open"));
     assert_eq!(reserve_len(other.path()), Some(4096 + 1024 + (16 << 10)));
+}
+
+/// The directory of a small real file system, mounted by `.ci/reliab.sh`.
+const SMALL_FS_VAR: &str = "USSDB_SMALL_FS";
+
+#[test]
+#[ignore = "needs a small real file system: run `sudo bash .ci/reliab.sh` (mounts a 1 MiB tmpfs)"]
+fn on_a_real_full_file_system_the_reserve_lets_deletes_and_compaction_through() {
+    let root = std::env::var(SMALL_FS_VAR).unwrap_or_else(|_| {
+        panic!(
+            "{SMALL_FS_VAR} is not set: run `sudo bash .ci/reliab.sh`, which mounts a small tmpfs"
+        )
+    });
+    let dir = Path::new(&root).join(format!("store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut rng = Rng::seeded("full_disk_real");
+    // Without the reserve (`.disk_reserve(0)`) this fails at the first compaction: no room for its output.
+    let opts = || {
+        Options::default()
+            .segment_size(64 << 10)
+            .auto_compaction(false)
+    };
+    let store = Store::open_with(&dir, opts()).expect("open on the small file system");
+    let reserve = reserve_len(&dir).expect("open makes the reserve");
+    let mut model = Model::new();
+    let mut full = 0;
+    let mut reclaimed = 0;
+    for round in 0..3 {
+        let context = format!("real file system, round {round}");
+        full += fill(&store, &mut model, &mut rng);
+        check(&store, &model, &context);
+        let before = used(&dir);
+        let (u, c) = model.keys().next().cloned().expect("a mapping");
+        assert!(store.delete(&u, &c).expect("delete on a full file system"));
+        model.remove(&(u, c));
+        let victim = USERS[round % USERS.len()];
+        store
+            .forget_user(victim)
+            .expect("forget_user on a full file system");
+        model.retain(|(mu, _), _| mu != victim);
+        store.compact().expect("compact on a full file system");
+        check(&store, &model, &format!("{context}: after compaction"));
+        let after = used(&dir);
+        assert!(after < before, "{context}: {before} -> {after} bytes");
+        reclaimed += before - after;
+        assert_eq!(
+            reserve_len(&dir),
+            Some(reserve),
+            "{context}: the reserve is back"
+        );
+    }
+    drop(store);
+    let store = Store::open_with(&dir, opts()).expect("reopen");
+    check(&store, &model, "real file system, reopened");
+    drop(store);
+    assert!(ussdb::verify_dir(&dir).expect("verify_dir").is_clean());
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    eprintln!(
+        "full_disk_real: {full} sets refused with ENOSPC by a real file system, {reclaimed} bytes reclaimed by \
+         compaction on it, nothing lost"
+    );
 }
