@@ -328,8 +328,10 @@ impl Store {
     }
 
     /// Stores every mapping of `batch`, in order, with one lock of the log and at most one fsync: much faster than
-    /// one [`Store::set`] each when loading many mappings. Not atomic: if it fails or the process crashes midway,
-    /// a prefix of the batch may be stored.
+    /// one [`Store::set`] each when loading many mappings. A batch that fits in one segment is written into one
+    /// segment with one `pwrite` (see [`Batch`]), so no rotation makes part of it durable without the rest; still
+    /// not atomic: if the process crashes in the middle of that write, or a power cut finds only some of its pages
+    /// written back, a prefix of the batch may be stored.
     pub fn write_batch(&self, batch: &Batch) -> Result<()> {
         self.engine().write_batch(batch)
     }

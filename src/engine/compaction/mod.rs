@@ -85,7 +85,7 @@ pub(crate) struct Compaction {
     wake: Mutex<Wake>,
     cond: Condvar,
     /// Held while the disk reserve is made or released (`reserve.rs`).
-    reserve: Mutex<()>,
+    reserve: Mutex<reserve::ReserveState>,
 }
 
 #[derive(Default)]
@@ -152,7 +152,7 @@ impl Compaction {
         self.pass.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_reserve(&self) -> MutexGuard<'_, ()> {
+    fn lock_reserve(&self) -> MutexGuard<'_, reserve::ReserveState> {
         self.reserve.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -11,6 +11,9 @@
 //! it whole again. `open`, `verify` and `repair` ignore it (its name is not a store file's), backup leaves it out.
 
 use std::io;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::dir::{self, RESERVE_FILE};
 use crate::engine::Engine;
@@ -18,6 +21,16 @@ use crate::{Error, Result};
 
 /// Zeros written per call while the reserve is made.
 const CHUNK: u64 = 1 << 20;
+/// After a failed attempt to make the reserve, the next one waits for a compaction that reclaimed space, or for
+/// this long: each attempt on a full disk writes (and removes) up to the whole reserve.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// What the last attempt to make the reserve found.
+#[derive(Default)]
+pub(crate) struct ReserveState {
+    /// When it failed, and the bytes compaction had reclaimed by then.
+    failed: Option<(Instant, u64)>,
+}
 
 /// True when `e` says the disk (or the user's quota) is full.
 pub(crate) fn is_disk_full(e: &Error) -> bool {
@@ -57,37 +70,51 @@ fn explained(source: &io::Error) -> bool {
 
 impl Engine {
     /// Makes the reserve file unless it is there at its full size. Nothing for a reader, or with the reserve off.
-    /// On failure (no room yet) nothing is left behind.
+    /// On failure (no room yet) nothing is left behind, and the next attempt waits for a compaction that reclaimed
+    /// space or for a minute.
     pub(crate) fn keep_reserve(&self) -> Result<()> {
         let want = self.options.reserve_len();
         if self.options.read_only || want == 0 {
             return Ok(());
         }
-        let _held = self.compaction.lock_reserve();
+        let mut state = self.compaction.lock_reserve();
         let path = self.dir.join(RESERVE_FILE);
         if let Ok(file) = self.vfs.open(&path)
             && file.len().ok() == Some(want)
         {
             return Ok(());
         }
+        let reclaimed = self.compaction.reclaimed.load(Ordering::Relaxed);
+        if let Some((at, then)) = state.failed
+            && then == reclaimed
+            && at.elapsed() < RETRY_AFTER
+        {
+            return Ok(());
+        }
+        let made = self.make_reserve(&path, want);
+        state.failed = made.is_err().then(|| (Instant::now(), reclaimed));
+        made
+    }
+
+    fn make_reserve(&self, path: &Path, want: u64) -> Result<()> {
         // A short or oversized one (a crash while it was made, another size asked for) is made anew.
-        match self.vfs.remove_file(&path) {
+        match self.vfs.remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove disk reserve", &path, e)),
+            Err(e) => return Err(Error::io("remove disk reserve", path, e)),
         }
         let file = self
             .vfs
-            .create_new(&path)
-            .map_err(|e| Error::io("create disk reserve", &path, e))?;
+            .create_new(path)
+            .map_err(|e| Error::io("create disk reserve", path, e))?;
         let zeros = vec![0u8; CHUNK.min(want) as usize];
         let mut at = 0;
         while at < want {
             let n = CHUNK.min(want - at);
             if let Err(e) = file.write_all_at(zeros.get(..n as usize).unwrap_or_default(), at) {
                 drop(file);
-                let _ = self.vfs.remove_file(&path);
-                return Err(Error::io("write disk reserve", &path, e));
+                let _ = self.vfs.remove_file(path);
+                return Err(Error::io("write disk reserve", path, e));
             }
             at += n;
         }
