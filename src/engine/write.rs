@@ -239,8 +239,9 @@ impl Engine {
     }
 
     /// Appends a tombstone for each (hash, key, old location and length) of `doomed`, all with one `pwrite` into
-    /// one segment (so a power cut keeps all or none of them: see [`Engine::make_room`]), drops their index
-    /// entries and counts both kinds of record dead. Called with the log locked.
+    /// one segment (`append` rotates first if they do not fit, so no rotation's fsync makes some of them durable
+    /// without the rest), drops their index entries and counts both kinds of record dead. Called with the log
+    /// locked.
     fn tombstones(&self, log: &mut LogState, doomed: &[Doomed]) -> Result<()> {
         let mut recs = Vec::new();
         for (_, key, _) in doomed {
