@@ -423,3 +423,25 @@ test('a failed AsyncUserStorage.set goes to onError and is no unhandled rejectio
   // A caller who awaits still sees the failure.
   await assert.rejects(storage.set(map('u', 'c', 'v')), { code: 'USSDB_CLOSED' });
 });
+
+test('worker processes share one directory: a set in one is read by the next get in another', async (t) => {
+  const dir = tempDir(t);
+  const store = new Store(dir);
+  store.set(map('parent', 'c', 'from-parent'));
+  const script = `
+    const { Store } = require(${JSON.stringify(path.join(__dirname, '..'))});
+    const store = new Store(process.argv[1]);
+    const seen = store.get('parent', 'c');
+    store.set({ userId: 'child', campaignKey: 'c', variationName: 'from-child' });
+    process.stdout.write(JSON.stringify(seen));
+    store.close();
+  `;
+  const child = spawn(process.execPath, ['-e', script, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (chunk) => { out += chunk; });
+  const code = await new Promise((resolve) => child.on('close', resolve));
+  assert.equal(code, 0);
+  assert.deepEqual(JSON.parse(out), map('parent', 'c', 'from-parent'));
+  assert.deepEqual(store.get('child', 'c'), map('child', 'c', 'from-child'));
+  store.close();
+});
