@@ -84,6 +84,9 @@ mod store;
 mod verify;
 // fronts
 mod sdk;
+// the fleet tiers (Redis), on the public API only
+#[cfg(feature = "redis")]
+mod tiers;
 
 /// Fuzzing entry points over the private decoders. Not part of the API: it may change in any release.
 #[doc(hidden)]
@@ -102,5 +105,10 @@ pub use sdk::{
     parse_json_record, to_json_record,
 };
 pub use store::{Entries, Entry, Stats, Store};
+#[cfg(feature = "redis")]
+pub use tiers::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FRESH_FOR, DEFAULT_RESPONSE_TIMEOUT, RedisConfig, RedisScan,
+    RedisStore, TierOptions, TierStats, Tiered,
+};
 pub use verify::{Damage, VerifyReport, verify_dir, verify_dir_with_progress};
 pub use vfs::{StdFile, StdVfs, VFile, Vfs};

@@ -1,0 +1,851 @@
+//! [`Tiered`]: a local [`Store`] in front of a [`RedisStore`], itself a User Storage Service.
+//!
+//! * `get`: a local copy that is fresh answers with no network; otherwise Redis answers and the local copy takes
+//!   its answer. While Redis cannot be reached, the local copy answers (or `None` when there is none).
+//! * `set`: applies the fleet rule to the local copy, appends it to the local log together with an outbox marker
+//!   (one `pwrite`), and returns; a background thread ships the outbox to Redis in order, and the local copy then
+//!   takes Redis's answer, so a server that lost a race for a first assignment returns the winner from then on.
+//!
+//! The outbox lives in the local store itself: for each mapping with unshipped changes, a marker record under
+//! the user id `"\0" + user_id` (same campaign key) whose variation field holds its sequence number. Marker and
+//! data go out in one batch, marker first, so a crash or power cut that keeps the data keeps the marker (the log
+//! reopens into a prefix). Reopening walks the store once to find the markers and ships them in sequence order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::config::{BACKEND, RedisConfig};
+use super::redis::{RedisStore, check_ids};
+use super::value::first_wins;
+use crate::{
+    BackendErrorKind, Batch, CampaignUserMap, Error, MAX_ID_LEN, Options, Result, Store,
+    UserStorageService,
+};
+
+/// What starts the user id of an outbox marker in the local store.
+const MARKER: char = '\0';
+
+/// Stripes of the per-mapping lock that orders a set, a refresh and a shipment's answer for one mapping.
+const STRIPES: usize = 64;
+/// Shards of the table of when each local copy was last confirmed by Redis.
+const FRESH_SHARDS: usize = 16;
+
+/// How long a local copy is trusted without asking Redis, by default. See [`TierOptions::fresh_for`].
+pub const DEFAULT_FRESH_FOR: Duration = Duration::from_secs(5);
+
+/// Options of a [`Tiered`] store.
+#[derive(Clone, Debug)]
+pub struct TierOptions {
+    local: Options,
+    fresh_for: Duration,
+    ship_batch: usize,
+    retry_max: Duration,
+}
+
+impl Default for TierOptions {
+    fn default() -> TierOptions {
+        TierOptions {
+            local: Options::default(),
+            fresh_for: DEFAULT_FRESH_FOR,
+            ship_batch: 256,
+            retry_max: Duration::from_secs(2),
+        }
+    }
+}
+
+impl TierOptions {
+    /// The local store's options (durability, segment size, compaction).
+    pub fn local(mut self, options: Options) -> TierOptions {
+        self.local = options;
+        self
+    }
+
+    /// How long a local copy confirmed by Redis (read from it, or answered by it after a shipment) is used without
+    /// asking Redis again (default [`DEFAULT_FRESH_FOR`]). This bounds how long another server's write (a goal it
+    /// tracked) can stay invisible here; a variation confirmed by Redis never changes, so it bounds only goal
+    /// lists. Zero asks Redis on every `get` that is not waiting to be shipped.
+    pub fn fresh_for(mut self, fresh_for: Duration) -> TierOptions {
+        self.fresh_for = fresh_for;
+        self
+    }
+
+    /// How many mappings the shipper sends to Redis at once (default 256).
+    pub fn ship_batch(mut self, mappings: usize) -> TierOptions {
+        self.ship_batch = mappings.max(1);
+        self
+    }
+
+    /// The longest wait between two attempts to reach Redis while it is down (default 2 s; the wait starts at
+    /// 50 ms and doubles).
+    pub fn retry_max(mut self, wait: Duration) -> TierOptions {
+        self.retry_max = wait.max(Duration::from_millis(1));
+        self
+    }
+}
+
+/// A snapshot of a [`Tiered`] store's counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TierStats {
+    /// Mappings with changes not yet in Redis.
+    pub outbox_depth: u64,
+    /// How long the oldest change not yet in Redis has waited (`None` when the outbox is empty).
+    pub replay_lag: Option<Duration>,
+    /// Mappings shipped to Redis since open.
+    pub shipped: u64,
+    /// Failed Redis calls since open (by `get`s and by the shipper).
+    pub redis_errors: u64,
+    /// `get`s answered from a fresh local copy, with no network.
+    pub local_hits: u64,
+    /// `get`s that asked Redis (no local copy, or one older than [`TierOptions::fresh_for`]) and had an answer.
+    pub remote_hits: u64,
+    /// `get`s that found nothing, locally or in Redis.
+    pub misses: u64,
+    /// `get`s answered from the local copy alone (or `None`) because Redis could not be reached.
+    pub degraded: u64,
+    /// False while Redis is known to be unreachable (calls to it are spaced out).
+    pub redis_available: bool,
+}
+
+impl TierStats {
+    /// The share of `get`s answered locally with no network, 0 to 1 (0 before the first `get`).
+    pub fn hit_ratio(&self) -> f64 {
+        let gets = self.local_hits + self.remote_hits + self.misses + self.degraded;
+        if gets == 0 {
+            0.0
+        } else {
+            self.local_hits as f64 / gets as f64
+        }
+    }
+}
+
+/// A local [`Store`] with a [`RedisStore`] behind it: the User Storage Service of a server in a fleet.
+///
+/// Reads are local hash lookups once a mapping is known here; writes are local appends, shipped to Redis in the
+/// background through a durable outbox, so while Redis is down `set` keeps succeeding and nothing acknowledged
+/// is lost across a restart. Redis arbitrates between servers with the fleet rule (the first assignment wins,
+/// goal lists unite), and each server's copy takes Redis's answer. docs/FLEET.md describes the guarantees, and
+/// what a `get` can return during a partition.
+///
+/// ```no_run
+/// use ussdb::{CampaignUserMap, RedisConfig, Tiered, UserStorageService};
+///
+/// # fn main() -> ussdb::Result<()> {
+/// let tier = Tiered::open("/var/lib/app/uss", RedisConfig::new("redis://127.0.0.1:6379"))?;
+/// tier.set(&CampaignUserMap::new("user-42", "checkout-test", "Variation-1"))?;
+/// assert!(tier.get("user-42", "checkout-test")?.is_some());
+/// println!("{:?}", tier.stats());
+/// # Ok(())
+/// # }
+/// ```
+pub struct Tiered {
+    shared: Arc<Shared>,
+    shipper: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Tiered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tiered")
+            .field("local", &self.shared.local.path())
+            .field("remote", &self.shared.remote.target())
+            .finish_non_exhaustive()
+    }
+}
+
+type Key = (String, String);
+
+struct Shared {
+    local: Store,
+    remote: RedisStore,
+    options: TierOptions,
+    hasher: std::hash::RandomState,
+    stripes: Vec<Mutex<()>>,
+    /// Stands in for a stripe if an index were ever out of range (it cannot be: the index is taken modulo).
+    spare_stripe: Mutex<()>,
+    outbox: Mutex<Outbox>,
+    fresh: Vec<Mutex<HashMap<u64, Instant>>>,
+    breaker: Mutex<Breaker>,
+    signal: Mutex<Signal>,
+    wake: Condvar,
+    shipper_idle: AtomicBool,
+    counters: Counters,
+}
+
+/// Mappings waiting to be shipped, in the order they first changed.
+#[derive(Default)]
+struct Outbox {
+    next_seq: u64,
+    pending: HashMap<Key, Pending>,
+    order: BTreeMap<u64, Key>,
+}
+
+struct Pending {
+    seq: u64,
+    /// Bumped by every write of the mapping, so a shipment's answer is applied only if nothing changed meanwhile.
+    generation: u64,
+    since: Instant,
+}
+
+/// Spaces out calls to a Redis that failed: none before `until`, and the wait doubles per failure.
+struct Breaker {
+    until: Option<Instant>,
+    wait: Duration,
+}
+
+#[derive(Default)]
+struct Signal {
+    stop: bool,
+    work: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    shipped: AtomicU64,
+    redis_errors: AtomicU64,
+    local_hits: AtomicU64,
+    remote_hits: AtomicU64,
+    misses: AtomicU64,
+    degraded: AtomicU64,
+}
+
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(50);
+
+impl Tiered {
+    /// Opens (or creates) the tier whose local store is `dir`, with Redis at `redis`. Redis is not contacted
+    /// here: the tier starts, serves and records sets while Redis is down.
+    pub fn open(dir: impl AsRef<Path>, redis: RedisConfig) -> Result<Tiered> {
+        Tiered::open_with(dir, redis, TierOptions::default())
+    }
+
+    /// [`Tiered::open`] with options.
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        redis: RedisConfig,
+        options: TierOptions,
+    ) -> Result<Tiered> {
+        let remote = RedisStore::connect_lazy(redis)?;
+        let local = Store::open_with(dir, options.local.clone())?;
+        let outbox = recover_outbox(&local)?;
+        let shared = Arc::new(Shared {
+            local,
+            remote,
+            options,
+            hasher: std::hash::RandomState::new(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            spare_stripe: Mutex::new(()),
+            outbox: Mutex::new(outbox),
+            fresh: (0..FRESH_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            breaker: Mutex::new(Breaker {
+                until: None,
+                wait: FIRST_RETRY_WAIT,
+            }),
+            signal: Mutex::new(Signal::default()),
+            wake: Condvar::new(),
+            shipper_idle: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        let worker = Arc::clone(&shared);
+        let shipper = std::thread::Builder::new()
+            .name("ussdb-tier-shipper".into())
+            .spawn(move || worker.ship_loop())
+            .map_err(|e| {
+                Error::backend(
+                    BACKEND,
+                    BackendErrorKind::Other,
+                    shared.remote.target().to_owned(),
+                    format!("starting the outbox shipper failed: {e}"),
+                )
+            })?;
+        Ok(Tiered {
+            shared,
+            shipper: Some(shipper),
+        })
+    }
+
+    /// The mapping of `user_id` in `campaign_key`: the local copy when it is fresh or has changes not yet
+    /// shipped; else Redis's (which the local copy then takes); the local copy (or `None`) when Redis cannot be
+    /// reached. Fails only for bad ids, a local store error, or a Redis failure other than unreachability (such
+    /// as a value that is not JSON) when there is no local copy to answer with.
+    pub fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
+        check_tier_ids(user_id, campaign_key)?;
+        self.shared.get(user_id, campaign_key)
+    }
+
+    /// Stores `map` under the fleet rule (a variation already kept here stays; goals unite), durably in the local
+    /// log, and queues it for Redis. Returns once the local log has it: Redis being down does not fail it.
+    pub fn set(&self, map: &CampaignUserMap) -> Result<()> {
+        check_tier_ids(&map.user_id, &map.campaign_key)?;
+        self.shared.set(map)
+    }
+
+    /// Waits until every change made so far is in Redis, at most `timeout`. Fails with
+    /// [`BackendErrorKind::Timeout`] (saying how many mappings still wait) if Redis did not take them in time.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let depth = lock(&self.shared.outbox).pending.len();
+            if depth == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::backend(
+                    BACKEND,
+                    BackendErrorKind::Timeout,
+                    self.shared.remote.target().to_owned(),
+                    format!("{depth} mappings still wait to be shipped after {timeout:?}"),
+                ));
+            }
+            self.shared.nudge();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A snapshot of the tier's counters.
+    pub fn stats(&self) -> TierStats {
+        let s = &self.shared;
+        let (outbox_depth, replay_lag) = {
+            let outbox = lock(&s.outbox);
+            let oldest = outbox
+                .order
+                .values()
+                .next()
+                .and_then(|k| outbox.pending.get(k))
+                .map(|p| p.since.elapsed());
+            (outbox.pending.len() as u64, oldest)
+        };
+        let c = &s.counters;
+        TierStats {
+            outbox_depth,
+            replay_lag,
+            shipped: c.shipped.load(Ordering::Relaxed),
+            redis_errors: c.redis_errors.load(Ordering::Relaxed),
+            local_hits: c.local_hits.load(Ordering::Relaxed),
+            remote_hits: c.remote_hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            degraded: c.degraded.load(Ordering::Relaxed),
+            redis_available: lock(&s.breaker).until.is_none(),
+        }
+    }
+
+    /// The local store. Besides the mappings it holds the outbox markers, under user ids that start with
+    /// `"\0"`: write through the tier, not through this handle, or changes are not shipped.
+    pub fn local(&self) -> &Store {
+        &self.shared.local
+    }
+
+    /// The Redis half.
+    pub fn remote(&self) -> &RedisStore {
+        &self.shared.remote
+    }
+}
+
+impl Drop for Tiered {
+    fn drop(&mut self) {
+        {
+            let mut signal = lock(&self.shared.signal);
+            signal.stop = true;
+            self.shared.wake.notify_all();
+        }
+        if let Some(shipper) = self.shipper.take() {
+            let _ = shipper.join();
+        }
+    }
+}
+
+impl UserStorageService for Tiered {
+    fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
+        Tiered::get(self, user_id, campaign_key)
+    }
+
+    fn set(&self, map: &CampaignUserMap) -> Result<()> {
+        Tiered::set(self, map)
+    }
+}
+
+/// Ids a tier can store: the local store's limits, less one byte of the user id for the outbox marker, and no
+/// user id that starts with the marker's character.
+fn check_tier_ids(user_id: &str, campaign_key: &str) -> Result<()> {
+    check_ids(user_id, campaign_key)?;
+    let reason = if user_id.starts_with(MARKER) {
+        "must not start with U+0000, which a tier reserves for its outbox".to_owned()
+    } else if user_id.len() + MARKER.len_utf8() > MAX_ID_LEN {
+        format!(
+            "is {} bytes long; a tier keeps an outbox marker under U+0000 + user id, so the limit is {}",
+            user_id.len(),
+            MAX_ID_LEN - MARKER.len_utf8()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidKey {
+        field: "user_id",
+        key: user_id.chars().take(64).collect(),
+        reason,
+    })
+}
+
+/// The marker of `map`'s pending changes, with sequence number `seq`.
+fn marker(user_id: &str, campaign_key: &str, seq: u64) -> CampaignUserMap {
+    let mut marker_user = String::with_capacity(user_id.len() + 1);
+    marker_user.push(MARKER);
+    marker_user.push_str(user_id);
+    CampaignUserMap::new(marker_user, campaign_key, seq.to_string())
+}
+
+/// Finds the markers left in the local store: the outbox as it was when the store was last written.
+fn recover_outbox(local: &Store) -> Result<Outbox> {
+    let mut found: Vec<(u64, Key)> = Vec::new();
+    for entry in local.entries() {
+        let (map, _) = entry?;
+        if let Some(user) = map.user_id.strip_prefix(MARKER) {
+            // A marker whose number cannot be read is still shipped, first.
+            let seq = map.variation_name.parse().unwrap_or(0);
+            found.push((seq, (user.to_owned(), map.campaign_key)));
+        }
+    }
+    found.sort();
+    let now = Instant::now();
+    let mut outbox = Outbox::default();
+    for (seq, key) in found {
+        // Numbers are unique as written; a repeated one (from a damaged marker) goes after the others.
+        let seq = if outbox.order.contains_key(&seq) {
+            outbox.next_seq
+        } else {
+            seq
+        };
+        outbox.next_seq = outbox.next_seq.max(seq + 1);
+        outbox.order.insert(seq, key.clone());
+        outbox.pending.insert(
+            key,
+            Pending {
+                seq,
+                generation: 0,
+                since: now,
+            },
+        );
+    }
+    if !outbox.pending.is_empty() {
+        log::info!(
+            "{}: {} mappings wait to be shipped to Redis",
+            local.path().display(),
+            outbox.pending.len()
+        );
+    }
+    Ok(outbox)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True for the failures that say Redis cannot be reached now (rather than that one key or value is wrong).
+fn unreachable(e: &Error) -> bool {
+    matches!(
+        e.backend_kind(),
+        Some(BackendErrorKind::Unavailable | BackendErrorKind::Timeout)
+    )
+}
+
+/// What a round of the shipper did.
+enum Round {
+    Idle,
+    Progress,
+    Backoff,
+}
+
+impl Shared {
+    fn hash(&self, user_id: &str, campaign_key: &str) -> u64 {
+        self.hasher.hash_one((user_id, campaign_key))
+    }
+
+    fn stripe(&self, hash: u64) -> MutexGuard<'_, ()> {
+        let i = (hash % STRIPES as u64) as usize;
+        lock(self.stripes.get(i).unwrap_or(&self.spare_stripe))
+    }
+
+    fn fresh_shard(&self, hash: u64) -> Option<&Mutex<HashMap<u64, Instant>>> {
+        self.fresh.get((hash >> 32) as usize % FRESH_SHARDS)
+    }
+
+    fn is_fresh(&self, hash: u64) -> bool {
+        self.fresh_shard(hash).is_some_and(|shard| {
+            lock(shard)
+                .get(&hash)
+                .is_some_and(|t| t.elapsed() < self.options.fresh_for)
+        })
+    }
+
+    fn mark_fresh(&self, hash: u64) {
+        if let Some(shard) = self.fresh_shard(hash) {
+            lock(shard).insert(hash, Instant::now());
+        }
+    }
+
+    /// Forgets confirmations too old to count, so the table holds only what was confirmed recently.
+    fn prune_fresh(&self) {
+        for shard in &self.fresh {
+            lock(shard).retain(|_, t| t.elapsed() < self.options.fresh_for);
+        }
+    }
+
+    fn is_pending(&self, user_id: &str, campaign_key: &str) -> bool {
+        lock(&self.outbox)
+            .pending
+            .contains_key(&(user_id.to_owned(), campaign_key.to_owned()))
+    }
+
+    fn redis_down(&self) -> bool {
+        lock(&self.breaker)
+            .until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn redis_failed(&self) {
+        let mut b = lock(&self.breaker);
+        let wait = if b.until.is_some() {
+            b.wait.saturating_mul(2).min(self.options.retry_max)
+        } else {
+            FIRST_RETRY_WAIT.min(self.options.retry_max)
+        };
+        b.wait = wait;
+        b.until = Some(Instant::now() + wait);
+    }
+
+    fn redis_answered(&self) {
+        let mut b = lock(&self.breaker);
+        if b.until.take().is_some() {
+            log::info!("Redis at {} answers again", self.remote.target());
+        }
+        b.wait = FIRST_RETRY_WAIT;
+    }
+
+    fn count_redis_error(&self, e: &Error) {
+        self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+        if unreachable(e) {
+            self.redis_failed();
+        }
+    }
+
+    fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
+        let hash = self.hash(user_id, campaign_key);
+        let local = self.local.get(user_id, campaign_key)?;
+        if local.is_some() && (self.is_fresh(hash) || self.is_pending(user_id, campaign_key)) {
+            self.counters.local_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(local);
+        }
+        if self.redis_down() {
+            self.counters.degraded.fetch_add(1, Ordering::Relaxed);
+            return Ok(local);
+        }
+        match self.remote.get(user_id, campaign_key) {
+            Ok(Some(remote)) => {
+                self.redis_answered();
+                self.counters.remote_hits.fetch_add(1, Ordering::Relaxed);
+                self.refresh(hash, &remote).map(Some)
+            }
+            Ok(None) => {
+                self.redis_answered();
+                match local {
+                    Some(local) => {
+                        // Redis lacks what this server has (it lost data, or the change was never shipped): ship it.
+                        self.counters.remote_hits.fetch_add(1, Ordering::Relaxed);
+                        self.reship(hash, &local)?;
+                        Ok(Some(local))
+                    }
+                    None => {
+                        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                        Ok(None)
+                    }
+                }
+            }
+            Err(e) => {
+                self.count_redis_error(&e);
+                match local {
+                    Some(local) => {
+                        if !unreachable(&e) {
+                            log::warn!(
+                                "answering {user_id:?} in {campaign_key:?} from the local copy: {e}"
+                            );
+                        }
+                        self.counters.degraded.fetch_add(1, Ordering::Relaxed);
+                        Ok(Some(local))
+                    }
+                    None if unreachable(&e) => {
+                        self.counters.degraded.fetch_add(1, Ordering::Relaxed);
+                        Ok(None)
+                    }
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    fn set(&self, map: &CampaignUserMap) -> Result<()> {
+        let hash = self.hash(&map.user_id, &map.campaign_key);
+        let _stripe = self.stripe(hash);
+        let local = self.local.get(&map.user_id, &map.campaign_key)?;
+        let merged = match &local {
+            None => map.clone(),
+            Some(stored) => first_wins(stored, map),
+        };
+        if local.as_ref() == Some(&merged) {
+            return Ok(());
+        }
+        self.write_dirty(&merged)?;
+        self.nudge();
+        Ok(())
+    }
+
+    /// Writes `map` locally as changed since Redis last saw it: with a marker first if it has none yet.
+    /// The caller holds the mapping's stripe.
+    fn write_dirty(&self, map: &CampaignUserMap) -> Result<()> {
+        let key: Key = (map.user_id.clone(), map.campaign_key.clone());
+        let new_seq = {
+            let mut outbox = lock(&self.outbox);
+            if outbox.pending.contains_key(&key) {
+                None
+            } else {
+                let seq = outbox.next_seq;
+                outbox.next_seq += 1;
+                Some(seq)
+            }
+        };
+        match new_seq {
+            None => self.local.set(map)?,
+            Some(seq) => {
+                let mut batch = Batch::new();
+                batch.push(&marker(&map.user_id, &map.campaign_key, seq), None)?;
+                batch.push(map, None)?;
+                self.local.write_batch(&batch)?;
+            }
+        }
+        let mut outbox = lock(&self.outbox);
+        match (outbox.pending.get_mut(&key), new_seq) {
+            (Some(pending), _) => pending.generation += 1,
+            (None, seq) => {
+                let seq = seq.unwrap_or(outbox.next_seq);
+                outbox.next_seq = outbox.next_seq.max(seq + 1);
+                outbox.order.insert(seq, key.clone());
+                outbox.pending.insert(
+                    key,
+                    Pending {
+                        seq,
+                        generation: 0,
+                        since: Instant::now(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The local copy takes Redis's answer `remote`, keeping (and queueing for Redis) any goal only it has.
+    fn refresh(&self, hash: u64, remote: &CampaignUserMap) -> Result<CampaignUserMap> {
+        let _stripe = self.stripe(hash);
+        let local = self.local.get(&remote.user_id, &remote.campaign_key)?;
+        let merged = match &local {
+            None => remote.clone(),
+            Some(local) => first_wins(remote, local),
+        };
+        if merged != *remote && !self.is_pending(&remote.user_id, &remote.campaign_key) {
+            self.write_dirty(&merged)?;
+            self.nudge();
+        } else if local.as_ref() != Some(&merged) {
+            self.local.set(&merged)?;
+        }
+        self.mark_fresh(hash);
+        Ok(merged)
+    }
+
+    /// Queues the local copy for Redis again (unless it already waits).
+    fn reship(&self, hash: u64, local: &CampaignUserMap) -> Result<()> {
+        let _stripe = self.stripe(hash);
+        if !self.is_pending(&local.user_id, &local.campaign_key) {
+            let current = self
+                .local
+                .get(&local.user_id, &local.campaign_key)?
+                .unwrap_or_else(|| local.clone());
+            self.write_dirty(&current)?;
+            self.nudge();
+        }
+        Ok(())
+    }
+
+    /// Wakes the shipper if it sleeps.
+    fn nudge(&self) {
+        if self.shipper_idle.load(Ordering::SeqCst) {
+            let mut signal = lock(&self.signal);
+            signal.work = true;
+            self.wake.notify_one();
+        }
+    }
+
+    fn ship_loop(&self) {
+        let mut last_prune = Instant::now();
+        loop {
+            if lock(&self.signal).stop {
+                return;
+            }
+            if last_prune.elapsed() >= self.options.fresh_for.max(Duration::from_millis(100)) {
+                self.prune_fresh();
+                last_prune = Instant::now();
+            }
+            let wait = if self.redis_down() {
+                lock(&self.breaker)
+                    .until
+                    .map(|until| until.saturating_duration_since(Instant::now()))
+            } else {
+                match self.ship_round() {
+                    Round::Progress => continue,
+                    Round::Idle => Some(Duration::from_millis(200)),
+                    Round::Backoff => lock(&self.breaker)
+                        .until
+                        .map(|until| until.saturating_duration_since(Instant::now())),
+                }
+            };
+            let Some(wait) = wait else { continue };
+            // Announce the sleep, then look once more: a set that missed the announcement is seen here.
+            self.shipper_idle.store(true, Ordering::SeqCst);
+            let down = self.redis_down();
+            let ready = !down && !lock(&self.outbox).pending.is_empty();
+            let mut signal = lock(&self.signal);
+            if !ready {
+                // While Redis is down, new work does not shorten the wait; only stopping does.
+                signal = self
+                    .wake
+                    .wait_timeout_while(signal, wait, |s| !s.stop && (down || !s.work))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            signal.work = false;
+            drop(signal);
+            self.shipper_idle.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Ships the oldest waiting mappings once.
+    fn ship_round(&self) -> Round {
+        let batch: Vec<(Key, u64)> = {
+            let outbox = lock(&self.outbox);
+            outbox
+                .order
+                .values()
+                .take(self.options.ship_batch)
+                .filter_map(|k| outbox.pending.get(k).map(|p| (k.clone(), p.generation)))
+                .collect()
+        };
+        if batch.is_empty() {
+            return Round::Idle;
+        }
+        let mut to_ship = Vec::with_capacity(batch.len());
+        for (key, generation) in batch {
+            match self.local.get(&key.0, &key.1) {
+                Ok(Some(map)) => to_ship.push((key, generation, map)),
+                // A marker whose data never reached the log: nothing to ship.
+                Ok(None) => {
+                    if let Err(e) = self.settle(&key, generation, None) {
+                        log::error!("dropping an empty outbox entry failed: {e}");
+                    }
+                }
+                Err(e) => {
+                    log::error!("reading a mapping to ship failed: {e}");
+                    self.requeue(&key);
+                }
+            }
+        }
+        let answers = self
+            .remote
+            .merge_many(to_ship.iter().map(|(_, _, m)| m.clone()).collect());
+        let mut down = false;
+        for ((key, generation, _), answer) in to_ship.into_iter().zip(answers) {
+            match answer {
+                Ok(answer) => {
+                    if let Err(e) = self.settle(&key, generation, Some(&answer)) {
+                        log::error!("applying Redis's answer locally failed: {e}");
+                    }
+                }
+                Err(e) => {
+                    self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+                    match e.backend_kind() {
+                        Some(BackendErrorKind::InvalidData | BackendErrorKind::Other) => {
+                            // This key cannot be shipped now; the others can. It goes to the back.
+                            log::error!("shipping {:?} in {:?} failed: {e}", key.0, key.1);
+                            self.requeue(&key);
+                        }
+                        _ => {
+                            if !down {
+                                log::warn!("shipping to Redis failed, retrying later: {e}");
+                            }
+                            down = true;
+                        }
+                    }
+                }
+            }
+        }
+        if down {
+            self.redis_failed();
+            Round::Backoff
+        } else {
+            self.redis_answered();
+            Round::Progress
+        }
+    }
+
+    /// A shipment of `key` made at `generation` got `answer` from Redis (`None`: there was nothing to ship). If
+    /// the mapping did not change meanwhile, the local copy takes the answer and the marker goes; otherwise it
+    /// stays queued, to ship the newer state.
+    fn settle(&self, key: &Key, generation: u64, answer: Option<&CampaignUserMap>) -> Result<()> {
+        let hash = self.hash(&key.0, &key.1);
+        let _stripe = self.stripe(hash);
+        let unchanged = lock(&self.outbox)
+            .pending
+            .get(key)
+            .is_some_and(|p| p.generation == generation);
+        if !unchanged {
+            return Ok(());
+        }
+        if let Some(answer) = answer {
+            let local = self.local.get(&key.0, &key.1)?;
+            let merged = match &local {
+                None => answer.clone(),
+                Some(local) => first_wins(answer, local),
+            };
+            if local.as_ref() != Some(&merged) {
+                self.local.set(&merged)?;
+            }
+            if merged != *answer {
+                // The local copy holds more than Redis answered: it stays queued.
+                return Ok(());
+            }
+            self.counters.shipped.fetch_add(1, Ordering::Relaxed);
+            self.mark_fresh(hash);
+        }
+        let m = marker(&key.0, &key.1, 0);
+        self.local.delete(&m.user_id, &m.campaign_key)?;
+        let mut outbox = lock(&self.outbox);
+        if let Some(pending) = outbox.pending.remove(key) {
+            outbox.order.remove(&pending.seq);
+        }
+        Ok(())
+    }
+
+    /// Moves `key` to the back of the queue.
+    fn requeue(&self, key: &Key) {
+        let mut outbox = lock(&self.outbox);
+        let seq = outbox.next_seq;
+        let old = match outbox.pending.get_mut(key) {
+            Some(pending) => std::mem::replace(&mut pending.seq, seq),
+            None => return,
+        };
+        outbox.next_seq += 1;
+        outbox.order.remove(&old);
+        outbox.order.insert(seq, key.clone());
+    }
+}
