@@ -9,6 +9,8 @@ mod concurrency;
 mod corruption;
 mod crash;
 mod faults;
+#[cfg(feature = "redis")]
+mod fleet;
 mod fuzz_corpus;
 mod fuzz_harness;
 mod hints;
