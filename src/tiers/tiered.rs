@@ -2,14 +2,16 @@
 //!
 //! * `get`: a local copy that is fresh answers with no network; otherwise Redis answers and the local copy takes
 //!   its answer. While Redis cannot be reached, the local copy answers (or `None` when there is none).
-//! * `set`: applies the fleet rule to the local copy, appends it to the local log together with an outbox marker
-//!   (one `pwrite`), and returns; a background thread ships the outbox to Redis in order, and the local copy then
-//!   takes Redis's answer, so a server that lost a race for a first assignment returns the winner from then on.
+//! * `set`: applies the fleet rule to the local copy and appends it to the local log, marked as waiting for
+//!   Redis; a background thread ships waiting mappings to Redis in order, and the local copy then takes Redis's
+//!   answer, so a server that lost a race for a first assignment returns the winner from then on.
 //!
-//! The outbox lives in the local store itself: for each mapping with unshipped changes, a marker record under
-//! the user id `"\0" + user_id` (same campaign key) whose variation field holds its sequence number. Marker and
-//! data go out in one batch, marker first, so a crash or power cut that keeps the data keeps the marker (the log
-//! reopens into a prefix). Reopening walks the store once to find the markers and ships them in sequence order.
+//! The outbox lives in the local store itself, at no extra record per set: a mapping written with changes Redis
+//! has not seen carries a sequence number in its `metaData` (`{"ussdbOutbox":N}`), in the same record, so the
+//! mark is exactly as durable as the data. One reserved record, the watermark (user id `"\0ussdb"`), says below
+//! which number everything has been shipped; the shipper advances it as it goes. Reopening walks the store once
+//! and queues, in sequence order, every mapping marked at or above the watermark. Shipping something twice is
+//! harmless: the fleet rule is idempotent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -22,13 +24,15 @@ use std::time::{Duration, Instant};
 use super::config::{BACKEND, RedisConfig};
 use super::redis::{RedisStore, check_ids};
 use super::value::first_wins;
-use crate::{
-    BackendErrorKind, Batch, CampaignUserMap, Error, MAX_ID_LEN, Options, Result, Store,
-    UserStorageService,
-};
+use crate::{BackendErrorKind, CampaignUserMap, Error, Options, Result, Store, UserStorageService};
 
-/// What starts the user id of an outbox marker in the local store.
-const MARKER: char = '\0';
+/// What starts the user ids a tier reserves for itself in the local store.
+const RESERVED: char = '\0';
+/// The watermark record: user id, campaign key. Its variation field holds the sequence number below which every
+/// marked mapping has been shipped.
+const WATERMARK: (&str, &str) = ("\0ussdb", "outbox-watermark");
+/// The `metaData` key of a mapping's outbox mark.
+const MARK_KEY: &str = "ussdbOutbox";
 
 /// Stripes of the per-mapping lock that orders a set, a refresh and a shipment's answer for one mapping.
 const STRIPES: usize = 64;
@@ -180,6 +184,8 @@ struct Shared {
 #[derive(Default)]
 struct Outbox {
     next_seq: u64,
+    /// The watermark last written to the local store.
+    watermark: u64,
     pending: HashMap<Key, Pending>,
     order: BTreeMap<u64, Key>,
 }
@@ -334,8 +340,9 @@ impl Tiered {
         }
     }
 
-    /// The local store. Besides the mappings it holds the outbox markers, under user ids that start with
-    /// `"\0"`: write through the tier, not through this handle, or changes are not shipped.
+    /// The local store. Mappings waiting for Redis carry an outbox mark in their `metaData`, and one record under
+    /// the user id `"\0ussdb"` is the outbox's watermark: write through the tier, not through this handle, or
+    /// changes are not shipped.
     pub fn local(&self) -> &Store {
         &self.shared.local
     }
@@ -369,52 +376,58 @@ impl UserStorageService for Tiered {
     }
 }
 
-/// Ids a tier can store: the local store's limits, less one byte of the user id for the outbox marker, and no
-/// user id that starts with the marker's character.
+/// Ids a tier can store: the local store's, except user ids that start with U+0000 (reserved for the
+/// watermark).
 fn check_tier_ids(user_id: &str, campaign_key: &str) -> Result<()> {
     check_ids(user_id, campaign_key)?;
-    let reason = if user_id.starts_with(MARKER) {
-        "must not start with U+0000, which a tier reserves for its outbox".to_owned()
-    } else if user_id.len() + MARKER.len_utf8() > MAX_ID_LEN {
-        format!(
-            "is {} bytes long; a tier keeps an outbox marker under U+0000 + user id, so the limit is {}",
-            user_id.len(),
-            MAX_ID_LEN - MARKER.len_utf8()
-        )
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidKey {
-        field: "user_id",
-        key: user_id.chars().take(64).collect(),
-        reason,
-    })
+    if user_id.starts_with(RESERVED) {
+        return Err(Error::InvalidKey {
+            field: "user_id",
+            key: user_id.chars().take(64).collect(),
+            reason: "must not start with U+0000, which a tier reserves for its outbox".to_owned(),
+        });
+    }
+    Ok(())
 }
 
-/// The marker of `map`'s pending changes, with sequence number `seq`.
-fn marker(user_id: &str, campaign_key: &str, seq: u64) -> CampaignUserMap {
-    let mut marker_user = String::with_capacity(user_id.len() + 1);
-    marker_user.push(MARKER);
-    marker_user.push_str(user_id);
-    CampaignUserMap::new(marker_user, campaign_key, seq.to_string())
+/// The `metaData` that marks a mapping as waiting for Redis with sequence number `seq`.
+fn mark(seq: u64) -> String {
+    format!("{{\"{MARK_KEY}\":{seq}}}")
 }
 
-/// Finds the markers left in the local store: the outbox as it was when the store was last written.
+/// The sequence number of a mark, if `meta` is one.
+fn read_mark(meta: &str) -> Option<u64> {
+    meta.strip_prefix(&format!("{{\"{MARK_KEY}\":"))?
+        .strip_suffix('}')?
+        .parse()
+        .ok()
+}
+
+/// Finds the marked mappings at or above the watermark: the outbox as it was when the store was last written.
 fn recover_outbox(local: &Store) -> Result<Outbox> {
+    let watermark = local
+        .get(WATERMARK.0, WATERMARK.1)?
+        .and_then(|m| m.variation_name.parse::<u64>().ok())
+        .unwrap_or(0);
     let mut found: Vec<(u64, Key)> = Vec::new();
     for entry in local.entries() {
-        let (map, _) = entry?;
-        if let Some(user) = map.user_id.strip_prefix(MARKER) {
-            // A marker whose number cannot be read is still shipped, first.
-            let seq = map.variation_name.parse().unwrap_or(0);
-            found.push((seq, (user.to_owned(), map.campaign_key)));
+        let (map, meta) = entry?;
+        if let Some(seq) = meta.as_deref().and_then(read_mark)
+            && seq >= watermark
+            && !map.user_id.starts_with(RESERVED)
+        {
+            found.push((seq, (map.user_id, map.campaign_key)));
         }
     }
     found.sort();
     let now = Instant::now();
-    let mut outbox = Outbox::default();
+    let mut outbox = Outbox {
+        next_seq: watermark,
+        watermark,
+        ..Outbox::default()
+    };
     for (seq, key) in found {
-        // Numbers are unique as written; a repeated one (from a damaged marker) goes after the others.
+        // Numbers are unique as written; a repeated one goes after the others.
         let seq = if outbox.order.contains_key(&seq) {
             outbox.next_seq
         } else {
@@ -603,47 +616,61 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes `map` locally as changed since Redis last saw it: with a marker first if it has none yet.
-    /// The caller holds the mapping's stripe.
+    /// Writes `map` locally, marked as waiting for Redis (with the mapping's number if it already waits, else a
+    /// new one). The caller holds the mapping's stripe.
+    ///
+    /// The mapping is queued before the write, so the shipper's watermark cannot pass its number while the write
+    /// is under way; the shipper may ship the older local state meanwhile, and the bumped generation keeps it
+    /// queued for the newer one.
     fn write_dirty(&self, map: &CampaignUserMap) -> Result<()> {
         let key: Key = (map.user_id.clone(), map.campaign_key.clone());
-        let new_seq = {
+        let (seq, new) = {
             let mut outbox = lock(&self.outbox);
-            if outbox.pending.contains_key(&key) {
-                None
-            } else {
-                let seq = outbox.next_seq;
-                outbox.next_seq += 1;
-                Some(seq)
+            match outbox.pending.get(&key) {
+                Some(pending) => (pending.seq, false),
+                None => {
+                    let seq = outbox.next_seq;
+                    outbox.next_seq += 1;
+                    outbox.order.insert(seq, key.clone());
+                    outbox.pending.insert(
+                        key.clone(),
+                        Pending {
+                            seq,
+                            generation: 0,
+                            since: Instant::now(),
+                        },
+                    );
+                    (seq, true)
+                }
             }
         };
-        match new_seq {
-            None => self.local.set(map)?,
-            Some(seq) => {
-                let mut batch = Batch::new();
-                batch.push(&marker(&map.user_id, &map.campaign_key, seq), None)?;
-                batch.push(map, None)?;
-                self.local.write_batch(&batch)?;
-            }
-        }
+        let written = self.local.set_with_meta(map, Some(&mark(seq)));
         let mut outbox = lock(&self.outbox);
-        match (outbox.pending.get_mut(&key), new_seq) {
-            (Some(pending), _) => pending.generation += 1,
-            (None, seq) => {
-                let seq = seq.unwrap_or(outbox.next_seq);
-                outbox.next_seq = outbox.next_seq.max(seq + 1);
-                outbox.order.insert(seq, key.clone());
-                outbox.pending.insert(
-                    key,
-                    Pending {
-                        seq,
-                        generation: 0,
-                        since: Instant::now(),
-                    },
-                );
+        match (&written, new) {
+            (Err(_), true) => {
+                outbox.pending.remove(&key);
+                outbox.order.remove(&seq);
+            }
+            _ => {
+                if let Some(pending) = outbox.pending.get_mut(&key) {
+                    pending.generation += 1;
+                }
             }
         }
-        Ok(())
+        written
+    }
+
+    /// Writes `map` locally as Redis has it, or, if the mapping waits for Redis, keeping its mark. The caller
+    /// holds the mapping's stripe.
+    fn write_settled(&self, map: &CampaignUserMap) -> Result<()> {
+        let seq = lock(&self.outbox)
+            .pending
+            .get(&(map.user_id.clone(), map.campaign_key.clone()))
+            .map(|p| p.seq);
+        match seq {
+            Some(seq) => self.local.set_with_meta(map, Some(&mark(seq))),
+            None => self.local.set(map),
+        }
     }
 
     /// The local copy takes Redis's answer `remote`, keeping (and queueing for Redis) any goal only it has.
@@ -658,7 +685,7 @@ impl Shared {
             self.write_dirty(&merged)?;
             self.nudge();
         } else if local.as_ref() != Some(&merged) {
-            self.local.set(&merged)?;
+            self.write_settled(&merged)?;
         }
         self.mark_fresh(hash);
         Ok(merged)
@@ -676,6 +703,32 @@ impl Shared {
             self.nudge();
         }
         Ok(())
+    }
+
+    /// Writes the watermark (the lowest number still waiting, or the next one) if it moved: after a restart,
+    /// marks below it are known to be shipped.
+    fn advance_watermark(&self) {
+        let (low, written) = {
+            let outbox = lock(&self.outbox);
+            let low = outbox
+                .order
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(outbox.next_seq);
+            (low, outbox.watermark)
+        };
+        if low <= written {
+            return;
+        }
+        let record = CampaignUserMap::new(WATERMARK.0, WATERMARK.1, low.to_string());
+        match self.local.set(&record) {
+            Ok(()) => {
+                let mut outbox = lock(&self.outbox);
+                outbox.watermark = outbox.watermark.max(low);
+            }
+            Err(e) => log::error!("writing the outbox watermark failed: {e}"),
+        }
     }
 
     /// Wakes the shipper if it sleeps.
@@ -742,18 +795,15 @@ impl Shared {
                 .collect()
         };
         if batch.is_empty() {
+            self.advance_watermark();
             return Round::Idle;
         }
         let mut to_ship = Vec::with_capacity(batch.len());
         for (key, generation) in batch {
             match self.local.get(&key.0, &key.1) {
                 Ok(Some(map)) => to_ship.push((key, generation, map)),
-                // A marker whose data never reached the log: nothing to ship.
-                Ok(None) => {
-                    if let Err(e) = self.settle(&key, generation, None) {
-                        log::error!("dropping an empty outbox entry failed: {e}");
-                    }
-                }
+                // Queued by a write that has not reached the log yet (or failed): nothing to ship now.
+                Ok(None) => {}
                 Err(e) => {
                     log::error!("reading a mapping to ship failed: {e}");
                     self.requeue(&key);
@@ -767,7 +817,7 @@ impl Shared {
         for ((key, generation, _), answer) in to_ship.into_iter().zip(answers) {
             match answer {
                 Ok(answer) => {
-                    if let Err(e) = self.settle(&key, generation, Some(&answer)) {
+                    if let Err(e) = self.settle(&key, generation, &answer) {
                         log::error!("applying Redis's answer locally failed: {e}");
                     }
                 }
@@ -789,6 +839,7 @@ impl Shared {
                 }
             }
         }
+        self.advance_watermark();
         if down {
             self.redis_failed();
             Round::Backoff
@@ -798,10 +849,10 @@ impl Shared {
         }
     }
 
-    /// A shipment of `key` made at `generation` got `answer` from Redis (`None`: there was nothing to ship). If
-    /// the mapping did not change meanwhile, the local copy takes the answer and the marker goes; otherwise it
-    /// stays queued, to ship the newer state.
-    fn settle(&self, key: &Key, generation: u64, answer: Option<&CampaignUserMap>) -> Result<()> {
+    /// A shipment of `key` made at `generation` got `answer` from Redis. If the mapping did not change meanwhile,
+    /// the local copy takes the answer and leaves the queue; otherwise it stays queued, to ship the newer state.
+    /// Its mark stays in the record until the record is next written: the watermark makes it stale.
+    fn settle(&self, key: &Key, generation: u64, answer: &CampaignUserMap) -> Result<()> {
         let hash = self.hash(&key.0, &key.1);
         let _stripe = self.stripe(hash);
         let unchanged = lock(&self.outbox)
@@ -811,41 +862,48 @@ impl Shared {
         if !unchanged {
             return Ok(());
         }
-        if let Some(answer) = answer {
-            let local = self.local.get(&key.0, &key.1)?;
-            let merged = match &local {
-                None => answer.clone(),
-                Some(local) => first_wins(answer, local),
-            };
-            if local.as_ref() != Some(&merged) {
-                self.local.set(&merged)?;
-            }
-            if merged != *answer {
-                // The local copy holds more than Redis answered: it stays queued.
-                return Ok(());
-            }
-            self.counters.shipped.fetch_add(1, Ordering::Relaxed);
-            self.mark_fresh(hash);
+        let local = self.local.get(&key.0, &key.1)?;
+        let merged = match &local {
+            None => answer.clone(),
+            Some(local) => first_wins(answer, local),
+        };
+        if merged != *answer {
+            // The local copy holds more than Redis answered: it stays queued, marked.
+            return self.write_settled(&merged);
         }
-        let m = marker(&key.0, &key.1, 0);
-        self.local.delete(&m.user_id, &m.campaign_key)?;
-        let mut outbox = lock(&self.outbox);
-        if let Some(pending) = outbox.pending.remove(key) {
-            outbox.order.remove(&pending.seq);
+        {
+            let mut outbox = lock(&self.outbox);
+            if let Some(pending) = outbox.pending.remove(key) {
+                outbox.order.remove(&pending.seq);
+            }
         }
+        if local.as_ref() != Some(&merged) {
+            self.local.set(&merged)?;
+        }
+        self.counters.shipped.fetch_add(1, Ordering::Relaxed);
+        self.mark_fresh(hash);
         Ok(())
     }
 
-    /// Moves `key` to the back of the queue.
+    /// Moves `key` to the back of the queue, rewriting its mark so a restart keeps it there.
     fn requeue(&self, key: &Key) {
-        let mut outbox = lock(&self.outbox);
-        let seq = outbox.next_seq;
-        let old = match outbox.pending.get_mut(key) {
-            Some(pending) => std::mem::replace(&mut pending.seq, seq),
-            None => return,
+        let _stripe = self.stripe(self.hash(&key.0, &key.1));
+        let seq = {
+            let mut outbox = lock(&self.outbox);
+            let seq = outbox.next_seq;
+            let old = match outbox.pending.get_mut(key) {
+                Some(pending) => std::mem::replace(&mut pending.seq, seq),
+                None => return,
+            };
+            outbox.next_seq += 1;
+            outbox.order.remove(&old);
+            outbox.order.insert(seq, key.clone());
+            seq
         };
-        outbox.next_seq += 1;
-        outbox.order.remove(&old);
-        outbox.order.insert(seq, key.clone());
+        if let Ok(Some(map)) = self.local.get(&key.0, &key.1)
+            && let Err(e) = self.local.set_with_meta(&map, Some(&mark(seq)))
+        {
+            log::error!("re-marking a mapping for Redis failed: {e}");
+        }
     }
 }
