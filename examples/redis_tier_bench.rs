@@ -148,15 +148,28 @@ fn main() {
         .fresh_for(Duration::from_secs(3600));
     let tier = Tiered::open_with(dirs.path().join("tier"), config.clone(), tier_options)
         .unwrap_or_else(|e| fail(&format!("open tier: {e}")));
-    let local = Store::open_with(dirs.path().join("local"), periodic)
+    let local = Store::open_with(dirs.path().join("local"), periodic.clone())
         .unwrap_or_else(|e| fail(&format!("open store: {e}")));
     let remote = RedisStore::connect(config.clone()).unwrap_or_else(|e| fail(&e.to_string()));
+    // A tier whose Redis never answers: its shipper sleeps, so its sets show the tier's own cost without the
+    // shipper competing for the two cores.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| format!("redis://127.0.0.1:{}", a.port()))
+        .unwrap_or_else(|e| fail(&format!("no free port: {e}")));
+    let offline = Tiered::open_with(
+        dirs.path().join("offline"),
+        RedisConfig::new(nowhere),
+        TierOptions::default().local(periodic.clone()),
+    )
+    .unwrap_or_else(|e| fail(&format!("open tier: {e}")));
     let mut plain = redis::Client::open(url.as_str())
         .and_then(|c| c.get_connection())
         .unwrap_or_else(|e| fail(&format!("plain connection: {e}")));
 
     // Sets: first assignments (new keys), alternating rounds so both sides see the same machine load.
-    let (mut set_local, mut set_tier) = (Samples::new(), Samples::new());
+    let (mut set_local, mut set_tier, mut set_offline) =
+        (Samples::new(), Samples::new(), Samples::new());
     let per_round = a.keys / a.rounds.max(1);
     for round in 0..a.rounds {
         let range = round * per_round..(round + 1) * per_round;
@@ -166,26 +179,44 @@ fn main() {
                 .time(|| local.set(&m))
                 .unwrap_or_else(|e| fail(&e.to_string()));
         }
-        for i in range {
+        for i in range.clone() {
             let m = map(i, "bench");
             set_tier
                 .time(|| tier.set(&m))
+                .unwrap_or_else(|e| fail(&e.to_string()));
+        }
+        for i in range {
+            let m = map(i, "bench");
+            set_offline
+                .time(|| offline.set(&m))
                 .unwrap_or_else(|e| fail(&e.to_string()));
         }
     }
     tier.flush(Duration::from_secs(60))
         .unwrap_or_else(|e| fail(&e.to_string()));
 
-    // Gets of keys every side holds.
+    // Gets of keys every side holds, each kind in a loop of its own per round, rounds alternating.
     let n = per_round * a.rounds;
-    let (mut g_tier, mut g_remote, mut g_plain) = (Samples::new(), Samples::new(), Samples::new());
+    let (mut g_store, mut g_tier) = (Samples::new(), Samples::new());
+    let (mut g_remote, mut g_plain) = (Samples::new(), Samples::new());
     for round in 0..a.rounds {
-        for i in (round..n).step_by(a.rounds.max(1)) {
-            let m = map(i, "bench");
+        let keys: Vec<CampaignUserMap> = (round..n)
+            .step_by(a.rounds.max(1))
+            .map(|i| map(i, "bench"))
+            .collect();
+        for m in &keys {
+            let hit = g_store.time(|| local.get(&m.user_id, &m.campaign_key));
+            assert!(matches!(hit, Ok(Some(_))), "store get");
+        }
+        for m in &keys {
             let hit = g_tier.time(|| tier.get(&m.user_id, &m.campaign_key));
             assert!(matches!(hit, Ok(Some(_))), "tier get");
+        }
+        for m in &keys {
             let got = g_remote.time(|| remote.get(&m.user_id, &m.campaign_key));
             assert!(matches!(got, Ok(Some(_))), "remote get");
+        }
+        for m in &keys {
             let key = format!("{}:{}", m.campaign_key, m.user_id);
             let decoded = g_plain.time(|| {
                 let raw: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query(&mut plain).ok()?;
@@ -194,6 +225,11 @@ fn main() {
             assert!(decoded.is_some(), "plain get");
         }
     }
+    assert_eq!(
+        tier.stats().remote_hits,
+        0,
+        "every tier get was a local hit"
+    );
 
     // Shipping and visibility: a set on one tier, until Redis has it and until a second tier (copies trusted for
     // 100 ms) sees it.
@@ -248,11 +284,16 @@ fn main() {
     println!("| operation | p50 | p99 | mean |");
     println!("| --- | --- | --- | --- |");
     for (name, s) in [
+        ("get: local Store (for reference)", &mut g_store),
         ("get: Tiered, local hit", &mut g_tier),
         ("get: RedisStore (loopback)", &mut g_remote),
         ("get: plain GET + JSON decode (loopback)", &mut g_plain),
         ("set: local Store, Periodic", &mut set_local),
         ("set: Tiered, Periodic local", &mut set_tier),
+        (
+            "set: Tiered, Redis unreachable (shipper asleep)",
+            &mut set_offline,
+        ),
     ] {
         let (p50, p99) = (s.pct(0.5), s.pct(0.99));
         println!("| {name} | {} | {} | {} |", us(p50), us(p99), us(s.mean()));

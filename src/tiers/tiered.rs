@@ -177,6 +177,8 @@ struct Shared {
     signal: Mutex<Signal>,
     wake: Condvar,
     shipper_idle: AtomicBool,
+    /// Set by writers, cleared by the shipper before it reads the queue: so a burst of writes wakes it once.
+    work: AtomicBool,
     counters: Counters,
 }
 
@@ -206,7 +208,6 @@ struct Breaker {
 #[derive(Default)]
 struct Signal {
     stop: bool,
-    work: bool,
 }
 
 #[derive(Default)]
@@ -255,6 +256,7 @@ impl Tiered {
             signal: Mutex::new(Signal::default()),
             wake: Condvar::new(),
             shipper_idle: AtomicBool::new(false),
+            work: AtomicBool::new(false),
             counters: Counters::default(),
         });
         let worker = Arc::clone(&shared);
@@ -468,8 +470,13 @@ fn unreachable(e: &Error) -> bool {
 
 /// What a round of the shipper did.
 enum Round {
+    /// Nothing waits.
     Idle,
+    /// Some mappings were shipped: go on.
     Progress,
+    /// Nothing could be shipped, though Redis answers: retry after a while.
+    Stuck,
+    /// Redis cannot be reached.
     Backoff,
 }
 
@@ -617,45 +624,41 @@ impl Shared {
     }
 
     /// Writes `map` locally, marked as waiting for Redis (with the mapping's number if it already waits, else a
-    /// new one). The caller holds the mapping's stripe.
-    ///
-    /// The mapping is queued before the write, so the shipper's watermark cannot pass its number while the write
-    /// is under way; the shipper may ship the older local state meanwhile, and the bumped generation keeps it
-    /// queued for the newer one.
+    /// new one). The caller holds the mapping's stripe, which the shipper also holds while it reads a mapping to
+    /// ship: so bumping the generation before the write is safe (no shipment can read between the two), and the
+    /// watermark cannot pass the number while the write is under way.
     fn write_dirty(&self, map: &CampaignUserMap) -> Result<()> {
-        let key: Key = (map.user_id.clone(), map.campaign_key.clone());
         let (seq, new) = {
             let mut outbox = lock(&self.outbox);
-            match outbox.pending.get(&key) {
-                Some(pending) => (pending.seq, false),
-                None => {
-                    let seq = outbox.next_seq;
+            let next = outbox.next_seq;
+            match outbox
+                .pending
+                .entry((map.user_id.clone(), map.campaign_key.clone()))
+            {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.get_mut().generation += 1;
+                    (e.get().seq, false)
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let key = e.key().clone();
+                    e.insert(Pending {
+                        seq: next,
+                        generation: 0,
+                        since: Instant::now(),
+                    });
                     outbox.next_seq += 1;
-                    outbox.order.insert(seq, key.clone());
-                    outbox.pending.insert(
-                        key.clone(),
-                        Pending {
-                            seq,
-                            generation: 0,
-                            since: Instant::now(),
-                        },
-                    );
-                    (seq, true)
+                    outbox.order.insert(next, key);
+                    (next, true)
                 }
             }
         };
         let written = self.local.set_with_meta(map, Some(&mark(seq)));
-        let mut outbox = lock(&self.outbox);
-        match (&written, new) {
-            (Err(_), true) => {
-                outbox.pending.remove(&key);
-                outbox.order.remove(&seq);
-            }
-            _ => {
-                if let Some(pending) = outbox.pending.get_mut(&key) {
-                    pending.generation += 1;
-                }
-            }
+        if written.is_err() && new {
+            let mut outbox = lock(&self.outbox);
+            outbox
+                .pending
+                .remove(&(map.user_id.clone(), map.campaign_key.clone()));
+            outbox.order.remove(&seq);
         }
         written
     }
@@ -731,11 +734,10 @@ impl Shared {
         }
     }
 
-    /// Wakes the shipper if it sleeps.
+    /// Tells the shipper there is work; wakes it only if it sleeps and has not been told since its last look.
     fn nudge(&self) {
-        if self.shipper_idle.load(Ordering::SeqCst) {
-            let mut signal = lock(&self.signal);
-            signal.work = true;
+        if !self.work.swap(true, Ordering::SeqCst) && self.shipper_idle.load(Ordering::SeqCst) {
+            let _signal = lock(&self.signal);
             self.wake.notify_one();
         }
     }
@@ -750,48 +752,50 @@ impl Shared {
                 self.prune_fresh();
                 last_prune = Instant::now();
             }
-            let wait = if self.redis_down() {
+            let until_retry = || {
                 lock(&self.breaker)
                     .until
                     .map(|until| until.saturating_duration_since(Instant::now()))
+            };
+            let wait = if self.redis_down() {
+                until_retry()
             } else {
                 match self.ship_round() {
                     Round::Progress => continue,
                     Round::Idle => Some(Duration::from_millis(200)),
-                    Round::Backoff => lock(&self.breaker)
-                        .until
-                        .map(|until| until.saturating_duration_since(Instant::now())),
+                    Round::Stuck => Some(self.options.retry_max),
+                    Round::Backoff => until_retry(),
                 }
             };
             let Some(wait) = wait else { continue };
-            // Announce the sleep, then look once more: a set that missed the announcement is seen here.
+            // Announce the sleep, then look once more: a writer that missed the announcement set `work` before.
             self.shipper_idle.store(true, Ordering::SeqCst);
             let down = self.redis_down();
-            let ready = !down && !lock(&self.outbox).pending.is_empty();
-            let mut signal = lock(&self.signal);
-            if !ready {
+            let signal = lock(&self.signal);
+            if down || !self.work.load(Ordering::SeqCst) {
                 // While Redis is down, new work does not shorten the wait; only stopping does.
-                signal = self
+                let _signal = self
                     .wake
-                    .wait_timeout_while(signal, wait, |s| !s.stop && (down || !s.work))
+                    .wait_timeout_while(signal, wait, |s| {
+                        !s.stop && (down || !self.work.load(Ordering::SeqCst))
+                    })
                     .map(|(g, _)| g)
                     .unwrap_or_else(|e| e.into_inner().0);
             }
-            signal.work = false;
-            drop(signal);
             self.shipper_idle.store(false, Ordering::SeqCst);
         }
     }
 
     /// Ships the oldest waiting mappings once.
     fn ship_round(&self) -> Round {
-        let batch: Vec<(Key, u64)> = {
+        self.work.store(false, Ordering::SeqCst);
+        let batch: Vec<Key> = {
             let outbox = lock(&self.outbox);
             outbox
                 .order
                 .values()
                 .take(self.options.ship_batch)
-                .filter_map(|k| outbox.pending.get(k).map(|p| (k.clone(), p.generation)))
+                .cloned()
                 .collect()
         };
         if batch.is_empty() {
@@ -799,13 +803,20 @@ impl Shared {
             return Round::Idle;
         }
         let mut to_ship = Vec::with_capacity(batch.len());
-        for (key, generation) in batch {
+        for key in batch {
+            // Under the stripe, so the generation read belongs to the local state read.
+            let stripe = self.stripe(self.hash(&key.0, &key.1));
+            let Some(generation) = lock(&self.outbox).pending.get(&key).map(|p| p.generation)
+            else {
+                continue;
+            };
             match self.local.get(&key.0, &key.1) {
                 Ok(Some(map)) => to_ship.push((key, generation, map)),
-                // Queued by a write that has not reached the log yet (or failed): nothing to ship now.
+                // A write that failed after queueing leaves nothing to ship; it was unqueued.
                 Ok(None) => {}
                 Err(e) => {
                     log::error!("reading a mapping to ship failed: {e}");
+                    drop(stripe);
                     self.requeue(&key);
                 }
             }
@@ -813,10 +824,11 @@ impl Shared {
         let answers = self
             .remote
             .merge_many(to_ship.iter().map(|(_, _, m)| m.clone()).collect());
-        let mut down = false;
+        let (mut down, mut settled) = (false, 0);
         for ((key, generation, _), answer) in to_ship.into_iter().zip(answers) {
             match answer {
                 Ok(answer) => {
+                    settled += 1;
                     if let Err(e) = self.settle(&key, generation, &answer) {
                         log::error!("applying Redis's answer locally failed: {e}");
                     }
@@ -843,6 +855,9 @@ impl Shared {
         if down {
             self.redis_failed();
             Round::Backoff
+        } else if settled == 0 {
+            // Only mappings Redis refused, or whose write is still under way: not worth an immediate retry.
+            Round::Stuck
         } else {
             self.redis_answered();
             Round::Progress
