@@ -1,9 +1,10 @@
 //! An HTTP service in the shape of an SDK's server-side integration: one `Store` shared by every handler, users
 //! assigned a variation on first activate and kept on it, goals tracked once.
 //!
-//! `Durability::Immediate` makes every `set` wait for an fsync; a blocked async worker thread would stall every
-//! request it runs, so writes go through `spawn_blocking`. Reads (a hash lookup and one read of a record) stay
-//! on the async threads.
+//! `Durability::Immediate` makes every write wait for an fsync; a blocked async worker thread would stall every
+//! request it runs, so writes use `Store::set_async`, whose future resolves when a group commit made the write
+//! durable (concurrent requests share the fsync, and no thread waits per request). Reads (a hash lookup and one
+//! read of a record) stay on the async threads.
 //!
 //! Run: cargo run --example server                  (serves on 127.0.0.1:3000; USSDB_ADDR=host:port to change)
 //!      curl localhost:3000/activate/checkout-test/user-42
@@ -34,7 +35,6 @@ struct App {
 enum Failure {
     NotFound(String),
     Store(ussdb::Error),
-    Panicked,
 }
 
 impl IntoResponse for Failure {
@@ -48,10 +48,6 @@ impl IntoResponse for Failure {
                 "invalid user id or campaign key".to_owned(),
             ),
             Failure::Store(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            Failure::Panicked => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "a storage task failed".to_owned(),
-            ),
         };
         (status, Json(json!({ "error": message }))).into_response()
     }
@@ -63,13 +59,9 @@ impl From<ussdb::Error> for Failure {
     }
 }
 
-/// Stores `map` on the blocking pool, so the fsync of `Immediate` mode never blocks an async worker.
-async fn set_blocking(store: &Store, map: CampaignUserMap) -> Result<(), Failure> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || store.set(&map))
-        .await
-        .map_err(|_| Failure::Panicked)?
-        .map_err(Failure::Store)
+/// Stores `map` and waits, without blocking a worker thread, until it is durable.
+async fn set_durably(store: &Store, map: CampaignUserMap) -> Result<(), Failure> {
+    store.set_async(&map).await.map_err(Failure::Store)
 }
 
 /// Deterministic bucketing like the SDKs': a hash of the user id picks a point in 0..100 in the cumulative weights.
@@ -103,7 +95,7 @@ async fn activate(
         ));
     }
     let variation = bucket(&user, variations);
-    set_blocking(&app.store, CampaignUserMap::new(user, campaign, variation)).await?;
+    set_durably(&app.store, CampaignUserMap::new(user, campaign, variation)).await?;
     Ok(Json(json!({ "variationName": variation, "new": true })))
 }
 
@@ -120,7 +112,7 @@ async fn track(
     // SDKs' own storage; a per-user lock would close that gap if it matters.
     let counted = map.add_goal(&goal);
     if counted {
-        set_blocking(&app.store, map).await?;
+        set_durably(&app.store, map).await?;
     }
     Ok(Json(json!({ "counted": counted })))
 }

@@ -6,16 +6,20 @@
 //! Value: bincode 2 (standard configuration: variable-length integers, little-endian) of [`StoredValue`]. The
 //! user id and campaign key are not repeated in the value; they are in the key. The encoding is frozen by the
 //! golden vectors in the tests below: a change to them is a change of the on-disk format.
+//!
+//! FME records ([`FeatureRecord`]) live in their own item namespace: their item is `0xFF` followed by the feature
+//! key. `0xFF` never occurs in UTF-8, so no campaign key (always UTF-8) can equal an FME item, and a record's kind
+//! is told from its key alone. Their value is a version byte (`1`) and bincode of [`StoredFeature`].
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
-use crate::model::CampaignUserMap;
+use crate::model::{CampaignUserMap, FeatureRecord, Field, FmeId, IdParts};
 use crate::record::MAX_RECORD_VALUE_LEN;
 use crate::{Error, Result};
 
-/// Longest user id or campaign key, in bytes of UTF-8.
-pub const MAX_ID_LEN: usize = 1024;
+pub use crate::model::MAX_ID_LEN;
+pub(crate) use crate::model::check_id;
 /// Largest encoded value, in bytes.
 pub const MAX_VALUE_LEN: usize = MAX_RECORD_VALUE_LEN;
 
@@ -38,16 +42,14 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ MAX_VALUE_LEN }>()
 }
 
-/// Checks one id against the limits.
-pub(crate) fn check_id(field: &'static str, id: &str) -> Result<()> {
-    if id.is_empty() {
-        return Err(Error::invalid_key(field, id, "must not be empty"));
-    }
-    if id.len() > MAX_ID_LEN {
+/// Refuses an empty variation name, as empty ids are refused: the SDKs never store one, so it can only come from
+/// a mistake (a missing field read as `""`), and a user mapped to no variation would stay stuck there.
+pub(crate) fn check_variation(name: &str) -> Result<()> {
+    if name.is_empty() {
         return Err(Error::invalid_key(
-            field,
-            id,
-            format!("is {} bytes long, the limit is {MAX_ID_LEN}", id.len()),
+            "variation_name",
+            name,
+            "must not be empty",
         ));
     }
     Ok(())
@@ -80,6 +82,39 @@ pub(crate) fn split_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
         return None;
     }
     Some((user, campaign))
+}
+
+/// The first byte of every FME item: a byte that never occurs in UTF-8, so FME items and campaign keys are apart.
+pub(crate) const FEATURE_ITEM_TAG: u8 = 0xFF;
+
+/// The item under which the FME record of `feature_key` is stored.
+pub(crate) fn feature_item(feature_key: &str) -> Vec<u8> {
+    let mut item = Vec::with_capacity(1 + feature_key.len());
+    item.push(FEATURE_ITEM_TAG);
+    item.extend_from_slice(feature_key.as_bytes());
+    item
+}
+
+/// What an item of a user is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Item<'a> {
+    /// A campaign mapping's campaign key.
+    Campaign(&'a str),
+    /// An FME record's feature key.
+    Feature(&'a str),
+    /// Neither: an FME tag before bytes that are not UTF-8, or bytes that are not UTF-8 at all.
+    Unknown,
+}
+
+/// Tells a campaign key from an FME item by its first byte.
+pub(crate) fn classify_item(item: &[u8]) -> Item<'_> {
+    match item.split_first() {
+        Some((&FEATURE_ITEM_TAG, key)) => match std::str::from_utf8(key) {
+            Ok(key) if !key.is_empty() => Item::Feature(key),
+            _ => Item::Unknown,
+        },
+        _ => std::str::from_utf8(item).map_or(Item::Unknown, Item::Campaign),
+    }
 }
 
 /// Decodes an encoded key into its two ids.
@@ -166,6 +201,167 @@ pub(crate) fn decode_map_of(
     Ok((map, stored.meta_data.map(Cow::into_owned)))
 }
 
+/// The version byte that starts every FME value, so the format can grow without guessing.
+const FEATURE_VALUE_VERSION: u8 = 1;
+
+/// A member of an FME record: absent, `null`, or a value. Variant order is the on-disk tag (0, 1, 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredField<T> {
+    Absent,
+    Null,
+    Value(T),
+}
+
+/// An id: variant order is the on-disk tag (0 integer as zigzag varint, 1 other number literal, 2 string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredId {
+    Int(i64),
+    Number(String),
+    Text(String),
+}
+
+/// What an FME record's value holds after the version byte. Field order is the on-disk order; never reorder.
+/// Feature key and user id are in the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredFeature {
+    feature_id: StoredField<StoredId>,
+    rollout_id: StoredField<StoredId>,
+    rollout_key: StoredField<String>,
+    rollout_variation_id: StoredField<StoredId>,
+    experiment_id: StoredField<StoredId>,
+    experiment_key: StoredField<String>,
+    experiment_variation_id: StoredField<StoredId>,
+    is_in_holdout_id: StoredField<Vec<StoredId>>,
+    not_in_holdout_id: StoredField<Vec<StoredId>>,
+    /// The members no typed field holds, as one JSON object's text.
+    other_fields: Option<String>,
+}
+
+fn stored_field<T, S>(field: &Field<T>, f: impl FnOnce(&T) -> S) -> StoredField<S> {
+    match field {
+        Field::Absent => StoredField::Absent,
+        Field::Null => StoredField::Null,
+        Field::Value(v) => StoredField::Value(f(v)),
+    }
+}
+
+fn stored_id(id: &FmeId) -> StoredId {
+    match id.parts() {
+        IdParts::Int(n) => StoredId::Int(n),
+        IdParts::Number(s) => StoredId::Number(s.to_owned()),
+        IdParts::Text(s) => StoredId::Text(s.to_owned()),
+    }
+}
+
+fn field_of<S, T>(
+    stored: StoredField<S>,
+    f: impl FnOnce(S) -> std::result::Result<T, String>,
+) -> std::result::Result<Field<T>, String> {
+    Ok(match stored {
+        StoredField::Absent => Field::Absent,
+        StoredField::Null => Field::Null,
+        StoredField::Value(v) => Field::Value(f(v)?),
+    })
+}
+
+fn id_of(stored: StoredId) -> std::result::Result<FmeId, String> {
+    let parts = match &stored {
+        StoredId::Int(n) => IdParts::Int(*n),
+        StoredId::Number(s) => IdParts::Number(s),
+        StoredId::Text(s) => IdParts::Text(s),
+    };
+    FmeId::from_parts(parts)
+        .ok_or_else(|| format!("stored id {stored:?} is not in its one encoding"))
+}
+
+fn ids_of(stored: Vec<StoredId>) -> std::result::Result<Vec<FmeId>, String> {
+    stored.into_iter().map(id_of).collect()
+}
+
+/// Encodes the value of an FME record (the caller has checked its ids).
+pub(crate) fn encode_feature(rec: &FeatureRecord) -> Result<Vec<u8>> {
+    let ids = |v: &Vec<FmeId>| v.iter().map(stored_id).collect::<Vec<_>>();
+    let stored = StoredFeature {
+        feature_id: stored_field(&rec.feature_id, stored_id),
+        rollout_id: stored_field(&rec.rollout_id, stored_id),
+        rollout_key: stored_field(&rec.rollout_key, String::clone),
+        rollout_variation_id: stored_field(&rec.rollout_variation_id, stored_id),
+        experiment_id: stored_field(&rec.experiment_id, stored_id),
+        experiment_key: stored_field(&rec.experiment_key, String::clone),
+        experiment_variation_id: stored_field(&rec.experiment_variation_id, stored_id),
+        is_in_holdout_id: stored_field(&rec.is_in_holdout_id, ids),
+        not_in_holdout_id: stored_field(&rec.not_in_holdout_id, ids),
+        other_fields: rec.other_fields().map(str::to_owned),
+    };
+    let too_large = |len: usize| Error::ValueTooLarge {
+        user_id: rec.user_id.clone(),
+        campaign_key: rec.feature_key.clone(),
+        len,
+        max: MAX_VALUE_LEN,
+    };
+    let mut bytes = vec![FEATURE_VALUE_VERSION];
+    bincode::serde::encode_into_std_write(&stored, &mut bytes, config())
+        .map_err(|_| too_large(rec.to_json().len()))?;
+    if bytes.len() > MAX_VALUE_LEN {
+        return Err(too_large(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// Decodes an FME record's value into the record of (`user_id`, `feature_key`); the error says what is wrong.
+pub(crate) fn decode_feature(
+    user_id: &str,
+    feature_key: &str,
+    value: &[u8],
+) -> std::result::Result<FeatureRecord, String> {
+    let Some((&version, rest)) = value.split_first() else {
+        return Err("empty FME value".into());
+    };
+    if version != FEATURE_VALUE_VERSION {
+        return Err(format!(
+            "FME value version {version}, this build reads version {FEATURE_VALUE_VERSION}"
+        ));
+    }
+    let (stored, used): (StoredFeature, usize) =
+        bincode::serde::decode_from_slice(rest, config()).map_err(|e| e.to_string())?;
+    if used != rest.len() {
+        return Err(format!(
+            "{} trailing bytes after the FME value",
+            rest.len() - used
+        ));
+    }
+    let mut rec = FeatureRecord::new(feature_key, user_id);
+    rec.feature_id = field_of(stored.feature_id, id_of)?;
+    rec.rollout_id = field_of(stored.rollout_id, id_of)?;
+    rec.rollout_key = field_of(stored.rollout_key, Ok)?;
+    rec.rollout_variation_id = field_of(stored.rollout_variation_id, id_of)?;
+    rec.experiment_id = field_of(stored.experiment_id, id_of)?;
+    rec.experiment_key = field_of(stored.experiment_key, Ok)?;
+    rec.experiment_variation_id = field_of(stored.experiment_variation_id, id_of)?;
+    rec.is_in_holdout_id = field_of(stored.is_in_holdout_id, ids_of)?;
+    rec.not_in_holdout_id = field_of(stored.not_in_holdout_id, ids_of)?;
+    if let Some(other) = &stored.other_fields
+        && !(other.starts_with('{') && other.ends_with('}') && other.len() > 2)
+    {
+        return Err("the other members of an FME value are not a JSON object".into());
+    }
+    rec.set_other_fields_unchecked(stored.other_fields.map(String::into_boxed_str));
+    Ok(rec)
+}
+
+/// Decodes an FME record from a record's key and value.
+pub(crate) fn decode_feature_record(
+    key: &[u8],
+    value: &[u8],
+) -> std::result::Result<FeatureRecord, String> {
+    let (user, item) = split_key(key).ok_or("malformed key")?;
+    let user_id = std::str::from_utf8(user).map_err(|_| "user id is not UTF-8")?;
+    match classify_item(item) {
+        Item::Feature(feature_key) => decode_feature(user_id, feature_key, value),
+        _ => Err("not an FME key".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +434,91 @@ mod tests {
         assert!(encode_key("u", "").is_err());
         assert!(encode_key(&"x".repeat(MAX_ID_LEN + 1), "c").is_err());
         assert!(encode_key(&"x".repeat(MAX_ID_LEN), &"y".repeat(MAX_ID_LEN)).is_ok());
+    }
+
+    fn feature(json_like: impl FnOnce(&mut FeatureRecord)) -> FeatureRecord {
+        let mut rec = FeatureRecord::new("f", "u");
+        json_like(&mut rec);
+        rec
+    }
+
+    #[test]
+    fn golden_feature_bytes() {
+        // Frozen on-disk bytes: a change here breaks every existing store.
+        assert_eq!(feature_item("f"), b"\xfff");
+        assert_eq!(
+            encode_feature(&FeatureRecord::new("f", "u")).expect("encodes"),
+            b"\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+        );
+        let rollout = feature(|r| {
+            r.rollout_id = FmeId::from(31).into();
+            r.rollout_key = "f_r1".to_owned().into();
+            r.rollout_variation_id = FmeId::from(1).into();
+            r.experiment_id = Field::Null;
+            r.experiment_variation_id = FmeId::from(-1).into();
+            r.not_in_holdout_id = Field::Value(vec![
+                FmeId::number("5.0").expect("number"),
+                FmeId::from("h"),
+            ]);
+        });
+        assert_eq!(
+            encode_feature(&rollout).expect("encodes"),
+            b"\x01\x00\x02\x00\x3e\x02\x04f_r1\x02\x00\x02\x01\x00\x02\x00\x01\x00\x02\x02\x01\x035.0\x02\x01h\x00"
+        );
+        let mut other = FeatureRecord::new("f", "u");
+        other.set_other_fields_unchecked(Some(r#"{"x":1}"#.into()));
+        assert_eq!(
+            encode_feature(&other).expect("encodes"),
+            b"\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x07{\"x\":1}"
+        );
+    }
+
+    #[test]
+    fn feature_values_round_trip_and_damage_is_an_error() {
+        let rec = feature(|r| {
+            r.feature_id = FmeId::from(i64::MIN).into();
+            r.experiment_key = Field::Null;
+            r.is_in_holdout_id = Field::Value(vec![]);
+            r.set_other_fields_unchecked(Some(r#"{"a":[1, 2],"b":null}"#.into()));
+        });
+        let bytes = encode_feature(&rec).expect("encodes");
+        assert_eq!(decode_feature("u", "f", &bytes), Ok(rec.clone()));
+        let key = encode_item_key("u", &feature_item("f")).expect("key");
+        assert_eq!(decode_feature_record(&key, &bytes), Ok(rec));
+        assert!(decode_feature_record(b"\x01\x00uf", &bytes).is_err());
+        assert!(decode_feature("u", "f", b"").is_err());
+        assert!(decode_feature("u", "f", b"\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00").is_err());
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(decode_feature("u", "f", &trailing).is_err());
+        assert!(decode_feature("u", "f", &bytes[..bytes.len() - 1]).is_err());
+        // A number stored as text when it is a plain integer has two encodings: refused.
+        assert!(
+            decode_feature(
+                "u",
+                "f",
+                b"\x01\x02\x01\x0212\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+            )
+            .is_err()
+        );
+        assert!(
+            decode_feature(
+                "u",
+                "f",
+                b"\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x02[]"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn items_are_told_apart_by_their_first_byte() {
+        assert_eq!(classify_item(b"camp"), Item::Campaign("camp"));
+        assert_eq!(classify_item(b"\xffcamp"), Item::Feature("camp"));
+        assert_eq!(classify_item(b"\xff"), Item::Unknown);
+        assert_eq!(classify_item(b"\xff\xfe"), Item::Unknown);
+        assert_eq!(classify_item(b"\xfe"), Item::Unknown);
+        // Every feature item is outside UTF-8, so it never equals a campaign key.
+        assert!(std::str::from_utf8(&feature_item("camp")).is_err());
     }
 }

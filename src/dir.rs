@@ -56,7 +56,8 @@ fn parse_id(name: &str, suffix: &str) -> Option<u32> {
 
 /// Creates the file `dir/name` durably with `bytes` as its contents: written to `name.tmp`, fsynced, renamed onto
 /// `name` (replacing it), and the directory fsynced. Returns the open file (positioned nowhere: all I/O is
-/// positional). On failure the temporary file is removed and `name` is untouched.
+/// positional). On failure the temporary file is removed and `name` is untouched, except when the last step, the
+/// directory fsync, fails (see [`write_durably_or_unknown`]).
 pub(crate) fn write_durably(
     vfs: &dyn Vfs,
     dir: &Path,
@@ -64,10 +65,24 @@ pub(crate) fn write_durably(
     bytes: &[u8],
     what: &'static str,
 ) -> Result<Box<dyn VFile>> {
+    write_durably_or_unknown(vfs, dir, name, bytes, what).map_err(|(e, _)| e)
+}
+
+/// [`write_durably`], telling apart the failures that left `name` as it was (`false`) from a failed directory
+/// fsync after the rename (`true`), after which `name` may hold either version once the power goes.
+pub(crate) fn write_durably_or_unknown(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    what: &'static str,
+) -> std::result::Result<Box<dyn VFile>, (Error, bool)> {
     let path = dir.join(name);
     let tmp = dir.join(tmp_name(name));
     let _ = vfs.remove_file(&tmp);
-    let file = vfs.create_new(&tmp).map_err(|e| Error::io(what, &tmp, e))?;
+    let file = vfs
+        .create_new(&tmp)
+        .map_err(|e| (Error::io(what, &tmp, e), false))?;
     let written = file
         .write_all_at(bytes, 0)
         .and_then(|()| file.sync_data())
@@ -78,10 +93,24 @@ pub(crate) fn write_durably(
         });
     if let Err(e) = written {
         let _ = vfs.remove_file(&tmp);
-        return Err(e);
+        return Err((e, false));
     }
-    sync_dir(vfs, dir)?;
+    sync_dir(vfs, dir).map_err(|e| (e, true))?;
     Ok(file)
+}
+
+/// Creates the store directory if it does not exist, and makes its entry in the parent durable.
+pub(crate) fn create(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::io("create store directory", dir, e))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::File::open(parent)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("sync the parent of the store directory", parent, e))?;
+    }
+    Ok(())
 }
 
 /// fsyncs the directory, so that creations, renames and removals in it survive a power cut.
@@ -96,8 +125,69 @@ pub(crate) fn sync_dir(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
 /// reopened while another thread spawns a process fails at random.
 const LOCK_PATIENCE: Duration = Duration::from_millis(500);
 
-/// Takes the directory's lock file (creating it), so no other process or handle opens the store meanwhile.
-pub(crate) fn lock(dir: &Path) -> Result<fs::File> {
+/// The locks a store holds while open; dropping it releases them.
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    /// The directory itself, locked (flock) exclusively by a writer, shared by readers: removing `LOCK` cannot
+    /// undo it, and it needs no write access.
+    _dir: fs::File,
+    /// The `LOCK` file of a writer (kept for the tools that look for it); `None` for a reader.
+    _file: Option<fs::File>,
+}
+
+/// Takes the store's locks: exclusive for a writer (the directory and the `LOCK` file, created if missing), shared
+/// for a reader (the directory only; nothing is created). Fails with [`Error::Locked`] when another process or
+/// handle holds a conflicting lock.
+pub(crate) fn lock(dir: &Path, shared: bool) -> Result<DirLock> {
+    let dir_file = fs::File::open(dir).map_err(|e| Error::io("open store directory", dir, e))?;
+    let lock_path = dir.join(LOCK_FILE);
+    wait_for_lock(&dir_file, shared).map_err(|e| match e {
+        LockError::Held => Error::Locked {
+            path: lock_path.clone(),
+        },
+        LockError::Io(e) => Error::io("lock store directory", dir, e),
+    })?;
+    if shared {
+        return Ok(DirLock {
+            _dir: dir_file,
+            _file: None,
+        });
+    }
+    let file = lock_file(dir)?;
+    Ok(DirLock {
+        _dir: dir_file,
+        _file: Some(file),
+    })
+}
+
+enum LockError {
+    Held,
+    Io(std::io::Error),
+}
+
+fn wait_for_lock(file: &fs::File, shared: bool) -> std::result::Result<(), LockError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let attempt = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(LockError::Held),
+            Err(fs::TryLockError::Error(e)) => return Err(LockError::Io(e)),
+        }
+    }
+}
+
+/// Takes the `LOCK` file (creating it), as every earlier version did.
+fn lock_file(dir: &Path) -> Result<fs::File> {
     let lock_path = dir.join(LOCK_FILE);
     let lock = OpenOptions::new()
         .read(true)
@@ -107,21 +197,11 @@ pub(crate) fn lock(dir: &Path) -> Result<fs::File> {
         .mode(0o600)
         .open(&lock_path)
         .map_err(|e| Error::io("open lock file", &lock_path, e))?;
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match lock.try_lock() {
-            Ok(()) => return Ok(lock),
-            Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_PATIENCE => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io("lock store directory", &lock_path, e));
-            }
-        }
-    }
+    wait_for_lock(&lock, false).map_err(|e| match e {
+        LockError::Held => Error::Locked { path: lock_path },
+        LockError::Io(e) => Error::io("lock store directory", dir.join(LOCK_FILE), e),
+    })?;
+    Ok(lock)
 }
 
 /// What a store directory holds, by kind of file, as `open` and `verify` read it.

@@ -97,6 +97,11 @@ impl GroupCommit {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Everything up to this log position is durable.
+    pub(crate) fn synced(&self) -> u64 {
+        self.lock().synced
+    }
+
     /// Notes that everything up to `position` is durable (an fsync outside group commit covered it).
     pub(crate) fn advance(&self, position: u64) {
         let mut state = self.lock();

@@ -47,9 +47,9 @@ pub enum Error {
         /// The newest version this build reads.
         supported: u32,
     },
-    /// A user id or campaign key that cannot be stored (empty or too long).
+    /// A user id, campaign key, feature key or variation name that cannot be stored (empty, or an id too long).
     InvalidKey {
-        /// Which argument: `"user_id"` or `"campaign_key"`.
+        /// Which argument: `"user_id"`, `"campaign_key"`, `"feature_key"` or `"variation_name"`.
         field: &'static str,
         /// The offending value, shortened to 64 characters.
         key: String,
@@ -60,7 +60,7 @@ pub enum Error {
     ValueTooLarge {
         /// The mapping's user id.
         user_id: String,
-        /// The mapping's campaign key.
+        /// The mapping's campaign key (an FME record's feature key).
         campaign_key: String,
         /// Size of the encoded value in bytes.
         len: usize,
@@ -83,6 +83,19 @@ pub enum Error {
     NotADirectory {
         /// The path.
         path: PathBuf,
+    },
+    /// A write to a store opened with `Options::read_only`.
+    ReadOnly {
+        /// The store's directory.
+        path: PathBuf,
+    },
+    /// A store opened before this process was forked: the child shares the parent's files but not its engine,
+    /// so using it from the child would corrupt the store.
+    Forked {
+        /// The store's directory.
+        path: PathBuf,
+        /// The process that opened it.
+        opened_by: u32,
     },
     /// An earlier fsync or write failed, so the on-disk state is unknown; the store refuses writes until it is
     /// reopened (a failed fsync may have silently dropped dirty pages, so retrying it would lie).
@@ -113,12 +126,23 @@ pub enum Error {
         /// The backend's own error.
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// An export wrote every intact mapping but skipped damaged records (run `repair` to drop them for good).
+    Export {
+        /// Mappings written.
+        written: u64,
+        /// Damaged records skipped.
+        skipped: u64,
+        /// The first of them.
+        first: Box<Error>,
+    },
     /// A user storage record in JSON that could not be read.
     #[cfg(feature = "json")]
     Json {
-        /// Where it came from (a line number, a file) when known.
+        /// Where in the input the parser stopped (e.g. `column 55`, or `line 8, column 3` inside a multi-line
+        /// array element), or empty when unknown. The message gives it once: `source`'s own line and column,
+        /// which count from the start of the record, are left out of the text.
         context: String,
-        /// The parser's message.
+        /// The parser's error.
         source: serde_json::Error,
     },
 }
@@ -284,6 +308,17 @@ impl fmt::Display for Error {
             Error::NotADirectory { path } => {
                 write!(f, "{} exists and is not a directory", path.display())
             }
+            Error::ReadOnly { path } => write!(
+                f,
+                "the store in {} is open read-only; reopen it without read_only to write",
+                path.display()
+            ),
+            Error::Forked { path, opened_by } => write!(
+                f,
+                "the store in {} was opened by process {opened_by} before this process was forked; open it \
+                 after forking, in the process that uses it (for example in gunicorn's post_fork hook)",
+                path.display()
+            ),
             Error::Poisoned { reason } => write!(
                 f,
                 "the store refuses writes after an earlier failure ({reason}); reopen it to recover"
@@ -292,13 +327,35 @@ impl fmt::Display for Error {
                 at,
                 imported,
                 source,
+            } => match imported {
+                1 => write!(
+                    f,
+                    "import stopped at {at}: {source} (1 mapping before it was imported, none after it)"
+                ),
+                n => write!(
+                    f,
+                    "import stopped at {at}: {source} ({n} mappings before it were imported, none after it)"
+                ),
+            },
+            Error::Export {
+                written,
+                skipped,
+                first,
             } => write!(
                 f,
-                "import stopped at {at}: {source} ({imported} mappings before it were imported, none after it)"
+                "export wrote {written} mappings and skipped {skipped} damaged record(s), the first: {first}; \
+                 run repair to drop them"
             ),
             #[cfg(feature = "json")]
             Error::Json { context, source } => {
-                write!(f, "invalid user storage JSON ({context}): {source}")
+                let message = source.to_string();
+                let own_position = format!(" at line {} column {}", source.line(), source.column());
+                let message = message.strip_suffix(&own_position).unwrap_or(&message);
+                if context.is_empty() {
+                    write!(f, "invalid user storage JSON: {message}")
+                } else {
+                    write!(f, "invalid user storage JSON at {context}: {message}")
+                }
             }
             Error::Backend {
                 backend,
@@ -317,6 +374,7 @@ impl std::error::Error for Error {
             #[cfg(feature = "json")]
             Error::Json { source, .. } => Some(source),
             Error::Import { source, .. } => Some(&**source),
+            Error::Export { first, .. } => Some(&**first),
             Error::Backend { source, .. } => Some(&**source),
             _ => None,
         }

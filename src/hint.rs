@@ -28,9 +28,9 @@
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
-//! | 0 | 1 | record kind: 1 = put, 2 = delete |
-//! | 1 | 4 | length of the whole record on disk |
-//! | 5 | 8 | index hash of the record's key |
+//! | 0 | 1 | record kind: 1 = put, 2 = delete, 3 = sync point |
+//! | 1 | 4 | length of the whole record on disk (39 for a sync point) |
+//! | 5 | 8 | index hash of the record's key (0 for a sync point, which has no key) |
 
 #![expect(
     clippy::indexing_slicing,
@@ -40,7 +40,7 @@
 use std::path::Path;
 
 use crate::codec;
-use crate::record::{self, Kind, RECORD_HEADER_LEN, Records, SEGMENT_HEADER_LEN};
+use crate::record::{self, Kind, RECORD_HEADER_LEN, Records, SEGMENT_HEADER_LEN, SYNC_RECORD_LEN};
 use crate::seed::KeyHasher;
 use crate::vfs::Vfs;
 use crate::{Error, Result};
@@ -62,9 +62,9 @@ const MAX_RECORD_LEN: u64 =
 /// One record of a segment, as its hint tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HintEntry {
-    /// Put or delete.
+    /// Put, delete or sync point.
     pub kind: Kind,
-    /// The index hash of the record's key.
+    /// The index hash of the record's key (0 for a sync point).
     pub hash: u64,
     /// Offset of the record in the segment.
     pub offset: u64,
@@ -150,16 +150,31 @@ pub(crate) fn of_segment(
     let mut builder = HintBuilder::new(hasher);
     let mut records = Records::new(bytes);
     for (offset, rec) in &mut records {
+        let encoded = bytes.get(offset..offset + rec.len()).unwrap_or_default();
+        if rec.kind == Kind::Sync {
+            // Entries lie end to end, so a sync point gets one too, with no key to hash.
+            builder.push(rec.kind, 0, encoded);
+            continue;
+        }
         let Some((user_id, item)) = codec::split_key(rec.key) else {
             return Err((offset as u64, "record key is malformed".into()));
         };
-        let encoded = bytes.get(offset..offset + rec.len()).unwrap_or_default();
         builder.push(rec.kind, hasher.hash(user_id, item), encoded);
     }
     if let Some((offset, e)) = records.stopped() {
         return Err((*offset as u64, e.to_string()));
     }
     Ok(builder.finish(file_id))
+}
+
+/// The identity of a hint file: the checksum of its header, which covers the segment it was made for, that
+/// segment's length and last record, the hash function and the checksum of the entries. The manifest records it.
+pub(crate) fn identity(bytes: &[u8]) -> Option<u32> {
+    bytes
+        .get(44..48)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .filter(|&crc| crc != 0)
 }
 
 /// The one judgement of a sound hint against the segment it names: `Some(reason)` when `header` was written for
@@ -258,9 +273,15 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<(HintHeader, Vec<HintE
         }
         let mut hash = [0u8; 8];
         hash.copy_from_slice(&e[5..13]);
+        let hash = u64::from_le_bytes(hash);
+        if kind == Kind::Sync && (len != SYNC_RECORD_LEN as u64 || hash != 0) {
+            return Err(format!(
+                "entry {i} is a sync point of {len} bytes with hash {hash:#x} (they have {SYNC_RECORD_LEN} and 0)"
+            ));
+        }
         entries.push(HintEntry {
             kind,
-            hash: u64::from_le_bytes(hash),
+            hash,
             offset,
             len,
         });
@@ -411,6 +432,35 @@ mod tests {
         old[8] = 1;
         let reason = decode(&old).expect_err("refused");
         assert!(reason.contains("version 1"), "{reason}");
+    }
+
+    #[test]
+    fn a_sync_point_gets_an_entry_of_its_own_with_hash_0() {
+        let mut seg = segment();
+        let at = seg.len() as u64;
+        seg.extend_from_slice(&crate::tail::sync_point(&Seed::from_keys(1, 2), 3, at, at));
+        record::encode(&mut seg, Kind::Put, b"\x01\x00ue", b"after");
+        let hint = of_segment(&seg, 3, &hasher()).expect("hint");
+        let (header, entries) = decode(&hint).expect("decodes");
+        assert_eq!(header.segment_len, seg.len() as u64);
+        let sync = entries[3];
+        assert_eq!(
+            (sync.kind, sync.hash, sync.offset, sync.len),
+            (Kind::Sync, 0, at, SYNC_RECORD_LEN as u64)
+        );
+        assert_eq!(entries[4].offset, at + SYNC_RECORD_LEN as u64);
+        // A sync point entry of another length or with a hash is refused, whatever its checksums say.
+        let entry = HINT_HEADER_LEN + 3 * HINT_ENTRY_LEN;
+        for (at, byte) in [(entry + 1, 40u8), (entry + 5, 1)] {
+            let mut bad = hint.clone();
+            bad[at] = byte;
+            let crc = crc32fast::hash(&bad[HINT_HEADER_LEN..]);
+            bad[40..44].copy_from_slice(&crc.to_le_bytes());
+            let crc = crc32fast::hash(&bad[..44]);
+            bad[44..48].copy_from_slice(&crc.to_le_bytes());
+            let reason = decode(&bad).expect_err("refused");
+            assert!(reason.contains("sync point"), "{reason}");
+        }
     }
 
     #[test]

@@ -2,18 +2,27 @@
 //!
 //! Each entry is 16 bytes (hash, packed location) whatever the ids' length; full keys live only on disk and are
 //! compared against the record on every read, so two keys with the same hash stay correct (the table simply
-//! holds both entries). The hash is built so that all of a user's mappings sit in one run of the table:
-//! the upper 40 bits hash the user id and alone choose the shard and the home slot, the lower 24 bits hash the
-//! campaign key. `campaigns_of` and `forget_user` therefore walk one short run instead of the whole table.
+//! holds both entries). The upper 40 bits of the hash hash the user id and alone choose the shard; the lower 24
+//! bits hash the campaign key.
 //!
-//! The table is split into shards, each an open-addressing table with linear probing behind its own `RwLock`:
-//! readers of different shards never meet, a resize moves one shard, and no lock is held while a record is read.
+//! Each shard has a shared table whose home slots depend only on the user part, so all of a user's mappings sit
+//! in one run: `campaigns_of` and `forget_user` walk that run instead of the whole table, at no memory beyond the
+//! entries. A run costs its length on every insert and lookup of that user, though, so a user with more than
+//! [`OWN_TABLE_ABOVE`] entries moves to a table of its own, keyed by the whole hash (a map from user part to
+//! table, behind a 64-bucket count that lets other users skip it), and moves back when it falls below
+//! [`SHARED_BELOW`]. Every operation is then O(1) expected, and a user's walk costs that user's entries, however
+//! many one user has; the hash itself (which hint files store) is the same either way.
+//!
+//! Each shard sits behind its own `RwLock`: readers of different shards never meet, a resize moves one table of
+//! one shard, and no lock is held while a record is read.
 
 #![expect(
     clippy::indexing_slicing,
     reason = "slots are indexed by a hash masked to the table length, which is a power of two and never zero"
 )]
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::seed::{KeyHasher, USER_SHIFT};
@@ -46,6 +55,12 @@ impl Loc {
 
 const SHARD_BITS: u32 = 6;
 const MIN_CAPACITY: usize = 16;
+/// A user with more entries than this in the shared table of a shard gets a table of its own: past this, walking
+/// the user's run on every insert and lookup would cost more than one map lookup.
+const OWN_TABLE_ABOVE: usize = 32;
+/// A user's own table goes back into the shared table when it holds fewer entries than this. Far below
+/// [`OWN_TABLE_ABOVE`], so a user hovering around either bound does not move back and forth on every write.
+const SHARED_BELOW: usize = 8;
 
 #[derive(Clone, Copy, Default)]
 struct Slot {
@@ -54,25 +69,59 @@ struct Slot {
     loc: u64,
 }
 
+/// An open-addressing table with linear probing and backward-shift deletion. `BY_KEY` says how home slots are
+/// chosen: `false` from the user part of the hash alone (the shared table of a shard, where each user's entries
+/// form one run), `true` from the whole hash (one user's own table, where the entries spread out).
 #[derive(Default)]
-struct Table {
+struct Table<const BY_KEY: bool> {
     slots: Vec<Slot>,
     len: usize,
+    /// Capacity to allocate on the first insert (see [`Table::reserve`]); 0 when none is asked for.
+    reserved: usize,
 }
 
-fn mix(user_part: u64) -> u64 {
-    user_part.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+/// The shared table of a shard.
+type Runs = Table<false>;
+/// The table of one user with many entries.
+type Own = Table<true>;
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Multiplicative (Fibonacci) hashing: its top bits depend on every bit of `key`.
+fn mix(key: u64) -> u64 {
+    key.wrapping_mul(GOLDEN)
 }
 
-impl Table {
+/// A full 64-bit mixer (the SplitMix64 finalizer): every output bit depends on every input bit, so two inputs
+/// that differ in any way land independently.
+fn scramble(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The user part of an index hash (see [`KeyHasher::user_part`]).
+fn user_of(hash: u64) -> u64 {
+    hash >> USER_SHIFT
+}
+
+impl<const BY_KEY: bool> Table<BY_KEY> {
     fn mask(&self) -> usize {
         self.slots.len() - 1
     }
 
     fn home(&self, hash: u64) -> usize {
-        // The top bits of the mixed user part chose the shard; the next ones choose the slot.
         let bits = self.slots.len().trailing_zeros();
-        ((mix(hash >> USER_SHIFT) << SHARD_BITS) >> (64 - bits)) as usize
+        let mixed = if BY_KEY {
+            // Salted with the capacity, so each resize scatters the entries anew. Without that, a table that
+            // shrinks after losing entries in slot order (`forget_user` walks it so) would keep the survivors,
+            // all from the top of the hash range, in the top of the smaller table: one huge run.
+            scramble(hash.wrapping_add((self.slots.len() as u64).wrapping_mul(GOLDEN)))
+        } else {
+            // The top bits of the mixed user part chose the shard; the next ones choose the slot.
+            mix(user_of(hash)) << SHARD_BITS
+        };
+        (mixed >> (64 - bits)) as usize
     }
 
     /// Visits the run that starts at the home slot of `hash`, until an empty slot.
@@ -87,6 +136,13 @@ impl Table {
             .map(move |i| (start + i) & mask)
             .map(|i| (i, self.slots[i]))
             .take_while(|(_, s)| s.loc != 0)
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (u64, Loc)> + '_ {
+        self.slots
+            .iter()
+            .filter(|s| s.loc != 0)
+            .map(|s| (s.hash, Loc(s.loc)))
     }
 
     fn candidates(&self, hash: u64) -> Candidates {
@@ -132,38 +188,48 @@ impl Table {
             .map(|(i, _)| i)
     }
 
-    fn insert(&mut self, hash: u64, loc: Loc) {
+    /// Adds an entry and returns how many entries of the same user it passed on the way: in the shared table,
+    /// the user's other entries (they all sit in the run the probe walks).
+    fn insert(&mut self, hash: u64, loc: Loc) -> usize {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
         let mask = self.mask();
         let mut i = self.home(hash);
+        let mut same_user = 0;
         while self.slots[i].loc != 0 {
+            same_user += usize::from(user_of(self.slots[i].hash) == user_of(hash));
             i = (i + 1) & mask;
         }
         self.slots[i] = Slot { hash, loc: loc.0 };
         self.len += 1;
+        same_user
     }
 
-    /// Inserts (`hash`, `loc`) unless an entry with this hash exists; one probe does both (recovery from hints).
-    fn insert_new_hash(&mut self, hash: u64, loc: Loc) -> bool {
+    /// Inserts (`hash`, `loc`) unless an entry with this hash exists (`None`); one probe does both (recovery from
+    /// hints). Counts the same user's entries as [`Table::insert`].
+    fn insert_new_hash(&mut self, hash: u64, loc: Loc) -> Option<usize> {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
         let mask = self.mask();
         let mut i = self.home(hash);
+        let mut same_user = 0;
         while self.slots[i].loc != 0 {
             if self.slots[i].hash == hash {
-                return false;
+                return None;
             }
+            same_user += usize::from(user_of(self.slots[i].hash) == user_of(hash));
             i = (i + 1) & mask;
         }
         self.slots[i] = Slot { hash, loc: loc.0 };
         self.len += 1;
-        true
+        Some(same_user)
     }
 
-    /// Grows the table (once) so that `more` further entries fit without a resize.
+    /// Makes room so that `more` further entries fit without a resize: at once if the table holds entries, else
+    /// on its first insert, so a shard that never gets an entry (its users all went to tables of their own, or
+    /// there are fewer users than shards) holds no memory for them.
     fn reserve(&mut self, more: usize) {
         // Checked: a count that cannot fit is no reason to fail, the table just grows as usual.
         let Some(want) = self.len.checked_add(more).and_then(|n| n.checked_mul(4)) else {
@@ -179,13 +245,18 @@ impl Table {
                 None => return,
             }
         }
-        if capacity > self.slots.len() {
+        if self.slots.is_empty() {
+            self.reserved = self.reserved.max(capacity);
+        } else if capacity > self.slots.len() {
             self.resize(capacity);
         }
     }
 
     fn grow(&mut self) {
-        self.resize((self.slots.len() * 2).max(MIN_CAPACITY));
+        let capacity = (self.slots.len() * 2)
+            .max(MIN_CAPACITY)
+            .max(std::mem::take(&mut self.reserved));
+        self.resize(capacity);
     }
 
     fn resize(&mut self, capacity: usize) {
@@ -201,7 +272,7 @@ impl Table {
     }
 
     /// Removes slot `i` and shifts later entries of the run back, so every entry stays reachable from its home
-    /// without tombstones.
+    /// without tombstones. Moves entries only into slot `i` and the holes that follow it, never before `i`.
     fn remove_at(&mut self, mut i: usize) {
         let mask = self.mask();
         let mut j = i;
@@ -222,17 +293,240 @@ impl Table {
         self.len -= 1;
         if self.len == 0 {
             self.slots = Vec::new();
+        } else if BY_KEY && self.slots.len() > MIN_CAPACITY && self.len * 8 < self.slots.len() {
+            // A user's own table is walked whole by `user_candidates`, so it must shrink with the user: a walk
+            // then costs in proportion to the entries, not to the most the user ever had.
+            self.resize((self.len * 2).next_power_of_two().max(MIN_CAPACITY));
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * size_of::<Slot>()
+    }
+}
+
+/// Hashes a user part for [`OwnTables`]: it is already a keyed SipHash output (`seed.rs`), so hashing it again
+/// with std's SipHash would only cost time on every operation of a user with a table of its own.
+#[derive(Default)]
+struct UserPartHasher(u64);
+
+impl Hasher for UserPartHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the keys are u64); any other input still hashes to something sound.
+        for &b in bytes {
+            self.0 = mix(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, user_part: u64) {
+        // The map takes its bucket from the low bits and a tag from the top ones: the user part is random in
+        // its low 40 bits, and the multiply carries them into the top.
+        self.0 = user_part ^ mix(user_part);
+    }
+}
+
+/// The users of a shard that have tables of their own.
+struct OwnTables {
+    users: HashMap<u64, Own, BuildHasherDefault<UserPartHasher>>,
+    /// How many of `users` fall on each of 64 buckets by their low bits: a lookup of a user whose bucket is
+    /// empty (nearly all users, when a few have many items) skips the map.
+    buckets: [u32; 64],
+}
+
+impl Default for OwnTables {
+    fn default() -> OwnTables {
+        OwnTables {
+            users: HashMap::default(),
+            buckets: [0; 64],
+        }
+    }
+}
+
+fn bucket_of(user_part: u64) -> usize {
+    (user_part & 63) as usize
+}
+
+impl OwnTables {
+    fn get(&self, user_part: u64) -> Option<&Own> {
+        if self.buckets[bucket_of(user_part)] == 0 {
+            return None;
+        }
+        self.users.get(&user_part)
+    }
+
+    fn get_mut(&mut self, user_part: u64) -> Option<&mut Own> {
+        if self.buckets[bucket_of(user_part)] == 0 {
+            return None;
+        }
+        self.users.get_mut(&user_part)
+    }
+}
+
+/// One shard of the index: a shared table where each user's entries form one run, and tables of their own for
+/// the few users with more than [`OWN_TABLE_ABOVE`] entries. Either holds all of a user's entries, never both.
+#[derive(Default)]
+struct Tables {
+    runs: Runs,
+    /// Boxed: most shards never have a user with a table of its own, and shards are packed one per cache line.
+    own: Option<Box<OwnTables>>,
+}
+
+impl Tables {
+    fn own(&self, user_part: u64) -> Option<&Own> {
+        self.own.as_deref().and_then(|o| o.get(user_part))
+    }
+
+    fn own_mut(&mut self, user_part: u64) -> Option<&mut Own> {
+        self.own.as_deref_mut().and_then(|o| o.get_mut(user_part))
+    }
+
+    fn len(&self) -> usize {
+        let own = self.own.as_deref();
+        self.runs.len + own.map_or(0, |o| o.users.values().map(|t| t.len).sum())
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let own = self.own.as_deref().map_or(0, |o| {
+            // The map's buckets (one control byte each) and the tables they own.
+            size_of::<OwnTables>()
+                + o.users.capacity() * (size_of::<(u64, Own)>() + 1)
+                + o.users.values().map(Own::heap_bytes).sum::<usize>()
+        });
+        self.runs.heap_bytes() + own
+    }
+
+    fn entries(&self) -> Vec<(u64, Loc)> {
+        let own = self.own.as_deref().into_iter();
+        self.runs
+            .entries()
+            .chain(own.flat_map(|o| o.users.values().flat_map(Own::entries)))
+            .collect()
+    }
+
+    fn candidates(&self, hash: u64) -> Candidates {
+        match self.own(user_of(hash)) {
+            Some(own) => own.candidates(hash),
+            None => self.runs.candidates(hash),
+        }
+    }
+
+    fn user_candidates(&self, user_part: u64) -> Vec<(u64, Loc)> {
+        if let Some(own) = self.own(user_part) {
+            return own.entries().collect();
+        }
+        let probe_hash = user_part << USER_SHIFT;
+        self.runs
+            .probe(probe_hash)
+            .filter(|(_, s)| user_of(s.hash) == user_part)
+            .map(|(_, s)| (s.hash, Loc(s.loc)))
+            .collect()
+    }
+
+    fn touch(&self, hash: u64) -> u64 {
+        match self.own(user_of(hash)) {
+            Some(own) => own.touch(hash),
+            None => self.runs.touch(hash),
+        }
+    }
+
+    fn insert(&mut self, hash: u64, loc: Loc) {
+        if let Some(own) = self.own_mut(user_of(hash)) {
+            own.insert(hash, loc);
+            return;
+        }
+        if self.runs.insert(hash, loc) >= OWN_TABLE_ABOVE {
+            self.give_own_table(user_of(hash));
+        }
+    }
+
+    fn insert_new_hash(&mut self, hash: u64, loc: Loc) -> bool {
+        if let Some(own) = self.own_mut(user_of(hash)) {
+            return own.insert_new_hash(hash, loc).is_some();
+        }
+        match self.runs.insert_new_hash(hash, loc) {
+            None => false,
+            Some(others) => {
+                if others >= OWN_TABLE_ABOVE {
+                    self.give_own_table(user_of(hash));
+                }
+                true
+            }
+        }
+    }
+
+    fn replace(&mut self, hash: u64, old: Loc, new: Loc) -> bool {
+        match self.own_mut(user_of(hash)) {
+            Some(own) => own.replace(hash, old, new),
+            None => self.runs.replace(hash, old, new),
+        }
+    }
+
+    fn remove(&mut self, hash: u64, loc: Loc) -> bool {
+        let user = user_of(hash);
+        let Some(own) = self.own_mut(user) else {
+            return self.runs.remove(hash, loc);
+        };
+        let removed = own.remove(hash, loc);
+        if own.len < SHARED_BELOW {
+            self.back_to_shared(user);
+        }
+        removed
+    }
+
+    /// Moves every entry of `user_part` from the shared table into a table of its own. They all sit in the run
+    /// at the user's home slot; removing one shifts later entries back but never before it, so one pass over
+    /// the run finds them all.
+    fn give_own_table(&mut self, user_part: u64) {
+        let mut own = Own::default();
+        let probe_hash = user_part << USER_SHIFT;
+        let mut i = self.runs.home(probe_hash);
+        // The run ends at an empty slot; the table is freed when its last entry leaves.
+        while let Some(&slot) = self.runs.slots.get(i) {
+            if slot.loc == 0 {
+                break;
+            }
+            if user_of(slot.hash) == user_part {
+                own.insert(slot.hash, Loc(slot.loc));
+                self.runs.remove_at(i);
+            } else {
+                i = (i + 1) & self.runs.mask();
+            }
+        }
+        let tables = self.own.get_or_insert_with(Box::default);
+        tables.buckets[bucket_of(user_part)] += 1;
+        tables.users.insert(user_part, own);
+    }
+
+    /// Moves the entries of `user_part`'s own table back into the shared table.
+    fn back_to_shared(&mut self, user_part: u64) {
+        let Some(tables) = self.own.as_deref_mut() else {
+            return;
+        };
+        let Some(own) = tables.users.remove(&user_part) else {
+            return;
+        };
+        tables.buckets[bucket_of(user_part)] -= 1;
+        if tables.users.is_empty() {
+            self.own = None;
+        }
+        for (hash, loc) in own.entries() {
+            // Fewer than SHARED_BELOW entries: far from another move.
+            self.runs.insert(hash, loc);
         }
     }
 }
 
 fn shard_of(hash: u64) -> usize {
-    (mix(hash >> USER_SHIFT) >> (64 - SHARD_BITS)) as usize
+    (mix(user_of(hash)) >> (64 - SHARD_BITS)) as usize
 }
 
 #[repr(align(64))]
 #[derive(Default)]
-struct Shard(RwLock<Table>);
+struct Shard(RwLock<Tables>);
 
 /// The whole index.
 pub(crate) struct Index {
@@ -255,15 +549,15 @@ impl Index {
         &self.hasher
     }
 
-    fn shard(&self, hash: u64) -> &RwLock<Table> {
+    fn shard(&self, hash: u64) -> &RwLock<Tables> {
         &self.shards[shard_of(hash)].0
     }
 
-    fn read(&self, hash: u64) -> RwLockReadGuard<'_, Table> {
+    fn read(&self, hash: u64) -> RwLockReadGuard<'_, Tables> {
         self.shard(hash).read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self, hash: u64) -> RwLockWriteGuard<'_, Table> {
+    fn write(&self, hash: u64) -> RwLockWriteGuard<'_, Tables> {
         self.shard(hash).write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -280,15 +574,10 @@ impl Index {
         self.read(hash).candidates(hash)
     }
 
-    /// Locations of every entry whose user part is `user_part` (a superset of one user's mappings).
+    /// Every entry whose user part is `user_part` (a superset of one user's mappings).
     pub(crate) fn user_candidates(&self, user_part: u64) -> Vec<(u64, Loc)> {
-        let probe_hash = user_part << USER_SHIFT;
-        let table = self.read(probe_hash);
-        table
-            .probe(probe_hash)
-            .filter(|(_, s)| s.hash >> USER_SHIFT == user_part)
-            .map(|(_, s)| (s.hash, Loc(s.loc)))
-            .collect()
+        self.read(user_part << USER_SHIFT)
+            .user_candidates(user_part)
     }
 
     /// Adds an entry (the caller has checked that its key has none).
@@ -316,36 +605,25 @@ impl Index {
         let Some(shard) = self.shards.get(i) else {
             return Vec::new();
         };
-        let table = shard.0.read().unwrap_or_else(|e| e.into_inner());
-        table
-            .slots
-            .iter()
-            .filter(|s| s.loc != 0)
-            .map(|s| (s.hash, Loc(s.loc)))
-            .collect()
+        shard.0.read().unwrap_or_else(|e| e.into_inner()).entries()
     }
 
     /// Number of entries.
     pub(crate) fn len(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| s.0.read().unwrap_or_else(|e| e.into_inner()).len as u64)
+            .map(|s| s.0.read().unwrap_or_else(|e| e.into_inner()).len() as u64)
             .sum()
     }
 
     /// Heap bytes held by the tables.
     pub(crate) fn heap_bytes(&self) -> u64 {
-        let slots: usize = self
+        let tables: usize = self
             .shards
             .iter()
-            .map(|s| {
-                s.0.read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .slots
-                    .capacity()
-            })
+            .map(|s| s.0.read().unwrap_or_else(|e| e.into_inner()).heap_bytes())
             .sum();
-        (slots * size_of::<Slot>() + self.shards.len() * size_of::<Shard>()) as u64
+        (tables + self.shards.len() * size_of::<Shard>()) as u64
     }
 }
 
@@ -355,7 +633,7 @@ pub(crate) struct Unshared<'a> {
 }
 
 impl Unshared<'_> {
-    fn table(&mut self, hash: u64) -> &mut Table {
+    fn tables(&mut self, hash: u64) -> &mut Tables {
         self.shards[shard_of(hash)]
             .0
             .get_mut()
@@ -367,7 +645,7 @@ impl Unshared<'_> {
     /// keys in advance (recovery from hint files).
     pub(crate) fn prefetch(&mut self, hashes: &[u64]) {
         let sum = hashes.iter().fold(0u64, |sum, &hash| {
-            sum.wrapping_add(self.table(hash).touch(hash))
+            sum.wrapping_add(self.tables(hash).touch(hash))
         });
         std::hint::black_box(sum);
     }
@@ -375,7 +653,7 @@ impl Unshared<'_> {
     /// Inserts (`hash`, `loc`) if no entry has this hash, and says whether it did. No entry with the hash means
     /// no entry for the key, so recovery from hints needs no key for it.
     pub(crate) fn insert_new_hash(&mut self, hash: u64, loc: Loc) -> bool {
-        self.table(hash).insert_new_hash(hash, loc)
+        self.tables(hash).insert_new_hash(hash, loc)
     }
 
     /// Makes room for about `entries` more entries spread over all shards, so a bulk build does not rehash
@@ -390,28 +668,29 @@ impl Unshared<'_> {
                 .0
                 .get_mut()
                 .unwrap_or_else(|e| e.into_inner())
+                .runs
                 .reserve(per_shard);
         }
     }
 
     /// As [`Index::candidates`].
     pub(crate) fn candidates(&mut self, hash: u64) -> Candidates {
-        self.table(hash).candidates(hash)
+        self.tables(hash).candidates(hash)
     }
 
     /// As [`Index::insert`].
     pub(crate) fn insert(&mut self, hash: u64, loc: Loc) {
-        self.table(hash).insert(hash, loc);
+        self.tables(hash).insert(hash, loc);
     }
 
     /// As [`Index::replace`].
     pub(crate) fn replace(&mut self, hash: u64, old: Loc, new: Loc) -> bool {
-        self.table(hash).replace(hash, old, new)
+        self.tables(hash).replace(hash, old, new)
     }
 
     /// As [`Index::remove`].
     pub(crate) fn remove(&mut self, hash: u64, loc: Loc) -> bool {
-        self.table(hash).remove(hash, loc)
+        self.tables(hash).remove(hash, loc)
     }
 }
 
@@ -455,29 +734,35 @@ mod smallvec_lite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use std::collections::BTreeSet;
 
-    #[test]
-    fn table_matches_a_model_under_heavy_collisions() {
-        // Hashes drawn from a tiny range force long runs, wrap-around and backward shifts.
-        let mut table = Table::default();
-        let mut model: HashMap<u64, u64> = HashMap::new();
-        let mut seed = 0x1234_5678_u64;
-        let mut next = || {
+    /// xorshift64: a fixed sequence, so a failure replays.
+    fn rng(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed
-        };
+        }
+    }
+
+    fn table_matches_a_model<const BY_KEY: bool>() {
+        // Hashes drawn from a tiny range force long runs, wrap-around and backward shifts (and, in a table by
+        // key, shrinking as it empties).
+        let mut table = Table::<BY_KEY>::default();
+        let mut model: HashMap<u64, u64> = HashMap::new();
+        let mut next = rng(0x1234_5678);
         for step in 1..20_000u64 {
             let hash = (next() % 7) << USER_SHIFT | (next() % 3);
             let loc = Loc::new(1, step);
-            if next() % 3 == 0 {
+            // Phases of mostly inserts and mostly removes, so the table grows and shrinks many times.
+            let removing = match (step / 2000) % 2 {
+                0 => next().is_multiple_of(3),
+                _ => !next().is_multiple_of(4),
+            };
+            if removing {
                 if let Some((&l, _)) = model.iter().find(|(_, h)| **h == hash) {
-                    let i = table
-                        .find(hash, Loc(l))
-                        .expect("model entry is in the table");
-                    table.remove_at(i);
+                    assert!(table.remove(hash, Loc(l)), "model entry is in the table");
                     model.remove(&l);
                 }
             } else {
@@ -485,10 +770,319 @@ mod tests {
                 model.insert(loc.0, hash);
             }
             assert_eq!(table.len, model.len());
+            if BY_KEY && table.slots.len() > MIN_CAPACITY {
+                assert!(table.len * 8 >= table.slots.len(), "a table by key shrinks");
+            }
         }
         for (&loc, &hash) in &model {
             assert!(table.find(hash, Loc(loc)).is_some());
         }
+    }
+
+    #[test]
+    fn shared_table_matches_a_model_under_heavy_collisions() {
+        table_matches_a_model::<false>();
+    }
+
+    #[test]
+    fn own_table_matches_a_model_under_heavy_collisions() {
+        table_matches_a_model::<true>();
+    }
+
+    /// User parts that all fall on one shard, so their runs and own tables share it.
+    fn users_of_one_shard(count: usize) -> Vec<u64> {
+        let shard = shard_of(1 << USER_SHIFT);
+        (1u64..)
+            .filter(|&u| shard_of(u << USER_SHIFT) == shard)
+            .take(count)
+            .collect()
+    }
+
+    /// Checks every way of reading the index against `model` (location -> hash).
+    fn check_against(index: &Index, model: &HashMap<u64, u64>, users: &[u64], items: u64) {
+        assert_eq!(index.len(), model.len() as u64);
+        for &user in users {
+            let want: BTreeSet<(u64, u64)> = model
+                .iter()
+                .filter(|(_, h)| user_of(**h) == user)
+                .map(|(&l, &h)| (h, l))
+                .collect();
+            let got: Vec<(u64, u64)> = index
+                .user_candidates(user)
+                .into_iter()
+                .map(|(h, l)| (h, l.0))
+                .collect();
+            assert_eq!(got.len(), want.len(), "user {user}: one copy of each entry");
+            assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+            for item in 0..items {
+                let hash = user << USER_SHIFT | item;
+                let want: BTreeSet<u64> = want
+                    .iter()
+                    .filter(|(h, _)| *h == hash)
+                    .map(|(_, l)| *l)
+                    .collect();
+                let got: Vec<u64> = index.candidates(hash).iter().map(|l| l.0).collect();
+                assert_eq!(got.len(), want.len());
+                assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+            }
+        }
+        let all: Vec<(u64, u64)> = (0..index.shard_count())
+            .flat_map(|i| index.shard_entries(i))
+            .map(|(h, l)| (h, l.0))
+            .collect();
+        assert_eq!(all.len(), model.len());
+        let want: BTreeSet<(u64, u64)> = model.iter().map(|(&l, &h)| (h, l)).collect();
+        assert_eq!(all.into_iter().collect::<BTreeSet<_>>(), want);
+    }
+
+    #[test]
+    fn index_matches_a_model_as_users_move_in_and_out_of_own_tables() {
+        // Users of one shard grow past OWN_TABLE_ABOVE and shrink below SHARED_BELOW again and again, with
+        // colliding hashes (few item values), replaces, and misses mixed in; both the locked and the unshared
+        // paths are used.
+        const ITEMS: u64 = 40;
+        let mut index = Index::new(KeyHasher::new(crate::seed::Seed::random(), false));
+        let users = users_of_one_shard(5);
+        let mut model: HashMap<u64, u64> = HashMap::new();
+        let mut next = rng(0x9e37_79b9);
+        let mut step = 0u64;
+        let mut moved_out = 0;
+        for round in 0..120 {
+            let user = users[(next() % users.len() as u64) as usize];
+            let target = [0, 3, 20, 40, 100][(next() % 5) as usize];
+            let count =
+                |model: &HashMap<u64, u64>| model.values().filter(|h| user_of(**h) == user).count();
+            while count(&model) != target {
+                step += 1;
+                let unshared = next().is_multiple_of(2);
+                let mine: Vec<(u64, u64)> = model
+                    .iter()
+                    .filter(|(_, h)| user_of(**h) == user)
+                    .map(|(&l, &h)| (l, h))
+                    .collect();
+                if count(&model) < target {
+                    let hash = (user << USER_SHIFT) | (next() % ITEMS);
+                    let loc = Loc::new(1, step);
+                    if unshared {
+                        index.unshared().insert(hash, loc);
+                    } else {
+                        index.insert(hash, loc);
+                    }
+                    model.insert(loc.0, hash);
+                } else {
+                    let (l, h) = mine[(next() % mine.len() as u64) as usize];
+                    let removed = if unshared {
+                        index.unshared().remove(h, Loc(l))
+                    } else {
+                        index.remove(h, Loc(l))
+                    };
+                    assert!(removed);
+                    model.remove(&l);
+                }
+                // A miss changes nothing; a replace moves one entry.
+                assert!(!index.remove(user << USER_SHIFT | ITEMS, Loc::new(1, step)));
+                assert!(!index.replace(user << USER_SHIFT, Loc::new(2, step), Loc::new(2, 1)));
+                let first = model.iter().find(|(_, h)| user_of(**h) == user);
+                if let Some((&l, &h)) = first {
+                    let new = Loc::new(3, step);
+                    assert!(index.replace(h, Loc(l), new));
+                    model.remove(&l);
+                    model.insert(new.0, h);
+                }
+            }
+            let shard = index.shards[shard_of(user << USER_SHIFT)]
+                .0
+                .read()
+                .expect("lock");
+            let has_own = shard.own(user).is_some();
+            let in_runs = shard
+                .runs
+                .entries()
+                .filter(|(h, _)| user_of(*h) == user)
+                .count();
+            // A user's entries are all in one place.
+            assert!(!has_own || in_runs == 0, "round {round}");
+            if target > OWN_TABLE_ABOVE {
+                assert!(
+                    has_own,
+                    "round {round}: {target} entries get a table of their own"
+                );
+            }
+            if target < SHARED_BELOW {
+                assert!(
+                    !has_own,
+                    "round {round}: {target} entries go back to the shared table"
+                );
+            }
+            moved_out += usize::from(has_own);
+            drop(shard);
+            check_against(&index, &model, &users, ITEMS);
+        }
+        assert!(moved_out > 10, "the rounds exercised own tables");
+    }
+
+    #[test]
+    fn insert_new_hash_moves_a_user_out_and_still_refuses_known_hashes() {
+        let mut index = Index::new(KeyHasher::new(crate::seed::Seed::random(), false));
+        let user = 77u64;
+        let mut unshared = index.unshared();
+        for item in 0..100u64 {
+            assert!(unshared.insert_new_hash(user << USER_SHIFT | item, Loc::new(1, 10 + item)));
+        }
+        for item in 0..100u64 {
+            assert!(!unshared.insert_new_hash(user << USER_SHIFT | item, Loc::new(2, 10 + item)));
+        }
+        assert!(index.read(user << USER_SHIFT).own(user).is_some());
+        assert_eq!(index.len(), 100);
+        for item in 0..100u64 {
+            let found: Vec<Loc> = index.candidates(user << USER_SHIFT | item).iter().collect();
+            assert_eq!(found, [Loc::new(1, 10 + item)]);
+        }
+    }
+
+    /// Mean distance of an entry from its home slot: what a lookup walks past.
+    fn mean_displacement<const BY_KEY: bool>(table: &Table<BY_KEY>) -> f64 {
+        let mask = table.slots.len().wrapping_sub(1);
+        let total: usize = (0..table.slots.len())
+            .filter(|&i| table.slots[i].loc != 0)
+            .map(|i| i.wrapping_sub(table.home(table.slots[i].hash)) & mask)
+            .sum();
+        total as f64 / table.len.max(1) as f64
+    }
+
+    #[test]
+    fn a_user_with_many_items_costs_what_a_user_with_few_does() {
+        let index = Index::new(KeyHasher::new(crate::seed::Seed::random(), false));
+        let h = index.hasher().clone();
+        let big = h.user_part(b"big");
+        let others = 2000u64;
+        for i in 0..others {
+            for c in 0..3u64 {
+                let hash = h.hash(format!("u{i}").as_bytes(), format!("c{c}").as_bytes());
+                index.insert(hash, Loc::new(2, i * 3 + c));
+            }
+        }
+        let items = 100_000u64;
+        for c in 0..items {
+            index.insert(h.hash(b"big", format!("c{c}").as_bytes()), Loc::new(1, c));
+        }
+        assert_eq!(index.len(), items + others * 3);
+        {
+            let shard = index.read(big << USER_SHIFT);
+            let own = shard.own(big).expect("a table of its own");
+            assert_eq!(own.len as u64, items);
+            // A lookup walks a few slots, not the user's 100k entries (linear probing at <= 3/4 load: ~2.5).
+            assert!(mean_displacement(own) < 4.0, "{}", mean_displacement(own));
+            assert!(mean_displacement(&shard.runs) < 8.0);
+        }
+        for c in (0..items).step_by(7) {
+            let found: Vec<Loc> = index
+                .candidates(h.hash(b"big", format!("c{c}").as_bytes()))
+                .iter()
+                .collect();
+            assert!(found.contains(&Loc::new(1, c)));
+        }
+        assert_eq!(index.user_candidates(big).len() as u64, items);
+        // Same heap per mapping as the shared tables: 16 bytes per slot at 3/8..3/4 load, plus fixed costs.
+        let per_mapping = index.heap_bytes() as f64 / index.len() as f64;
+        assert!(per_mapping < 45.0, "{per_mapping} heap bytes per mapping");
+
+        // Forgetting all but a few moves them back and frees the table.
+        for c in 5..items {
+            let hash = h.hash(b"big", format!("c{c}").as_bytes());
+            assert!(index.remove(hash, Loc::new(1, c)));
+        }
+        let shard = index.read(big << USER_SHIFT);
+        assert!(shard.own.is_none());
+        drop(shard);
+        assert_eq!(index.user_candidates(big).len(), 5);
+        assert_eq!(index.len(), 5 + others * 3);
+        let per_mapping = index.heap_bytes() as f64 / index.len() as f64;
+        assert!(per_mapping < 45.0, "{per_mapping} heap bytes per mapping");
+    }
+
+    #[test]
+    fn an_own_table_emptied_in_slot_order_keeps_short_runs() {
+        // `forget_user` removes a user's entries in slot order; each shrink must scatter the survivors (which
+        // all come from the end of the old table) over the whole new table.
+        let h = KeyHasher::new(crate::seed::Seed::random(), false);
+        let mut table = Own::default();
+        for c in 0..100_000u64 {
+            let hash = h.hash(b"big", format!("c{c}").as_bytes());
+            table.insert(hash, Loc::new(1, c + 1));
+        }
+        let order: Vec<(u64, Loc)> = table.entries().collect();
+        let mut shrinks = 0;
+        for (hash, loc) in order {
+            let capacity = table.slots.len();
+            assert!(table.remove(hash, loc));
+            if table.slots.len() != capacity && table.len > 0 {
+                shrinks += 1;
+                let d = mean_displacement(&table);
+                assert!(d < 4.0, "{d} after shrinking to {}", table.slots.len());
+            }
+        }
+        assert!(shrinks >= 5, "{shrinks} shrinks");
+    }
+
+    #[test]
+    fn colliding_hashes_stay_correct() {
+        // The weak hasher maps every key onto four hashes: two users, two items.
+        let index = Index::new(KeyHasher::new(crate::seed::Seed::random(), true));
+        let h = index.hasher().clone();
+        let keys: Vec<(String, String)> = (0..300)
+            .map(|i| {
+                (
+                    format!("{}user{}", ["a", "b"][i % 2], i % 7),
+                    format!("c{i}"),
+                )
+            })
+            .collect();
+        for (i, (u, c)) in keys.iter().enumerate() {
+            index.insert(
+                h.hash(u.as_bytes(), c.as_bytes()),
+                Loc::new(1, i as u64 + 1),
+            );
+        }
+        for (i, (u, c)) in keys.iter().enumerate() {
+            let found: Vec<Loc> = index
+                .candidates(h.hash(u.as_bytes(), c.as_bytes()))
+                .iter()
+                .collect();
+            assert!(found.contains(&Loc::new(1, i as u64 + 1)));
+        }
+        let users: usize = [b"a".as_slice(), b"b"]
+            .iter()
+            .map(|u| index.user_candidates(h.user_part(u)).len())
+            .sum();
+        assert_eq!(users, 300);
+        for (i, (u, c)) in keys.iter().enumerate().skip(3) {
+            assert!(index.remove(
+                h.hash(u.as_bytes(), c.as_bytes()),
+                Loc::new(1, i as u64 + 1)
+            ));
+        }
+        assert_eq!(index.len(), 3);
+        for (i, (u, c)) in keys.iter().enumerate().take(3) {
+            let found: Vec<Loc> = index
+                .candidates(h.hash(u.as_bytes(), c.as_bytes()))
+                .iter()
+                .collect();
+            assert!(found.contains(&Loc::new(1, i as u64 + 1)));
+        }
+    }
+
+    #[test]
+    fn reserve_takes_memory_only_where_entries_arrive() {
+        let mut index = Index::new(KeyHasher::new(crate::seed::Seed::random(), false));
+        let empty = index.heap_bytes();
+        index.unshared().reserve(1_000_000);
+        assert_eq!(index.heap_bytes(), empty);
+        index.unshared().insert(5 << USER_SHIFT, Loc::new(1, 1));
+        let one_shard = index.heap_bytes() - empty;
+        // One shard's share of a million entries at <= 3/4 load, in one allocation.
+        assert!(one_shard as usize >= 1_000_000 / 64 * 4 / 3 * size_of::<Slot>());
+        assert!((one_shard as usize) < 1_000_000 / 64 * 3 * size_of::<Slot>());
     }
 
     #[test]

@@ -48,6 +48,25 @@
 //! # }
 //! ```
 //!
+//! VWO's FME SDKs (Feature Management and Experimentation) keep one [`FeatureRecord`] per user and feature flag
+//! through a storage connector, `get(featureKey, userId)` / `set(data)`; the same store serves them
+//! ([`FeatureStorage`]), apart from the campaign mappings, with every member of their JSON kept as it came:
+//!
+//! ```
+//! use ussdb::{FeatureRecord, FeatureStorage, Store};
+//!
+//! # fn main() -> ussdb::Result<()> {
+//! # let dir = tempfile::tempdir().expect("temp dir");
+//! let store = Store::open(dir.path())?;
+//! let json = r#"{"featureKey":"checkout","userId":"user-42","experimentId":21,"experimentKey":"checkout_ab1","experimentVariationId":2,"rolloutId":null}"#;
+//! let connector: &dyn FeatureStorage = &store;
+//! connector.set_feature(&FeatureRecord::from_json(json)?)?;
+//! let back = connector.get_feature("checkout", "user-42")?.expect("stored");
+//! assert_eq!(back.to_json(), r#"{"featureKey":"checkout","userId":"user-42","rolloutId":null,"experimentId":21,"experimentKey":"checkout_ab1","experimentVariationId":2}"#);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Durability is chosen per store with [`Options::durability`]; see [`Durability`] for what each mode can lose.
 //! The on-disk format is documented byte by byte in `docs/FORMAT.md`; `docs/GUIDE.md` covers operations (sizing,
 //! backups, verify, compaction) and `docs/ARCHITECTURE.md` the code.
@@ -59,8 +78,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-// Layers, bottom to top; each module imports only from the ones above it in this list (CI checks that the module
-// graph has no cycle). docs/ARCHITECTURE.md has the map.
+// Layers, bottom to top: a module imports only from its own group or the groups above it (CI checks that the
+// module graph has no cycle). docs/ARCHITECTURE.md has the map and the order within each group.
 //
 // base: pure data and the file layer
 mod durability;
@@ -74,11 +93,13 @@ mod codec;
 mod dir;
 mod hint;
 mod index;
+mod manifest;
 mod seed;
 mod segment;
 mod tail;
 // the engine: bytes in, bytes out
 mod engine;
+mod repair;
 // checks and the handle
 mod store;
 mod verify;
@@ -94,17 +115,20 @@ pub mod fuzzing;
 
 pub use codec::{MAX_ID_LEN, MAX_VALUE_LEN};
 pub use durability::{DEFAULT_PERIODIC_INTERVAL, Durability};
-pub use engine::Batch;
+pub use engine::{BackupReport, Batch};
 pub use error::{BackendErrorKind, Error, Result};
-pub use model::{CampaignUserMap, GOAL_DELIMITER, SdkField};
+pub use model::{
+    CampaignUserMap, FeatureRecord, Field, FmeField, FmeId, GOAL_DELIMITER, MEG_PREFIXES, SdkField,
+};
 pub use options::{DEFAULT_COMPACTION_THRESHOLD, DEFAULT_SEGMENT_SIZE, Options};
-pub use sdk::UserStorageService;
+pub use repair::{Lost, RepairReport};
+pub use sdk::{FeatureStorage, UserStorageService};
 #[cfg(feature = "json")]
 pub use sdk::{
     ImportOptions, ImportReport, MAX_REPORTED_SKIPS, OnError, Position, SkippedRecord,
     parse_json_record, to_json_record,
 };
-pub use store::{Entries, Entry, Stats, Store};
+pub use store::{Durable, Entries, Entry, FeatureEntries, Stats, Store};
 #[cfg(feature = "redis")]
 pub use tiers::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_FRESH_FOR, DEFAULT_RESPONSE_TIMEOUT, RedisConfig, RedisScan,

@@ -15,6 +15,7 @@ pub struct Options {
     pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) compaction_threshold: f64,
     pub(crate) auto_compaction: bool,
+    pub(crate) read_only: bool,
 }
 
 /// The default [`Options::compaction_threshold`]: a sealed segment is compacted once half of it is dead.
@@ -36,6 +37,7 @@ impl Default for Options {
             vfs: Arc::new(StdVfs),
             compaction_threshold: DEFAULT_COMPACTION_THRESHOLD,
             auto_compaction: true,
+            read_only: false,
         }
     }
 }
@@ -69,6 +71,16 @@ impl Options {
     /// files are only written when `Store::compact` is called.
     pub fn auto_compaction(mut self, on: bool) -> Options {
         self.auto_compaction = on;
+        self
+    }
+
+    /// Opens the store for reading only (default off): nothing in the directory is created, changed or removed
+    /// (a torn last write is left in place and ignored, left-over files stay), no background thread runs, and every
+    /// write fails with [`Error::ReadOnly`]. It takes a *shared* lock: any number of read-only openers (and
+    /// `verify_dir`) may share the directory, while a writer and a reader exclude each other. Works on a
+    /// read-only file system (a snapshot, a mounted backup).
+    pub fn read_only(mut self, on: bool) -> Options {
+        self.read_only = on;
         self
     }
 

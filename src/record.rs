@@ -16,11 +16,20 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 4 | crc32 of bytes 4..end of record |
-//! | 4 | 1 | kind: 1 = put, 2 = delete |
-//! | 5 | 2 | key length |
-//! | 7 | 4 | value length (0 for a delete) |
+//! | 4 | 1 | kind: 1 = put, 2 = delete, 3 = sync point |
+//! | 5 | 2 | key length (at least 3; 0 for a sync point) |
+//! | 7 | 4 | value length (0 for a delete, [`SYNC_PAYLOAD_LEN`] for a sync point) |
 //! | 11 | key length | key |
 //! | … | value length | value |
+//!
+//! A sync point (format version 3 on) has no key; its value is a [`SyncPayload`]:
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 4 | file id of the segment it sits in |
+//! | 4 | 8 | its own offset in that segment |
+//! | 12 | 8 | `durable`: a completed fsync of the segment covered its bytes `0..durable` |
+//! | 20 | 8 | MAC: SipHash-1-3 under the store's secret seed of `USSDBSYN` and bytes 0..20 (see `tail.rs`) |
 
 #![expect(
     clippy::indexing_slicing,
@@ -29,8 +38,14 @@
 
 /// Magic number at the start of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"USSDBSEG";
-/// The newest on-disk format version this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The newest on-disk format version this build writes and reads. Version 2 added the manifest, version 3 sync
+/// points.
+pub(crate) const FORMAT_VERSION: u32 = 3;
+/// The oldest format version this build reads. Version 1 stores have no `MANIFEST`; opening one writes it.
+pub(crate) const OLDEST_FORMAT_VERSION: u32 = 1;
+/// The first format version whose segments hold sync points; the newest segment of an older version is judged by
+/// the shape of its bytes instead (`tail.rs`).
+pub(crate) const SYNC_POINTS_VERSION: u32 = 3;
 /// Size of the segment header in bytes.
 pub(crate) const SEGMENT_HEADER_LEN: u64 = 20;
 /// Size of a record header in bytes.
@@ -47,16 +62,19 @@ pub(crate) enum Kind {
     Put = 1,
     /// The key is erased (a tombstone).
     Delete = 2,
+    /// A sync point: no key, a [`SyncPayload`] as value. It says how far an fsync of its segment reached, so that
+    /// recovery can tell damage from a torn write by what the store wrote rather than by the shape of bytes.
+    Sync = 3,
 }
 
 /// A record decoded in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecordRef<'a> {
-    /// Put or delete.
+    /// Put, delete or sync point.
     pub kind: Kind,
-    /// The encoded key.
+    /// The encoded key (empty for a sync point).
     pub key: &'a [u8],
-    /// The value (empty for a delete).
+    /// The value (empty for a delete, the payload of a sync point).
     pub value: &'a [u8],
 }
 
@@ -73,6 +91,7 @@ impl Kind {
         match byte {
             1 => Some(Kind::Put),
             2 => Some(Kind::Delete),
+            3 => Some(Kind::Sync),
             _ => None,
         }
     }
@@ -180,7 +199,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, kind: Kind, key: &[u8], value: &[u8]) {
 pub(crate) struct Header {
     /// The stored checksum.
     pub crc: u32,
-    /// Put or delete.
+    /// Put, delete or sync point.
     pub kind: Kind,
     /// Key length.
     pub key_len: usize,
@@ -226,13 +245,29 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, DecodeError> {
         return Err(DecodeError::Short { needed: None });
     };
     let stored_crc = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let kind = match header[4] {
-        1 => Kind::Put,
-        2 => Kind::Delete,
-        other => return Err(DecodeError::Invalid(format!("unknown record kind {other}"))),
+    let Some(kind) = Kind::from_byte(header[4]) else {
+        return Err(DecodeError::Invalid(format!(
+            "unknown record kind {}",
+            header[4]
+        )));
     };
     let key_len = u16::from_le_bytes([header[5], header[6]]) as usize;
     let value_len = u32::from_le_bytes([header[7], header[8], header[9], header[10]]) as usize;
+    if kind == Kind::Sync {
+        // One fixed shape, so a sync point is found by its header bytes alone and nothing else passes for one.
+        if key_len != 0 || value_len != SYNC_PAYLOAD_LEN {
+            return Err(DecodeError::Invalid(format!(
+                "sync point with a {key_len}-byte key and a {value_len}-byte value (it has none and \
+                 {SYNC_PAYLOAD_LEN})"
+            )));
+        }
+        return Ok(Header {
+            crc: stored_crc,
+            kind,
+            key_len,
+            value_len,
+        });
+    }
     if key_len < 3 {
         return Err(DecodeError::Invalid(format!(
             "key length {key_len} is below the minimum of 3"
@@ -254,6 +289,66 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, DecodeError> {
         key_len,
         value_len,
     })
+}
+
+/// Length of a sync point's value.
+pub(crate) const SYNC_PAYLOAD_LEN: usize = 28;
+/// Length of a whole sync point record.
+pub(crate) const SYNC_RECORD_LEN: usize = RECORD_HEADER_LEN + SYNC_PAYLOAD_LEN;
+/// The 11 header bytes after the checksum that every sync point has: kind 3, no key, a 28-byte value.
+pub(crate) const SYNC_HEADER_TAIL: [u8; 7] = [3, 0, 0, SYNC_PAYLOAD_LEN as u8, 0, 0, 0];
+
+/// The value of a sync point. Its fields are only worth anything once `tail.rs` has checked its MAC: anyone who
+/// can choose a stored value can write these bytes, but not the MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SyncPayload {
+    /// File id of the segment the sync point was written to.
+    pub file_id: u32,
+    /// Offset at which it was written.
+    pub offset: u64,
+    /// A completed fsync of the segment covered its bytes `0..durable`.
+    pub durable: u64,
+    /// SipHash-1-3 under the store's seed of [`SyncPayload::signed`].
+    pub mac: u64,
+}
+
+impl SyncPayload {
+    /// The bytes the MAC is computed over: a domain tag (so no other hash the store makes with its seed can equal
+    /// a MAC), then file id, offset and `durable` as stored.
+    pub(crate) fn signed(&self) -> [u8; 28] {
+        let mut out = [0u8; 28];
+        out[..8].copy_from_slice(b"USSDBSYN");
+        out[8..12].copy_from_slice(&self.file_id.to_le_bytes());
+        out[12..20].copy_from_slice(&self.offset.to_le_bytes());
+        out[20..28].copy_from_slice(&self.durable.to_le_bytes());
+        out
+    }
+
+    /// The record's value.
+    pub(crate) fn encode(&self) -> [u8; SYNC_PAYLOAD_LEN] {
+        let mut out = [0u8; SYNC_PAYLOAD_LEN];
+        out[..4].copy_from_slice(&self.file_id.to_le_bytes());
+        out[4..12].copy_from_slice(&self.offset.to_le_bytes());
+        out[12..20].copy_from_slice(&self.durable.to_le_bytes());
+        out[20..28].copy_from_slice(&self.mac.to_le_bytes());
+        out
+    }
+
+    /// The payload of a sync point's value; `None` if it is not [`SYNC_PAYLOAD_LEN`] bytes.
+    pub(crate) fn decode(value: &[u8]) -> Option<SyncPayload> {
+        let v: &[u8; SYNC_PAYLOAD_LEN] = value.try_into().ok()?;
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        Some(SyncPayload {
+            file_id: u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            offset: u64_at(4),
+            durable: u64_at(12),
+            mac: u64_at(20),
+        })
+    }
 }
 
 /// The 20-byte header of segment `id`.
@@ -280,6 +375,14 @@ pub(crate) enum HeaderError {
     Invalid(String),
 }
 
+/// The format version a sound segment header states (call after [`decode_segment_header`] accepted it).
+pub(crate) fn segment_version(header: &[u8]) -> u32 {
+    header
+        .get(8..12)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
 /// Checks a segment header and returns the segment id it names.
 pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<u32, HeaderError> {
     let Some(h) = bytes.get(..SEGMENT_HEADER_LEN as usize) else {
@@ -296,7 +399,7 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<u32, HeaderError> {
         )));
     }
     let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(HeaderError::Version(version));
     }
     Ok(u32::from_le_bytes([h[12], h[13], h[14], h[15]]))
@@ -332,13 +435,24 @@ mod tests {
     #[test]
     fn golden_segment_header() {
         let h = segment_header(7);
-        assert_eq!(&h[..16], b"USSDBSEG\x01\x00\x00\x00\x07\x00\x00\x00");
+        assert_eq!(&h[..16], b"USSDBSEG\x03\x00\x00\x00\x07\x00\x00\x00");
         assert_eq!(decode_segment_header(&h), Ok(7));
-        let mut future = h;
-        future[8] = 2;
-        let crc = crc32fast::hash(&future[..16]);
-        future[16..].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_segment_header(&future), Err(HeaderError::Version(2)));
+        let with_version = |v: u8| {
+            let mut other = h;
+            other[8] = v;
+            let crc = crc32fast::hash(&other[..16]);
+            other[16..].copy_from_slice(&crc.to_le_bytes());
+            other
+        };
+        // Versions 1 (before the manifest) and 2 (before sync points) are still read; a newer one is refused.
+        for old in [1, 2] {
+            assert_eq!(decode_segment_header(&with_version(old)), Ok(7));
+            assert_eq!(segment_version(&with_version(old)), u32::from(old));
+        }
+        assert_eq!(
+            decode_segment_header(&with_version(4)),
+            Err(HeaderError::Version(4))
+        );
     }
 
     #[test]
@@ -355,6 +469,100 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn golden_sync_point_bytes() {
+        let payload = SyncPayload {
+            file_id: 7,
+            offset: 0x1234,
+            durable: 0x1000,
+            mac: 0x0102_0304_0506_0708,
+        };
+        let mut out = Vec::new();
+        encode(&mut out, Kind::Sync, &[], &payload.encode());
+        assert_eq!(out.len(), SYNC_RECORD_LEN);
+        assert_eq!(
+            out,
+            [
+                GOLDEN_SYNC_CRC[0],
+                GOLDEN_SYNC_CRC[1],
+                GOLDEN_SYNC_CRC[2],
+                GOLDEN_SYNC_CRC[3],
+                3,
+                0,
+                0,
+                28,
+                0,
+                0,
+                0, // kind, key length, value length
+                7,
+                0,
+                0,
+                0, // file id
+                0x34,
+                0x12,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0, // own offset
+                0,
+                0x10,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0, // durable
+                8,
+                7,
+                6,
+                5,
+                4,
+                3,
+                2,
+                1, // MAC
+            ],
+            "the sync point encoding is frozen: a change here breaks every existing store"
+        );
+        assert_eq!(out[4..11], SYNC_HEADER_TAIL);
+        let rec = decode(&out).expect("round trip");
+        assert_eq!(rec.kind, Kind::Sync);
+        assert!(rec.key.is_empty());
+        assert_eq!(SyncPayload::decode(rec.value), Some(payload));
+        assert_eq!(&payload.signed()[..8], b"USSDBSYN");
+        assert_eq!(payload.signed()[8..], out[11..31]);
+    }
+
+    /// The checksum of the golden sync point above.
+    const GOLDEN_SYNC_CRC: [u8; 4] = [0x54, 0x3d, 0x36, 0x89];
+
+    #[test]
+    fn a_sync_point_of_another_shape_is_refused() {
+        let with = |key: &[u8], value: &[u8]| {
+            let mut out = Vec::new();
+            encode(&mut out, Kind::Sync, key, value);
+            decode(&out).map(|_| ())
+        };
+        assert!(with(&[], &[0; SYNC_PAYLOAD_LEN]).is_ok());
+        for (key, value) in [
+            (&b"\x01\x00uc"[..], &[0u8; SYNC_PAYLOAD_LEN][..]),
+            (&[][..], &[0u8; SYNC_PAYLOAD_LEN - 1][..]),
+            (&[][..], &[0u8; SYNC_PAYLOAD_LEN + 1][..]),
+            (&[][..], &[][..]),
+        ] {
+            assert!(
+                matches!(with(key, value), Err(DecodeError::Invalid(_))),
+                "key {key:?}, value of {} bytes",
+                value.len()
+            );
+        }
+        // Puts and deletes still need a key.
+        let mut out = Vec::new();
+        encode(&mut out, Kind::Put, &[], &[0; SYNC_PAYLOAD_LEN]);
+        assert!(decode(&out).is_err());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub(crate) struct Segment {
     /// The dead byte count at which compacting this segment on its own was found to reclaim nothing (tombstones
     /// that must stay); `u64::MAX` when never tried. Saves rewriting the same bytes pass after pass.
     futile_at: AtomicU64,
+    /// The format version in its header.
+    version: u32,
 }
 
 /// Small records are read with one `pread` of this size; larger ones need a second.
@@ -89,10 +91,13 @@ impl Segment {
         let got = file
             .read_at(&mut header, 0)
             .map_err(|e| Error::io("read segment header", &path, e))?;
-        if let Some(e) = header_error(&path, header.get(..got).unwrap_or_default(), id) {
+        let header = header.get(..got).unwrap_or_default();
+        if let Some(e) = header_error(&path, header, id) {
             return Err(e);
         }
-        Ok(Segment::new(id, path, file, len))
+        let mut segment = Segment::new(id, path, file, len);
+        segment.version = record::segment_version(header);
+        Ok(segment)
     }
 
     /// A segment of `len` bytes in `file`, not sealed: read with `pread` (the active one, or one being opened).
@@ -108,6 +113,7 @@ impl Segment {
             hinted: AtomicBool::new(false),
             unhintable: AtomicBool::new(false),
             futile_at: AtomicU64::new(u64::MAX),
+            version: record::FORMAT_VERSION,
         }
     }
 
@@ -157,7 +163,13 @@ impl Segment {
             hinted: AtomicBool::new(self.hinted()),
             unhintable: AtomicBool::new(self.unhintable.load(Ordering::Relaxed)),
             futile_at: AtomicU64::new(self.futile_at.load(Ordering::Relaxed)),
+            version: self.version,
         }
+    }
+
+    /// The format version in its header.
+    pub(crate) fn version(&self) -> u32 {
+        self.version
     }
 
     /// The segment id.

@@ -9,20 +9,31 @@ use std::time::Duration;
 use crate::Result;
 use crate::codec;
 use crate::durability::{Durability, PeriodicSync};
-use crate::engine::{Batch, CompactionWorker, Engine, Scan};
-use crate::model::CampaignUserMap;
+use crate::engine::{BackupReport, Batch, Committer, CompactionWorker, Engine, Scan};
+use crate::model::{CampaignUserMap, FeatureRecord, check_id};
 use crate::options::Options;
 use crate::record::SEGMENT_HEADER_LEN;
+use crate::repair::{self, RepairReport};
 use crate::verify::{self, VerifyReport};
 
 /// A mapping as read back: the map and the SDK's extra `metaData` JSON text, if any.
 pub type Entry = (CampaignUserMap, Option<String>);
 
+/// A live record of either kind, from [`Store::records`].
+#[cfg(feature = "json")]
+pub(crate) enum AnyRecord {
+    /// A campaign mapping and its `metaData`.
+    Mapping(CampaignUserMap, Option<String>),
+    /// An FME record.
+    Feature(FeatureRecord),
+}
+
 /// A snapshot of a store's counters.
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Live mappings.
+    /// Live records: campaign mappings and FME records ([`Store::count_features`] tells how many of them are FME
+    /// records; the index does not keep kinds, so that count walks the store).
     pub mappings: u64,
     /// Segment files.
     pub segments: u64,
@@ -65,6 +76,8 @@ pub(crate) struct Shared {
     pub(crate) engine: Arc<Engine>,
     periodic: Mutex<Option<PeriodicSync>>,
     compactor: Mutex<Option<CompactionWorker>>,
+    /// Serves [`Store::set_async`]'s futures; started on first use.
+    committer: Mutex<Option<Committer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -89,6 +102,7 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let engine = Arc::new(Engine::open(dir.as_ref(), options)?);
         let periodic = match engine.options.durability {
+            _ if engine.options.read_only => None,
             Durability::Periodic(interval) => {
                 let weak = Arc::downgrade(&engine);
                 Some(PeriodicSync::spawn(interval, move || {
@@ -103,7 +117,7 @@ impl Store {
             }
             Durability::Immediate | Durability::Never => None,
         };
-        let compactor = match engine.options.auto_compaction {
+        let compactor = match engine.options.auto_compaction && !engine.options.read_only {
             true => Some(CompactionWorker::spawn(
                 &engine,
                 engine.options.compaction_threshold,
@@ -115,6 +129,7 @@ impl Store {
                 engine,
                 periodic: Mutex::new(periodic),
                 compactor: Mutex::new(compactor),
+                committer: Mutex::new(None),
             }),
         })
     }
@@ -135,6 +150,55 @@ impl Store {
         self.set_with_meta(map, None)
     }
 
+    /// Stores `map` at once (readers see it when this returns) and returns a future that resolves when the write
+    /// is as durable as the durability mode promises: with [`Durability::Immediate`], once a group commit's fsync
+    /// covers it. No thread is parked per waiting future: one background thread (`ussdb-commit`) serves them all,
+    /// so many concurrent requests share a few fsyncs. Works with any executor (no runtime dependency).
+    ///
+    /// ```
+    /// # fn main() -> ussdb::Result<()> {
+    /// # let dir = tempfile::tempdir().expect("temp dir");
+    /// let store = ussdb::Store::open(dir.path())?;
+    /// let durable = store.set_async(&ussdb::CampaignUserMap::new("u", "c", "v"));
+    /// // ... `durable.await` in an async fn; here, a minimal executor:
+    /// # let waker = std::task::Waker::noop();
+    /// # let mut cx = std::task::Context::from_waker(&waker);
+    /// # let mut durable = std::pin::pin!(durable);
+    /// # while std::future::Future::poll(durable.as_mut(), &mut cx).is_pending() { std::thread::yield_now(); }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_async(&self, map: &CampaignUserMap) -> Durable {
+        let written = codec::check_id("user_id", &map.user_id)
+            .and_then(|()| codec::check_id("campaign_key", &map.campaign_key))
+            .and_then(|()| codec::encode_value(map, None))
+            .and_then(|value| {
+                self.engine()
+                    .put_unwaited(&map.user_id, map.campaign_key.as_bytes(), &value)
+            });
+        Durable {
+            store: self.clone(),
+            written: Some(written),
+            position: 0,
+        }
+    }
+
+    /// Wakes `waker` once `position` is durable, starting the commit thread on first use.
+    fn register_waiter(&self, position: u64, waker: std::task::Waker) -> Result<()> {
+        let mut committer = self
+            .inner
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if committer.is_none() {
+            *committer = Some(Committer::spawn(&self.inner.engine)?);
+        }
+        if let Some(committer) = committer.as_ref() {
+            committer.register(position, waker);
+        }
+        Ok(())
+    }
+
     /// The mapping with the extra `metaData` JSON text some SDKs attach (see [`Store::set_with_meta`]).
     pub fn get_with_meta(&self, user_id: &str, campaign_key: &str) -> Result<Option<Entry>> {
         codec::check_id("user_id", user_id)?;
@@ -149,6 +213,7 @@ impl Store {
     pub fn set_with_meta(&self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
         codec::check_id("user_id", &map.user_id)?;
         codec::check_id("campaign_key", &map.campaign_key)?;
+        codec::check_variation(&map.variation_name)?;
         let value = codec::encode_value(map, meta_data)?;
         self.engine()
             .put(&map.user_id, map.campaign_key.as_bytes(), &value)
@@ -161,8 +226,8 @@ impl Store {
         self.engine().delete(user_id, campaign_key.as_bytes())
     }
 
-    /// Erases every mapping of `user_id` (e.g. for a privacy request); returns how many there were. Costs in
-    /// proportion to that user's mappings, not to the store.
+    /// Erases every mapping and every FME record of `user_id` (e.g. for a privacy request); returns how many there
+    /// were. Costs in proportion to that user's records, not to the store.
     pub fn forget_user(&self, user_id: &str) -> Result<usize> {
         self.engine().forget_user(user_id)
     }
@@ -181,6 +246,77 @@ impl Store {
         Ok(maps)
     }
 
+    /// The FME record of `user_id` for `feature_key` (a feature flag's key, or `_vwo_meta_meg_<groupId>` for a
+    /// mutually exclusive group), if any: what an FME SDK's connector `get(featureKey, userId)` returns.
+    pub fn get_feature(&self, feature_key: &str, user_id: &str) -> Result<Option<FeatureRecord>> {
+        check_id("feature_key", feature_key)?;
+        check_id("user_id", user_id)?;
+        self.engine()
+            .get_with(user_id, &codec::feature_item(feature_key), |value| {
+                codec::decode_feature(user_id, feature_key, value)
+            })
+    }
+
+    /// Stores `record`, replacing any earlier record of its user and feature key: what an FME SDK's connector
+    /// `set(data)` does. Every member, including the ones this version does not know, comes back from
+    /// [`Store::get_feature`] as it went in. FME records live apart from campaign mappings: a feature key equal to
+    /// a campaign key does not touch that mapping.
+    pub fn set_feature(&self, record: &FeatureRecord) -> Result<()> {
+        record.check()?;
+        let value = codec::encode_feature(record)?;
+        self.engine().put(
+            &record.user_id,
+            &codec::feature_item(&record.feature_key),
+            &value,
+        )
+    }
+
+    /// Erases the FME record of `user_id` for `feature_key`; true if there was one.
+    pub fn delete_feature(&self, feature_key: &str, user_id: &str) -> Result<bool> {
+        check_id("feature_key", feature_key)?;
+        check_id("user_id", user_id)?;
+        self.engine()
+            .delete(user_id, &codec::feature_item(feature_key))
+    }
+
+    /// Every FME record of `user_id` (group records included), sorted by feature key. Costs in proportion to that
+    /// user's records. [`Store::campaigns_of`] lists the same user's campaign mappings.
+    pub fn features_of(&self, user_id: &str) -> Result<Vec<FeatureRecord>> {
+        check_id("user_id", user_id)?;
+        let mut records =
+            self.engine()
+                .items_of(user_id, |item, value| match codec::classify_item(item) {
+                    codec::Item::Feature(feature_key) => {
+                        codec::decode_feature(user_id, feature_key, value).map(Some)
+                    }
+                    codec::Item::Campaign(_) | codec::Item::Unknown => Ok(None),
+                })?;
+        records.sort_by(|a, b| a.feature_key.cmp(&b.feature_key));
+        Ok(records)
+    }
+
+    /// Every live FME record, in no particular order, under the same rules as [`Store::entries`] (which yields
+    /// the campaign mappings).
+    pub fn feature_entries(&self) -> FeatureEntries<'_> {
+        FeatureEntries(self.engine().scan(|key, value| {
+            let (_, item) = codec::split_key(key).ok_or("record key is malformed")?;
+            match codec::classify_item(item) {
+                codec::Item::Feature(_) => codec::decode_feature_record(key, value).map(Some),
+                codec::Item::Campaign(_) | codec::Item::Unknown => Ok(None),
+            }
+        }))
+    }
+
+    /// How many live FME records the store holds. Walks every live record's key (the index does not keep kinds),
+    /// so it costs like an export without the writing.
+    pub fn count_features(&self) -> Result<u64> {
+        let scan = self.engine().scan(|key, _| {
+            let (_, item) = codec::split_key(key).ok_or("record key is malformed")?;
+            Ok(matches!(codec::classify_item(item), codec::Item::Feature(_)).then_some(()))
+        });
+        scan.map(|r| r.map(|()| 1)).sum()
+    }
+
     /// Stores every mapping of `batch`, in order, with one lock of the log and at most one fsync: much faster than
     /// one [`Store::set`] each when loading many mappings. Not atomic: if it fails or the process crashes midway,
     /// a prefix of the batch may be stored.
@@ -197,7 +333,8 @@ impl Store {
         self.write_batch(&batch)
     }
 
-    /// Every live mapping with its `metaData`, in no particular order. Holds no lock while it reads a record and
+    /// Every live campaign mapping with its `metaData`, in no particular order (FME records are not included: see
+    /// [`Store::feature_entries`]). Holds no lock while it reads a record and
     /// keeps memory bounded; see [`Entries`] for what concurrent writes do to it.
     pub fn entries(&self) -> Entries<'_> {
         Entries(self.engine().scan(|key, value| {
@@ -208,6 +345,21 @@ impl Store {
                 None => Err("record key is malformed".into()),
             }
         }))
+    }
+
+    /// Every live record of either kind in one walk (for export: a damaged record is met once, not once per kind).
+    #[cfg(feature = "json")]
+    pub(crate) fn records(&self) -> Scan<'_, AnyRecord> {
+        self.engine().scan(|key, value| {
+            let (_, item) = codec::split_key(key).ok_or("record key is malformed")?;
+            match codec::classify_item(item) {
+                codec::Item::Campaign(_) => codec::decode_map(key, value)
+                    .map(|(map, meta)| Some(AnyRecord::Mapping(map, meta))),
+                codec::Item::Feature(_) => codec::decode_feature_record(key, value)
+                    .map(|rec| Some(AnyRecord::Feature(rec))),
+                codec::Item::Unknown => Ok(None),
+            }
+        })
     }
 
     /// Reads every record of every segment, checks its checksum, key and value, and checks that the index agrees
@@ -225,8 +377,29 @@ impl Store {
         verify::check_engine(self.engine(), &mut progress)
     }
 
+    /// Salvages the store in `dir`, which must not be open: keeps every intact record, drops damaged ones, and
+    /// rewrites the store so that it opens. The report lists exactly what was lost: the keys whose newest record
+    /// was damaged where they are readable (those keys are erased, so no older value or deleted mapping comes
+    /// back), the file and offset otherwise, and segment files that are missing. A store with nothing damaged is
+    /// left as it is. A crash during a repair leaves either the old store or the repaired one.
+    pub fn repair(dir: impl AsRef<Path>, options: Options) -> Result<RepairReport> {
+        options.validate()?;
+        repair::repair(dir.as_ref(), &options)
+    }
+
+    /// Copies the store into `dest` (a new or empty directory) while it stays in use: a consistent copy holding
+    /// every write acknowledged before the call (and perhaps some made during it), which [`crate::verify_dir`]
+    /// checks and [`Store::open`] opens. Sealed files are hard-linked where the file system allows, the active
+    /// segment's durable prefix is copied; writes go on meanwhile, compaction waits.
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
+        self.engine().backup(dest.as_ref())
+    }
+
     /// Returns once everything written so far is on stable storage, whatever the durability mode.
     pub fn sync(&self) -> Result<()> {
+        if self.engine().options.read_only {
+            return Ok(());
+        }
         self.engine().sync()
     }
 
@@ -294,6 +467,26 @@ impl Store {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        if self.engine.forked() {
+            // The threads are the parent's: they do not exist here, and joining them would wait forever. The
+            // parent syncs and closes; the child only lets go of its copies of the files.
+            let threads = (
+                self.compactor
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+                self.periodic
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+                self.committer
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            );
+            std::mem::forget(threads);
+            return;
+        }
         if let Some(mut compactor) = self
             .compactor
             .lock()
@@ -301,6 +494,14 @@ impl Drop for Shared {
             .take()
         {
             compactor.stop();
+        }
+        if let Some(mut committer) = self
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            committer.stop();
         }
         if let Some(mut periodic) = self
             .periodic
@@ -311,6 +512,7 @@ impl Drop for Shared {
             periodic.stop();
         }
         if !self.engine.poisoned()
+            && !self.engine.options.read_only
             && let Err(e) = self.engine.sync()
         {
             log::error!("final fsync of {} failed: {e}", self.engine.dir.display());
@@ -322,7 +524,7 @@ impl Drop for Shared {
 ///
 /// Memory stays bounded by one index shard's locations (1/64 of the index) and no lock is held while a record is
 /// read. Mappings written while the iteration runs may or may not be seen; each mapping present throughout is
-/// yielded exactly once. A damaged record ends the walk with its error.
+/// yielded exactly once. A damaged record is yielded as its error and the walk goes on; an I/O error ends it.
 #[derive(Debug)]
 pub struct Entries<'a>(Scan<'a, Entry>);
 
@@ -330,6 +532,63 @@ impl Iterator for Entries<'_> {
     type Item = Result<Entry>;
 
     fn next(&mut self) -> Option<Result<Entry>> {
+        self.0.next()
+    }
+}
+
+/// The future of [`Store::set_async`]: resolves when the write is durable, or with the error that stopped it.
+#[must_use = "a write is only known to be durable once this future resolves"]
+#[derive(Debug)]
+pub struct Durable {
+    store: Store,
+    /// The append's outcome, until the first poll takes it.
+    written: Option<Result<u64>>,
+    position: u64,
+}
+
+impl std::future::Future for Durable {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        use std::task::Poll;
+        if let Some(written) = self.written.take() {
+            match written {
+                Ok(position) => self.position = position,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        let engine = self.store.engine();
+        match engine.is_durable(self.position) {
+            Ok(true) => return Poll::Ready(Ok(())),
+            Ok(false) => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+        if let Err(e) = self
+            .store
+            .register_waiter(self.position, cx.waker().clone())
+        {
+            return Poll::Ready(Err(e));
+        }
+        // The commit may have covered the position between the check and the registration.
+        match engine.is_durable(self.position) {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// Every live FME record of a store; made by [`Store::feature_entries`]. Memory and concurrency as [`Entries`].
+#[derive(Debug)]
+pub struct FeatureEntries<'a>(Scan<'a, FeatureRecord>);
+
+impl Iterator for FeatureEntries<'_> {
+    type Item = Result<FeatureRecord>;
+
+    fn next(&mut self) -> Option<Result<FeatureRecord>> {
         self.0.next()
     }
 }

@@ -14,10 +14,11 @@ use crate::dir;
 use crate::engine::Engine;
 use crate::hint;
 use crate::index::Loc;
-use crate::record::{Kind, RecordRef, Records};
-use crate::seed::{self, KeyHasher};
+use crate::manifest::{self, Manifest};
+use crate::record::{self, Kind, RecordRef, Records};
+use crate::seed::{self, KeyHasher, Seed};
 use crate::segment::{self, Segment};
-use crate::tail::{self, Stop};
+use crate::tail::{self, Role, Stop};
 use crate::vfs::StdVfs;
 use crate::{Error, Result};
 
@@ -29,10 +30,16 @@ pub struct VerifyReport {
     pub segments: u64,
     /// Intact records read (puts and tombstones, live or not).
     pub records: u64,
+    /// Intact sync points read: records the store appends after an fsync to say how far it reached, which
+    /// recovery uses to tell damage from a torn write. Not counted in `records`.
+    pub sync_points: u64,
     /// Bytes read.
     pub bytes: u64,
-    /// Live mappings: keys whose newest record is an intact put.
+    /// Live campaign mappings: campaign keys whose newest record is an intact put.
     pub mappings: u64,
+    /// Live FME records: feature items whose newest record is an intact put (their values are decoded and checked
+    /// like the mappings').
+    pub feature_records: u64,
     /// True when the in-memory index was compared with the log (a store that could be opened); false for a
     /// scan of the files alone ([`verify_dir`]).
     pub index_checked: bool,
@@ -92,6 +99,9 @@ impl fmt::Display for VerifyReport {
             "{} segment(s), {} records, {} bytes, {} mappings",
             self.segments, self.records, self.bytes, self.mappings
         )?;
+        if self.feature_records > 0 {
+            write!(f, ", {} FME records", self.feature_records)?;
+        }
         if self.hint_files > 0 {
             write!(f, ", {} hint file(s)", self.hint_files)?;
         }
@@ -130,6 +140,8 @@ fn fingerprint(key: &[u8]) -> Fingerprint {
 struct Newest {
     loc: Loc,
     put: bool,
+    /// The key is an FME record's (its item is in the FME namespace).
+    feature: bool,
     indexed: bool,
 }
 
@@ -141,6 +153,8 @@ struct Walk<'p> {
     done: u64,
     total: u64,
     progress: &'p mut dyn FnMut(u64, u64),
+    /// The store's seed, which authenticates sync points in the newest segment; `None` if it cannot be read.
+    seed: Option<Seed>,
 }
 
 /// How often (in records) progress is reported.
@@ -201,7 +215,15 @@ impl Walk<'_> {
             let Some((at, e)) = records.stopped() else {
                 break;
             };
-            match tail::classify(bytes, *at, e, newest) {
+            let role = match newest {
+                true => Role::Newest {
+                    version: record::segment_version(bytes),
+                    file_id,
+                    seed: self.seed.as_ref(),
+                },
+                false => Role::Sealed,
+            };
+            match tail::classify(bytes, *at, e, role) {
                 Stop::Torn { reason } => {
                     self.report.torn_tail = Some(Damage {
                         path: path.to_owned(),
@@ -237,13 +259,37 @@ impl Walk<'_> {
         segment: &[u8],
         hint_path: &Path,
         hasher: &std::result::Result<KeyHasher, String>,
+        named: Option<u32>,
     ) -> Result<()> {
         let found = match hint::read(&StdVfs, hint_path) {
             Ok(found) => found,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if named.is_some_and(|id| id != 0) {
+                    self.report.hint_problems.push(Damage {
+                        path: hint_path.to_owned(),
+                        offset: 0,
+                        reason: format!(
+                            "missing, though {} names it; open scans the segment instead",
+                            manifest::MANIFEST_FILE
+                        ),
+                    });
+                }
+                return Ok(());
+            }
             Err(e) => return Err(Error::io("read hint file", hint_path, e)),
         };
         self.report.hint_files += 1;
+        if named == Some(0) {
+            self.report.hint_problems.push(Damage {
+                path: hint_path.to_owned(),
+                offset: 0,
+                reason: format!(
+                    "not named in {}: open removes it and writes a new one",
+                    manifest::MANIFEST_FILE
+                ),
+            });
+            return Ok(());
+        }
         let hasher = match hasher {
             Ok(hasher) => hasher,
             Err(reason) => {
@@ -262,6 +308,18 @@ impl Walk<'_> {
             return Ok(());
         };
         if found == expected {
+            if let Some(identity) = named
+                && hint::identity(&found) != Some(identity)
+            {
+                self.report.hint_problems.push(Damage {
+                    path: hint_path.to_owned(),
+                    offset: 44,
+                    reason: format!(
+                        "not the hint file {} names (put back from a backup?); open ignores it and scans",
+                        manifest::MANIFEST_FILE
+                    ),
+                });
+            }
             return Ok(());
         }
         let offset = found
@@ -283,6 +341,10 @@ impl Walk<'_> {
     }
 
     fn record(&mut self, loc: Loc, rec: RecordRef<'_>, path: &Path) {
+        if rec.kind == Kind::Sync {
+            self.report.sync_points += 1;
+            return;
+        }
         self.report.records += 1;
         if self.report.records.is_multiple_of(PROGRESS_EVERY) {
             (self.progress)(self.done + loc.offset(), self.total);
@@ -290,10 +352,17 @@ impl Walk<'_> {
         if codec::split_key(rec.key).is_none() {
             return self.damage(path, loc.offset(), "record key is malformed");
         }
-        if rec.kind == Kind::Put
-            && codec::decode_key(rec.key).is_some()
-            && let Err(reason) = codec::decode_value(rec.value)
-        {
+        let item = codec::split_key(rec.key).map(|(_, item)| codec::classify_item(item));
+        let decoded = match (rec.kind, item) {
+            (Kind::Put, Some(codec::Item::Campaign(_))) if codec::decode_key(rec.key).is_some() => {
+                codec::decode_value(rec.value).map(drop)
+            }
+            (Kind::Put, Some(codec::Item::Feature(_))) => {
+                codec::decode_feature_record(rec.key, rec.value).map(drop)
+            }
+            _ => Ok(()),
+        };
+        if let Err(reason) = decoded {
             self.damage(
                 path,
                 loc.offset(),
@@ -305,6 +374,7 @@ impl Walk<'_> {
             Newest {
                 loc,
                 put: rec.kind == Kind::Put,
+                feature: matches!(item, Some(codec::Item::Feature(_))),
                 indexed: false,
             },
         );
@@ -376,7 +446,10 @@ impl Walk<'_> {
                 match self.newest.get_mut(&print) {
                     Some(newest) if newest.loc == loc => {
                         newest.indexed = true;
-                        self.report.mappings += 1;
+                        match newest.feature {
+                            true => self.report.feature_records += 1,
+                            false => self.report.mappings += 1,
+                        }
                     }
                     Some(newest) => {
                         let (seg, off) = (newest.loc.segment(), newest.loc.offset());
@@ -425,7 +498,10 @@ impl Walk<'_> {
     }
 
     fn count_live_without_index(&mut self) {
-        self.report.mappings = self.newest.values().filter(|n| n.put).count() as u64;
+        let live = self.newest.values().filter(|n| n.put);
+        let features = live.clone().filter(|n| n.feature).count() as u64;
+        self.report.feature_records = features;
+        self.report.mappings = live.count() as u64 - features;
     }
 }
 
@@ -435,50 +511,148 @@ pub(crate) fn check_engine(
     engine: &Engine,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport> {
-    {
-        let _quiet = engine.quiesce();
-        let segments = engine.segments().clone();
-        let total = segments.values().map(|s| s.len()).sum();
-        let mut walk = Walk {
-            dir: engine.dir.clone(),
-            report: VerifyReport {
-                index_checked: true,
-                ..VerifyReport::default()
-            },
-            newest: HashMap::new(),
-            done: 0,
-            total,
-            progress,
+    let _quiet = engine.quiesce();
+    let segments = engine.segments().clone();
+    let manifest = engine.manifest();
+    let total = segments.values().map(|s| s.len()).sum();
+    let mut walk = Walk {
+        dir: engine.dir.clone(),
+        report: VerifyReport {
+            index_checked: true,
+            ..VerifyReport::default()
+        },
+        newest: HashMap::new(),
+        done: 0,
+        total,
+        progress,
+        // The file the engine loaded its seed from (it never rewrites it while open).
+        seed: seed::read(&*engine.vfs, &engine.dir)?.ok(),
+    };
+    let hasher = Ok(engine.index.hasher().clone());
+    let listing = dir::list(&*engine.vfs, &engine.dir)?;
+    walk.check_files(&manifest, &listing, |id| segments.get(&id).map(|s| s.len()));
+    for entry in &manifest.sealed {
+        let Some(segment) = segments.get(&entry.file_id) else {
+            continue;
         };
-        // Replay order: a compaction output takes the file id (and place) of the oldest segment it replaced.
-        let hasher = Ok(engine.index.hasher().clone());
-        let mut in_order: Vec<&Arc<Segment>> = segments.values().collect();
-        in_order.sort_by_key(|s| s.file_id());
-        let last = in_order.last().map(|s| s.id());
-        for segment in in_order {
-            let id = segment.id();
-            let contents = segment.contents()?;
-            let bytes: &[u8] = &contents;
-            walk.scan_segment(
-                id,
-                segment.file_id(),
-                segment.path(),
-                bytes,
-                Some(id) == last,
+        let contents = segment.contents()?;
+        walk.scan_sealed(entry, segment.path(), &contents);
+        walk.check_hint(
+            entry.file_id,
+            &contents,
+            &segment.hint_path(),
+            &hasher,
+            Some(entry.hint),
+        )?;
+    }
+    if let Some(active) = segments.get(&manifest.active) {
+        let contents = active.contents()?;
+        walk.scan_segment(
+            active.id(),
+            active.file_id(),
+            active.path(),
+            &contents,
+            true,
+        );
+    }
+    walk.check_index(engine, &segments);
+    Ok(walk.report)
+}
+
+impl Walk<'_> {
+    /// Scans a sealed segment and compares its bytes with what the manifest recorded at sealing.
+    fn scan_sealed(&mut self, entry: &manifest::Sealed, path: &Path, bytes: &[u8]) {
+        let before = self.report.damage.len();
+        self.scan_segment(entry.file_id, entry.file_id, path, bytes, false);
+        // Damage already named in this file explains a checksum difference; a length difference is reported by
+        // the file check.
+        if self.report.damage.len() > before || bytes.len() as u64 != entry.len {
+            return;
+        }
+        if entry.crc != 0 && crc32fast::hash(bytes) != entry.crc {
+            self.damage(
+                path,
+                0,
+                format!(
+                    "the file's checksum differs from the one {} recorded when it was sealed",
+                    manifest::MANIFEST_FILE
+                ),
             );
-            if Some(id) != last {
-                walk.check_hint(segment.file_id(), bytes, &segment.hint_path(), &hasher)?;
+        }
+    }
+
+    /// Compares the store's files with the manifest: every file it names must exist with its sealed length, and
+    /// no segment file may be there that it does not know. `len_of` gives a named segment's length, if present.
+    fn check_files(
+        &mut self,
+        manifest: &Manifest,
+        listing: &dir::Listing,
+        len_of: impl Fn(u32) -> Option<u64>,
+    ) {
+        let dir = self.dir.clone();
+        let named =
+            |id: u32| id == manifest.active || manifest.sealed.iter().any(|s| s.file_id == id);
+        for entry in &manifest.sealed {
+            let path = dir.join(dir::segment_file_name(entry.file_id));
+            match (
+                listing.segments.binary_search(&entry.file_id),
+                len_of(entry.file_id),
+            ) {
+                (Err(_), _) | (_, None) => self.damage(
+                    &path,
+                    0,
+                    format!(
+                        "missing: a sealed segment named in {}; the mappings it held are lost",
+                        manifest::MANIFEST_FILE
+                    ),
+                ),
+                (Ok(_), Some(len)) if len != entry.len => self.damage(
+                    &path,
+                    len.min(entry.len),
+                    format!(
+                        "{len} bytes, {} recorded {} at sealing ({})",
+                        manifest::MANIFEST_FILE,
+                        entry.len,
+                        if len < entry.len {
+                            "shortened"
+                        } else {
+                            "grown"
+                        }
+                    ),
+                ),
+                _ => {}
             }
         }
-        walk.check_index(engine, &segments);
-        Ok(walk.report)
+        if listing.segments.binary_search(&manifest.active).is_err() && manifest.active != 0 {
+            self.damage(
+                &dir.join(dir::segment_file_name(manifest.active)),
+                0,
+                format!(
+                    "missing: the newest segment named in {}; its acknowledged writes are lost",
+                    manifest::MANIFEST_FILE
+                ),
+            );
+        }
+        for &id in &listing.segments {
+            if named(id) || id >= manifest.next_file_id || manifest.retired.contains(&id) {
+                continue;
+            }
+            self.damage(
+                &dir.join(dir::segment_file_name(id)),
+                0,
+                format!(
+                    "extra: a segment file {} does not name (from elsewhere or an old backup)",
+                    manifest::MANIFEST_FILE
+                ),
+            );
+        }
     }
 }
 
 /// Verifies the store in `dir` from its files alone, without opening it (so without cutting a torn tail or
-/// building an index): every record of every segment is read and checked. Use it on a store that
-/// [`crate::Store::open`] refuses, to list all of its damage rather than the first. Takes the directory's lock,
-/// so it fails with [`Error::Locked`] while the store is open.
+/// building an index): every record of every segment is read and checked, and the files are compared with the
+/// manifest. Use it on a store that [`crate::Store::open`] refuses, to list all of its damage rather than the
+/// first. Takes the directory's lock, so it fails with [`Error::Locked`] while the store is open.
 pub fn verify_dir(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     verify_dir_with_progress(dir, |_, _| {})
 }
@@ -494,15 +668,19 @@ pub fn verify_dir_with_progress(
             path: dir.to_owned(),
         });
     }
-    let _lock = dir::lock(dir)?;
+    // Shared: other readers may look too, a writer may not open meanwhile; nothing is created.
+    let _lock = dir::lock(dir, true)?;
     let vfs = StdVfs;
-    let ids = dir::list(&vfs, dir)?.segments;
+    let listing = dir::list(&vfs, dir)?;
     let mut total = 0;
-    for &id in &ids {
+    let mut lens = HashMap::new();
+    for &id in &listing.segments {
         let path = dir.join(dir::segment_file_name(id));
-        total += std::fs::metadata(&path)
+        let len = std::fs::metadata(&path)
             .map_err(|e| Error::io("read segment length", &path, e))?
             .len();
+        lens.insert(id, len);
+        total += len;
     }
     let mut walk = Walk {
         dir: dir.to_owned(),
@@ -511,21 +689,64 @@ pub fn verify_dir_with_progress(
         done: 0,
         total,
         progress: &mut progress,
+        seed: None,
     };
     // Read, never made: checking a store writes nothing. The colliding test mode is not known here; a store
     // written in it would have its hints reported as made with another seed.
-    let hasher = match seed::read(&vfs, dir)? {
+    let seed_file = seed::read(&vfs, dir)?;
+    walk.seed = seed_file.as_ref().ok().copied();
+    let hasher = match seed_file {
         Ok(seed) => Ok(KeyHasher::new(seed, false)),
         Err(None) => Err(format!("{} is missing", seed::SEED_FILE)),
         Err(Some(reason)) => Err(format!("{}: {reason}", seed::SEED_FILE)),
     };
-    let last = ids.last().copied();
-    for &id in &ids {
+    let manifest = match manifest::read(&vfs, dir) {
+        Ok(Some(manifest)) => Some(manifest),
+        // A store of an earlier version: its segments replay in file-id order.
+        Ok(None) => None,
+        Err(Error::Corrupted { path, reason, .. }) => {
+            walk.damage(&path, 0, reason);
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let read = |id: u32| -> Result<(std::path::PathBuf, Vec<u8>)> {
         let path = dir.join(dir::segment_file_name(id));
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read segment", &path, e))?;
-        walk.scan_segment(id, id, &path, &bytes, Some(id) == last);
-        if Some(id) != last {
-            walk.check_hint(id, &bytes, &dir.join(dir::hint_file_name(id)), &hasher)?;
+        Ok((path, bytes))
+    };
+    match &manifest {
+        Some(manifest) => {
+            walk.check_files(manifest, &listing, |id| lens.get(&id).copied());
+            for entry in &manifest.sealed {
+                if !lens.contains_key(&entry.file_id) {
+                    continue;
+                }
+                let (path, bytes) = read(entry.file_id)?;
+                walk.scan_sealed(entry, &path, &bytes);
+                let hint_path = dir.join(dir::hint_file_name(entry.file_id));
+                walk.check_hint(entry.file_id, &bytes, &hint_path, &hasher, Some(entry.hint))?;
+            }
+            if lens.contains_key(&manifest.active) {
+                let (path, bytes) = read(manifest.active)?;
+                walk.scan_segment(manifest.active, manifest.active, &path, &bytes, true);
+            }
+        }
+        None => {
+            let last = listing.segments.last().copied();
+            for &id in &listing.segments {
+                let (path, bytes) = read(id)?;
+                walk.scan_segment(id, id, &path, &bytes, Some(id) == last);
+                if Some(id) != last {
+                    walk.check_hint(
+                        id,
+                        &bytes,
+                        &dir.join(dir::hint_file_name(id)),
+                        &hasher,
+                        None,
+                    )?;
+                }
+            }
         }
     }
     walk.count_live_without_index();

@@ -9,27 +9,31 @@
 //! Read path: hash the key once, copy the candidate locations out of one index shard (no lock kept), read each
 //! record from its segment and keep the one whose full key matches.
 
+mod backup;
 mod compaction;
 mod open;
+mod waiters;
 mod write;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 
 use crate::codec;
-use crate::dir;
+use crate::dir::{self, DirLock};
 use crate::durability::GroupCommit;
 use crate::index::{Index, Loc};
+use crate::manifest::Manifest;
 use crate::options::Options;
 use crate::record::RecordRef;
 use crate::segment::Segment;
 use crate::vfs::Vfs;
 use crate::{Error, Result};
 
+pub use backup::BackupReport;
 pub(crate) use compaction::CompactionWorker;
+pub(crate) use waiters::Committer;
 pub use write::Batch;
 use write::LogState;
 
@@ -41,14 +45,19 @@ pub(crate) struct Engine {
     pub(crate) index: Index,
     pub(crate) segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
     log: Mutex<LogState>,
+    /// The manifest as last written (plus ids of compaction outputs in flight among `retired`). Taken after the
+    /// log mutex when both are held.
+    manifest: Mutex<Manifest>,
     commit: GroupCommit,
     /// Set by the first failed fsync or unrecoverable write; writes are refused from then on.
     poison: OnceLock<String>,
     pub(crate) counters: Counters,
     /// Compaction's own state: one pass at a time, its counters, the background thread's wake-up.
     pub(crate) compaction: compaction::Compaction,
+    /// The process that opened the store: a forked child must not use it.
+    pid: u32,
     /// Held (flock) for the engine's lifetime, so a second process cannot open the directory.
-    _lock: File,
+    _lock: DirLock,
 }
 
 /// While it lives, no write and no compaction runs; readers go on.
@@ -85,6 +94,15 @@ impl Engine {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_manifest(&self) -> MutexGuard<'_, Manifest> {
+        self.manifest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the manifest as last written (for verify and backups).
+    pub(crate) fn manifest(&self) -> Manifest {
+        self.lock_manifest().clone()
+    }
+
     /// Waits for writers and compaction to stand still and returns a guard that keeps them so (for verify).
     pub(crate) fn quiesce(&self) -> Quiet<'_> {
         // Compaction first, as it takes them: no pass is half done while the log and the index are compared.
@@ -100,7 +118,24 @@ impl Engine {
         self.poison.get().is_some()
     }
 
+    /// True in a process forked from the one that opened the store.
+    pub(crate) fn forked(&self) -> bool {
+        std::process::id() != self.pid
+    }
+
+    /// Whether writes may go ahead: not read-only, not in a forked child, not poisoned.
     fn check_poison(&self) -> Result<()> {
+        if self.options.read_only {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        }
+        if self.forked() {
+            return Err(Error::Forked {
+                path: self.dir.clone(),
+                opened_by: self.pid,
+            });
+        }
         match self.poison.get() {
             Some(reason) => Err(Error::Poisoned {
                 reason: reason.clone(),
@@ -331,8 +366,10 @@ impl<T> Iterator for Scan<'_, T> {
             match self.read(loc) {
                 Ok(Some(value)) => return Some(Ok(value)),
                 Ok(None) => {}
+                // A damaged record is reported and the walk goes on: one bad record must not hide the rest.
+                Err(e) if e.is_corruption() => return Some(Err(e)),
                 Err(e) => {
-                    // A damaged record ends the walk: the caller sees the error once, not a stream of them.
+                    // The OS refused (an I/O error): later reads would likely fail the same way.
                     self.failed = true;
                     return Some(Err(e));
                 }

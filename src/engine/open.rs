@@ -6,7 +6,6 @@
 //! found it); damage is reported as [`Error::Corrupted`] with the file and offset.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -14,15 +13,16 @@ use super::compaction::{Compaction, FRESH_WITHOUT_HINT};
 use super::write::LogState;
 use super::{Counters, Engine};
 use crate::codec;
-use crate::dir;
+use crate::dir::{self, Listing};
 use crate::durability::GroupCommit;
 use crate::hint;
 use crate::index::{Index, Loc};
+use crate::manifest::{self, Manifest};
 use crate::options::Options;
-use crate::record::{Kind, Records};
+use crate::record::{self, Kind, Records};
 use crate::seed::{self, KeyHasher};
 use crate::segment::Segment;
-use crate::tail::{self, Stop};
+use crate::tail::{self, Role, Stop};
 use crate::vfs::{VFile, Vfs};
 use crate::{Error, Result};
 
@@ -35,11 +35,19 @@ impl Engine {
                 path: dir.to_owned(),
             });
         }
-        fs::create_dir_all(dir).map_err(|e| Error::io("create store directory", dir, e))?;
-        let lock = dir::lock(dir)?;
+        let read_only = options.read_only;
+        if read_only && !dir.is_dir() {
+            return Err(Error::NotADirectory {
+                path: dir.to_owned(),
+            });
+        }
+        if !read_only {
+            dir::create(dir)?;
+        }
+        let lock = dir::lock(dir, read_only)?;
 
         let listing = dir::list(&*vfs, dir)?;
-        for name in &listing.leftovers {
+        for name in listing.leftovers.iter().filter(|_| !read_only) {
             log::warn!(
                 "removing {} in {}, left over from an interrupted write",
                 name.display(),
@@ -49,29 +57,60 @@ impl Engine {
             vfs.remove_file(&path)
                 .map_err(|e| Error::io("remove temporary file", &path, e))?;
         }
-        let mut ids = listing.segments;
-        let hints = listing.hints;
         // After the *.tmp cleanup (which takes a left-over SEED.tmp) and before anything is hashed.
-        let seed = seed::load_or_create(&*vfs, dir)?;
-        // A hint without its segment is left by a crash between removing a compacted segment and its hint; one
-        // for the newest segment cannot be right for long, because that segment is appended to from now on.
-        for &id in hints
-            .iter()
-            .filter(|&&id| ids.binary_search(&id).is_err() || ids.last() == Some(&id))
-        {
-            let path = dir.join(dir::hint_file_name(id));
-            vfs.remove_file(&path)
-                .map_err(|e| Error::io("remove stale hint file", &path, e))?;
-        }
+        let seed = match read_only {
+            false => seed::load_or_create(&*vfs, dir)?,
+            // Without a seed no hint can be used; a reader scans instead of making one.
+            true => seed::read(&*vfs, dir)?.unwrap_or_else(|_| seed::Seed::random()),
+        };
+        let (mut manifest, mut dirty) = match manifest::read(&*vfs, dir)? {
+            Some(manifest) => (manifest, false),
+            None => (legacy_manifest(&*vfs, dir, &listing)?, true),
+        };
+        dirty |= reconcile(&*vfs, dir, &mut manifest, &listing, read_only)?;
 
-        let (active, newest_bytes, torn) = match ids.pop() {
-            Some(id) => {
-                let (segment, bytes, torn) = open_newest(&*vfs, dir, id)?;
+        let (active, newest_bytes, torn) = match listing.segments.binary_search(&manifest.active) {
+            Ok(_) => {
+                let (segment, bytes, torn) = open_newest(&*vfs, dir, manifest.active, &seed)?;
                 (segment, Some(bytes), torn)
             }
-            None => (Segment::create(&*vfs, dir, 1)?, None, None),
+            Err(_) if read_only && manifest.sealed.is_empty() && manifest.generation == 0 => {
+                return Err(Error::InvalidOption {
+                    option: "read_only",
+                    reason: format!("there is no store in {} to open read-only", dir.display()),
+                });
+            }
+            // A store that has never had a segment: its first one.
+            Err(_) if manifest.sealed.is_empty() && manifest.generation == 0 => {
+                let id = manifest.next_file_id.max(1);
+                let segment = Segment::create(&*vfs, dir, id)?;
+                manifest.active = id;
+                manifest.next_file_id = id + 1;
+                dirty = true;
+                (segment, None, None)
+            }
+            Err(_) => {
+                return Err(Error::corrupted(
+                    dir.join(dir::segment_file_name(manifest.active)),
+                    0,
+                    format!(
+                        "the newest segment is missing (named in {}); its acknowledged writes are lost: \
+                         restore it from a backup",
+                        manifest::MANIFEST_FILE
+                    ),
+                ));
+            }
         };
         let active = Arc::new(active);
+        let crc = {
+            let mut hasher = crc32fast::Hasher::new();
+            match &newest_bytes {
+                Some(bytes) => hasher.update(bytes),
+                None => hasher.update(&record::segment_header(active.file_id())),
+            }
+            hasher
+        };
+        let sealed_order: Vec<manifest::Sealed> = manifest.sealed.clone();
         let mut engine = Engine {
             dir: dir.to_owned(),
             vfs,
@@ -79,62 +118,116 @@ impl Engine {
             options,
             segments: RwLock::new(BTreeMap::from([(active.id(), Arc::clone(&active))])),
             log: Mutex::new(LogState {
-                next_id: active.id() + 1,
+                next_id: manifest.next_file_id.max(active.id() + 1),
                 active: Arc::clone(&active),
                 written: 0,
+                crc,
+                sync_key: seed,
             }),
+            manifest: Mutex::new(manifest),
             commit: GroupCommit::default(),
             poison: OnceLock::new(),
             counters: Counters::default(),
             compaction: Compaction::default(),
+            pid: std::process::id(),
             _lock: lock,
         };
         // Size the index once for everything the hints list, instead of doubling every shard ~20 times and
         // rehashing what it holds at each step. Hints list live records (compaction output) or at most about
         // 1 / (1 - compaction threshold) times the live ones (sealed segments), so this stays within one
         // doubling of the need; segments that are scanned grow the index as they go.
-        let hinted: u64 = ids
+        let hinted: u64 = sealed_order
             .iter()
-            .filter(|id| hints.binary_search(id).is_ok())
-            .filter_map(|&id| hint::entry_count(&*engine.vfs, &dir.join(dir::hint_file_name(id))))
+            .filter(|s| s.hint != 0)
+            .filter_map(|s| {
+                hint::entry_count(&*engine.vfs, &dir.join(dir::hint_file_name(s.file_id)))
+            })
             .sum();
         engine
             .index
             .unshared()
             .reserve(usize::try_from(hinted).unwrap_or(usize::MAX));
-        let fresh_from = ids.len().saturating_sub(FRESH_WITHOUT_HINT);
-        for (i, id) in ids.into_iter().enumerate() {
-            let hint = match hints.binary_search(&id).is_ok() {
-                true => Hint::Present,
+        let fresh_from = sealed_order.len().saturating_sub(FRESH_WITHOUT_HINT);
+        for (i, entry) in sealed_order.iter().enumerate() {
+            let hint = match entry.hint != 0 {
+                true => Hint::Present(entry.hint),
                 // The background thread leaves the newest sealed segments without hints on purpose.
                 false if i >= fresh_from => Hint::NotYet,
                 false => Hint::Missing,
             };
-            engine.recover_sealed(id, hint)?;
+            dirty |= engine.recover_sealed(*entry, hint)?;
         }
         if let Some(bytes) = newest_bytes {
             engine.replay_all(active.id(), &bytes)?;
         }
         if let Some(torn) = torn {
-            torn.cut()?;
+            match read_only {
+                false => torn.cut()?,
+                true => log::warn!(
+                    "{}: a torn write of {} bytes at offset {} is ignored (read-only)",
+                    torn.path.display(),
+                    torn.cut,
+                    torn.at
+                ),
+            }
+        }
+        if dirty && !read_only {
+            let engine_dir = engine.dir.clone();
+            let vfs = Arc::clone(&engine.vfs);
+            engine
+                .manifest
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(&*vfs, &engine_dir)
+                .map_err(|(e, _)| e)?;
+        }
+        if !read_only {
+            // A newest segment of an older format has no sync points: seal it, so that every write from now on
+            // lands in a segment that has them.
+            engine.seal_older_format()?;
         }
         Ok(engine)
     }
 
-    /// Reads sealed segment `id` into the index: through its hint file if there is a sound one, else by scanning.
-    fn recover_sealed(&mut self, id: u32, hint: Hint) -> Result<()> {
-        let segment = Arc::new(Segment::open(&*self.vfs, &self.dir, id)?.seal());
+    /// Reads a sealed segment into the index: through its hint file if there is a sound one, else by scanning.
+    /// Returns true when the manifest's entry changed (its hint was dropped or adopted).
+    fn recover_sealed(&mut self, entry: manifest::Sealed, hint: Hint) -> Result<bool> {
+        let id = entry.file_id;
+        let segment = Segment::open(&*self.vfs, &self.dir, id)?;
+        if segment.len() != entry.len {
+            let how = if segment.len() < entry.len {
+                "shortened"
+            } else {
+                "longer than when it was sealed"
+            };
+            return Err(Error::corrupted(
+                segment.path(),
+                segment.len().min(entry.len),
+                format!(
+                    "sealed segment is {} bytes, {} says {}: {how}; restore it from a backup or run repair",
+                    segment.len(),
+                    manifest::MANIFEST_FILE,
+                    entry.len
+                ),
+            ));
+        }
+        let segment = Arc::new(segment.seal());
         let path = segment.path().to_owned();
         self.segments
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Arc::clone(&segment));
         let hint_path = segment.hint_path();
-        if hint == Hint::Present {
-            match self.replay_hint(&segment)? {
-                Ok(()) => {
+        let mut changed = false;
+        if let Hint::Present(identity) = hint {
+            match self.replay_hint(&segment, identity)? {
+                Ok(identity) => {
                     segment.set_hinted(true);
-                    return Ok(());
+                    let adopted = entry.hint != identity;
+                    if let Some(e) = self.manifest_mut().sealed_entry(id) {
+                        e.hint = identity;
+                    }
+                    return Ok(adopted);
                 }
                 Err(HintRefused(reason)) => {
                     log::warn!(
@@ -142,6 +235,14 @@ impl Engine {
                         hint_path.display(),
                         path.display()
                     );
+                    // Gone, so that a sound one is written in its place.
+                    if !self.options.read_only {
+                        let _ = self.vfs.remove_file(&hint_path);
+                    }
+                    if let Some(e) = self.manifest_mut().sealed_entry(id) {
+                        e.hint = 0;
+                    }
+                    changed = true;
                 }
             }
         } else if hint == Hint::Missing {
@@ -155,20 +256,38 @@ impl Engine {
         records.by_ref().for_each(drop);
         if let Some((at, e)) = records.stopped() {
             let (Stop::Damaged { reason, .. } | Stop::Torn { reason }) =
-                tail::classify(bytes, *at, e, false);
+                tail::classify(bytes, *at, e, Role::Sealed);
             return Err(Error::corrupted(&path, *at as u64, reason));
         }
-        self.replay_all(id, bytes)
+        self.replay_all(id, bytes)?;
+        Ok(changed)
+    }
+
+    fn manifest_mut(&mut self) -> &mut manifest::Manifest {
+        self.manifest.get_mut().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Replays a segment from its hint file. Everything is checked before the first entry is applied, so a
     /// refused hint (the inner error) leaves the index as it was and the caller can scan the segment instead.
-    fn replay_hint(&mut self, segment: &Segment) -> Result<std::result::Result<(), HintRefused>> {
+    /// `identity`: the hint identity the manifest names (`u32::MAX` for a store made before manifests, whose
+    /// hints are judged by their contents alone). Returns the identity of the hint used.
+    fn replay_hint(
+        &mut self,
+        segment: &Segment,
+        identity: u32,
+    ) -> Result<std::result::Result<u32, HintRefused>> {
         let refuse = |reason: String| Ok(Err(HintRefused(reason)));
         let bytes = match hint::read(&*self.vfs, &segment.hint_path()) {
             Ok(bytes) => bytes,
             Err(e) => return refuse(format!("unreadable: {e}")),
         };
+        let found = hint::identity(&bytes);
+        if identity != LEGACY_HINT && found != Some(identity) {
+            return refuse(format!(
+                "stale: not the hint file {} names for this segment",
+                manifest::MANIFEST_FILE
+            ));
+        }
         let (header, entries) = match hint::decode(&bytes) {
             Ok(decoded) => decoded,
             Err(reason) => return refuse(reason),
@@ -211,6 +330,10 @@ impl Engine {
             for entry in batch {
                 let loc = Loc::new(segment.id(), entry.offset);
                 match entry.kind {
+                    Kind::Sync => {
+                        segment.add_dead(entry.len);
+                        continue;
+                    }
                     Kind::Put if self.index.unshared().insert_new_hash(entry.hash, loc) => continue,
                     Kind::Delete if self.index.unshared().candidates(entry.hash).is_empty() => {
                         segment.add_dead(entry.len);
@@ -235,13 +358,18 @@ impl Engine {
                 self.replay(loc, entry.hash, entry.kind, &key, entry.len)?;
             }
         }
-        Ok(Ok(()))
+        Ok(Ok(found.unwrap_or_default()))
     }
 
     /// Replays the records of segment `id` (already checked: every record is intact) into the index.
     fn replay_all(&mut self, id: u32, bytes: &[u8]) -> Result<()> {
         for (offset, rec) in Records::new(bytes) {
             let loc = Loc::new(id, offset as u64);
+            if rec.kind == Kind::Sync {
+                // Only recovery reads sync points (tail.rs); to the index they are dead bytes from birth.
+                self.replay(loc, 0, rec.kind, rec.key, rec.len() as u64)?;
+                continue;
+            }
             let Some((user_id, item)) = codec::split_key(rec.key) else {
                 return Err(self.corrupted_at(loc, "record key is malformed".into()));
             };
@@ -256,6 +384,12 @@ impl Engine {
     /// owns the engine alone, so it works on the index and the segment table without their locks.
     fn replay(&mut self, loc: Loc, hash: u64, kind: Kind, key: &[u8], len: u64) -> Result<()> {
         let segments = self.segments.get_mut().unwrap_or_else(|e| e.into_inner());
+        if kind == Kind::Sync {
+            if let Some(segment) = segments.get(&loc.segment()) {
+                segment.add_dead(len);
+            }
+            return Ok(());
+        }
         let mut index = self.index.unshared();
         let mut old = None;
         for candidate in index.candidates(hash).iter() {
@@ -290,16 +424,20 @@ impl Engine {
                 mark_dead(old_loc, old_len);
                 mark_dead(loc, len);
             }
-            (Kind::Delete, None) => mark_dead(loc, len),
+            (Kind::Delete, None) | (Kind::Sync, _) => mark_dead(loc, len),
         }
         Ok(())
     }
 }
 
+/// The hint identity given for hints of a store made before manifests: judged by their contents alone.
+const LEGACY_HINT: u32 = u32::MAX;
+
 /// What open knows about a sealed segment's hint file.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Hint {
-    Present,
+    /// The manifest names a hint with this identity.
+    Present(u32),
     /// One of the newest sealed segments, which get their hints late.
     NotYet,
     Missing,
@@ -308,8 +446,14 @@ enum Hint {
 /// Why a hint file was not used.
 struct HintRefused(String);
 
-/// Opens the newest segment as the active one, finding a torn tail (cut later); returns it with its bytes.
-fn open_newest(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(Segment, Vec<u8>, Option<TornTail>)> {
+/// Opens the newest segment as the active one, finding a torn tail (cut later); returns it with its bytes. `seed`
+/// authenticates its sync points.
+fn open_newest(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    id: u32,
+    seed: &seed::Seed,
+) -> Result<(Segment, Vec<u8>, Option<TornTail>)> {
     let segment = Segment::open(vfs, dir, id)?;
     let path = segment.path().to_owned();
     let mut bytes = vec![0u8; usize::try_from(segment.len()).unwrap_or(usize::MAX)];
@@ -323,7 +467,12 @@ fn open_newest(vfs: &dyn Vfs, dir: &Path, id: u32) -> Result<(Segment, Vec<u8>, 
     let mut torn = None;
     if let Some((end, e)) = records.stopped() {
         let end = *end;
-        match tail::classify(&bytes, end, e, true) {
+        let role = Role::Newest {
+            version: segment.version(),
+            file_id: id,
+            seed: Some(seed),
+        };
+        match tail::classify(&bytes, end, e, role) {
             Stop::Damaged { reason, .. } => {
                 return Err(Error::corrupted(&path, end as u64, reason));
             }
@@ -367,4 +516,148 @@ impl TornTail {
             .and_then(|()| self.file.sync_data())
             .map_err(|e| Error::io("cut torn tail", &self.path, e))
     }
+}
+
+/// The manifest of a store made before manifests existed: its segments in file-id order (the replay order
+/// then), the newest one active, hints to be judged by their contents.
+fn legacy_manifest(vfs: &dyn Vfs, dir: &Path, listing: &Listing) -> Result<Manifest> {
+    let mut ids = listing.segments.clone();
+    let active = ids.pop().unwrap_or(0);
+    let mut sealed = Vec::with_capacity(ids.len());
+    for &id in ids
+        .iter()
+        .chain(std::iter::once(&active).filter(|&&a| a != 0))
+    {
+        let segment = Segment::open(vfs, dir, id)?;
+        if segment.version() > 1 && listing.segments.len() > 1 {
+            // Such a store orders its segments by its manifest, not by file id: without it the replay order
+            // of several segments is unknown, and guessing could bring back overwritten values. (A single
+            // one is a new store whose first manifest was not written yet.)
+            return Err(Error::corrupted(
+                dir.join(manifest::MANIFEST_FILE),
+                0,
+                format!(
+                    "the manifest is missing but {} was written by a store that has one; restore {} from a \
+                     backup",
+                    segment.path().display(),
+                    manifest::MANIFEST_FILE
+                ),
+            ));
+        }
+        if id == active {
+            continue;
+        }
+        sealed.push(manifest::Sealed {
+            file_id: id,
+            len: segment.len(),
+            crc: 0,
+            hint: if listing.hints.binary_search(&id).is_ok() {
+                LEGACY_HINT
+            } else {
+                0
+            },
+        });
+    }
+    if active != 0 {
+        log::info!(
+            "{}: no {} yet (a store of an earlier version); writing one",
+            dir.display(),
+            manifest::MANIFEST_FILE
+        );
+    }
+    Ok(Manifest {
+        generation: 0,
+        next_file_id: active + 1,
+        active,
+        sealed,
+        retired: Vec::new(),
+    })
+}
+
+/// Brings the directory in line with the manifest before anything is read: files the manifest retired or never
+/// committed are removed, hint files it does not name are removed; a file it names that is missing, or a segment
+/// file it does not know, is an error naming the file. Returns true when the manifest changed.
+/// A reader (`read_only`) removes nothing: it leaves left-overs where they are and ignores them.
+fn reconcile(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    manifest: &mut Manifest,
+    listing: &Listing,
+    read_only: bool,
+) -> Result<bool> {
+    let mut changed = false;
+    let named = |id: u32| id == manifest.active || manifest.sealed.iter().any(|s| s.file_id == id);
+    let remove = |path: &Path, why: &str| -> Result<()> {
+        if read_only {
+            log::warn!("ignoring {}: {why}", path.display());
+            return Ok(());
+        }
+        log::warn!("removing {}: {why}", path.display());
+        vfs.remove_file(path)
+            .map_err(|e| Error::io("remove file", path, e))
+    };
+    let mut removed = false;
+    for &id in &listing.segments {
+        if named(id) {
+            continue;
+        }
+        let path = dir.join(dir::segment_file_name(id));
+        if id >= manifest.next_file_id || manifest.retired.contains(&id) {
+            remove(
+                &path,
+                "left over from an interrupted rotation or compaction",
+            )?;
+            removed = true;
+        } else {
+            return Err(Error::corrupted(
+                &path,
+                0,
+                format!(
+                    "this segment file is not part of the store ({} does not name it): a file from \
+                     elsewhere or an old backup; move it out of the directory",
+                    manifest::MANIFEST_FILE
+                ),
+            ));
+        }
+    }
+    for &id in &listing.hints {
+        let path = dir.join(dir::hint_file_name(id));
+        match manifest.sealed.iter_mut().find(|s| s.file_id == id) {
+            Some(entry) if entry.hint != 0 => {}
+            // Written but not yet recorded, or put back from elsewhere: a hint the manifest does not vouch for.
+            _ => {
+                remove(&path, "a hint file the manifest does not name")?;
+                removed = true;
+            }
+        }
+    }
+    for entry in &mut manifest.sealed {
+        if listing.segments.binary_search(&entry.file_id).is_err() {
+            return Err(Error::corrupted(
+                dir.join(dir::segment_file_name(entry.file_id)),
+                0,
+                format!(
+                    "a sealed segment named in {} is missing; the mappings it held are lost: restore it \
+                     from a backup, or run repair to open the store without it",
+                    manifest::MANIFEST_FILE
+                ),
+            ));
+        }
+        if entry.hint != 0 && listing.hints.binary_search(&entry.file_id).is_err() {
+            log::warn!(
+                "{}: hint file missing; scanning the segment",
+                dir.join(dir::hint_file_name(entry.file_id)).display()
+            );
+            entry.hint = 0;
+            changed = true;
+        }
+    }
+    if !manifest.retired.is_empty() {
+        manifest.retired.clear();
+        changed = true;
+    }
+    if removed && !read_only {
+        dir::sync_dir(vfs, dir)?;
+    }
+    Ok(changed)
 }

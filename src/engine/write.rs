@@ -8,6 +8,9 @@
 //! fsync order: a record is durable once the active segment is `fdatasync`ed. Rotation fsyncs the full segment
 //! before the next one is created (so only the newest segment can ever hold a torn record), and creation writes
 //! the new header to a temporary file, fsyncs it, renames it into place and fsyncs the directory.
+//!
+//! After every other fsync of the active segment (group commit, `sync`, the periodic thread, close) a sync point
+//! is appended that says how far that fsync reached (`tail.rs`); recovery tells damage from a torn write by them.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,9 +19,12 @@ use super::Engine;
 use crate::codec;
 use crate::durability::Durability;
 use crate::index::{Loc, MAX_OFFSET, MAX_SEGMENT_ID};
-use crate::model::CampaignUserMap;
-use crate::record::{self, Kind, SEGMENT_HEADER_LEN};
+use crate::manifest::Sealed;
+use crate::model::{CampaignUserMap, FeatureRecord};
+use crate::record::{self, Kind, SEGMENT_HEADER_LEN, SYNC_POINTS_VERSION, SYNC_RECORD_LEN};
+use crate::seed::Seed;
 use crate::segment::Segment;
+use crate::tail;
 use crate::{Error, Result};
 
 /// State of the appender, behind the log mutex.
@@ -29,6 +35,10 @@ pub(crate) struct LogState {
     pub(crate) next_id: u32,
     /// Bytes appended since open, across segments: the position group commit counts in.
     pub(crate) written: u64,
+    /// crc32 of the active segment's bytes so far, recorded in the manifest when it is sealed.
+    pub(crate) crc: crc32fast::Hasher,
+    /// The store's secret seed, which signs sync points.
+    pub(crate) sync_key: Seed,
 }
 
 /// Mappings to store together with one lock of the log, few `pwrite`s and at most one fsync: the fast way to
@@ -52,9 +62,11 @@ impl Batch {
     }
 
     /// Adds `map`, with the SDK's `metaData` JSON text if any (see `Store::set_with_meta`). Fails, adding
-    /// nothing, if the mapping cannot be stored (an empty or too long id, a value over [`crate::MAX_VALUE_LEN`]).
+    /// nothing, if the mapping cannot be stored (an empty or too long id, an empty variation name, a value over
+    /// [`crate::MAX_VALUE_LEN`]).
     pub fn push(&mut self, map: &CampaignUserMap, meta_data: Option<&str>) -> Result<()> {
         let key = codec::encode_key(&map.user_id, &map.campaign_key)?;
+        codec::check_variation(&map.variation_name)?;
         let value = codec::encode_value(map, meta_data)?;
         let start = self.records.len();
         record::encode(&mut self.records, Kind::Put, &key, &value);
@@ -63,7 +75,20 @@ impl Batch {
         Ok(())
     }
 
-    /// Number of mappings in the batch.
+    /// Adds an FME record (see `Store::set_feature`). Fails, adding nothing, if it cannot be stored (an empty or
+    /// too long feature key or user id, a value over [`crate::MAX_VALUE_LEN`]).
+    pub fn push_feature(&mut self, rec: &FeatureRecord) -> Result<()> {
+        rec.check()?;
+        let key = codec::encode_item_key(&rec.user_id, &codec::feature_item(&rec.feature_key))?;
+        let value = codec::encode_feature(rec)?;
+        let start = self.records.len();
+        record::encode(&mut self.records, Kind::Put, &key, &value);
+        self.items
+            .push((start, self.records.len() - start, key.len()));
+        Ok(())
+    }
+
+    /// Number of records (mappings and FME records) in the batch.
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -83,6 +108,13 @@ impl Batch {
 impl Engine {
     /// Stores `value` under (`user_id`, `item`), replacing any earlier value. The caller has checked the item.
     pub(crate) fn put(&self, user_id: &str, item: &[u8], value: &[u8]) -> Result<()> {
+        let position = self.put_unwaited(user_id, item, value)?;
+        self.wait_durable(position)
+    }
+
+    /// [`Engine::put`] without the durability wait: appends and indexes the record (visible to readers at once)
+    /// and returns the log position a wait must reach.
+    pub(crate) fn put_unwaited(&self, user_id: &str, item: &[u8], value: &[u8]) -> Result<u64> {
         let key = codec::encode_item_key(user_id, item)?;
         let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len() + value.len());
         record::encode(&mut rec, Kind::Put, &key, value);
@@ -96,6 +128,25 @@ impl Engine {
             log.written
         };
         self.counters.sets.fetch_add(1, Ordering::Relaxed);
+        Ok(position)
+    }
+
+    /// True once the log position `position` is as durable as the durability mode promises (poisoning is an
+    /// error: the write may never become durable).
+    pub(crate) fn is_durable(&self, position: u64) -> Result<bool> {
+        match self.options.durability {
+            Durability::Immediate => {
+                if self.commit.synced() >= position {
+                    return Ok(true);
+                }
+                self.check_poison().map(|()| false)
+            }
+            Durability::Periodic(_) | Durability::Never => Ok(true),
+        }
+    }
+
+    /// Blocks until `position` is durable (for the thread that serves asynchronous waiters).
+    pub(crate) fn wait_position(&self, position: u64) -> Result<()> {
         self.wait_durable(position)
     }
 
@@ -253,6 +304,12 @@ impl Engine {
         if used > SEGMENT_HEADER_LEN && used + len > self.options.segment_size {
             self.rotate(log)?;
         }
+        self.append_here(log, rec)
+    }
+
+    /// Appends one encoded record at the end of the active segment, whatever its size.
+    fn append_here(&self, log: &mut LogState, rec: &[u8]) -> Result<Loc> {
+        let len = rec.len() as u64;
         let segment = &log.active;
         let offset = segment.len();
         if offset + len > MAX_OFFSET {
@@ -276,6 +333,7 @@ impl Engine {
         }
         segment.grew(len);
         log.written += len;
+        log.crc.update(rec);
         Ok(Loc::new(segment.id(), offset))
     }
 
@@ -292,8 +350,34 @@ impl Engine {
                 ),
             });
         }
-        let new = Arc::new(Segment::create(&*self.vfs, &self.dir, log.next_id)?);
+        let id = log.next_id;
+        let new = Arc::new(Segment::create(&*self.vfs, &self.dir, id)?);
+        // The commit point of a rotation: the manifest names the full segment sealed and the new one active.
+        // Until it is written the new file is uncommitted (open removes it), so on failure nothing changes.
+        {
+            let mut manifest = self.lock_manifest();
+            let mut next = manifest.clone();
+            next.sealed.push(Sealed {
+                file_id: old.file_id(),
+                len: old.len(),
+                crc: log.crc.clone().finalize(),
+                hint: 0,
+            });
+            next.active = id;
+            next.next_file_id = next.next_file_id.max(id + 1);
+            if let Err((e, unknown)) = next.write(&*self.vfs, &self.dir) {
+                if unknown {
+                    self.set_poison(format!("rotating to segment {id} failed half way: {e}"));
+                } else {
+                    let _ = self.vfs.remove_file(new.path());
+                }
+                return Err(e);
+            }
+            *manifest = next;
+        }
         log.next_id += 1;
+        log.crc = crc32fast::Hasher::new();
+        log.crc.update(&record::segment_header(id));
         let sealed = Arc::new(old.seal());
         {
             let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
@@ -335,13 +419,58 @@ impl Engine {
             position,
             || self.check_poison(),
             || {
-                // The target is read before the fsync starts, so the fsync covers it.
-                let (segment, target) = {
+                // The target and the segment length are read before the fsync starts, so the fsync covers them.
+                let (segment, target, covered) = {
                     let log = self.lock_log();
-                    (Arc::clone(&log.active), log.written)
+                    (Arc::clone(&log.active), log.written, log.active.len())
                 };
-                self.fsync(&segment).map(|()| target)
+                self.fsync(&segment)?;
+                self.append_sync_point(&segment, target, covered)
             },
         )
+    }
+
+    /// After an fsync of `segment` that covered its first `covered` bytes (the log up to position `target`),
+    /// appends a sync point saying so, unless the segment was sealed meanwhile (rotation fsynced all of it) or is of
+    /// a format without sync points. Returns the log position group commit may count as durable.
+    ///
+    /// The sync point is written after the fsync because only then is its claim true; it needs no fsync of its
+    /// own (the next one covers it, and until then it only vouches for bytes that are durable anyway). So when
+    /// nothing else was appended since `target`, the position past it is returned: otherwise an idle store would
+    /// fsync its own sync points forever. It never makes a segment pass `segment_size` (the rotation that follows
+    /// fsyncs the whole segment).
+    fn append_sync_point(&self, segment: &Arc<Segment>, target: u64, covered: u64) -> Result<u64> {
+        let mut log = self.lock_log();
+        let offset = segment.len();
+        // A poisoned store appends nothing (a failed append may have left a torn record where this would go).
+        if self.check_poison().is_err()
+            || !Arc::ptr_eq(&log.active, segment)
+            || segment.version() < SYNC_POINTS_VERSION
+            || offset + SYNC_RECORD_LEN as u64 > self.options.segment_size
+        {
+            return Ok(target);
+        }
+        let rec = tail::sync_point(&log.sync_key, segment.file_id(), offset, covered);
+        let idle = log.written == target;
+        self.append_here(&mut log, &rec)?;
+        // It only vouches for the bytes before it: dead from birth, for compaction to reclaim.
+        segment.add_dead(rec.len() as u64);
+        Ok(if idle { log.written } else { target })
+    }
+
+    /// Seals the active segment if it was written by a format without sync points, so that every segment written
+    /// from now on has them (open calls this on a store of an older version).
+    pub(crate) fn seal_older_format(&self) -> Result<()> {
+        let mut log = self.lock_log();
+        if log.active.version() >= SYNC_POINTS_VERSION {
+            return Ok(());
+        }
+        log::info!(
+            "{}: sealing {} (format version {}) so that new writes go to a segment with sync points",
+            self.dir.display(),
+            log.active.path().display(),
+            log.active.version()
+        );
+        self.rotate(&mut log)
     }
 }

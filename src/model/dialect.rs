@@ -51,11 +51,18 @@ impl SdkField {
         SdkField::MetaData,
     ];
 
-    /// The field an SDK means by `key`, if any.
+    /// The field an SDK means by `key`, if any: one of its names in any letter case (`UserId`, `USER_ID`), since
+    /// code that serialises the record itself (.NET's default, Go's `UserID`) may capitalise differently.
     pub fn from_key(key: &str) -> Option<SdkField> {
+        // The exact spelling first: it is what nearly every record has, and the cheaper comparison.
         TABLE
             .iter()
             .find(|(_, names)| names.contains(&key))
+            .or_else(|| {
+                TABLE
+                    .iter()
+                    .find(|(_, names)| names.iter().any(|name| name.eq_ignore_ascii_case(key)))
+            })
             .map(|&(field, _)| field)
     }
 
@@ -75,7 +82,17 @@ impl SdkField {
     /// The message for a record that lacks this field, listing the names it is accepted under.
     pub(crate) fn missing(self) -> String {
         format!(
-            "missing field `{}` (accepted names: {})",
+            "missing field `{}` (accepted names: {}, in any letter case)",
+            self.name(),
+            self.names().join(", ")
+        )
+    }
+
+    /// The message for a record that gives this field twice (e.g. as `userId` and `user_id`): which one was meant
+    /// is not knowable, so the record is refused rather than one of them silently kept.
+    pub(crate) fn repeated(self) -> String {
+        format!(
+            "field `{}` is given more than once (under the names {}, in any letter case)",
             self.name(),
             self.names().join(", ")
         )
@@ -95,5 +112,17 @@ mod tests {
             }
         }
         assert_eq!(SdkField::from_key("somethingElse"), None);
+        for (key, field) in [
+            ("UserId", SdkField::UserId),
+            ("USER_ID", SdkField::UserId),
+            ("UserID", SdkField::UserId),
+            ("CampaignKey", SdkField::CampaignKey),
+            ("VariationName", SdkField::VariationName),
+            ("GoalIdentifiers", SdkField::GoalIdentifier),
+            ("MetaData", SdkField::MetaData),
+        ] {
+            assert_eq!(SdkField::from_key(key), Some(field), "{key}");
+        }
+        assert_eq!(SdkField::from_key("user-id"), None);
     }
 }

@@ -1,14 +1,38 @@
-//! What the store holds, as the SDKs see it: [`CampaignUserMap`] (one user's assignment in one campaign), its goal
-//! list helpers, and the one table of the key names each SDK writes ([`SdkField`]).
+//! What the store holds, as the SDKs see it: [`CampaignUserMap`] (one user's assignment in one campaign, as the
+//! campaign SDKs store it), its goal list helpers, the one table of the key names each SDK writes ([`SdkField`]),
+//! and [`FeatureRecord`] (one user's decision for one feature flag, as the FME SDKs store it), and the limits of ids.
 //!
 //! Pure data: nothing here does I/O or knows how records are stored.
 
 mod dialect;
+mod feature;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::{Error, Result};
+
 pub use dialect::SdkField;
+pub(crate) use feature::IdParts;
+pub use feature::{FeatureRecord, Field, FmeField, FmeId, MEG_PREFIXES};
+
+/// Longest user id, campaign key or feature key, in bytes of UTF-8.
+pub const MAX_ID_LEN: usize = 1024;
+
+/// Checks one id against the limits: [`Error::InvalidKey`] naming `field` if it is empty or too long.
+pub(crate) fn check_id(field: &'static str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::invalid_key(field, id, "must not be empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::invalid_key(
+            field,
+            id,
+            format!("is {} bytes long, the limit is {MAX_ID_LEN}", id.len()),
+        ));
+    }
+    Ok(())
+}
 
 /// What separates goal identifiers in [`CampaignUserMap::goal_identifier`].
 pub const GOAL_DELIMITER: &str = "_vwo_";
@@ -54,16 +78,27 @@ impl<'de> Visitor<'de> for MapVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CampaignUserMap, A::Error> {
         let (mut user_id, mut campaign_key, mut variation_name) = (None, None, None);
         let mut goal_identifier = None;
+        let mut seen = [false; SdkField::ALL.len()];
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let slot = match SdkField::from_key(&key) {
-                Some(SdkField::UserId) => &mut user_id,
-                Some(SdkField::CampaignKey) => &mut campaign_key,
-                Some(SdkField::VariationName) => &mut variation_name,
-                Some(SdkField::GoalIdentifier) => {
+            let Some(field) = SdkField::from_key(&key) else {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            };
+            if let Some(seen) = seen.get_mut(field as usize) {
+                if *seen {
+                    return Err(de::Error::custom(field.repeated()));
+                }
+                *seen = true;
+            }
+            let slot = match field {
+                SdkField::UserId => &mut user_id,
+                SdkField::CampaignKey => &mut campaign_key,
+                SdkField::VariationName => &mut variation_name,
+                SdkField::GoalIdentifier => {
                     goal_identifier = map.next_value::<GoalList>()?.0;
                     continue;
                 }
-                Some(SdkField::MetaData) | None => {
+                SdkField::MetaData => {
                     map.next_value::<de::IgnoredAny>()?;
                     continue;
                 }

@@ -5,6 +5,11 @@
 //! snake_case, goal lists as a string or an array of strings, and a `metaData` value, which is kept as JSON text
 //! byte for byte (see [`Store::set_with_meta`]). Unknown keys are ignored. Export writes camelCase JSON Lines
 //! (with `metaData` as JSON when present) that import reads back to the same mappings and metadata.
+//!
+//! The FME SDKs' records ([`FeatureRecord`]) travel the same way: a line whose top level has `featureKey` is an
+//! FME record (read by [`FeatureRecord::from_json`]), and so is an object keyed by the storage keys of the SDKs'
+//! example connectors (`featureKey_userId`, `featureKey:userId`). Export writes them among the mappings, one
+//! [`FeatureRecord::to_json`] a line, every member byte for byte.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -16,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::engine::Batch;
-use crate::model::{CampaignUserMap, GoalList, SdkField};
-use crate::store::Store;
+use crate::model::{CampaignUserMap, FeatureRecord, FmeField, GoalList, SdkField};
+use crate::store::{AnyRecord, Store};
 use crate::{Error, Result};
 
 /// What an import does with a record it cannot read or store.
@@ -102,8 +107,10 @@ pub struct SkippedRecord {
 pub struct ImportReport {
     /// Records read (blank lines are not records).
     pub records: u64,
-    /// Mappings stored.
+    /// Records stored: campaign mappings and FME records.
     pub imported: u64,
+    /// How many of them were FME records.
+    pub features: u64,
     /// Records left out ([`OnError::Skip`]).
     pub skipped: u64,
     /// The first [`MAX_REPORTED_SKIPS`] skipped records, with the reason.
@@ -146,21 +153,28 @@ impl<'de: 'a, 'a> de::Visitor<'de> for RecordVisitor<'a> {
     ) -> std::result::Result<Self::Value, A::Error> {
         let (mut user_id, mut campaign_key, mut variation_name) = (None, None, None);
         let (mut goal_identifier, mut meta_data) = (None, None);
+        let mut seen = [false; SdkField::ALL.len()];
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let slot = match SdkField::from_key(&key) {
-                Some(SdkField::UserId) => &mut user_id,
-                Some(SdkField::CampaignKey) => &mut campaign_key,
-                Some(SdkField::VariationName) => &mut variation_name,
-                Some(SdkField::GoalIdentifier) => {
+            let Some(field) = SdkField::from_key(&key) else {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            };
+            if let Some(seen) = seen.get_mut(field as usize) {
+                if *seen {
+                    return Err(de::Error::custom(field.repeated()));
+                }
+                *seen = true;
+            }
+            let slot = match field {
+                SdkField::UserId => &mut user_id,
+                SdkField::CampaignKey => &mut campaign_key,
+                SdkField::VariationName => &mut variation_name,
+                SdkField::GoalIdentifier => {
                     goal_identifier = map.next_value::<GoalList>()?.0;
                     continue;
                 }
-                Some(SdkField::MetaData) => {
+                SdkField::MetaData => {
                     meta_data = Some(map.next_value::<&'de RawValue>()?);
-                    continue;
-                }
-                _ => {
-                    map.next_value::<de::IgnoredAny>()?;
                     continue;
                 }
             };
@@ -201,10 +215,8 @@ impl<'a> SdkRecord<'a> {
 /// # Ok::<(), ussdb::Error>(())
 /// ```
 pub fn parse_json_record(json: &str) -> Result<(CampaignUserMap, Option<String>)> {
-    let record: SdkRecord<'_> = serde_json::from_str(json).map_err(|source| Error::Json {
-        context: "user storage record".into(),
-        source,
-    })?;
+    let record: SdkRecord<'_> =
+        serde_json::from_str(json).map_err(|source| json_error(1, 1, source))?;
     let (map, meta) = record.into_parts();
     Ok((map, meta.map(|m| m.get().to_owned())))
 }
@@ -273,18 +285,114 @@ struct Importer<'s> {
     store: &'s Store,
     options: ImportOptions,
     batch: Batch,
+    /// FME records in `batch`, counted into the report when it is written.
+    pending_features: u64,
     report: ImportReport,
 }
 
+/// One input record, read.
+enum Parsed<'a> {
+    /// A campaign mapping and its `metaData`.
+    Mapping(CampaignUserMap, Option<&'a RawValue>),
+    /// FME records: one, or several from an object keyed by storage keys.
+    Features(Vec<FeatureRecord>),
+}
+
+/// The top-level member names of a JSON object, values skipped.
+struct TopKeys(Vec<String>);
+
+impl<'de> Deserialize<'de> for TopKeys {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<TopKeys, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = TopKeys;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<TopKeys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<de::IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(TopKeys(keys))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// True when `text` may name an FME feature key member: every accepted spelling (`featureKey`, `feature_key`,
+/// `FeatureKey`) contains `eature`. A cheap test that keeps the parse of campaign records as fast as before; the
+/// member is then looked for at the top level.
+fn mentions_feature_key(text: &[u8]) -> bool {
+    text.windows(6).any(|w| w == b"eature")
+}
+
+fn utf8(text: &[u8], line: u64, column: u64) -> Result<&str> {
+    std::str::from_utf8(text).map_err(|e| {
+        json_error(
+            line,
+            column,
+            <serde_json::Error as de::Error>::custom(format!("not UTF-8: {e}")),
+        )
+    })
+}
+
+/// Reads one record of either kind: an FME record when its top level has `featureKey` (in any of its accepted
+/// spellings), a campaign mapping otherwise, and, failing that, an object keyed by the storage keys of the FME
+/// SDKs' example connectors (`featureKey_userId` or `featureKey:userId`) whose members are FME records.
+/// `line` and `column` place the record's text in the input, for error messages.
+fn parse_any(text: &[u8], line: u64, column: u64) -> Result<Parsed<'_>> {
+    if mentions_feature_key(text) {
+        let json = utf8(text, line, column)?;
+        // The common case first: an FME record. When it does not read as one, its error counts only if the
+        // top level names a feature key (else this is a campaign record that mentions one deeper down).
+        let fme_error = match FeatureRecord::from_json(json) {
+            Ok(rec) => return Ok(Parsed::Features(vec![rec])),
+            Err(e) => e,
+        };
+        let top = serde_json::from_str::<TopKeys>(json).map_err(|e| json_error(line, column, e))?;
+        if top
+            .0
+            .iter()
+            .any(|k| FmeField::from_key(k) == Some(FmeField::FeatureKey))
+        {
+            return Err(fme_error);
+        }
+    }
+    match serde_json::from_slice::<SdkRecord<'_>>(text) {
+        Ok(record) => {
+            let (map, meta) = record.into_parts();
+            Ok(Parsed::Mapping(map, meta))
+        }
+        Err(campaign_error) => {
+            let json = utf8(text, line, column)?;
+            match FeatureRecord::keyed_records(json) {
+                Some(records) => records.map(Parsed::Features),
+                None => Err(json_error(line, column, campaign_error)),
+            }
+        }
+    }
+}
+
 impl Importer<'_> {
-    /// Takes one parsed record, or the error that reading it gave.
-    fn take(
-        &mut self,
-        position: Position,
-        parsed: std::result::Result<(CampaignUserMap, Option<&RawValue>), Error>,
-    ) -> Result<()> {
+    /// Takes one parsed record (or the records of one keyed FME object), or the error that reading it gave.
+    fn take(&mut self, position: Position, parsed: Result<Parsed<'_>>) -> Result<()> {
         self.report.records += 1;
-        let pushed = parsed.and_then(|(map, meta)| self.batch.push(&map, meta.map(RawValue::get)));
+        let pushed = parsed.and_then(|parsed| match parsed {
+            Parsed::Mapping(map, meta) => self.batch.push(&map, meta.map(RawValue::get)),
+            Parsed::Features(records) => {
+                for rec in &records {
+                    self.batch.push_feature(rec)?;
+                    self.pending_features += 1;
+                }
+                Ok(())
+            }
+        });
         match pushed {
             Ok(()) if self.batch.len() >= self.options.batch_size => self.flush(position),
             Ok(()) => Ok(()),
@@ -328,6 +436,8 @@ impl Importer<'_> {
                 source: Box::new(e),
             })?;
         self.report.imported += self.batch.len() as u64;
+        self.report.features += self.pending_features;
+        self.pending_features = 0;
         self.batch.clear();
         Ok(())
     }
@@ -339,23 +449,34 @@ const MAX_RECORD_TEXT: usize = 64 << 20;
 
 fn too_long() -> Error {
     Error::Json {
-        context: format!("longer than {} MiB", MAX_RECORD_TEXT >> 20),
-        source: <serde_json::Error as de::Error>::custom("record too long"),
+        context: String::new(),
+        source: <serde_json::Error as de::Error>::custom(format!(
+            "the record is longer than {} MiB",
+            MAX_RECORD_TEXT >> 20
+        )),
     }
 }
 
-fn json_error(position: Position, source: serde_json::Error) -> Error {
-    Error::Json {
-        context: position.to_string(),
-        source,
-    }
+/// A record's parse error, placed in the input: the record's text starts at `line`, `column` (both from 1), and
+/// the parser counts from there. The record's own position (line, array element) is said by whoever reports the
+/// record, so on the record's first line only the column is given.
+fn json_error(line: u64, column: u64, source: serde_json::Error) -> Error {
+    let (at_line, at_column) = (source.line() as u64, source.column() as u64);
+    let context = match at_line {
+        0 => String::new(),
+        1 => format!("column {}", column + at_column.saturating_sub(1)),
+        _ => format!("line {}, column {at_column}", line + at_line - 1),
+    };
+    Error::Json { context, source }
 }
 
 impl Store {
     /// Imports user storage JSON (JSON Lines, or one JSON array) in any SDK's dialect: camelCase, Python's
     /// `goalIdentifiers`, Ruby's snake_case, goal lists as strings or arrays, `metaData` kept as JSON text (as
-    /// [`parse_json_record`] reads one record). Mappings are written in batches ([`ImportOptions::batch_size`]);
-    /// a later record of the same user and campaign replaces an earlier one, as in the SDKs.
+    /// [`parse_json_record`] reads one record), and the FME SDKs' records (see the module docs: a top-level
+    /// `featureKey`, or an object keyed by `featureKey_userId` storage keys). Records are written in batches
+    /// ([`ImportOptions::batch_size`]); a later record of the same user and campaign (or feature) replaces an
+    /// earlier one, as in the SDKs.
     ///
     /// A bad record (invalid JSON, a missing field, an id the store refuses) is skipped and counted with
     /// [`OnError::Skip`]; with [`OnError::Abort`] the import stops with [`Error::Import`], which names the record and
@@ -380,6 +501,7 @@ impl Store {
             store: self,
             options: options.clone(),
             batch: Batch::new(),
+            pending_features: 0,
             report: ImportReport::default(),
         };
         let read_error = |e| Error::io("read import input", PathBuf::from("<input>"), e);
@@ -387,6 +509,8 @@ impl Store {
         // one JSON array or JSON Lines; the skipped newlines still count for line numbers.
         let mut skipped = 0u64;
         let mut newlines = 0u64;
+        // The column (from 1) the first record starts at, for error positions.
+        let mut column = 1u64;
         if input
             .fill_buf()
             .map_err(read_error)?
@@ -404,20 +528,40 @@ impl Store {
             if blanks == 0 {
                 break Some(byte);
             }
-            newlines += buf.iter().take(blanks).filter(|&&b| b == b'\n').count() as u64;
+            for &b in buf.iter().take(blanks) {
+                if b == b'\n' {
+                    newlines += 1;
+                    column = 1;
+                } else {
+                    column += 1;
+                }
+            }
             input.consume(blanks);
             skipped += blanks as u64;
         };
         let last = match first {
             None => Position::Line(1),
-            Some(b'[') => import_array(&mut importer, input, skipped, newlines, &mut progress)?,
-            Some(_) => import_lines(&mut importer, input, skipped, newlines, &mut progress)?,
+            Some(b'[') => import_array(
+                &mut importer,
+                input,
+                skipped,
+                (newlines, column),
+                &mut progress,
+            )?,
+            Some(_) => import_lines(
+                &mut importer,
+                input,
+                skipped,
+                (newlines, column),
+                &mut progress,
+            )?,
         };
         importer.flush(last)?;
         Ok(importer.report)
     }
 
-    /// Writes every live mapping as camelCase JSON Lines (`metaData` as JSON when present) and returns how many.
+    /// Writes every live mapping as camelCase JSON Lines (`metaData` as JSON when present), and every FME record
+    /// ([`FeatureRecord::to_json`]) among them, and returns how many lines.
     /// The order is unspecified; sort the output for a stable one.
     pub fn export_json(&self, out: impl Write) -> Result<u64> {
         self.export_json_with_progress(out, |_| {})
@@ -432,9 +576,31 @@ impl Store {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
         let write_error = |e| Error::io("write export output", PathBuf::from("<output>"), e);
         let mut written = 0u64;
-        for entry in self.entries() {
-            let (map, meta) = entry?;
-            write_record(&mut out, &map, meta.as_deref()).map_err(|e| write_error(e.into()))?;
+        let mut damaged: Vec<Error> = Vec::new();
+        let mut skipped_count = 0u64;
+        // One walk over both kinds: mappings and FME records come mixed, each FME record as one
+        // `FeatureRecord::to_json` line (import tells them apart by `featureKey`).
+        for entry in self.records() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                // Skipped and reported at the end: one damaged record must not stop an export.
+                Err(e) if e.is_corruption() => {
+                    log::warn!("export skips a damaged record: {e}");
+                    skipped_count += 1;
+                    if damaged.is_empty() {
+                        damaged.push(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match entry {
+                AnyRecord::Mapping(map, meta) => write_record(&mut out, &map, meta.as_deref())
+                    .map_err(|e| write_error(e.into()))?,
+                AnyRecord::Feature(rec) => out
+                    .write_all(rec.to_json().as_bytes())
+                    .map_err(write_error)?,
+            }
             out.write_all(b"\n").map_err(write_error)?;
             written += 1;
             if written.is_multiple_of(4096) {
@@ -443,21 +609,30 @@ impl Store {
         }
         out.flush().map_err(write_error)?;
         progress(written);
-        Ok(written)
+        match damaged.into_iter().next() {
+            None => Ok(written),
+            Some(first) => Err(Error::Export {
+                written,
+                skipped: skipped_count,
+                first: Box::new(first),
+            }),
+        }
     }
 }
 
 /// Imports JSON Lines; returns the position after the last line.
+/// `(lines_before, first_column)`: the lines skipped before the first record, and the column it starts at.
 fn import_lines(
     importer: &mut Importer<'_>,
     mut input: impl BufRead,
     mut bytes: u64,
-    lines_before: u64,
+    (lines_before, first_column): (u64, u64),
     progress: &mut dyn FnMut(u64),
 ) -> Result<Position> {
     let read_error = |e| Error::io("read import input", PathBuf::from("<input>"), e);
     let mut line = Vec::new();
     let mut number = lines_before;
+    let mut column = first_column;
     loop {
         line.clear();
         let n = (&mut input)
@@ -489,10 +664,8 @@ fn import_lines(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let parsed = serde_json::from_slice::<SdkRecord<'_>>(&line)
-            .map(SdkRecord::into_parts)
-            .map_err(|e| json_error(position, e));
-        importer.take(position, parsed)?;
+        importer.take(position, parse_any(&line, number, column))?;
+        column = 1;
         if number.is_multiple_of(4096) {
             progress(bytes);
         }
@@ -506,13 +679,16 @@ fn import_array(
     importer: &mut Importer<'_>,
     mut input: impl BufRead,
     mut bytes: u64,
-    lines_before: u64,
+    (lines_before, first_column): (u64, u64),
     progress: &mut dyn FnMut(u64),
 ) -> Result<Position> {
     let mut element = Vec::new();
     let mut index = 0u64;
     let mut line = lines_before + 1;
     let mut element_line = line;
+    // The column of the byte last looked at (from 1; the `[` is at `first_column`), and where the element began.
+    let mut column = first_column - 1;
+    let mut element_column = first_column;
     // Nesting depth: 0 before the opening `[`, 1 between elements, more inside one.
     let mut depth = 0usize;
     let (mut in_string, mut escaped, mut closed) = (false, false, false);
@@ -537,6 +713,7 @@ fn import_array(
                 if run > 0 {
                     element.extend_from_slice(rest.get(..run).unwrap_or_default());
                     i += run;
+                    column += run as u64;
                     if element.len() > MAX_RECORD_TEXT {
                         return Err(array_error(
                             importer,
@@ -550,6 +727,9 @@ fn import_array(
             i += 1;
             if b == b'\n' {
                 line += 1;
+                column = 0;
+            } else {
+                column += 1;
             }
             if closed {
                 if !b.is_ascii_whitespace() {
@@ -588,10 +768,7 @@ fn import_array(
                     }
                     index += 1;
                     let at = position(index, element_line);
-                    let parsed = serde_json::from_slice::<SdkRecord<'_>>(&element)
-                        .map(SdkRecord::into_parts)
-                        .map_err(|e| json_error(at, e));
-                    importer.take(at, parsed)?;
+                    importer.take(at, parse_any(&element, element_line, element_column))?;
                     element.clear();
                     closed = b == b']';
                     if index.is_multiple_of(4096) {
@@ -609,6 +786,7 @@ fn import_array(
                 (_, _) => {
                     if element.is_empty() {
                         element_line = line;
+                        element_column = column;
                     }
                     element.push(b);
                     match b {
@@ -637,8 +815,9 @@ fn import_array(
 
 /// An error in the array's own syntax: nothing after it can be read, whatever `on_error` says.
 fn array_error(importer: &mut Importer<'_>, at: Position, reason: &str) -> Error {
+    // `at` is given once, by the import error.
     let source = Error::Json {
-        context: at.to_string(),
+        context: String::new(),
         source: <serde_json::Error as de::Error>::custom(reason),
     };
     if let Err(e) = importer.flush(at) {
@@ -648,5 +827,23 @@ fn array_error(importer: &mut Importer<'_>, at: Position, reason: &str) -> Error
         at: at.to_string(),
         imported: importer.report.imported,
         source: Box::new(source),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quick_test_sees_every_spelling_of_the_feature_key() {
+        for name in FmeField::FeatureKey.names() {
+            assert!(
+                mentions_feature_key(format!("{{\"{name}\":1}}").as_bytes()),
+                "{name}"
+            );
+        }
+        assert!(!mentions_feature_key(
+            br#"{"userId":"u","campaignKey":"c","variationName":"v"}"#
+        ));
     }
 }

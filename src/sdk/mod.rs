@@ -1,4 +1,5 @@
-//! The SDK-facing wing: the User Storage Service trait that A/B-testing SDKs call, and moving the SDKs' JSON in
+//! The SDK-facing wing: the User Storage Service trait that the campaign SDKs call, the FME SDKs' connector
+//! ([`FeatureStorage`]), and moving the SDKs' JSON in
 //! and out of a store (`json.rs`: import and export in every SDK's key style, through the one dialect table of
 //! [`crate::SdkField`]).
 //!
@@ -7,7 +8,7 @@
 #[cfg(feature = "json")]
 mod json;
 
-use crate::model::CampaignUserMap;
+use crate::model::{CampaignUserMap, FeatureRecord};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -38,5 +39,29 @@ impl UserStorageService for Store {
 
     fn set(&self, map: &CampaignUserMap) -> Result<()> {
         Store::set(self, map)
+    }
+}
+
+/// The storage connector of VWO's FME SDKs (Node, Python, Java, Go, PHP, .NET): they call `get(featureKey,
+/// userId)` before deciding a flag and `set(data)` after, with one [`FeatureRecord`] per user and feature flag
+/// (and per mutually exclusive group, under `_vwo_meta_meg_<groupId>`). docs/FME.md describes the record.
+///
+/// Object safe, like [`UserStorageService`]. An SDK treats a failing `get` as "no stored decision", so a
+/// connector built on this trait may log an error and answer `None`.
+pub trait FeatureStorage: Send + Sync {
+    /// The record of `user_id` for `feature_key`, or `None`.
+    fn get_feature(&self, feature_key: &str, user_id: &str)
+    -> Result<Option<FeatureRecord>, Error>;
+    /// Stores `record`, replacing any earlier one for the same user and feature key.
+    fn set_feature(&self, record: &FeatureRecord) -> Result<(), Error>;
+}
+
+impl FeatureStorage for Store {
+    fn get_feature(&self, feature_key: &str, user_id: &str) -> Result<Option<FeatureRecord>> {
+        Store::get_feature(self, feature_key, user_id)
+    }
+
+    fn set_feature(&self, record: &FeatureRecord) -> Result<()> {
+        Store::set_feature(self, record)
     }
 }

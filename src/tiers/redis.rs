@@ -165,6 +165,12 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// A store for the server at `url`, with the defaults of [`RedisConfig::new`], contacting nothing until the
+    /// first call (see [`RedisStore::connect_lazy`]).
+    pub fn open(url: &str) -> Result<RedisStore> {
+        RedisStore::connect_lazy(RedisConfig::new(url))
+    }
+
     /// Like [`RedisStore::connect`], but contacts nothing until the first call: for a process that must start
     /// while Redis is down. Fails only for a configuration that cannot work.
     pub fn connect_lazy(config: RedisConfig) -> Result<RedisStore> {
@@ -251,7 +257,7 @@ impl RedisStore {
     /// Stores `map` under the fleet rule and returns what the key holds afterwards: `map` itself if the key was
     /// new; else the stored variation (the first assignment wins) with the union of the stored and the given
     /// goals. Atomic per key: concurrent merges from many servers all return the same variation.
-    pub fn merge(&self, map: &CampaignUserMap) -> Result<CampaignUserMap> {
+    pub fn set_merged(&self, map: &CampaignUserMap) -> Result<CampaignUserMap> {
         check_ids(&map.user_id, &map.campaign_key)?;
         let remote = Arc::clone(&self.inner.remote);
         let map = map.clone();
@@ -283,7 +289,7 @@ impl RedisStore {
         }
     }
 
-    /// Merges each map (see [`RedisStore::merge`]) concurrently over the one connection; the results are in the
+    /// Merges each map (see [`RedisStore::set_merged`]) concurrently over the one connection; the results are in the
     /// order of `maps`.
     pub(crate) fn merge_many(&self, maps: Vec<CampaignUserMap>) -> Vec<Result<CampaignUserMap>> {
         let count = maps.len();
@@ -383,9 +389,9 @@ impl UserStorageService for RedisStore {
         RedisStore::get(self, user_id, campaign_key)
     }
 
-    /// Stores `map` under the fleet rule (see [`RedisStore::merge`]).
+    /// Stores `map` under the fleet rule (see [`RedisStore::set_merged`]).
     fn set(&self, map: &CampaignUserMap) -> Result<()> {
-        RedisStore::merge(self, map).map(drop)
+        RedisStore::set_merged(self, map).map(drop)
     }
 }
 

@@ -39,6 +39,24 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The records of segment bytes as (kind, start, end): 1 put, 2 delete, 3 sync point (test-side parse of the
+/// format in docs/FORMAT.md). Stops at the first record that does not fit.
+pub fn record_extents(bytes: &[u8]) -> Vec<(u8, usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 20usize;
+    while let Some(h) = bytes.get(at..at + 11) {
+        let len = 11
+            + usize::from(u16::from_le_bytes([h[5], h[6]]))
+            + u32::from_le_bytes([h[7], h[8], h[9], h[10]]) as usize;
+        if at + len > bytes.len() {
+            break;
+        }
+        out.push((h[4], at, at + len));
+        at += len;
+    }
+    out
+}
+
 /// Copies every file of `from` into a fresh temporary directory.
 pub fn copy_dir(from: &Path) -> tempfile::TempDir {
     let to = tempdir();
@@ -114,4 +132,20 @@ pub fn copy_dir_to_memory(from: &Path) -> tempfile::TempDir {
         std::fs::copy(entry.path(), to.path().join(entry.file_name())).expect("copy");
     }
     to
+}
+
+/// A plain CRC-32 (IEEE), bit by bit, so tests that forge headers do not lean on the crate's own checksum code.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }

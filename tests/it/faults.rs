@@ -1,334 +1,16 @@
-//! Fault injection: a file layer that fails the Nth write (cleanly, after half the buffer, or with ENOSPC),
-//! fails the Nth fsync, runs out of space, or loses power, and a model that says what must survive.
-//!
-//! Power loss is simulated exactly: the layer keeps, per file (inode), the contents at its last fsync, and per
-//! directory entry, the name it had at the last directory fsync. A power cut makes every later call fail; the
-//! test then drops the store and rewrites the directory to its durable image (files created or renamed since
-//! the last directory fsync vanish, removed ones come back, every file holds what its last fsync covered).
-//! The LOCK file and `create_dir_all` bypass the layer, which is fine: neither holds data.
+//! Fault injection: a random workload runs on the simulated file system (`simfs.rs`) with one fault planned at
+//! a time, at every call number in turn: the Nth write fails (cleanly, after half the buffer, or with ENOSPC),
+//! the Nth fsync fails, the disk fills up, or the power fails at the Nth mutating call. A model of the
+//! workload says what must survive each.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+use std::collections::BTreeMap;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::Path;
 
-use ussdb::{CampaignUserMap, Durability, Error, Options, StdVfs, Store, VFile, Vfs};
+use ussdb::{CampaignUserMap, Durability, Error, Options, Store};
 
 use crate::common::{Rng, env_count, map, tempdir};
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum WriteFault {
-    /// The write fails and writes nothing.
-    Error,
-    /// Half the buffer reaches the file, then the write fails.
-    Half,
-    /// Half the buffer reaches the file, then the write fails with ENOSPC.
-    NoSpace,
-}
-
-#[derive(Default)]
-struct Plan {
-    /// Counts of calls so far.
-    writes: u64,
-    syncs: u64,
-    mutations: u64,
-    fail_write: Option<(u64, WriteFault)>,
-    /// Fails this fsync (of a file or of the directory).
-    fail_sync: Option<u64>,
-    /// The truncation that undoes a failed append fails too.
-    fail_set_len: bool,
-    /// Bytes all files may hold together; writes past it are cut short with ENOSPC.
-    capacity: Option<u64>,
-    /// Power fails at this mutating call (write, fsync, truncate, create, rename, remove).
-    power_cut_at: Option<u64>,
-    /// The power is off: every call fails.
-    dead: bool,
-    /// Faults injected so far, for the figures in docs/RELIABILITY.md.
-    injected: u64,
-    /// The failed fsync was part of creating a segment: of its temporary file or of the directory.
-    failed_creation_sync: bool,
-    next_inode: u64,
-    names: HashMap<PathBuf, u64>,
-    durable_names: HashMap<PathBuf, u64>,
-    synced: HashMap<u64, Vec<u8>>,
-}
-
-impl Plan {
-    fn inject(&mut self) -> io::Error {
-        self.injected += 1;
-        io::Error::other("injected fault")
-    }
-
-    /// Counts a mutating call; fails it if the power is, or just went, off.
-    fn mutation(&mut self) -> io::Result<()> {
-        if self.dead {
-            return Err(io::Error::other("the power is off"));
-        }
-        self.mutations += 1;
-        if self.power_cut_at == Some(self.mutations) {
-            self.dead = true;
-            return Err(self.inject());
-        }
-        Ok(())
-    }
-
-    /// The inode behind `path`; a file from before this layer existed is durable as it is.
-    fn inode(&mut self, path: &Path) -> u64 {
-        if let Some(&inode) = self.names.get(path) {
-            return inode;
-        }
-        self.next_inode += 1;
-        let inode = self.next_inode;
-        self.names.insert(path.to_owned(), inode);
-        self.durable_names.insert(path.to_owned(), inode);
-        self.synced
-            .insert(inode, std::fs::read(path).unwrap_or_default());
-        inode
-    }
-
-    fn used_bytes(&self) -> u64 {
-        self.names
-            .keys()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
-    }
-}
-
-/// The fault-injecting file layer. Clones share one plan.
-#[derive(Clone, Default)]
-struct FaultyVfs(Arc<Mutex<Plan>>);
-
-impl fmt::Debug for FaultyVfs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FaultyVfs")
-    }
-}
-
-impl FaultyVfs {
-    fn plan(&self) -> MutexGuard<'_, Plan> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn options(&self, durability: Durability) -> Options {
-        // Compaction only when the workload asks: the Nth call must be the same call in every run.
-        Options::default()
-            .segment_size(4096)
-            .durability(durability)
-            .auto_compaction(false)
-            .vfs(Arc::new(self.clone()))
-    }
-
-    /// Rewrites `dir` to what had reached the disk when the power failed. The store must be dropped.
-    fn restore_durable_image(&self) {
-        self.restore(None);
-    }
-
-    /// Like [`FaultyVfs::restore_durable_image`], but the page cache wrote back a random subset of the 4 KiB
-    /// pages written since each file's last fsync, in no particular order: a dropped page reads as zeros
-    /// (or as its synced part), and the file ends with the last page that made it.
-    fn restore_scrambled_image(&self, rng: &mut Rng) {
-        self.restore(Some(rng));
-    }
-
-    fn restore(&self, mut scramble: Option<&mut Rng>) {
-        let plan = self.plan();
-        let current: HashMap<u64, Vec<u8>> = plan
-            .names
-            .iter()
-            .map(|(path, &inode)| (inode, std::fs::read(path).unwrap_or_default()))
-            .collect();
-        for path in plan.names.keys().chain(plan.durable_names.keys()) {
-            let _ = std::fs::remove_file(path);
-        }
-        for (path, inode) in &plan.durable_names {
-            let mut bytes = plan.synced[inode].clone();
-            if let (Some(rng), Some(now)) = (scramble.as_deref_mut(), current.get(inode)) {
-                // Only appends happen between fsyncs, so the unsynced part is what lies past the synced end.
-                if now.len() > bytes.len() && now.starts_with(&bytes) {
-                    let synced = bytes.len();
-                    let mut end = synced;
-                    bytes.resize(now.len(), 0);
-                    let mut page = synced - synced % 4096;
-                    while page < now.len() {
-                        let (from, to) = (page.max(synced), (page + 4096).min(now.len()));
-                        if rng.below(2) == 0 {
-                            bytes[from..to].copy_from_slice(&now[from..to]);
-                            end = to;
-                        }
-                        page += 4096;
-                    }
-                    bytes.truncate(end);
-                }
-            }
-            std::fs::write(path, &bytes).expect("restore a file's durable contents");
-        }
-    }
-}
-
-struct FaultyFile {
-    inner: Box<dyn VFile>,
-    inode: u64,
-    vfs: FaultyVfs,
-}
-
-impl fmt::Debug for FaultyFile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FaultyFile({})", self.inode)
-    }
-}
-
-impl Vfs for FaultyVfs {
-    fn create_new(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
-        let mut plan = self.plan();
-        plan.mutation()?;
-        let inner = StdVfs.create_new(path)?;
-        plan.next_inode += 1;
-        let inode = plan.next_inode;
-        plan.names.insert(path.to_owned(), inode);
-        // Never fsynced: after a crash the file may exist, but holds nothing.
-        plan.synced.insert(inode, Vec::new());
-        Ok(Box::new(FaultyFile {
-            inner,
-            inode,
-            vfs: self.clone(),
-        }))
-    }
-
-    fn open(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
-        let mut plan = self.plan();
-        if plan.dead {
-            return Err(io::Error::other("the power is off"));
-        }
-        let inner = StdVfs.open(path)?;
-        let inode = plan.inode(path);
-        Ok(Box::new(FaultyFile {
-            inner,
-            inode,
-            vfs: self.clone(),
-        }))
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut plan = self.plan();
-        plan.mutation()?;
-        if !from.exists() {
-            // Fails as the real call does, without making up a file.
-            return StdVfs.rename(from, to);
-        }
-        let inode = plan.inode(from);
-        StdVfs.rename(from, to)?;
-        plan.names.remove(from);
-        plan.names.insert(to.to_owned(), inode);
-        Ok(())
-    }
-
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        let mut plan = self.plan();
-        plan.mutation()?;
-        if !path.exists() {
-            return StdVfs.remove_file(path);
-        }
-        plan.inode(path);
-        StdVfs.remove_file(path)?;
-        plan.names.remove(path);
-        Ok(())
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let mut plan = self.plan();
-        plan.mutation()?;
-        plan.syncs += 1;
-        if plan.fail_sync == Some(plan.syncs) {
-            plan.failed_creation_sync = true;
-            return Err(plan.inject());
-        }
-        plan.durable_names = plan
-            .names
-            .iter()
-            .filter(|(p, _)| p.parent() == Some(dir))
-            .map(|(p, &i)| (p.clone(), i))
-            .collect();
-        Ok(())
-    }
-
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        if self.plan().dead {
-            return Err(io::Error::other("the power is off"));
-        }
-        StdVfs.list_dir(dir)
-    }
-}
-
-impl VFile for FaultyFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut plan = self.vfs.plan();
-        plan.mutation()?;
-        plan.writes += 1;
-        let fault = match plan.fail_write {
-            Some((n, fault)) if n == plan.writes => Some(fault),
-            _ => None,
-        };
-        let fault = fault.or_else(|| {
-            let capacity = plan.capacity?;
-            let end = self.inner.len().ok()?.max(offset + buf.len() as u64);
-            let grows = end.saturating_sub(self.inner.len().ok()?);
-            (plan.used_bytes() + grows > capacity).then_some(WriteFault::NoSpace)
-        });
-        match fault {
-            None => self.inner.write_all_at(buf, offset),
-            Some(WriteFault::Error) => Err(plan.inject()),
-            Some(WriteFault::Half) => {
-                self.inner.write_all_at(&buf[..buf.len() / 2], offset)?;
-                Err(plan.inject())
-            }
-            Some(WriteFault::NoSpace) => {
-                self.inner.write_all_at(&buf[..buf.len() / 2], offset)?;
-                plan.inject();
-                Err(io::Error::from_raw_os_error(28))
-            }
-        }
-    }
-
-    fn sync_data(&self) -> io::Result<()> {
-        let mut plan = self.vfs.plan();
-        plan.mutation()?;
-        plan.syncs += 1;
-        if plan.fail_sync == Some(plan.syncs) {
-            // The handle outlives the rename of a new segment; its current name says what it is.
-            let inode = self.inode;
-            plan.failed_creation_sync = plan
-                .names
-                .iter()
-                .any(|(p, &i)| i == inode && p.extension().is_some_and(|e| e == "tmp"));
-            // Like Linux after a failed fsync: what was dirty may be gone, and the shadow stays as it was.
-            return Err(plan.inject());
-        }
-        let mut contents = vec![0; self.inner.len()? as usize];
-        let got = self.inner.read_at(&mut contents, 0)?;
-        contents.truncate(got);
-        plan.synced.insert(self.inode, contents);
-        Ok(())
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut plan = self.vfs.plan();
-        plan.mutation()?;
-        if plan.fail_set_len {
-            return Err(plan.inject());
-        }
-        self.inner.set_len(len)
-    }
-
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-}
+use crate::simfs::{SimFs, WriteFault};
 
 // ---- The workload and its model ----
 
@@ -466,21 +148,21 @@ fn reopen_and_check(dir: &Path, expect: &Expect, context: &str) {
 /// Counts the writes and fsyncs of a fault-free run of `ops`, to know which numbers to fail.
 fn count_calls(ops: &[Op]) -> (u64, u64, u64) {
     let dir = tempdir();
-    let vfs = FaultyVfs::default();
+    let vfs = SimFs::default();
     let store = Store::open_with(dir.path(), vfs.options(Durability::Immediate)).expect("open");
     for op in ops {
         run(&store, op).expect("fault-free run");
     }
     drop(store);
-    let plan = vfs.plan();
-    (plan.writes, plan.syncs, plan.mutations)
+    let counts = vfs.counts();
+    (counts.writes, counts.syncs, counts.mutations)
 }
 
 /// Runs `ops` against a fresh store over `vfs`, until the end or the first error; returns what must hold,
 /// whether an operation failed, and the store (None if open itself failed).
 fn run_until_error(
     dir: &Path,
-    vfs: &FaultyVfs,
+    vfs: &SimFs,
     durability: Durability,
     ops: &[Op],
 ) -> (Expect, Option<Error>, Option<Store>) {
@@ -515,11 +197,11 @@ fn every_failed_write_returns_an_error_and_the_store_goes_on_without_losing_anyt
         for n in 1..=writes {
             let context = format!("{fault:?} at write {n}");
             let dir = tempdir();
-            let vfs = FaultyVfs::default();
-            vfs.plan().fail_write = Some((n, fault));
+            let vfs = SimFs::default();
+            vfs.lock().plan.fail_write = Some((n, fault));
             let (mut expect, err, store) =
                 run_until_error(dir.path(), &vfs, Durability::Immediate, &ops);
-            injected += vfs.plan().injected;
+            injected += vfs.counts().injected;
             let err = err.unwrap_or_else(|| panic!("{context}: no operation failed"));
             assert!(matches!(err, Error::Io { .. }), "{context}: {err:?}");
             if fault == WriteFault::NoSpace {
@@ -552,20 +234,17 @@ fn every_failed_write_returns_an_error_and_the_store_goes_on_without_losing_anyt
 #[test]
 fn a_failed_append_that_cannot_be_cut_back_poisons_the_store_and_reopen_cuts_it() {
     let dir = tempdir();
-    let vfs = FaultyVfs::default();
+    let vfs = SimFs::default();
     let store = Store::open_with(dir.path(), vfs.options(Durability::Immediate)).expect("open");
     let kept = map("alice", "home", "kept", None);
     store.set(&kept).expect("set");
-    {
-        let mut plan = vfs.plan();
-        plan.fail_write = Some((plan.writes + 1, WriteFault::Half));
-        plan.fail_set_len = true;
-    }
+    vfs.fail_next_write(WriteFault::Half);
+    vfs.lock().plan.fail_set_len = true;
     let err = store
         .set(&map("alice", "cart", "torn", None))
         .expect_err("the write fails");
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
-    vfs.plan().fail_set_len = false;
+    vfs.lock().plan.fail_set_len = false;
     let err = store
         .set(&map("bob", "home", "refused", None))
         .expect_err("poisoned");
@@ -585,11 +264,11 @@ fn every_failed_fsync_poisons_the_store_until_reopened_and_loses_nothing_acknowl
         for power_cut in [false, true] {
             let context = format!("fsync {n} fails, power cut: {power_cut}");
             let dir = tempdir();
-            let vfs = FaultyVfs::default();
-            vfs.plan().fail_sync = Some(n);
+            let vfs = SimFs::default();
+            vfs.lock().plan.fail_sync = Some(n);
             let (mut expect, err, store) =
                 run_until_error(dir.path(), &vfs, Durability::Immediate, &ops);
-            injected += vfs.plan().injected;
+            injected += vfs.counts().injected;
             let err = err.unwrap_or_else(|| panic!("{context}: no operation failed"));
             assert!(matches!(err, Error::Io { .. }), "{context}: {err:?}");
             if let Some(store) = store {
@@ -609,7 +288,7 @@ fn every_failed_fsync_poisons_the_store_until_reopened_and_loses_nothing_acknowl
                     // leave the store writing: no acknowledged record is in that file yet, and the next
                     // write redoes the whole creation.
                     assert!(
-                        vfs.plan().failed_creation_sync,
+                        vfs.counts().failed_sync_was_creation,
                         "{context}: a failed fsync of data must poison the store"
                     );
                     expect.check(&store, &context);
@@ -621,7 +300,7 @@ fn every_failed_fsync_poisons_the_store_until_reopened_and_loses_nothing_acknowl
                 }
                 expect.check(&store, &context);
                 if power_cut {
-                    vfs.plan().dead = true;
+                    vfs.halt_now();
                 }
                 drop(store);
             }
@@ -642,11 +321,11 @@ fn power_loss_at_every_write_fsync_and_rename_keeps_every_acknowledged_write() {
     for n in 1..=mutations {
         let context = format!("power cut at call {n} of {mutations}");
         let dir = tempdir();
-        let vfs = FaultyVfs::default();
-        vfs.plan().power_cut_at = Some(n);
+        let vfs = SimFs::default();
+        vfs.lock().plan.halt_at = Some(n);
         let (expect, err, store) = run_until_error(dir.path(), &vfs, Durability::Immediate, &ops);
         assert!(err.is_some(), "{context}: no operation failed");
-        injected += vfs.plan().injected;
+        injected += vfs.counts().injected;
         drop(store);
         vfs.restore_durable_image();
         reopen_and_check(dir.path(), &expect, &context);
@@ -702,13 +381,13 @@ fn open_state(dir: &Path) -> Result<Model, Error> {
 fn every_power_cut_opens_into_a_prefix(
     ops: &[Op],
     segment_size: u64,
-    mut restore: impl FnMut(&FaultyVfs),
+    mut restore: impl FnMut(&SimFs),
 ) -> u64 {
     let (_, _, mutations) = count_calls(ops);
     for n in 1..=mutations {
         let dir = tempdir();
-        let vfs = FaultyVfs::default();
-        vfs.plan().power_cut_at = Some(n);
+        let vfs = SimFs::default();
+        vfs.lock().plan.halt_at = Some(n);
         let mut states = vec![Model::new()];
         let mut model = Model::new();
         let options = vfs.options(Durability::Never).segment_size(segment_size);
@@ -726,7 +405,7 @@ fn every_power_cut_opens_into_a_prefix(
                 }
                 states.push(model.clone());
             }
-            vfs.plan().dead = true;
+            vfs.halt_now();
             drop(store);
         }
         restore(&vfs);
@@ -746,7 +425,7 @@ fn power_loss_without_fsyncs_keeps_a_prefix_of_the_writes_since_the_last_sync() 
     // Durability::Never: a power cut may take the writes since the last fsync, but what survives is the state
     // after some prefix of them, never a mix, and nothing from before the last sync is lost.
     let ops = seeded_workload("power_loss_without_fsyncs");
-    let cuts = every_power_cut_opens_into_a_prefix(&ops, 4096, FaultyVfs::restore_durable_image);
+    let cuts = every_power_cut_opens_into_a_prefix(&ops, 4096, SimFs::restore_durable_image);
     eprintln!("power_loss_without_fsyncs: {cuts} power cuts, every survivor a prefix");
 }
 
@@ -768,10 +447,10 @@ fn power_loss_with_pages_written_back_out_of_order_opens_into_a_prefix() {
 fn a_full_disk_fails_writes_cleanly_and_they_succeed_again_once_space_is_freed() {
     let ops = seeded_workload("a_full_disk");
     let dir = tempdir();
-    let vfs = FaultyVfs::default();
+    let vfs = SimFs::default();
     let store = Store::open_with(dir.path(), vfs.options(Durability::Immediate)).expect("open");
     let mut expect = Expect::default();
-    vfs.plan().capacity = Some(6000);
+    vfs.lock().plan.capacity = Some(6000);
     let mut full = 0;
     for op in ops.iter().chain(&ops) {
         match run(&store, op) {
@@ -795,9 +474,9 @@ fn a_full_disk_fails_writes_cleanly_and_they_succeed_again_once_space_is_freed()
     assert!(full > 0, "the disk never filled up");
     eprintln!(
         "a_full_disk: {} ENOSPC faults injected, nothing lost",
-        vfs.plan().injected
+        vfs.counts().injected
     );
-    vfs.plan().capacity = None;
+    vfs.lock().plan.capacity = None;
     for op in &ops {
         run(&store, op).expect("writes succeed again once there is space");
         apply(&mut expect.sure, op);
@@ -812,7 +491,7 @@ fn compaction_keeps_an_old_value_until_its_replacement_is_durable() {
     // Regression: compaction dropped a durable record superseded by one not yet fsynced; a power cut then lost
     // both, so the key vanished.
     let dir = tempdir();
-    let vfs = FaultyVfs::default();
+    let vfs = SimFs::default();
     let store = Store::open_with(dir.path(), vfs.options(Durability::Never)).expect("open");
     let old = map("alice", "home", "old", None);
     store.set(&old).expect("set");
@@ -826,7 +505,7 @@ fn compaction_keeps_an_old_value_until_its_replacement_is_durable() {
     let new = map("alice", "home", "new", None);
     store.set(&new).expect("set, not yet durable");
     store.compact().expect("compact");
-    vfs.plan().dead = true;
+    vfs.halt_now();
     drop(store);
     vfs.restore_durable_image();
     let store =

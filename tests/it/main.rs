@@ -1,5 +1,7 @@
 //! Integration tests: one binary, one module per behaviour. They use only the public API.
 
+mod async_writes;
+mod backup;
 #[cfg(feature = "cli")]
 mod cli;
 mod common;
@@ -11,13 +13,20 @@ mod crash;
 mod faults;
 #[cfg(feature = "redis")]
 mod fleet;
+mod fme;
 mod fuzz_corpus;
 mod fuzz_harness;
 mod hints;
 mod import_export;
 mod load;
+mod locking;
+mod manifest;
 mod misuse;
 mod model;
 mod recovery;
+mod repair;
+mod scale;
 mod sdk;
+mod simfs;
+mod sync_points;
 mod verify;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use ussdb::{CampaignUserMap, Durability, Error, MAX_ID_LEN, MAX_VALUE_LEN, Options, Store};
 
-use crate::common::{map, open, segment_files, small_segments, tempdir};
+use crate::common::{crc32, map, open, segment_files, small_segments, tempdir};
 
 #[test]
 fn empty_and_oversized_ids_are_refused() {
@@ -38,6 +38,25 @@ fn empty_and_oversized_ids_are_refused() {
         .set(&map(&max, &max, "v", None))
         .expect("ids at the limit are fine");
     assert!(store.get(&max, &max).expect("get").is_some());
+}
+
+#[test]
+fn an_empty_variation_name_is_refused_by_set_and_by_batches() {
+    // Regression: an empty variation name was stored, though no SDK ever writes one.
+    let dir = tempdir();
+    let store = open(dir.path(), small_segments());
+    let empty = map("u", "c", "", None);
+    match store.set(&empty) {
+        Err(Error::InvalidKey { field, .. }) => assert_eq!(field, "variation_name"),
+        other => panic!("set with an empty variation gave {other:?}"),
+    }
+    let mut batch = ussdb::Batch::new();
+    assert!(matches!(
+        batch.push(&empty, None),
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(batch.is_empty());
+    assert_eq!(store.get("u", "c").expect("get"), None);
 }
 
 #[test]
@@ -168,7 +187,7 @@ fn bad_magic_and_future_versions_are_named() {
     match Store::open(dir.path()) {
         Err(Error::UnsupportedVersion {
             found: 9,
-            supported: 1,
+            supported: 3,
             path,
         }) => assert_eq!(path, seg),
         other => panic!("{other:?}"),
@@ -200,20 +219,4 @@ fn errors_are_std_errors_with_context() {
         .set(&CampaignUserMap::new("", "c", "v"))
         .expect_err("empty id");
     assert!(err.to_string().contains("user_id"), "{err}");
-}
-
-/// A plain CRC-32 (IEEE), so the test does not lean on the crate's own checksum code.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }

@@ -1,14 +1,9 @@
 //! Recovery: torn tails are cut off, damage elsewhere is reported with file and offset, failed fsyncs poison.
 
-use std::fmt;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use ussdb::{Durability, Error, Options, StdVfs, Store, VFile, Vfs};
+use ussdb::{Durability, Error, Options, Store};
 
 use crate::common::{copy_dir, map, open, segment_files, small_segments, tempdir};
+use crate::simfs::SimFs;
 
 #[test]
 fn a_torn_last_record_is_cut_at_every_byte_offset() {
@@ -181,87 +176,22 @@ fn leftover_temporary_files_are_removed_on_open() {
     assert!(!tmp.exists());
 }
 
-/// Passes everything to the real file system, but fails fsync while `fail` is set.
-#[derive(Debug, Default)]
-struct FailingFsync {
-    fail: Arc<AtomicBool>,
-}
-
-struct FailingFile {
-    inner: Box<dyn VFile>,
-    fail: Arc<AtomicBool>,
-}
-
-impl fmt::Debug for FailingFile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FailingFile")
-    }
-}
-
-impl Vfs for FailingFsync {
-    fn create_new(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
-        Ok(Box::new(FailingFile {
-            inner: StdVfs.create_new(path)?,
-            fail: Arc::clone(&self.fail),
-        }))
-    }
-    fn open(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
-        Ok(Box::new(FailingFile {
-            inner: StdVfs.open(path)?,
-            fail: Arc::clone(&self.fail),
-        }))
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdVfs.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        StdVfs.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        StdVfs.sync_dir(dir)
-    }
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        StdVfs.list_dir(dir)
-    }
-}
-
-impl VFile for FailingFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_all_at(buf, offset)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(io::Error::other("injected fsync failure"));
-        }
-        self.inner.sync_data()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-}
-
 #[test]
 fn after_a_failed_fsync_the_store_refuses_writes_until_reopened() {
     let dir = tempdir();
-    let vfs = Arc::new(FailingFsync::default());
-    let fail = Arc::clone(&vfs.fail);
+    let fs = SimFs::default();
     let options = Options::default()
         .durability(Durability::Immediate)
-        .vfs(vfs);
+        .vfs(fs.vfs());
     let store = open(dir.path(), options.clone());
     store.set(&map("u", "before", "v", None)).expect("set");
-    fail.store(true, Ordering::SeqCst);
+    // Only this one fsync fails: the disk works again at once, and the store must not take that as healed.
+    fs.fail_next_sync();
     let err = store
         .set(&map("u", "during", "v", None))
         .expect_err("fsync fails");
     assert!(matches!(err, Error::Io { .. }), "{err}");
-    fail.store(false, Ordering::SeqCst);
+    assert_eq!(fs.counts().injected, 1, "the set's own fsync failed");
     let err = store
         .set(&map("u", "after", "v", None))
         .expect_err("poisoned");

@@ -86,7 +86,7 @@ fn goal_strings_are_kept_byte_for_byte() {
     .map(str::to_owned);
     for (i, g) in goals.iter().enumerate() {
         store
-            .set(&map("u", &format!("c{i}"), "", Some(g)))
+            .set(&map("u", &format!("c{i}"), "V", Some(g)))
             .expect("set");
     }
     for (i, g) in goals.iter().enumerate() {
@@ -95,7 +95,7 @@ fn goal_strings_are_kept_byte_for_byte() {
             .expect("get")
             .expect("present");
         assert_eq!(got.goal_identifier.as_deref(), Some(g.as_str()));
-        assert_eq!(got.variation_name, "");
+        assert_eq!(got.variation_name, "V");
     }
 }
 

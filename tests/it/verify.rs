@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ussdb::{Error, Store};
 
-use crate::common::{map, open, segment_files, small_segments, tempdir};
+use crate::common::{map, open, record_extents, segment_files, small_segments, tempdir};
 
 fn fill(store: &Store, n: usize) {
     for i in 0..n {
@@ -112,12 +112,17 @@ fn a_torn_tail_alone_is_not_damage() {
         fill(&store, 10);
     }
     let newest = segment_files(dir.path()).pop().expect("segment");
-    let len = std::fs::metadata(&newest).expect("len").len();
+    // The last put, not the sync point that closing appended after it.
+    let bytes = std::fs::read(&newest).expect("read");
+    let (_, _, end) = *record_extents(&bytes)
+        .iter()
+        .rfind(|(kind, _, _)| *kind == 1)
+        .expect("a put");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&newest)
         .expect("open")
-        .set_len(len - 1)
+        .set_len(end as u64 - 1)
         .expect("tear");
     let report = ussdb::verify_dir(dir.path()).expect("verify_dir");
     assert!(

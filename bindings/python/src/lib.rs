@@ -3,7 +3,8 @@
 //! `ussdb.Store` exposes the engine; `ussdb.UserStorage` is the object the VWO Python SDK
 //! (`vwo.launch(..., user_storage=...)`) calls. That SDK reads and writes the goal list under
 //! `goalIdentifiers` (plural), while the engine's record and its JSON call it `goalIdentifier`:
-//! `UserStorage` translates, `Store` speaks the engine's shape.
+//! `UserStorage` translates, `Store` speaks the engine's shape. `ussdb.FmeStorage` is the connector the
+//! current VWO FME Python SDK (`vwo-fme-python-sdk`, `vwo.init({..., "storage": ...})`) calls.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,6 +168,43 @@ fn dict_to_record(data: &Bound<'_, PyDict>) -> PyResult<ussdb::CampaignUserMap> 
         variation_name: required_str(data, SdkField::VariationName, intern!(py, "variationName"))?,
         goal_identifier,
     })
+}
+
+/// The FME record as the dict the FME SDK reads: `json.loads` of its camelCase JSON, so ids come back as the
+/// int (or float) they went in as, `None` stays `None`, and members the record keeps untyped come back as
+/// they were given.
+fn feature_dict<'py>(py: Python<'py>, rec: &ussdb::FeatureRecord) -> PyResult<Bound<'py, PyDict>> {
+    let loaded = py
+        .import(intern!(py, "json"))?
+        .call_method1(intern!(py, "loads"), (rec.to_json(),))?;
+    loaded
+        .cast_into::<PyDict>()
+        .map_err(|_| PyTypeError::new_err("an FME record's JSON is not an object"))
+}
+
+/// Reads the dict the FME SDK passes to `set` (any object `json.dumps` takes, which must be a dict) through the
+/// engine's one reader of the record, [`ussdb::FeatureRecord::from_json`]. A bad record is a ValueError.
+fn dict_to_feature(data: &Bound<'_, PyAny>) -> PyResult<ussdb::FeatureRecord> {
+    let py = data.py();
+    if !data.is_instance_of::<PyDict>() {
+        return Err(PyTypeError::new_err(format!(
+            "an FME record must be a dict, not {}",
+            type_name(data)
+        )));
+    }
+    let kwargs = PyDict::new(py);
+    // NaN and infinities are not JSON: refuse them instead of storing text no SDK could read back.
+    kwargs.set_item(intern!(py, "allow_nan"), false)?;
+    let text = py.import(intern!(py, "json"))?.call_method(
+        intern!(py, "dumps"),
+        (data,),
+        Some(&kwargs),
+    )?;
+    let text = text
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err("json.dumps did not return a str"))?;
+    ussdb::FeatureRecord::from_json(text.to_str()?)
+        .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 fn stats_to_dict<'py>(py: Python<'py>, s: &ussdb::Stats) -> PyResult<Bound<'py, PyDict>> {
@@ -353,6 +391,46 @@ impl Store {
         Ok(list)
     }
 
+    /// The FME record of `user_id` for `feature_key` as the dict the FME SDK reads, or None.
+    fn get_feature<'py>(
+        &self,
+        py: Python<'py>,
+        feature_key: &str,
+        user_id: &str,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        match self.call(py, |s| s.get_feature(feature_key, user_id))? {
+            Some(rec) => feature_dict(py, &rec).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores an FME record given as the dict the FME SDK passes to its connector's `set` (with
+    /// "featureKey" and "userId"); every member comes back from `get_feature` as it went in.
+    fn set_feature(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let rec = dict_to_feature(data)?;
+        self.call(data.py(), |s| s.set_feature(&rec))
+    }
+
+    /// Erases one FME record; True if it existed.
+    fn delete_feature(&self, py: Python<'_>, feature_key: &str, user_id: &str) -> PyResult<bool> {
+        self.call(py, |s| s.delete_feature(feature_key, user_id))
+    }
+
+    /// Every FME record of a user (group records included), as dicts shaped like `get_feature`'s.
+    fn features_of<'py>(&self, py: Python<'py>, user_id: &str) -> PyResult<Bound<'py, PyList>> {
+        let records = self.call(py, |s| s.features_of(user_id))?;
+        let list = PyList::empty(py);
+        for rec in &records {
+            list.append(feature_dict(py, rec)?)?;
+        }
+        Ok(list)
+    }
+
+    /// How many FME records the store holds (walks the store).
+    fn count_features(&self, py: Python<'_>) -> PyResult<u64> {
+        self.call(py, |s| s.count_features())
+    }
+
     /// Returns once everything written so far is on disk.
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
         self.call(py, |s| s.sync())
@@ -498,13 +576,88 @@ impl UserStorage {
     }
 }
 
+/// The storage connector for the VWO FME Python SDK:
+/// `vwo.init({"sdk_key": ..., "account_id": ..., "storage": ussdb.FmeStorage(path)})`.
+///
+/// `get(feature_key, user_id)` returns None or the dict the SDK passed to `set` for that feature and
+/// user (ids as ints, `None`s kept, members the SDK adds in later versions kept); `set(data)` stores
+/// the dict the SDK passes. Mutually exclusive group decisions go through it too, under the feature
+/// key `_vwo_meta_meg_<groupId>`. Built on a path, it opens its own `Store`; built on a `Store`, it
+/// shares it (one store can serve `UserStorage` and `FmeStorage` at once: their records never collide).
+#[pyclass(frozen, module = "ussdb", name = "FmeStorage")]
+struct FmeStorage {
+    store: Py<Store>,
+}
+
+#[pymethods]
+impl FmeStorage {
+    #[new]
+    #[pyo3(signature = (path_or_store, durability = "periodic", segment_size = None))]
+    fn new(
+        py: Python<'_>,
+        path_or_store: &Bound<'_, PyAny>,
+        durability: &str,
+        segment_size: Option<u64>,
+    ) -> PyResult<Self> {
+        if let Ok(store) = path_or_store.cast::<Store>() {
+            return Ok(FmeStorage {
+                store: store.clone().unbind(),
+            });
+        }
+        let path: PathBuf = path_or_store.extract().map_err(|_| {
+            PyTypeError::new_err("FmeStorage takes a path (str or os.PathLike) or a ussdb.Store")
+        })?;
+        let store = Store::new(py, path, durability, segment_size, None, true)?;
+        Ok(FmeStorage {
+            store: Py::new(py, store)?,
+        })
+    }
+
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        feature_key: &str,
+        user_id: &str,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.store.get().get_feature(py, feature_key, user_id)
+    }
+
+    fn set(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.store.get().set_feature(data)
+    }
+
+    /// The underlying `Store` (for sync, stats, forget_user, features_of...).
+    #[getter]
+    fn store(&self, py: Python<'_>) -> Py<Store> {
+        self.store.clone_ref(py)
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.store.get().close(py)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<ussdb.FmeStorage over {}>", self.store.get().__repr__())
+    }
+}
+
 /// Embedded, crash-safe user storage for A/B-testing SDKs.
 #[pymodule(name = "ussdb")]
 mod ussdb_module {
     use pyo3::prelude::*;
 
     #[pymodule_export]
-    use super::{Error, Store, UserStorage};
+    use super::{Error, FmeStorage, Store, UserStorage};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

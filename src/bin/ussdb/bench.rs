@@ -1,10 +1,14 @@
 //! The main job: a simulated SDK workload against a fresh store, with throughput and latency percentiles.
 //!
-//! Shape of the load, per operation: 90% activate of a known user (one get), 5% first visit of a new user (a
+//! Shape of the load, per SDK request: 90% activate of a known user (one get), 5% first visit of a new user (a
 //! get that misses, then a set of the assigned variation), 5% track of a goal (a get, then a set with the goal
-//! appended with `_vwo_`, unless it was tracked already).
+//! appended with `_vwo_`, unless it was tracked already). So a request is one or two store operations, and the
+//! report counts both.
+//!
+//! The store lives in a directory the bench creates for itself (`DIR/bench-PID`), and the bench removes only what
+//! it created: that directory, and `DIR` (and its missing parents) if they did not exist and are empty again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant};
 use ussdb::{CampaignUserMap, Durability, Options, Store};
 
 use crate::Mode;
-use crate::progress;
+use crate::{interrupt, plural, progress};
 
 /// Progress is counted in steps of this many operations, so the counting does not show in the figures.
 const PROGRESS_STEP: u64 = 1024;
@@ -23,21 +27,21 @@ pub struct Args {
     #[arg(long)]
     segment_mib: Option<u64>,
     /// Users loaded before the workload starts.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     users: u64,
     /// Campaigns each loaded user is part of.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     campaigns: u64,
-    /// Operations in the measured workload, over all threads.
+    /// SDK requests in the measured workload, over all threads (each is one or two store operations).
     #[arg(long, default_value_t = 200_000)]
     ops: u64,
-    /// Threads issuing operations (like a server's request threads).
-    #[arg(long, default_value_t = 4)]
+    /// Threads issuing requests (like a server's request threads).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     threads: u64,
-    /// Percent of operations that are sets (half new users, half goal tracks).
-    #[arg(long, default_value_t = 10)]
+    /// Percent of requests that may write (half first visits, half goal tracks); each reads first.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=100))]
     set_percent: u64,
-    /// Keep the bench store afterwards instead of removing it.
+    /// Keep the bench store afterwards instead of removing it (its path is printed).
     #[arg(long)]
     keep: bool,
 }
@@ -140,24 +144,123 @@ impl Rng {
     }
 }
 
+#[derive(Default)]
+struct Requests {
+    activate: u64,
+    first_visit: u64,
+    track: u64,
+}
+
 struct Tally {
     get: Histogram,
     set: Histogram,
+    requests: Requests,
 }
 
-pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
-    let dir = dir.join("bench");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| ussdb::Error::Io {
-            op: "remove the previous bench store",
-            path: dir.clone(),
-            source: e,
-        })?;
+/// How a bench ended.
+pub enum Outcome {
+    /// Every phase ran.
+    Done,
+    /// Ctrl-C stopped it; its store is removed all the same.
+    Interrupted,
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Immediate => "immediate",
+        Mode::Periodic => "periodic",
+        Mode::Never => "never",
     }
+}
+
+/// The bench's own directory, and the ones it had to create above it: removed on drop, deepest first, the
+/// store directory with what is in it (the bench's store), the others only if empty.
+struct Scratch {
+    store_dir: PathBuf,
+    created_parents: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl Scratch {
+    fn create(parent: &Path, keep: bool) -> Result<Scratch, String> {
+        let mut created_parents = Vec::new();
+        let mut missing = parent;
+        while !missing.as_os_str().is_empty() && !missing.exists() {
+            created_parents.push(missing.to_path_buf());
+            match missing.parent() {
+                Some(up) => missing = up,
+                None => break,
+            }
+        }
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        let mut scratch = Scratch {
+            store_dir: PathBuf::new(),
+            created_parents,
+            keep,
+        };
+        let pid = std::process::id();
+        for attempt in 0u32.. {
+            let name = match attempt {
+                0 => format!("bench-{pid}"),
+                n => format!("bench-{pid}-{n}"),
+            };
+            let dir = parent.join(name);
+            // `create_dir` fails on anything that exists, so the directory is new and only this bench uses it.
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {
+                    scratch.store_dir = dir;
+                    return Ok(scratch);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 1000 => {}
+                Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+            }
+        }
+        Err(format!(
+            "cannot find a free bench directory name in {}",
+            parent.display()
+        ))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.keep && !self.store_dir.as_os_str().is_empty() {
+            return;
+        }
+        if !self.store_dir.as_os_str().is_empty()
+            && let Err(e) = std::fs::remove_dir_all(&self.store_dir)
+        {
+            eprintln!(
+                "ussdb: cannot remove the bench store {}: {e}",
+                self.store_dir.display()
+            );
+        }
+        for dir in &self.created_parents {
+            // Only if empty: something put there meanwhile is not the bench's to remove.
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+pub fn run(parent: &Path, mode: Mode, args: &Args) -> Result<Outcome, String> {
+    interrupt::catch();
+    let scratch = Scratch::create(parent, args.keep)?;
+    let dir = scratch.store_dir.clone();
+    let err = |e: ussdb::Error| e.to_string();
     let mappings = args.users * args.campaigns;
+    let threads = args.threads.max(1);
     println!(
-        "ussdb bench: {} users x {} campaigns = {mappings} mappings, then {} ops on {} threads, durability {:?}",
-        args.users, args.campaigns, args.ops, args.threads, mode
+        "ussdb bench in {}: load {} users x {} campaigns = {mappings} mappings with durability never (set-up, \
+         not measured), then {} SDK requests on {} with durability {}",
+        dir.display(),
+        args.users,
+        args.campaigns,
+        args.ops,
+        plural(threads, "thread", "threads"),
+        mode_name(mode)
     );
 
     // Load with the OS deciding when to write back, then reopen in the mode under test: the load is set-up,
@@ -165,8 +268,8 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
     let started = Instant::now();
     let bar = progress::bar("load", Some(mappings), false);
     {
-        let store = Store::open_with(&dir, args.options().durability(Durability::Never))?;
-        let threads = args.threads.max(1);
+        let store =
+            Store::open_with(&dir, args.options().durability(Durability::Never)).map_err(err)?;
         std::thread::scope(|s| -> ussdb::Result<()> {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
@@ -174,6 +277,9 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
                     let bar = &bar;
                     s.spawn(move || -> ussdb::Result<()> {
                         for (i, u) in (t..args.users).step_by(threads as usize).enumerate() {
+                            if interrupt::requested() {
+                                return Ok(());
+                            }
                             if i as u64 % PROGRESS_STEP == PROGRESS_STEP - 1 {
                                 bar.inc(PROGRESS_STEP * args.campaigns);
                             }
@@ -196,27 +302,32 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
                 .collect();
             handles
                 .into_iter()
-                .try_for_each(|h| h.join().unwrap_or(Ok(())))
-        })?;
-        store.sync()?;
+                .try_for_each(|h| h.join().unwrap_or_else(|_| Err(panicked())))
+        })
+        .map_err(err)?;
+        store.sync().map_err(err)?;
     }
     bar.finish_and_clear();
+    if interrupt::requested() {
+        return Ok(interrupted(&scratch));
+    }
     let load = started.elapsed();
     println!(
-        "load   {mappings} sets in {:.2} s ({:.0} sets/s)",
+        "load   {mappings} sets in {:.2} s ({:.0} sets/s), durability never",
         load.as_secs_f64(),
         mappings as f64 / load.as_secs_f64()
     );
 
     let started = Instant::now();
-    let store = Store::open_with(&dir, args.options().durability(mode.durability()))?;
+    let store =
+        Store::open_with(&dir, args.options().durability(mode.durability())).map_err(err)?;
     let open = started.elapsed();
     let stats = store.stats();
     println!(
-        "open   {:.3} s for {} mappings in {} segments",
+        "open   {:.3} s for {} mappings in {}",
         open.as_secs_f64(),
         stats.mappings,
-        stats.segments
+        plural(stats.segments, "segment", "segments")
     );
 
     let next_user = Arc::new(AtomicU64::new(args.users));
@@ -224,11 +335,12 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
     let bar = progress::bar("run", Some(args.ops), false);
     let started = Instant::now();
     let tallies: Vec<ussdb::Result<Tally>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..args.threads.max(1))
+        let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let store = store.clone();
                 let next_user = Arc::clone(&next_user);
-                let ops = args.ops / args.threads.max(1);
+                // The remainder goes to the first threads, so the requests add up to --ops exactly.
+                let ops = args.ops / threads + u64::from(t < args.ops % threads);
                 let bar = &bar;
                 s.spawn(move || worker(&store, args, t, ops, &next_user, bar))
             })
@@ -242,16 +354,37 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
     bar.finish_and_clear();
     let mut get = Histogram::new();
     let mut set = Histogram::new();
+    let mut requests = Requests::default();
     for tally in tallies {
-        let tally = tally?;
+        let tally = tally.map_err(err)?;
         get.merge(&tally.get);
         set.merge(&tally.set);
+        requests.activate += tally.requests.activate;
+        requests.first_visit += tally.requests.first_visit;
+        requests.track += tally.requests.track;
+    }
+    if interrupt::requested() {
+        drop(store);
+        return Ok(interrupted(&scratch));
     }
     let stats = store.stats();
     let secs = elapsed.as_secs_f64();
+    let total_requests = requests.activate + requests.first_visit + requests.track;
     println!(
-        "run    {} ops in {secs:.2} s: {:.0} ops/s",
+        "run    {total_requests} SDK requests in {secs:.2} s with durability {}: {:.0} requests/s ({} activate, \
+         {} first visits, {} goal tracks)",
+        mode_name(mode),
+        total_requests as f64 / secs,
+        requests.activate,
+        requests.first_visit,
+        requests.track
+    );
+    println!(
+        "store  {} ops = {} gets + {} sets: {:.0} ops/s (a first visit is a get and a set, a goal track a get \
+         and a set unless the goal was tracked already)",
         get.total + set.total,
+        get.total,
+        set.total,
         (get.total + set.total) as f64 / secs
     );
     for (name, h) in [("get", &get), ("set", &set)] {
@@ -266,8 +399,8 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
     }
     let fsyncs = stats.fsyncs - fsyncs_before;
     println!(
-        "fsyncs {fsyncs} for {} sets ({:.3} per set)",
-        set.total,
+        "fsyncs {fsyncs} for {} ({:.3} per set)",
+        plural(set.total, "set", "sets"),
         fsyncs as f64 / set.total.max(1) as f64
     );
     println!(
@@ -279,10 +412,22 @@ pub fn run(dir: &Path, mode: Mode, args: &Args) -> ussdb::Result<()> {
         stats.disk_bytes as f64 / stats.mappings.max(1) as f64
     );
     drop(store);
-    if !args.keep {
-        let _ = std::fs::remove_dir_all(&dir);
+    if args.keep {
+        println!("kept   the bench store in {}", dir.display());
     }
-    Ok(())
+    Ok(Outcome::Done)
+}
+
+fn interrupted(scratch: &Scratch) -> Outcome {
+    eprintln!(
+        "ussdb: bench interrupted by Ctrl-C; {}",
+        if scratch.keep {
+            format!("its store is kept in {}", scratch.store_dir.display())
+        } else {
+            format!("removing its store {}", scratch.store_dir.display())
+        }
+    );
+    Outcome::Interrupted
 }
 
 fn panicked() -> ussdb::Error {
@@ -305,22 +450,28 @@ fn worker(
     let mut tally = Tally {
         get: Histogram::new(),
         set: Histogram::new(),
+        requests: Requests::default(),
     };
     let goals = ["add-to-cart", "checkout", "purchase", "signup"];
     for op in 0..ops {
         if op % PROGRESS_STEP == PROGRESS_STEP - 1 {
             bar.inc(PROGRESS_STEP);
+            if interrupt::requested() {
+                break;
+            }
         }
         let roll = rng.next() % 100;
-        let c = campaign(rng.next() % args.campaigns.max(1));
-        if roll >= args.set_percent || args.users == 0 {
-            let u = user(rng.next() % args.users.max(1));
+        let c = campaign(rng.next() % args.campaigns);
+        if roll >= args.set_percent {
+            tally.requests.activate += 1;
+            let u = user(rng.next() % args.users);
             let t = Instant::now();
             let found = store.get(&u, &c)?;
             tally.get.record(t.elapsed());
             std::hint::black_box(found);
         } else if roll < args.set_percent / 2 {
             // First visit: the lookup misses, the SDK assigns a variation and stores it.
+            tally.requests.first_visit += 1;
             let u = user(next_user.fetch_add(1, Ordering::Relaxed));
             let t = Instant::now();
             let found = store.get(&u, &c)?;
@@ -341,7 +492,8 @@ fn worker(
             }
         } else {
             // Track: read the mapping, append the goal unless it was tracked already.
-            let u = user(rng.next() % args.users.max(1));
+            tally.requests.track += 1;
+            let u = user(rng.next() % args.users);
             let t = Instant::now();
             let found = store.get(&u, &c)?;
             tally.get.record(t.elapsed());

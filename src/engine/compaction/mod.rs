@@ -202,19 +202,16 @@ impl Engine {
         self.compact_run(&run).map(drop)
     }
 
-    /// Sealed segments in replay order (the active one excluded).
+    /// Sealed segments in replay order (the manifest's order; the active one excluded).
     fn sealed_in_order(&self) -> Vec<Arc<Segment>> {
         // Under the log mutex, so no rotation turns the active segment into a sealed one half way.
-        let log = self.lock_log();
-        let active = log.active.id();
-        let mut sealed: Vec<Arc<Segment>> = self
-            .segments()
-            .values()
-            .filter(|s| s.id() != active)
-            .cloned()
-            .collect();
-        drop(log);
-        sealed.sort_by_key(|s| s.file_id());
-        sealed
+        let _log = self.lock_log();
+        let manifest = self.lock_manifest();
+        let segments = self.segments();
+        manifest
+            .sealed
+            .iter()
+            .filter_map(|s| segments.get(&s.file_id).cloned())
+            .collect()
     }
 }

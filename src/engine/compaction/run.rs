@@ -11,6 +11,7 @@ use crate::dir::{self, TMP_SUFFIX};
 use crate::engine::Engine;
 use crate::hint::{self, HintBuilder};
 use crate::index::{Loc, MAX_SEGMENT_ID};
+use crate::manifest::Sealed;
 use crate::record::{self, Kind, Records, SEGMENT_HEADER_LEN};
 use crate::segment::Segment;
 use crate::vfs::VFile;
@@ -33,6 +34,8 @@ struct Output {
     kept_tombstones: u64,
     hint: Vec<u8>,
     file: Option<Arc<dyn VFile>>,
+    /// crc32 of the whole output file, for the manifest.
+    crc: u32,
 }
 
 impl Engine {
@@ -41,80 +44,88 @@ impl Engine {
         let Some(first) = run.first() else {
             return Ok(false);
         };
-        let file_id = first.file_id();
         let oldest = self
             .sealed_in_order()
             .first()
-            .is_some_and(|s| s.file_id() == file_id);
+            .is_some_and(|s| s.file_id() == first.file_id());
+        // The output gets a fresh file id; until the manifest names it, open removes it.
+        let file_id = self.take_slot()?;
         let tmp = self.dir.join(format!("{file_id:010}.compact{TMP_SUFFIX}"));
         let hint_tmp = self.dir.join(dir::tmp_name(&dir::hint_file_name(file_id)));
         let input_len: u64 = run.iter().map(|s| s.len()).sum();
+        let seg_path = self.dir.join(dir::segment_file_name(file_id));
+        let hint_path = self.dir.join(dir::hint_file_name(file_id));
+        // The id stays among the manifest's retired ids: if a removal here does not reach the disk, the next open
+        // still knows the file for a left-over.
+        let abandon = |e: Error| {
+            for path in [&tmp, &hint_tmp, &seg_path, &hint_path] {
+                let _ = self.vfs.remove_file(path);
+            }
+            e
+        };
 
-        let output = match self.copy_live(run, &tmp, oldest) {
+        let output = match self.copy_live(run, &tmp, oldest, file_id) {
             Ok(output) => output,
             Err(e) => {
-                let _ = self.vfs.remove_file(&tmp);
                 if e.is_corruption() {
                     // Reads report the damage; do not retry the same run on every pass.
                     run.iter().for_each(|s| s.set_futile_at(s.dead()));
                 }
-                return Err(e);
+                return Err(abandon(e));
             }
         };
         if run.len() == 1 && output.len == input_len {
-            let _ = self.vfs.remove_file(&tmp);
             first.set_futile_at(first.dead());
+            drop(abandon(Error::corrupted(&tmp, 0, "nothing to reclaim")));
             return Ok(false);
         }
-        let slot = if output.file.is_some() {
-            match self.take_slot() {
-                Ok(slot) => Some(slot),
-                Err(e) => {
-                    let _ = self.vfs.remove_file(&tmp);
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
         if let Some(file) = &output.file {
-            let written = file
-                .sync_data()
+            file.sync_data()
                 .map_err(|e| Error::io("fsync compacted segment", &tmp, e))
-                .and_then(|()| hint::write_tmp(&*self.vfs, &hint_tmp, &output.hint));
-            if let Err(e) = written {
-                let _ = self.vfs.remove_file(&tmp);
-                let _ = self.vfs.remove_file(&hint_tmp);
-                return Err(e);
-            }
+                .and_then(|()| hint::write_tmp(&*self.vfs, &hint_tmp, &output.hint))
+                .map_err(abandon)?;
         }
 
         // A dropped record was made dead by a newer one that may still be unsynced in the active segment
         // (Periodic, Never, or an Immediate writer between its write and its fsync): make that durable before
-        // the first input goes, or a power cut would take both versions.
-        if let Err(e) = self.sync() {
-            let _ = self.vfs.remove_file(&tmp);
-            let _ = self.vfs.remove_file(&hint_tmp);
-            return Err(e);
+        // the manifest retires the inputs, or a power cut would take both versions.
+        self.sync().map_err(abandon)?;
+        if output.file.is_some() {
+            self.install(file_id, &tmp, &hint_tmp).map_err(abandon)?;
         }
 
-        // From here on a failure leaves the directory sound but maybe not what memory says: poison.
+        // The commit point: the manifest names the output in the run's place and retires the inputs. From here
+        // on a failure leaves the directory sound but maybe not what memory says: poison.
         let poisoning = |e: Error| {
             self.set_poison(format!(
-                "compaction of segment {file_id} failed half way: {e}"
+                "compaction into segment {file_id} failed half way: {e}"
             ));
             e
         };
-        let (Some(file), Some(slot)) = (output.file.clone(), slot) else {
+        let inputs: Vec<u32> = run.iter().map(|s| s.file_id()).collect();
+        let output_entry = output.file.as_ref().map(|_| Sealed {
+            file_id,
+            len: output.len,
+            crc: output.crc,
+            hint: hint::identity(&output.hint).unwrap_or_default(),
+        });
+        match self.commit_manifest(&inputs, file_id, output_entry) {
+            Ok(()) => {}
+            // The old manifest stays in force: the output was never part of the store.
+            Err((e, false)) => return Err(abandon(e)),
+            Err((e, true)) => return Err(poisoning(e)),
+        }
+
+        let Some(file) = output.file.clone() else {
             // Nothing survives: take the inputs out of memory (no index entry points into them), then unlink.
             self.take_out(run);
-            self.unlink_in_order(run).map_err(poisoning)?;
+            self.unlink(run).map_err(poisoning)?;
             self.finish_run(input_len, 0);
             return Ok(true);
         };
-        self.install(file_id, &tmp, &hint_tmp).map_err(poisoning)?;
-        let path = self.dir.join(dir::segment_file_name(file_id));
-        let new = Arc::new(Segment::compacted(slot, file_id, path, file, output.len));
+        let new = Arc::new(Segment::compacted(
+            file_id, file_id, seg_path, file, output.len,
+        ));
         new.set_hinted(true);
         new.add_dead(output.kept_tombstones);
         // The kept tombstones are all a lone recompaction could drop; do not rewrite them for nothing.
@@ -122,21 +133,57 @@ impl Engine {
         self.segments
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(slot, Arc::clone(&new));
+            .insert(file_id, Arc::clone(&new));
         for batch in output.moved.chunks(SWAP_BATCH) {
             let _log = self.lock_log();
             for m in batch {
-                if !self.index.replace(m.hash, m.from, Loc::new(slot, m.offset)) {
+                if !self
+                    .index
+                    .replace(m.hash, m.from, Loc::new(file_id, m.offset))
+                {
                     // A write overwrote or deleted the key while it was copied: the copy is dead on arrival.
                     new.add_dead(m.len);
                 }
             }
         }
         self.take_out(run);
-        self.unlink_in_order(run.get(1..).unwrap_or_default())
-            .map_err(poisoning)?;
+        self.unlink(run).map_err(poisoning)?;
         self.finish_run(input_len, output.len);
         Ok(true)
+    }
+
+    /// Writes the manifest with the run `inputs` (adjacent in replay order) replaced by `output` (none when
+    /// nothing survived), the inputs retired and the output's id no longer in flight.
+    fn commit_manifest(
+        &self,
+        inputs: &[u32],
+        output_id: u32,
+        output: Option<Sealed>,
+    ) -> std::result::Result<(), (Error, bool)> {
+        let mut manifest = self.lock_manifest();
+        let mut next = manifest.clone();
+        let at = next
+            .sealed
+            .iter()
+            .position(|s| inputs.first() == Some(&s.file_id))
+            .ok_or_else(|| {
+                let e = Error::corrupted(
+                    self.dir.join(crate::manifest::MANIFEST_FILE),
+                    0,
+                    "a compaction input is not among the sealed segments",
+                );
+                (e, false)
+            })?;
+        next.sealed.retain(|s| !inputs.contains(&s.file_id));
+        if let Some(entry) = output {
+            next.sealed.insert(at, entry);
+        }
+        next.retired.retain(|&id| id != output_id);
+        next.retired.extend_from_slice(inputs);
+        next.next_file_id = next.next_file_id.max(output_id + 1);
+        next.write(&*self.vfs, &self.dir)?;
+        *manifest = next;
+        Ok(())
     }
 
     fn finish_run(&self, input_len: u64, output_len: u64) {
@@ -146,19 +193,21 @@ impl Engine {
             .fetch_add(input_len.saturating_sub(output_len), Ordering::Relaxed);
     }
 
-    /// A fresh in-memory segment id for a compaction output, from the same counter as new log segments.
+    /// A fresh file id for a compaction output, from the same counter as new log segments; in flight (among the
+    /// manifest's retired ids, so that a manifest written meanwhile marks its file for removal) until committed.
     fn take_slot(&self) -> Result<u32> {
         let mut log = self.lock_log();
         if log.next_id > MAX_SEGMENT_ID {
             return Err(Error::InvalidOption {
                 option: "segment_size",
                 reason: format!(
-                    "the store has used all {MAX_SEGMENT_ID} segment ids; reopen it or use larger segments"
+                    "the store has used all {MAX_SEGMENT_ID} segment ids; use larger segments (see docs/GUIDE.md, Limits)"
                 ),
             });
         }
         let slot = log.next_id;
         log.next_id += 1;
+        self.lock_manifest().retired.push(slot);
         Ok(slot)
     }
 
@@ -169,15 +218,18 @@ impl Engine {
         run: &[Arc<Segment>],
         tmp: &std::path::Path,
         oldest: bool,
+        file_id: u32,
     ) -> Result<Output> {
-        let file_id = run.first().map_or(0, |s| s.file_id());
         let mut out = Output {
             len: SEGMENT_HEADER_LEN,
             moved: Vec::new(),
             kept_tombstones: 0,
             hint: Vec::new(),
             file: None,
+            crc: 0,
         };
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&record::segment_header(file_id));
         let mut hint = HintBuilder::new(self.index.hasher());
         let mut buf = Vec::with_capacity(WRITE_CHUNK);
         let mut flushed = 0u64;
@@ -218,6 +270,10 @@ impl Engine {
                         std::io::Error::other("the store is closing"),
                     ));
                 }
+                if rec.kind == Kind::Sync {
+                    // A sync point vouches for the bytes of its own segment; the copy is sealed and needs none.
+                    continue;
+                }
                 let encoded = bytes.get(offset..offset + rec.len()).unwrap_or_default();
                 let here = Loc::new(segment.id(), offset as u64);
                 let Some((user_id, item)) = codec::split_key(rec.key) else {
@@ -231,6 +287,7 @@ impl Engine {
                 let keep = match rec.kind {
                     Kind::Put => self.index.candidates(hash).iter().any(|loc| loc == here),
                     Kind::Delete => !oldest && self.find_key(hash, rec.key)?.is_none(),
+                    Kind::Sync => false,
                 };
                 if !keep {
                     continue;
@@ -246,6 +303,7 @@ impl Engine {
                     out.kept_tombstones += rec.len() as u64;
                 }
                 hint.push(rec.kind, hash, encoded);
+                crc.update(encoded);
                 buf.extend_from_slice(encoded);
                 out.len += rec.len() as u64;
                 if buf.len() >= WRITE_CHUNK {
@@ -265,34 +323,27 @@ impl Engine {
         }
         out.hint = hint.finish(file_id);
         out.file = file;
+        out.crc = crc.finalize();
         Ok(out)
     }
 
-    /// Steps 2 and 3: the output and its hint replace segment `file_id` on disk.
+    /// Puts the fsynced output and its hint under their names (still uncommitted: the manifest does not name
+    /// them yet, so open would remove them).
     fn install(
         &self,
         file_id: u32,
         tmp: &std::path::Path,
         hint_tmp: &std::path::Path,
     ) -> Result<()> {
-        let dir = &self.dir;
-        let seg_path = dir.join(dir::segment_file_name(file_id));
-        let hint_path = dir.join(dir::hint_file_name(file_id));
-        let sync_dir = || dir::sync_dir(&*self.vfs, dir);
-        match self.vfs.remove_file(&hint_path) {
-            Ok(()) => sync_dir()?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove old hint file", &hint_path, e)),
-        }
+        let seg_path = self.dir.join(dir::segment_file_name(file_id));
+        let hint_path = self.dir.join(dir::hint_file_name(file_id));
         self.vfs
             .rename(tmp, &seg_path)
             .map_err(|e| Error::io("rename compacted segment", tmp, e))?;
-        // Durable before the hint appears: after a power loss, the new hint must not sit beside the old segment.
-        sync_dir()?;
         self.vfs
             .rename(hint_tmp, &hint_path)
             .map_err(|e| Error::io("rename hint file", hint_tmp, e))?;
-        sync_dir()
+        dir::sync_dir(&*self.vfs, &self.dir)
     }
 
     /// Step 4's end: the inputs leave the segment table, under the log mutex (writers rely on the index never
@@ -305,9 +356,9 @@ impl Engine {
         }
     }
 
-    /// Step 5: unlinks `inputs` oldest first, each made durable before the next, so that a crash leaves a suffix.
-    /// The caller has taken them out of the table, so no reader holds their maps any more.
-    fn unlink_in_order(&self, inputs: &[Arc<Segment>]) -> Result<()> {
+    /// Unlinks the retired inputs and their hints (the manifest no longer names them; the caller took them out
+    /// of the segment table, so no reader holds their maps any more), then forgets them as retired.
+    fn unlink(&self, inputs: &[Arc<Segment>]) -> Result<()> {
         for segment in inputs {
             let path = segment.path();
             self.vfs
@@ -319,8 +370,11 @@ impl Engine {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io("remove hint file", &hint_path, e)),
             }
-            dir::sync_dir(&*self.vfs, &self.dir)?;
         }
+        dir::sync_dir(&*self.vfs, &self.dir)?;
+        self.lock_manifest()
+            .retired
+            .retain(|id| !inputs.iter().any(|s| s.file_id() == *id));
         Ok(())
     }
 
@@ -356,6 +410,22 @@ impl Engine {
                 &bytes,
                 "write hint file",
             )?;
+            // Vouched for by the manifest from now on; until then open removes it as unknown.
+            let mut manifest = self.lock_manifest();
+            let mut next = manifest.clone();
+            if let Some(entry) = next.sealed_entry(segment.file_id()) {
+                entry.hint = hint::identity(&bytes).unwrap_or_default();
+            }
+            match next.write(&*self.vfs, &self.dir) {
+                Ok(()) => *manifest = next,
+                // The hint file stays unnamed; open removes it and this pass or the next writes it again.
+                Err((e, false)) => return Err(e),
+                Err((e, true)) => {
+                    self.set_poison(format!("recording a hint file failed half way: {e}"));
+                    return Err(e);
+                }
+            }
+            drop(manifest);
             segment.set_hinted(true);
         }
         Ok(())

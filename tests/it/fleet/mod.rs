@@ -2,6 +2,7 @@
 //! Cluster) and `Tiered` (four servers under random SDK traffic, Redis and tier crashes). Each test starts its own
 //! `redis-server` (see `servers.rs`) and fails, naming the install command, when there is none.
 
+mod redis_store;
 mod servers;
 mod store;
 mod tiered;

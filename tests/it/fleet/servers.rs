@@ -150,6 +150,25 @@ impl RedisServer {
         }
     }
 
+    /// `redis-cli` against this server; returns its output without the final newline.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string(), "--raw"]);
+        if let Some(p) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", p]);
+        }
+        let out = cmd
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{INSTALL} (redis-cli: {e})"));
+        assert!(out.status.success(), "redis-cli {args:?} failed: {out:?}");
+        let mut text = String::from_utf8(out.stdout).expect("UTF-8 reply");
+        if text.ends_with('\n') {
+            text.pop();
+        }
+        text
+    }
+
     /// A plain connection, for reading and writing raw keys.
     pub fn raw(&self) -> redis::Connection {
         redis::Client::open(self.url())

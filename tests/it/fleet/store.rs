@@ -171,7 +171,7 @@ fn concurrent_writers_agree_on_the_first_assignment_and_lose_no_goal() {
                         let u = rng.below(USERS as u64) as usize;
                         let goal = format!("w{w}-r{round}");
                         let answer = store
-                            .merge(&map(&format!("u{u}"), "c", &format!("V{w}"), Some(&goal)))
+                            .set_merged(&map(&format!("u{u}"), "c", &format!("V{w}"), Some(&goal)))
                             .expect("merge");
                         seen.push((u, answer, goal));
                     }
