@@ -94,6 +94,7 @@ mod dir;
 mod hint;
 mod index;
 mod manifest;
+mod map;
 mod seed;
 mod segment;
 mod tail;

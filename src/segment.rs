@@ -1,8 +1,8 @@
 //! Segment files: creation, opening (with the one check of a segment header), and reading records back.
 //!
 //! A segment is either *active* (the one the log appends to; read with `pread`, because it grows) or *sealed*
-//! (complete, fsynced, never written again; read through a read-only memory map). This module holds the crate's
-//! only `unsafe` code: the memory map of a sealed segment.
+//! (complete, fsynced, never written again; read through a read-only memory map made by `map`, the crate's one
+//! `unsafe` module).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use memmap2::Mmap;
 
 use crate::dir;
 use crate::index::MAX_SEGMENT_ID;
+use crate::map;
 use crate::record::{
     self, DecodeError, HeaderError, Kind, RECORD_HEADER_LEN, RecordRef, SEGMENT_HEADER_LEN,
 };
@@ -135,23 +136,9 @@ impl Segment {
     pub(crate) fn seal(&self) -> Segment {
         let len = self.len();
         let any: &dyn std::any::Any = &*self.file;
-        let map = match (any.downcast_ref::<StdFile>(), usize::try_from(len)) {
-            (Some(std_file), Ok(len)) if len > 0 => {
-                #[expect(
-                    unsafe_code,
-                    reason = "memmap2 can only map a file in an unsafe block; the one map of the crate"
-                )]
-                // SAFETY: a sealed segment is complete and fsynced, and ussdb never writes to it or truncates it
-                // again (compaction replaces or unlinks whole files, which leaves existing maps of the old
-                // inode valid). The file is a `StdFile`, which only `StdVfs` makes: a real file the engine
-                // opened itself, not something a foreign `Vfs` could hand over. Other processes are kept out of
-                // the directory by the lock file and the files are created 0600, so nothing else changes the
-                // mapped bytes while the map lives. Reads stay within `len`, the length at sealing time.
-                let map = unsafe { memmap2::MmapOptions::new().len(len).map(std_file.file()) };
-                map.ok()
-            }
-            _ => None,
-        };
+        let map = any
+            .downcast_ref::<StdFile>()
+            .and_then(|file| map::sealed_segment(file, len));
         Segment {
             id: self.id,
             file_id: self.file_id,

@@ -76,43 +76,53 @@ impl<'de> Visitor<'de> for MapVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CampaignUserMap, A::Error> {
-        let (mut user_id, mut campaign_key, mut variation_name) = (None, None, None);
-        let mut goal_identifier = None;
-        let mut seen = [false; SdkField::ALL.len()];
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let Some(field) = SdkField::from_key(&key) else {
-                map.next_value::<de::IgnoredAny>()?;
-                continue;
-            };
-            if let Some(seen) = seen.get_mut(field as usize) {
-                if *seen {
-                    return Err(de::Error::custom(field.repeated()));
-                }
-                *seen = true;
-            }
-            let slot = match field {
-                SdkField::UserId => &mut user_id,
-                SdkField::CampaignKey => &mut campaign_key,
-                SdkField::VariationName => &mut variation_name,
-                SdkField::GoalIdentifier => {
-                    goal_identifier = map.next_value::<GoalList>()?.0;
-                    continue;
-                }
-                SdkField::MetaData => {
-                    map.next_value::<de::IgnoredAny>()?;
-                    continue;
-                }
-            };
-            *slot = Some(map.next_value::<String>()?);
-        }
-        let missing = |field: SdkField| de::Error::custom(field.missing());
-        Ok(CampaignUserMap {
-            user_id: user_id.ok_or_else(|| missing(SdkField::UserId))?,
-            campaign_key: campaign_key.ok_or_else(|| missing(SdkField::CampaignKey))?,
-            variation_name: variation_name.ok_or_else(|| missing(SdkField::VariationName))?,
-            goal_identifier,
-        })
+        read_record(&mut map, |map| map.next_value::<de::IgnoredAny>().map(drop))
     }
+}
+
+/// Reads one user storage record from a map, every key through the [`SdkField`] table (a key given twice refuses
+/// the record); `meta` reads the `metaData` value. The one reader of the SDKs' records: [`CampaignUserMap`]'s JSON
+/// form ignores the metadata, the importer keeps it.
+pub(crate) fn read_record<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    mut meta: impl FnMut(&mut A) -> Result<(), A::Error>,
+) -> Result<CampaignUserMap, A::Error> {
+    let (mut user_id, mut campaign_key, mut variation_name) = (None, None, None);
+    let mut goal_identifier = None;
+    let mut seen = [false; SdkField::ALL.len()];
+    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        let Some(field) = SdkField::from_key(&key) else {
+            map.next_value::<de::IgnoredAny>()?;
+            continue;
+        };
+        if let Some(seen) = seen.get_mut(field as usize) {
+            if *seen {
+                return Err(de::Error::custom(field.repeated()));
+            }
+            *seen = true;
+        }
+        let slot = match field {
+            SdkField::UserId => &mut user_id,
+            SdkField::CampaignKey => &mut campaign_key,
+            SdkField::VariationName => &mut variation_name,
+            SdkField::GoalIdentifier => {
+                goal_identifier = map.next_value::<GoalList>()?.0;
+                continue;
+            }
+            SdkField::MetaData => {
+                meta(map)?;
+                continue;
+            }
+        };
+        *slot = Some(map.next_value::<String>()?);
+    }
+    let missing = |field: SdkField| de::Error::custom(field.missing());
+    Ok(CampaignUserMap {
+        user_id: user_id.ok_or_else(|| missing(SdkField::UserId))?,
+        campaign_key: campaign_key.ok_or_else(|| missing(SdkField::CampaignKey))?,
+        variation_name: variation_name.ok_or_else(|| missing(SdkField::VariationName))?,
+        goal_identifier,
+    })
 }
 
 /// A goal list as any SDK writes it: a string, null, or an array of strings (joined with [`GOAL_DELIMITER`]).

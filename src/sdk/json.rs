@@ -11,7 +11,6 @@
 //! example connectors (`featureKey_userId`, `featureKey:userId`). Export writes them among the mappings, one
 //! [`FeatureRecord::to_json`] a line, every member byte for byte.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
@@ -21,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::engine::Batch;
-use crate::model::{CampaignUserMap, FeatureRecord, FmeField, GoalList, SdkField};
+use crate::model::{CampaignUserMap, FeatureRecord, FmeField, read_record};
 use crate::store::{AnyRecord, Store};
 use crate::{Error, Result};
 
@@ -120,13 +119,10 @@ pub struct ImportReport {
 /// How many skipped records an [`ImportReport`] lists one by one (all are counted).
 pub const MAX_REPORTED_SKIPS: usize = 100;
 
-/// One record of any SDK's dialect, borrowing from the input where it can. Keys are read through the one
-/// [`SdkField`] table, as [`CampaignUserMap`]'s own JSON form reads them.
+/// One record of any SDK's dialect with its `metaData` (borrowed from the input), read by
+/// [`crate::model::read_record`], as [`CampaignUserMap`]'s own JSON form is.
 struct SdkRecord<'a> {
-    user_id: Cow<'a, str>,
-    campaign_key: Cow<'a, str>,
-    variation_name: Cow<'a, str>,
-    goal_identifier: Option<String>,
+    map: CampaignUserMap,
     meta_data: Option<&'a RawValue>,
 }
 
@@ -151,41 +147,13 @@ impl<'de: 'a, 'a> de::Visitor<'de> for RecordVisitor<'a> {
         self,
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
-        let (mut user_id, mut campaign_key, mut variation_name) = (None, None, None);
-        let (mut goal_identifier, mut meta_data) = (None, None);
-        let mut seen = [false; SdkField::ALL.len()];
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let Some(field) = SdkField::from_key(&key) else {
-                map.next_value::<de::IgnoredAny>()?;
-                continue;
-            };
-            if let Some(seen) = seen.get_mut(field as usize) {
-                if *seen {
-                    return Err(de::Error::custom(field.repeated()));
-                }
-                *seen = true;
-            }
-            let slot = match field {
-                SdkField::UserId => &mut user_id,
-                SdkField::CampaignKey => &mut campaign_key,
-                SdkField::VariationName => &mut variation_name,
-                SdkField::GoalIdentifier => {
-                    goal_identifier = map.next_value::<GoalList>()?.0;
-                    continue;
-                }
-                SdkField::MetaData => {
-                    meta_data = Some(map.next_value::<&'de RawValue>()?);
-                    continue;
-                }
-            };
-            *slot = Some(map.next_value::<Cow<'de, str>>()?);
-        }
-        let missing = |field: SdkField| de::Error::custom(field.missing());
+        let mut meta_data = None;
+        let map = read_record(&mut map, |map| {
+            meta_data = Some(map.next_value::<&'de RawValue>()?);
+            Ok(())
+        })?;
         Ok(SdkRecord {
-            user_id: user_id.ok_or_else(|| missing(SdkField::UserId))?,
-            campaign_key: campaign_key.ok_or_else(|| missing(SdkField::CampaignKey))?,
-            variation_name: variation_name.ok_or_else(|| missing(SdkField::VariationName))?,
-            goal_identifier,
+            map,
             meta_data: meta_data.filter(|raw| raw.get() != "null"),
         })
     }
@@ -193,14 +161,7 @@ impl<'de: 'a, 'a> de::Visitor<'de> for RecordVisitor<'a> {
 
 impl<'a> SdkRecord<'a> {
     fn into_parts(self) -> (CampaignUserMap, Option<&'a RawValue>) {
-        let meta = self.meta_data;
-        let map = CampaignUserMap {
-            user_id: self.user_id.into_owned(),
-            campaign_key: self.campaign_key.into_owned(),
-            variation_name: self.variation_name.into_owned(),
-            goal_identifier: self.goal_identifier,
-        };
-        (map, meta)
+        (self.map, self.meta_data)
     }
 }
 
