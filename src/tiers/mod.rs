@@ -14,6 +14,7 @@
 //! Built with the cargo feature `redis`. docs/FLEET.md is the operator's chapter.
 
 mod config;
+mod outbox;
 mod redis;
 mod tiered;
 mod value;

@@ -13,8 +13,7 @@
 //! and queues, in sequence order, every mapping marked at or above the watermark. Shipping something twice is
 //! harmless: the fleet rule is idempotent.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,8 +21,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::config::{BACKEND, RedisConfig};
+use super::outbox::{OutKey, Outbox};
 use super::redis::{RedisStore, check_ids};
 use super::value::first_wins;
+use crate::seed::Seed;
 use crate::{BackendErrorKind, CampaignUserMap, Error, Options, Result, Store, UserStorageService};
 
 /// What starts the user ids a tier reserves for itself in the local store.
@@ -161,13 +162,13 @@ impl std::fmt::Debug for Tiered {
     }
 }
 
-type Key = (String, String);
-
 struct Shared {
     local: Store,
     remote: RedisStore,
     options: TierOptions,
-    hasher: std::hash::RandomState,
+    /// Keys the hash of a mapping's ids, computed once per call and used for its stripe, its freshness and its
+    /// outbox entry; keyed, so clients cannot aim ids at one stripe or one outbox bucket.
+    seed: Seed,
     stripes: Vec<Mutex<()>>,
     /// Stands in for a stripe if an index were ever out of range (it cannot be: the index is taken modulo).
     spare_stripe: Mutex<()>,
@@ -180,23 +181,6 @@ struct Shared {
     /// Set by writers, cleared by the shipper before it reads the queue: so a burst of writes wakes it once.
     work: AtomicBool,
     counters: Counters,
-}
-
-/// Mappings waiting to be shipped, in the order they first changed.
-#[derive(Default)]
-struct Outbox {
-    next_seq: u64,
-    /// The watermark last written to the local store.
-    watermark: u64,
-    pending: HashMap<Key, Pending>,
-    order: BTreeMap<u64, Key>,
-}
-
-struct Pending {
-    seq: u64,
-    /// Bumped by every write of the mapping, so a shipment's answer is applied only if nothing changed meanwhile.
-    generation: u64,
-    since: Instant,
 }
 
 /// Spaces out calls to a Redis that failed: none before `until`, and the wait doubles per failure.
@@ -237,12 +221,13 @@ impl Tiered {
     ) -> Result<Tiered> {
         let remote = RedisStore::connect_lazy(redis)?;
         let local = Store::open_with(dir, options.local.clone())?;
-        let outbox = recover_outbox(&local)?;
+        let seed = Seed::random();
+        let outbox = recover_outbox(&local, &seed)?;
         let shared = Arc::new(Shared {
             local,
             remote,
             options,
-            hasher: std::hash::RandomState::new(),
+            seed,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             spare_stripe: Mutex::new(()),
             outbox: Mutex::new(outbox),
@@ -298,7 +283,7 @@ impl Tiered {
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let depth = lock(&self.shared.outbox).pending.len();
+            let depth = lock(&self.shared.outbox).len();
             if depth == 0 {
                 return Ok(());
             }
@@ -320,13 +305,8 @@ impl Tiered {
         let s = &self.shared;
         let (outbox_depth, replay_lag) = {
             let outbox = lock(&s.outbox);
-            let oldest = outbox
-                .order
-                .values()
-                .next()
-                .and_then(|k| outbox.pending.get(k))
-                .map(|p| p.since.elapsed());
-            (outbox.pending.len() as u64, oldest)
+            let oldest = outbox.oldest().map(|p| p.since.elapsed());
+            (outbox.len() as u64, oldest)
         };
         let c = &s.counters;
         TierStats {
@@ -392,9 +372,50 @@ fn check_tier_ids(user_id: &str, campaign_key: &str) -> Result<()> {
     Ok(())
 }
 
-/// The `metaData` that marks a mapping as waiting for Redis with sequence number `seq`.
-fn mark(seq: u64) -> String {
-    format!("{{\"{MARK_KEY}\":{seq}}}")
+/// The `metaData` that marks a mapping as waiting for Redis with sequence number `seq`: `{"ussdbOutbox":N}`,
+/// built on the stack because every first change of a mapping writes one.
+struct Mark {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Mark {
+    fn new(seq: u64) -> Mark {
+        let mut digits = [0u8; 20];
+        let mut n = seq;
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            if let Some(d) = digits.get_mut(start) {
+                *d = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || start == 0 {
+                break;
+            }
+        }
+        let mut mark = Mark {
+            buf: [0; 48],
+            len: 0,
+        };
+        mark.push(b"{\"");
+        mark.push(MARK_KEY.as_bytes());
+        mark.push(b"\":");
+        mark.push(digits.get(start..).unwrap_or_default());
+        mark.push(b"}");
+        mark
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if let Some(dest) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            dest.copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
 }
 
 /// The sequence number of a mark, if `meta` is one.
@@ -406,54 +427,45 @@ fn read_mark(meta: &str) -> Option<u64> {
 }
 
 /// Finds the marked mappings at or above the watermark: the outbox as it was when the store was last written.
-fn recover_outbox(local: &Store) -> Result<Outbox> {
+fn recover_outbox(local: &Store, seed: &Seed) -> Result<Outbox> {
     let watermark = local
         .get(WATERMARK.0, WATERMARK.1)?
         .and_then(|m| m.variation_name.parse::<u64>().ok())
         .unwrap_or(0);
-    let mut found: Vec<(u64, Key)> = Vec::new();
+    let mut found: Vec<(u64, String, String)> = Vec::new();
     for entry in local.entries() {
         let (map, meta) = entry?;
         if let Some(seq) = meta.as_deref().and_then(read_mark)
             && seq >= watermark
             && !map.user_id.starts_with(RESERVED)
         {
-            found.push((seq, (map.user_id, map.campaign_key)));
+            found.push((seq, map.user_id, map.campaign_key));
         }
     }
     found.sort();
     let now = Instant::now();
-    let mut outbox = Outbox {
-        next_seq: watermark,
-        watermark,
-        ..Outbox::default()
-    };
-    for (seq, key) in found {
-        // Numbers are unique as written; a repeated one goes after the others.
-        let seq = if outbox.order.contains_key(&seq) {
-            outbox.next_seq
-        } else {
-            seq
-        };
-        outbox.next_seq = outbox.next_seq.max(seq + 1);
-        outbox.order.insert(seq, key.clone());
-        outbox.pending.insert(
-            key,
-            Pending {
-                seq,
-                generation: 0,
-                since: now,
-            },
-        );
+    let mut outbox = Outbox::default();
+    outbox.next_seq = watermark;
+    outbox.watermark = watermark;
+    for (seq, user_id, campaign_key) in found {
+        // Numbers are unique as written; a repeated one (found in order) goes after the others.
+        let seq = seq.max(outbox.next_seq);
+        let hash = key_hash(seed, &user_id, &campaign_key);
+        outbox.insert(seq, OutKey::new(hash, &user_id, &campaign_key), now);
     }
-    if !outbox.pending.is_empty() {
+    if !outbox.is_empty() {
         log::info!(
             "{}: {} mappings wait to be shipped to Redis",
             local.path().display(),
-            outbox.pending.len()
+            outbox.len()
         );
     }
     Ok(outbox)
+}
+
+/// The tier's hash of a mapping's ids: keyed SipHash of each, combined.
+fn key_hash(seed: &Seed, user_id: &str, campaign_key: &str) -> u64 {
+    seed.hash(user_id.as_bytes()).rotate_left(32) ^ seed.hash(campaign_key.as_bytes())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -482,7 +494,7 @@ enum Round {
 
 impl Shared {
     fn hash(&self, user_id: &str, campaign_key: &str) -> u64 {
-        self.hasher.hash_one((user_id, campaign_key))
+        key_hash(&self.seed, user_id, campaign_key)
     }
 
     fn stripe(&self, hash: u64) -> MutexGuard<'_, ()> {
@@ -515,10 +527,10 @@ impl Shared {
         }
     }
 
-    fn is_pending(&self, user_id: &str, campaign_key: &str) -> bool {
+    fn is_pending(&self, hash: u64, user_id: &str, campaign_key: &str) -> bool {
         lock(&self.outbox)
-            .pending
-            .contains_key(&(user_id.to_owned(), campaign_key.to_owned()))
+            .get(hash, user_id, campaign_key)
+            .is_some()
     }
 
     fn redis_down(&self) -> bool {
@@ -556,7 +568,8 @@ impl Shared {
     fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
         let hash = self.hash(user_id, campaign_key);
         let local = self.local.get(user_id, campaign_key)?;
-        if local.is_some() && (self.is_fresh(hash) || self.is_pending(user_id, campaign_key)) {
+        if local.is_some() && (self.is_fresh(hash) || self.is_pending(hash, user_id, campaign_key))
+        {
             self.counters.local_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(local);
         }
@@ -610,15 +623,35 @@ impl Shared {
     fn set(&self, map: &CampaignUserMap) -> Result<()> {
         let hash = self.hash(&map.user_id, &map.campaign_key);
         let _stripe = self.stripe(hash);
-        let local = self.local.get(&map.user_id, &map.campaign_key)?;
-        let merged = match &local {
-            None => map.clone(),
-            Some(stored) => first_wins(stored, map),
-        };
-        if local.as_ref() == Some(&merged) {
-            return Ok(());
+        // The fleet rule against the local copy, read in place: a first assignment (no copy) decodes and copies
+        // nothing, and a set that adds no goal is decided without building a mapping.
+        let change =
+            self.local
+                .engine()
+                .get_with(&map.user_id, map.campaign_key.as_bytes(), |value| {
+                    let stored = crate::codec::decode_value(value)?;
+                    let tracked = stored.goal_identifier.as_deref().unwrap_or_default();
+                    let known = |goal: &str| {
+                        tracked
+                            .split(crate::GOAL_DELIMITER)
+                            .any(|g| !g.is_empty() && g == goal)
+                    };
+                    if map.goals().all(known) {
+                        return Ok(None);
+                    }
+                    let stored = CampaignUserMap {
+                        user_id: map.user_id.clone(),
+                        campaign_key: map.campaign_key.clone(),
+                        variation_name: stored.variation_name.into_owned(),
+                        goal_identifier: stored.goal_identifier.map(std::borrow::Cow::into_owned),
+                    };
+                    Ok(Some(first_wins(&stored, map)))
+                })?;
+        match change {
+            None => self.write_dirty(hash, map)?,
+            Some(None) => return Ok(()),
+            Some(Some(merged)) => self.write_dirty(hash, &merged)?,
         }
-        self.write_dirty(&merged)?;
         self.nudge();
         Ok(())
     }
@@ -627,51 +660,23 @@ impl Shared {
     /// new one). The caller holds the mapping's stripe, which the shipper also holds while it reads a mapping to
     /// ship: so bumping the generation before the write is safe (no shipment can read between the two), and the
     /// watermark cannot pass the number while the write is under way.
-    fn write_dirty(&self, map: &CampaignUserMap) -> Result<()> {
-        let (seq, new) = {
-            let mut outbox = lock(&self.outbox);
-            let next = outbox.next_seq;
-            match outbox
-                .pending
-                .entry((map.user_id.clone(), map.campaign_key.clone()))
-            {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    e.get_mut().generation += 1;
-                    (e.get().seq, false)
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let key = e.key().clone();
-                    e.insert(Pending {
-                        seq: next,
-                        generation: 0,
-                        since: Instant::now(),
-                    });
-                    outbox.next_seq += 1;
-                    outbox.order.insert(next, key);
-                    (next, true)
-                }
-            }
-        };
-        let written = self.local.set_with_meta(map, Some(&mark(seq)));
+    fn write_dirty(&self, hash: u64, map: &CampaignUserMap) -> Result<()> {
+        let (seq, new) = lock(&self.outbox).enqueue(hash, &map.user_id, &map.campaign_key);
+        let written = self.local.set_with_meta(map, Some(Mark::new(seq).as_str()));
         if written.is_err() && new {
-            let mut outbox = lock(&self.outbox);
-            outbox
-                .pending
-                .remove(&(map.user_id.clone(), map.campaign_key.clone()));
-            outbox.order.remove(&seq);
+            lock(&self.outbox).remove(hash, &map.user_id, &map.campaign_key);
         }
         written
     }
 
     /// Writes `map` locally as Redis has it, or, if the mapping waits for Redis, keeping its mark. The caller
     /// holds the mapping's stripe.
-    fn write_settled(&self, map: &CampaignUserMap) -> Result<()> {
+    fn write_settled(&self, hash: u64, map: &CampaignUserMap) -> Result<()> {
         let seq = lock(&self.outbox)
-            .pending
-            .get(&(map.user_id.clone(), map.campaign_key.clone()))
+            .get(hash, &map.user_id, &map.campaign_key)
             .map(|p| p.seq);
         match seq {
-            Some(seq) => self.local.set_with_meta(map, Some(&mark(seq))),
+            Some(seq) => self.local.set_with_meta(map, Some(Mark::new(seq).as_str())),
             None => self.local.set(map),
         }
     }
@@ -684,11 +689,11 @@ impl Shared {
             None => remote.clone(),
             Some(local) => first_wins(remote, local),
         };
-        if merged != *remote && !self.is_pending(&remote.user_id, &remote.campaign_key) {
-            self.write_dirty(&merged)?;
+        if merged != *remote && !self.is_pending(hash, &remote.user_id, &remote.campaign_key) {
+            self.write_dirty(hash, &merged)?;
             self.nudge();
         } else if local.as_ref() != Some(&merged) {
-            self.write_settled(&merged)?;
+            self.write_settled(hash, &merged)?;
         }
         self.mark_fresh(hash);
         Ok(merged)
@@ -697,12 +702,12 @@ impl Shared {
     /// Queues the local copy for Redis again (unless it already waits).
     fn reship(&self, hash: u64, local: &CampaignUserMap) -> Result<()> {
         let _stripe = self.stripe(hash);
-        if !self.is_pending(&local.user_id, &local.campaign_key) {
+        if !self.is_pending(hash, &local.user_id, &local.campaign_key) {
             let current = self
                 .local
                 .get(&local.user_id, &local.campaign_key)?
                 .unwrap_or_else(|| local.clone());
-            self.write_dirty(&current)?;
+            self.write_dirty(hash, &current)?;
             self.nudge();
         }
         Ok(())
@@ -713,13 +718,7 @@ impl Shared {
     fn advance_watermark(&self) {
         let (low, written) = {
             let outbox = lock(&self.outbox);
-            let low = outbox
-                .order
-                .keys()
-                .next()
-                .copied()
-                .unwrap_or(outbox.next_seq);
-            (low, outbox.watermark)
+            (outbox.low(), outbox.watermark)
         };
         if low <= written {
             return;
@@ -789,15 +788,7 @@ impl Shared {
     /// Ships the oldest waiting mappings once.
     fn ship_round(&self) -> Round {
         self.work.store(false, Ordering::SeqCst);
-        let batch: Vec<Key> = {
-            let outbox = lock(&self.outbox);
-            outbox
-                .order
-                .values()
-                .take(self.options.ship_batch)
-                .cloned()
-                .collect()
-        };
+        let batch: Vec<OutKey> = lock(&self.outbox).batch(self.options.ship_batch);
         if batch.is_empty() {
             self.advance_watermark();
             return Round::Idle;
@@ -805,12 +796,15 @@ impl Shared {
         let mut to_ship = Vec::with_capacity(batch.len());
         for key in batch {
             // Under the stripe, so the generation read belongs to the local state read.
-            let stripe = self.stripe(self.hash(&key.0, &key.1));
-            let Some(generation) = lock(&self.outbox).pending.get(&key).map(|p| p.generation)
+            let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
+            let stripe = self.stripe(key.hash());
+            let Some(generation) = lock(&self.outbox)
+                .get(key.hash(), user_id, campaign_key)
+                .map(|p| p.generation)
             else {
                 continue;
             };
-            match self.local.get(&key.0, &key.1) {
+            match self.local.get(user_id, campaign_key) {
                 Ok(Some(map)) => to_ship.push((key, generation, map)),
                 // A write that failed after queueing leaves nothing to ship; it was unqueued.
                 Ok(None) => {}
@@ -838,7 +832,11 @@ impl Shared {
                     match e.backend_kind() {
                         Some(BackendErrorKind::InvalidData | BackendErrorKind::Other) => {
                             // This key cannot be shipped now; the others can. It goes to the back.
-                            log::error!("shipping {:?} in {:?} failed: {e}", key.0, key.1);
+                            log::error!(
+                                "shipping {:?} in {:?} failed: {e}",
+                                key.user_id(),
+                                key.campaign_key()
+                            );
                             self.requeue(&key);
                         }
                         _ => {
@@ -867,31 +865,26 @@ impl Shared {
     /// A shipment of `key` made at `generation` got `answer` from Redis. If the mapping did not change meanwhile,
     /// the local copy takes the answer and leaves the queue; otherwise it stays queued, to ship the newer state.
     /// Its mark stays in the record until the record is next written: the watermark makes it stale.
-    fn settle(&self, key: &Key, generation: u64, answer: &CampaignUserMap) -> Result<()> {
-        let hash = self.hash(&key.0, &key.1);
+    fn settle(&self, key: &OutKey, generation: u64, answer: &CampaignUserMap) -> Result<()> {
+        let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
+        let hash = key.hash();
         let _stripe = self.stripe(hash);
         let unchanged = lock(&self.outbox)
-            .pending
-            .get(key)
+            .get(hash, user_id, campaign_key)
             .is_some_and(|p| p.generation == generation);
         if !unchanged {
             return Ok(());
         }
-        let local = self.local.get(&key.0, &key.1)?;
+        let local = self.local.get(user_id, campaign_key)?;
         let merged = match &local {
             None => answer.clone(),
             Some(local) => first_wins(answer, local),
         };
         if merged != *answer {
             // The local copy holds more than Redis answered: it stays queued, marked.
-            return self.write_settled(&merged);
+            return self.write_settled(hash, &merged);
         }
-        {
-            let mut outbox = lock(&self.outbox);
-            if let Some(pending) = outbox.pending.remove(key) {
-                outbox.order.remove(&pending.seq);
-            }
-        }
+        lock(&self.outbox).remove(hash, user_id, campaign_key);
         if local.as_ref() != Some(&merged) {
             self.local.set(&merged)?;
         }
@@ -901,22 +894,16 @@ impl Shared {
     }
 
     /// Moves `key` to the back of the queue, rewriting its mark so a restart keeps it there.
-    fn requeue(&self, key: &Key) {
-        let _stripe = self.stripe(self.hash(&key.0, &key.1));
-        let seq = {
-            let mut outbox = lock(&self.outbox);
-            let seq = outbox.next_seq;
-            let old = match outbox.pending.get_mut(key) {
-                Some(pending) => std::mem::replace(&mut pending.seq, seq),
-                None => return,
-            };
-            outbox.next_seq += 1;
-            outbox.order.remove(&old);
-            outbox.order.insert(seq, key.clone());
-            seq
+    fn requeue(&self, key: &OutKey) {
+        let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
+        let _stripe = self.stripe(key.hash());
+        let Some(seq) = lock(&self.outbox).requeue(key) else {
+            return;
         };
-        if let Ok(Some(map)) = self.local.get(&key.0, &key.1)
-            && let Err(e) = self.local.set_with_meta(&map, Some(&mark(seq)))
+        if let Ok(Some(map)) = self.local.get(user_id, campaign_key)
+            && let Err(e) = self
+                .local
+                .set_with_meta(&map, Some(Mark::new(seq).as_str()))
         {
             log::error!("re-marking a mapping for Redis failed: {e}");
         }
