@@ -264,6 +264,34 @@ impl RedisStore {
         self.block(async move { remote.merge(&map).await })
     }
 
+    /// [`RedisStore::set_merged`] for many mappings at once, sent concurrently over the one connection (one round
+    /// trip's wait for the lot, rather than one per mapping): what a bulk copy into Redis uses. The results are in
+    /// the order of `maps`; a mapping with bad ids gets its error and the others are still written.
+    pub fn set_merged_many(&self, maps: &[CampaignUserMap]) -> Vec<Result<CampaignUserMap>> {
+        let mut results: Vec<Option<Result<CampaignUserMap>>> = maps
+            .iter()
+            .map(|m| check_ids(&m.user_id, &m.campaign_key).err().map(Err))
+            .collect();
+        let valid: Vec<CampaignUserMap> = maps
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_none())
+            .map(|(m, _)| m.clone())
+            .collect();
+        let mut merged = self.merge_many(valid).into_iter();
+        for slot in &mut results {
+            if slot.is_none() {
+                *slot = merged.next();
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(self.inner.remote.other("a merge ended without an answer")))
+            })
+            .collect()
+    }
+
     /// Erases the mapping of `user_id` in `campaign_key`; true if there was one.
     pub fn delete(&self, user_id: &str, campaign_key: &str) -> Result<bool> {
         check_ids(user_id, campaign_key)?;
