@@ -2,6 +2,8 @@
 //! Cluster) and `Tiered` (four servers under random SDK traffic, Redis and tier crashes). Each test starts its own
 //! `redis-server` (see `servers.rs`) and fails, naming the install command, when there is none.
 
+#[cfg(feature = "cli")]
+mod cli;
 mod redis_store;
 mod servers;
 mod store;
