@@ -21,7 +21,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::config::{BACKEND, RedisConfig};
-use super::outbox::{OutKey, Outbox};
+use super::outbox::{OutKey, Outbox, PassThrough};
+
+type FreshTable = HashMap<u64, Instant, std::hash::BuildHasherDefault<PassThrough>>;
 use super::redis::{RedisStore, check_ids};
 use super::value::first_wins;
 use crate::seed::Seed;
@@ -173,7 +175,8 @@ struct Shared {
     /// Stands in for a stripe if an index were ever out of range (it cannot be: the index is taken modulo).
     spare_stripe: Mutex<()>,
     outbox: Mutex<Outbox>,
-    fresh: Vec<Mutex<HashMap<u64, Instant>>>,
+    /// When each local copy was last confirmed by Redis, by the mapping's keyed hash (hashed no further).
+    fresh: Vec<Mutex<FreshTable>>,
     breaker: Mutex<Breaker>,
     signal: Mutex<Signal>,
     wake: Condvar,
@@ -232,7 +235,7 @@ impl Tiered {
             spare_stripe: Mutex::new(()),
             outbox: Mutex::new(outbox),
             fresh: (0..FRESH_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(FreshTable::default()))
                 .collect(),
             breaker: Mutex::new(Breaker {
                 until: None,
@@ -502,7 +505,7 @@ impl Shared {
         lock(self.stripes.get(i).unwrap_or(&self.spare_stripe))
     }
 
-    fn fresh_shard(&self, hash: u64) -> Option<&Mutex<HashMap<u64, Instant>>> {
+    fn fresh_shard(&self, hash: u64) -> Option<&Mutex<FreshTable>> {
         self.fresh.get((hash >> 32) as usize % FRESH_SHARDS)
     }
 

@@ -603,7 +603,9 @@ fn open_tier(
         }
         (Some(url), None) => ussdb::RedisConfig::new(url),
         (None, Some(seeds)) if seeds.is_empty() => {
-            return Err(PyValueError::new_err("redis_cluster needs at least one seed URL"));
+            return Err(PyValueError::new_err(
+                "redis_cluster needs at least one seed URL",
+            ));
         }
         (None, Some(seeds)) => ussdb::RedisConfig::cluster(seeds),
         (None, None) => return Err(PyValueError::new_err("no Redis given")),
