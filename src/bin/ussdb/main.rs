@@ -166,9 +166,9 @@ enum Command {
     /// Example: ussdb --dir ./data --durability never import users.jsonl --on-error skip
     ///
     /// With --from-redis URL, reads a Redis keyspace written by VWO's Redis helpers (keys campaignKey:userId, the
-    /// SDK's JSON as values) instead of a file, with SCAN (never KEYS, so the server keeps serving). Values that
-    /// are not a mapping are reported with their key and skipped. Redis's variation wins over a local copy's, and
-    /// goal lists unite.
+    /// SDK's JSON as values) instead of a file, with SCAN (never KEYS, so the server keeps serving). A value that
+    /// is not a mapping is reported with its key; the import stops there, or with `--on-error skip` goes on past
+    /// it. Redis's variation wins over a local copy's, and goal lists unite.
     ///
     /// Example: ussdb --dir ./data import --from-redis redis://10.0.0.5:6379 --match 'checkout-test:*'
     Import {
