@@ -145,6 +145,8 @@ pub(super) struct Outbox {
     pub(super) next_seq: u64,
     /// The watermark last written to the local store.
     pub(super) watermark: u64,
+    /// Whether the watermark last written records since when the oldest mapping waits.
+    pub(super) since_recorded: bool,
     pending: HashMap<OutKey, Pending, BuildHasherDefault<PassThrough>>,
     /// Sequence numbers ascending; an entry is live while `pending` holds its key with the same number.
     order: VecDeque<(u64, OutKey)>,

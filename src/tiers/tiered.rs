@@ -431,10 +431,17 @@ fn read_mark(meta: &str) -> Option<u64> {
 
 /// Finds the marked mappings at or above the watermark: the outbox as it was when the store was last written.
 fn recover_outbox(local: &Store, seed: &Seed) -> Result<Outbox> {
-    let watermark = local
-        .get(WATERMARK.0, WATERMARK.1)?
+    let record = local.get(WATERMARK.0, WATERMARK.1)?;
+    let watermark = record
+        .as_ref()
         .and_then(|m| m.variation_name.parse::<u64>().ok())
         .unwrap_or(0);
+    // When the oldest waiting mapping was first changed, if the shipper recorded it before the store closed.
+    let oldest_since = record
+        .as_ref()
+        .and_then(|m| m.goal_identifier.as_deref())
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .and_then(instant_of_wall_millis);
     let mut found: Vec<(u64, String, String)> = Vec::new();
     for entry in local.entries() {
         let (map, meta) = entry?;
@@ -447,14 +454,22 @@ fn recover_outbox(local: &Store, seed: &Seed) -> Result<Outbox> {
     }
     found.sort();
     let now = Instant::now();
+    let oldest_seq = found.first().map(|(seq, _, _)| *seq);
     let mut outbox = Outbox::default();
     outbox.next_seq = watermark;
     outbox.watermark = watermark;
+    outbox.since_recorded = oldest_since.is_some();
     for (seq, user_id, campaign_key) in found {
         // Numbers are unique as written; a repeated one (found in order) goes after the others.
         let seq = seq.max(outbox.next_seq);
         let hash = key_hash(seed, &user_id, &campaign_key);
-        outbox.insert(seq, OutKey::new(hash, &user_id, &campaign_key), now);
+        // The oldest keeps the age the watermark recorded when the watermark names it (the recorded number is
+        // the oldest's at the time of writing); others count from now, so the replay lag is never overstated.
+        let since = match oldest_since {
+            Some(since) if Some(seq) == oldest_seq && oldest_seq == Some(watermark) => since,
+            _ => now,
+        };
+        outbox.insert(seq, OutKey::new(hash, &user_id, &campaign_key), since);
     }
     if !outbox.is_empty() {
         log::info!(
@@ -469,6 +484,23 @@ fn recover_outbox(local: &Store, seed: &Seed) -> Result<Outbox> {
 /// The tier's hash of a mapping's ids: keyed SipHash of each, combined.
 fn key_hash(seed: &Seed, user_id: &str, campaign_key: &str) -> u64 {
     seed.hash(user_id.as_bytes()).rotate_left(32) ^ seed.hash(campaign_key.as_bytes())
+}
+
+/// `since` as wall-clock milliseconds since the Unix epoch.
+fn wall_millis(since: Instant) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(now.saturating_sub(since.elapsed()).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The `Instant` of wall-clock milliseconds `ms` (now, if the clock says `ms` is in the future).
+fn instant_of_wall_millis(ms: u64) -> Option<Instant> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let age = now.saturating_sub(Duration::from_millis(ms));
+    Instant::now().checked_sub(age)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -719,18 +751,24 @@ impl Shared {
     /// Writes the watermark (the lowest number still waiting, or the next one) if it moved: after a restart,
     /// marks below it are known to be shipped.
     fn advance_watermark(&self) {
-        let (low, written) = {
+        let (low, written, oldest) = {
             let outbox = lock(&self.outbox);
-            (outbox.low(), outbox.watermark)
+            let oldest = outbox.oldest().map(|p| p.since);
+            // Also written when a first mapping starts waiting, so a restart knows since when.
+            if outbox.low() <= outbox.watermark && oldest.is_some() == outbox.since_recorded {
+                return;
+            }
+            (outbox.low(), outbox.watermark, oldest)
         };
-        if low <= written {
-            return;
-        }
-        let record = CampaignUserMap::new(WATERMARK.0, WATERMARK.1, low.to_string());
+        // The record's goal field holds the wall-clock time (ms since the Unix epoch) the oldest waiting mapping
+        // was first changed, for the replay lag after a restart.
+        let mut record = CampaignUserMap::new(WATERMARK.0, WATERMARK.1, low.to_string());
+        record.goal_identifier = oldest.map(|since| wall_millis(since).to_string());
         match self.local.set(&record) {
             Ok(()) => {
                 let mut outbox = lock(&self.outbox);
-                outbox.watermark = outbox.watermark.max(low);
+                outbox.watermark = outbox.watermark.max(low).max(written);
+                outbox.since_recorded = oldest.is_some();
             }
             Err(e) => log::error!("writing the outbox watermark failed: {e}"),
         }
@@ -760,6 +798,7 @@ impl Shared {
                     .map(|until| until.saturating_duration_since(Instant::now()))
             };
             let wait = if self.redis_down() {
+                self.advance_watermark();
                 until_retry()
             } else {
                 match self.ship_round() {

@@ -239,7 +239,7 @@ mod with_redis {
                     "replay lag           {}",
                     match now.replay_lag {
                         Some(lag) => format!(
-                            "{:.3} s (since this command opened the store)",
+                            "{:.3} s (how long the oldest waiting change has waited)",
                             lag.as_secs_f64()
                         ),
                         None => "none (nothing waits)".to_owned(),

@@ -554,3 +554,41 @@ fn cluster_master_killed_and_restarted() {
     let dyn_tier: &dyn UserStorageService = &tiers[0];
     assert!(dyn_tier.get("tier-1", "camp").expect("get").is_some());
 }
+
+#[test]
+fn the_replay_lag_survives_a_restart() {
+    // A port nothing listens on: every shipment fails, and the mappings wait.
+    let config = RedisConfig::new(format!("redis://127.0.0.1:{}", free_port()));
+    let dir = tempdir();
+    let tier = open(dir.path(), &config);
+    assert_eq!(tier.stats().replay_lag, None);
+    let first_set = Instant::now();
+    for i in 0..3 {
+        tier.set(&map(&format!("u{i}"), "c", "V", None))
+            .expect("a set succeeds while Redis is away");
+    }
+    // The shipper records, in the watermark record, since when the oldest mapping waits.
+    eventually("the watermark records the oldest mapping's time", || {
+        tier.local()
+            .get("\0ussdb", "outbox-watermark")
+            .ok()
+            .flatten()
+            .is_some_and(|w| w.goal_identifier.is_some())
+    });
+    drop(tier);
+    std::thread::sleep(Duration::from_millis(300));
+    let reopened = open(dir.path(), &config);
+    let stats = reopened.stats();
+    assert_eq!(stats.outbox_depth, 3);
+    let lag = stats.replay_lag.expect("mappings wait");
+    // Counted from the first set before the restart, not from the reopen (wall-clock milliseconds: 10 ms slack).
+    assert!(
+        lag + Duration::from_millis(10)
+            >= first_set
+                .elapsed()
+                .saturating_sub(Duration::from_millis(50))
+            && lag >= Duration::from_millis(300),
+        "replay lag {lag:?}, first set {:?} ago",
+        first_set.elapsed()
+    );
+}
