@@ -21,6 +21,7 @@ mod import_export;
 mod load;
 mod locking;
 mod manifest;
+mod maps;
 mod misuse;
 mod model;
 mod recovery;
