@@ -19,7 +19,7 @@ use crate::hint;
 use crate::index::{Index, Loc};
 use crate::manifest::{self, Manifest};
 use crate::options::Options;
-use crate::record::{self, Kind, Records};
+use crate::record::{self, Kind, RecordRef, Records};
 use crate::seed::{self, KeyHasher};
 use crate::segment::Segment;
 use crate::tail::{self, Role, Stop};
@@ -370,20 +370,43 @@ impl Engine {
 
     /// Replays the records of segment `id` (already checked: every record is intact) into the index.
     fn replay_all(&mut self, id: u32, bytes: &[u8]) -> Result<()> {
-        for (offset, rec) in Records::new(bytes) {
-            let loc = Loc::new(id, offset as u64);
-            if rec.kind == Kind::Sync {
-                // Only recovery reads sync points (tail.rs); to the index they are dead bytes from birth.
-                self.replay(loc, 0, rec.kind, rec.key, rec.len() as u64)?;
-                continue;
+        // As in `replay_hint`: the hashes of a batch of records are made first and their home slots touched
+        // together, so the cache misses of the index overlap instead of coming one per record.
+        const BATCH: usize = 32;
+        let mut records = Records::new(bytes);
+        let mut batch: Vec<(usize, RecordRef<'_>, u64)> = Vec::with_capacity(BATCH);
+        loop {
+            batch.clear();
+            for (offset, rec) in records.by_ref().take(BATCH) {
+                let hash = match rec.kind {
+                    Kind::Sync => 0,
+                    _ => match codec::split_key(rec.key) {
+                        Some((user_id, item)) => self.index.hasher().hash(user_id, item),
+                        None => {
+                            let loc = Loc::new(id, offset as u64);
+                            return Err(self.corrupted_at(loc, "record key is malformed".into()));
+                        }
+                    },
+                };
+                batch.push((offset, rec, hash));
             }
-            let Some((user_id, item)) = codec::split_key(rec.key) else {
-                return Err(self.corrupted_at(loc, "record key is malformed".into()));
-            };
-            let hash = self.index.hasher().hash(user_id, item);
-            self.replay(loc, hash, rec.kind, rec.key, rec.len() as u64)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let hashes: [u64; BATCH] = std::array::from_fn(|i| batch.get(i).map_or(0, |b| b.2));
+            self.index
+                .unshared()
+                .prefetch(hashes.get(..batch.len()).unwrap_or_default());
+            for &(offset, rec, hash) in &batch {
+                let loc = Loc::new(id, offset as u64);
+                // A put whose hash no entry has yet is a key the index has not seen: no key to compare.
+                if rec.kind == Kind::Put && self.index.unshared().insert_new_hash(hash, loc) {
+                    continue;
+                }
+                // Sync points are dead bytes from birth to the index (only recovery reads them, tail.rs).
+                self.replay(loc, hash, rec.kind, rec.key, rec.len() as u64)?;
+            }
         }
-        Ok(())
     }
 
     /// Applies one record found during recovery to the index and the dead byte counts. Keys of earlier records
