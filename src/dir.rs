@@ -20,6 +20,9 @@ pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
 pub(crate) const TMP_SUFFIX: &str = ".tmp";
 /// File name suffix of hint files.
 pub(crate) const HINT_SUFFIX: &str = ".hint";
+/// Name of the disk reserve: zeros that hold space for deletes and compaction on a full disk. It is no part of
+/// the store's data: `list` ignores it, `open` makes it again when it is missing, and a backup leaves it out.
+pub(crate) const RESERVE_FILE: &str = "RESERVE";
 
 /// The file name of segment `id`: zero-padded so names sort by id.
 pub(crate) fn segment_file_name(id: u32) -> String {

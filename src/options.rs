@@ -16,6 +16,8 @@ pub struct Options {
     pub(crate) compaction_threshold: f64,
     pub(crate) auto_compaction: bool,
     pub(crate) read_only: bool,
+    /// Bytes of the disk reserve file; `None` sizes it from the segment size.
+    pub(crate) disk_reserve: Option<u64>,
 }
 
 /// The default [`Options::compaction_threshold`]: a sealed segment is compacted once half of it is dead.
@@ -23,6 +25,10 @@ pub const DEFAULT_COMPACTION_THRESHOLD: f64 = 0.5;
 
 /// The default segment size: 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// The default disk reserve holds one compaction output of at most this many bytes (see [`Options::disk_reserve`]).
+const RESERVE_ROOM_CAP: u64 = 16 << 20;
+/// Room in the default disk reserve for a manifest and a new segment's header.
+const RESERVE_MARGIN: u64 = 16 << 10;
 /// The smallest segment size accepted.
 pub(crate) const MIN_SEGMENT_SIZE: u64 = 4096;
 /// The largest segment size accepted (record offsets are 40-bit).
@@ -38,6 +44,7 @@ impl Default for Options {
             compaction_threshold: DEFAULT_COMPACTION_THRESHOLD,
             auto_compaction: true,
             read_only: false,
+            disk_reserve: None,
         }
     }
 }
@@ -82,6 +89,24 @@ impl Options {
     pub fn read_only(mut self, on: bool) -> Options {
         self.read_only = on;
         self
+    }
+
+    /// Sets the size of the disk reserve, the `RESERVE` file of zeros a writer keeps in the store directory so
+    /// that deletes, `forget_user` and compaction still work when the disk is full: they release it when they
+    /// hit `ENOSPC` and go on in the space it held; it is made again once there is room (default: the segment
+    /// size up to 16 MiB, plus a quarter for hint files and 16 KiB for the manifest; 0 turns it off). See
+    /// docs/GUIDE.md, *A full disk*.
+    pub fn disk_reserve(mut self, bytes: u64) -> Options {
+        self.disk_reserve = Some(bytes);
+        self
+    }
+
+    /// The size of the disk reserve these options ask for.
+    pub(crate) fn reserve_len(&self) -> u64 {
+        self.disk_reserve.unwrap_or_else(|| {
+            let room = self.segment_size.min(RESERVE_ROOM_CAP);
+            room + room / 4 + RESERVE_MARGIN
+        })
     }
 
     /// Uses a different file layer (for fault-injection tests).

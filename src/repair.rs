@@ -26,7 +26,8 @@ use crate::{Error, Result};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RepairReport {
-    /// Intact records read.
+    /// Intact user records read: puts and tombstones (of mappings and FME records), old versions included; not
+    /// the sync points, which only vouch for the bytes before them.
     pub records: u64,
     /// Live mappings (and other keyed records) written to the repaired store.
     pub kept: u64,
@@ -150,7 +151,9 @@ pub(crate) fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
         while let Some(rest) = bytes.get(offset..).filter(|r| !r.is_empty()) {
             match record::decode(rest) {
                 Ok(rec) => {
-                    report.records += 1;
+                    if rec.kind != Kind::Sync {
+                        report.records += 1;
+                    }
                     if codec::split_key(rec.key).is_some() {
                         let state = match rec.kind {
                             Kind::Put => Some(Newest::Put {

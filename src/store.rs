@@ -101,6 +101,13 @@ impl Store {
     /// last write (which is cut off with a warning).
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let engine = Arc::new(Engine::open(dir.as_ref(), options)?);
+        // A store opened on a full disk still opens; the reserve is made by a later compaction pass.
+        if let Err(e) = engine.keep_reserve() {
+            log::warn!(
+                "{}: no disk reserve yet (deletes and compaction may fail while the disk is full): {e}",
+                engine.dir.display()
+            );
+        }
         let periodic = match engine.options.durability {
             _ if engine.options.read_only => None,
             Durability::Periodic(interval) => {
@@ -219,7 +226,8 @@ impl Store {
             .put(&map.user_id, map.campaign_key.as_bytes(), &value)
     }
 
-    /// Erases the mapping of `user_id` in `campaign_key`; true if there was one.
+    /// Erases the mapping of `user_id` in `campaign_key`; true if there was one. Works on a full disk too, in the
+    /// space of the disk reserve ([`Options::disk_reserve`]).
     pub fn delete(&self, user_id: &str, campaign_key: &str) -> Result<bool> {
         codec::check_id("user_id", user_id)?;
         codec::check_id("campaign_key", campaign_key)?;
@@ -227,7 +235,9 @@ impl Store {
     }
 
     /// Erases every mapping and every FME record of `user_id` (e.g. for a privacy request); returns how many there
-    /// were. Costs in proportion to that user's records, not to the store.
+    /// were. Costs in proportion to that user's records, not to the store. Its tombstones are written together, with one
+    /// `pwrite` into one segment, so no rotation makes part of it durable without the rest; it works on a full disk too,
+    /// in the space of the disk reserve ([`Options::disk_reserve`]).
     pub fn forget_user(&self, user_id: &str) -> Result<usize> {
         self.engine().forget_user(user_id)
     }
@@ -318,8 +328,10 @@ impl Store {
     }
 
     /// Stores every mapping of `batch`, in order, with one lock of the log and at most one fsync: much faster than
-    /// one [`Store::set`] each when loading many mappings. Not atomic: if it fails or the process crashes midway,
-    /// a prefix of the batch may be stored.
+    /// one [`Store::set`] each when loading many mappings. A batch that fits in one segment is written into one
+    /// segment with one `pwrite` (see [`Batch`]), so no rotation makes part of it durable without the rest; still
+    /// not atomic: if the process crashes in the middle of that write, or a power cut finds only some of its pages
+    /// written back, a prefix of the batch may be stored.
     pub fn write_batch(&self, batch: &Batch) -> Result<()> {
         self.engine().write_batch(batch)
     }
@@ -410,6 +422,9 @@ impl Store {
     ///
     /// A failure while files are being swapped poisons the store like a failed fsync ([`crate::Error::Poisoned`] for
     /// writes until reopened); the directory is consistent at every step, so the reopened store has every write.
+    ///
+    /// On a full disk it runs in the space of the disk reserve ([`Options::disk_reserve`]), which it makes again
+    /// afterwards if the space it reclaimed allows.
     pub fn compact(&self) -> Result<()> {
         self.engine().compact(0.0, true)
     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::Engine;
+use super::compaction::{explain_disk_full, is_disk_full};
 use crate::codec;
 use crate::durability::Durability;
 use crate::index::{Loc, MAX_OFFSET, MAX_SEGMENT_ID};
@@ -26,6 +27,9 @@ use crate::seed::Seed;
 use crate::segment::Segment;
 use crate::tail;
 use crate::{Error, Result};
+
+/// A record a tombstone erases: its key's hash, the key, and the record's location and length.
+type Doomed = (u64, Vec<u8>, (Loc, u64));
 
 /// State of the appender, behind the log mutex.
 pub(crate) struct LogState {
@@ -45,8 +49,12 @@ pub(crate) struct LogState {
 /// load many. Build it with [`Batch::push`], write it with `Store::write_batch`.
 ///
 /// Each mapping is checked and encoded by `push`, so a mapping that cannot be stored is refused there, before
-/// anything is written. Within a batch, a later mapping of the same user and campaign wins. A batch is not
-/// atomic: a crash while it is written can keep a prefix of it (each record is checksummed on its own).
+/// anything is written. Within a batch, a later mapping of the same user and campaign wins. A batch that fits in
+/// one segment is written into one segment with one `pwrite` (the segment is rotated first if the batch does not
+/// fit in what is left of it): no rotation's fsync can make one part of it durable without the rest. A larger
+/// batch is split across segments. Either way a crash can keep a prefix of it, not a mix: a power cut that wrote
+/// back only some of its pages, or a kill in the middle of a large `pwrite` (each record is checksummed on its
+/// own); see docs/RELIABILITY.md.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     /// Encoded records, back to back.
@@ -123,7 +131,7 @@ impl Engine {
             let mut log = self.lock_log();
             self.check_poison()?;
             let old = self.find_key(hash, &key)?;
-            let loc = self.append(&mut log, &rec)?;
+            let loc = self.append(&mut log, &rec).map_err(explain_disk_full)?;
             self.point(hash, old, loc);
             log.written
         };
@@ -159,11 +167,13 @@ impl Engine {
         let position = {
             let mut log = self.lock_log();
             self.check_poison()?;
+            self.make_room(&mut log, batch.records.len() as u64)
+                .map_err(explain_disk_full)?;
             let mut i = 0;
             while let Some(&(start, len, _)) = batch.items.get(i) {
                 let used = log.active.len();
                 if used > SEGMENT_HEADER_LEN && used + len as u64 > self.options.segment_size {
-                    self.rotate(&mut log)?;
+                    self.rotate(&mut log).map_err(explain_disk_full)?;
                     continue;
                 }
                 // The records that fit: at least one (a record larger than a segment gets one of its own).
@@ -178,7 +188,7 @@ impl Engine {
                     j += 1;
                 }
                 let chunk = batch.records.get(start..end).unwrap_or_default();
-                let first = self.append(&mut log, chunk)?;
+                let first = self.append(&mut log, chunk).map_err(explain_disk_full)?;
                 for &(s, _, key_len) in batch.items.get(i..j).unwrap_or_default() {
                     let loc = Loc::new(first.segment(), first.offset() + (s - start) as u64);
                     let key = batch
@@ -228,22 +238,49 @@ impl Engine {
         }
     }
 
-    /// Appends a tombstone for `key` (which the index points at `old`), drops the index entry and counts both
-    /// records dead. Called with the log locked.
-    fn tombstone(&self, log: &mut LogState, hash: u64, key: &[u8], old: (Loc, u64)) -> Result<()> {
-        let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len());
-        record::encode(&mut rec, Kind::Delete, key, &[]);
-        let loc = self.append(log, &rec)?;
-        self.index.remove(hash, old.0);
-        self.mark_dead(old.0, old.1);
+    /// Appends a tombstone for each (hash, key, old location and length) of `doomed`, all with one `pwrite` into
+    /// one segment (`append` rotates first if they do not fit, so no rotation's fsync makes some of them durable
+    /// without the rest), drops their index entries and counts both kinds of record dead. Called with the log
+    /// locked.
+    fn tombstones(&self, log: &mut LogState, doomed: &[Doomed]) -> Result<()> {
+        let mut recs = Vec::new();
+        for (_, key, _) in doomed {
+            record::encode(&mut recs, Kind::Delete, key, &[]);
+        }
+        if recs.is_empty() {
+            return Ok(());
+        }
+        let loc = self.append(log, &recs)?;
+        for (hash, _, old) in doomed {
+            self.index.remove(*hash, old.0);
+            self.mark_dead(old.0, old.1);
+        }
         // A tombstone is dead weight from birth: it only shadows the records it deletes.
-        self.mark_dead(loc, rec.len() as u64);
+        self.mark_dead(loc, recs.len() as u64);
+        Ok(())
+    }
+
+    /// Rotates first when `len` bytes do not fit in what is left of the active segment but fit in an empty one,
+    /// so that the records of one operation (a batch) land in one segment. A rotation fsyncs the full segment:
+    /// without this, a power cut in `Never` or `Periodic` mode could keep the part of a batch before the rotation
+    /// and lose the part after it.
+    fn make_room(&self, log: &mut LogState, len: u64) -> Result<()> {
+        let used = log.active.len();
+        let size = self.options.segment_size;
+        if used > SEGMENT_HEADER_LEN && used + len > size && SEGMENT_HEADER_LEN + len <= size {
+            self.rotate(log)?;
+        }
         Ok(())
     }
 
     /// Erases the value of (`user_id`, `item`); false if there was none. Needs no readable old record: the
     /// index says where it is and how long, which is all a tombstone needs.
+    /// On a full disk it releases the disk reserve and goes on (see `compaction/reserve.rs`).
     pub(crate) fn delete(&self, user_id: &str, item: &[u8]) -> Result<bool> {
+        self.with_reserve(|| self.delete_once(user_id, item))
+    }
+
+    fn delete_once(&self, user_id: &str, item: &[u8]) -> Result<bool> {
         let key = codec::encode_item_key(user_id, item)?;
         let hash = self.index.hasher().hash(user_id.as_bytes(), item);
         let position = {
@@ -252,7 +289,7 @@ impl Engine {
             let Some(old) = self.find_key(hash, &key)? else {
                 return Ok(false);
             };
-            self.tombstone(&mut log, hash, &key, old)?;
+            self.tombstones(&mut log, &[(hash, key, old)])?;
             log.written
         };
         self.counters.deletes.fetch_add(1, Ordering::Relaxed);
@@ -260,8 +297,13 @@ impl Engine {
         Ok(true)
     }
 
-    /// Erases every item of `user_id`; returns how many there were.
+    /// Erases every item of `user_id`; returns how many there were. The tombstones go out together, into one
+    /// segment; on a full disk it releases the disk reserve and goes on.
     pub(crate) fn forget_user(&self, user_id: &str) -> Result<usize> {
+        self.with_reserve(|| self.forget_user_once(user_id))
+    }
+
+    fn forget_user_once(&self, user_id: &str) -> Result<usize> {
         codec::check_id("user_id", user_id)?;
         let user_part = self.index.hasher().user_part(user_id.as_bytes());
         let (count, position) = {
@@ -283,9 +325,7 @@ impl Engine {
                     doomed.push((hash, key, (loc, len)));
                 }
             }
-            for (hash, key, old) in &doomed {
-                self.tombstone(&mut log, *hash, key, *old)?;
-            }
+            self.tombstones(&mut log, &doomed)?;
             (doomed.len(), log.written)
         };
         self.counters
@@ -455,7 +495,13 @@ impl Engine {
         }
         let rec = tail::sync_point(&log.sync_key, segment.file_id(), offset, covered);
         let idle = log.written == target;
-        self.append_here(&mut log, &rec)?;
+        match self.append_here(&mut log, &rec) {
+            Ok(_) => {}
+            // The fsync succeeded and the writes it covered are durable; only the note saying so did not fit. Its
+            // bytes were cut back off (or the store is poisoned), and recovery goes by the earlier sync points.
+            Err(e) if is_disk_full(&e) && self.check_poison().is_ok() => return Ok(target),
+            Err(e) => return Err(e),
+        }
         // It only vouches for the bytes before it: dead from birth, for compaction to reclaim.
         segment.add_dead(rec.len() as u64);
         Ok(if idle { log.written } else { target })

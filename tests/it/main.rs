@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per behaviour. They use only the public API.
 
 mod async_writes;
+mod atomic_ops;
 mod backup;
 #[cfg(feature = "cli")]
 mod cli;
@@ -10,10 +11,12 @@ mod compaction_crash;
 mod concurrency;
 mod corruption;
 mod crash;
+mod crash_files;
 mod faults;
 #[cfg(feature = "redis")]
 mod fleet;
 mod fme;
+mod full_disk;
 mod fuzz_corpus;
 mod fuzz_harness;
 mod hints;

@@ -186,12 +186,14 @@ impl SimFs {
     }
 
     /// 4 KiB segments (a rotation every few writes) and compaction only when the test asks, so the Nth call is
-    /// the same call in every run.
+    /// the same call in every run. No disk reserve: the sweeps fail every call of a store's own files in turn
+    /// (the reserve and a full disk have their tests in `full_disk.rs`).
     pub fn options(&self, durability: Durability) -> Options {
         Options::default()
             .segment_size(4096)
             .durability(durability)
             .auto_compaction(false)
+            .disk_reserve(0)
             .vfs(self.vfs())
     }
 

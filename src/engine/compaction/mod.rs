@@ -46,6 +46,7 @@
 //! the store is poisoned (writes refused until reopened), exactly as after a failed fsync.
 
 mod policy;
+mod reserve;
 mod run;
 mod worker;
 
@@ -55,8 +56,10 @@ use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::Result;
+use crate::record::{Kind, Records};
 use crate::segment::Segment;
 
+pub(crate) use reserve::{explain_disk_full, is_disk_full};
 pub(crate) use worker::CompactionWorker;
 
 /// Index entries moved per hold of the log mutex.
@@ -81,6 +84,8 @@ pub(crate) struct Compaction {
     pub(crate) reclaimed: AtomicU64,
     wake: Mutex<Wake>,
     cond: Condvar,
+    /// Held while the disk reserve is made or released (`reserve.rs`).
+    reserve: Mutex<reserve::ReserveState>,
 }
 
 #[derive(Default)]
@@ -146,19 +151,40 @@ impl Compaction {
     pub(crate) fn lock_pass(&self) -> MutexGuard<'_, ()> {
         self.pass.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn lock_reserve(&self) -> MutexGuard<'_, reserve::ReserveState> {
+        self.reserve.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Engine {
     /// One compaction pass: every run of sealed segments whose dead bytes reach `threshold` of their size (any
     /// dead byte at 0.0), then hint files for the sealed segments that still lack one.
+    /// On a full disk it releases the disk reserve and goes on in its space; after the pass it makes the reserve
+    /// again if there is room.
     pub(crate) fn compact(&self, threshold: f64, seal_active: bool) -> Result<()> {
         let _pass = self.compaction.lock_pass();
         self.check_poison()?;
+        self.with_reserve(|| self.compact_pass(threshold, seal_active))?;
+        if let Err(e) = self.keep_reserve() {
+            log::info!(
+                "{}: the disk reserve waits for room: {e}",
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// One pass of [`Engine::compact`], with the pass lock held.
+    fn compact_pass(&self, threshold: f64, seal_active: bool) -> Result<()> {
+        self.check_poison()?;
         let started = Instant::now();
         if seal_active {
-            // A manual pass also reclaims what the active segment has lost, by sealing it first.
+            // A manual pass also reclaims what the active segment has lost, by sealing it first; not when all it
+            // lost are sync points (they go when the segment is sealed anyway, and sealing a segment for them
+            // alone would leave one small segment per call).
             let mut log = self.lock_log();
-            if log.active.dead() > 0 {
+            if log.active.dead() > sync_point_bytes(&log.active)? {
                 self.rotate(&mut log)?;
             }
         }
@@ -214,4 +240,16 @@ impl Engine {
             .filter_map(|s| segments.get(&s.file_id).cloned())
             .collect()
     }
+}
+
+/// Bytes of sync points in `segment` (dead from birth, like tombstones, but not worth sealing a segment for).
+fn sync_point_bytes(segment: &Segment) -> Result<u64> {
+    if segment.dead() == 0 {
+        return Ok(0);
+    }
+    let contents = segment.contents()?;
+    Ok(Records::new(&contents)
+        .filter(|(_, rec)| rec.kind == Kind::Sync)
+        .map(|(_, rec)| rec.len() as u64)
+        .sum())
 }
