@@ -106,6 +106,7 @@ mod store;
 mod verify;
 // fronts
 mod sdk;
+// the fleet tiers (Redis), on the public API only
 #[cfg(feature = "redis")]
 mod tiers;
 
@@ -130,6 +131,9 @@ pub use sdk::{
 };
 pub use store::{Durable, Entries, Entry, FeatureEntries, Stats, Store};
 #[cfg(feature = "redis")]
-pub use tiers::{DEFAULT_TIMEOUT as REDIS_DEFAULT_TIMEOUT, RedisConfig, RedisStore};
+pub use tiers::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FRESH_FOR, DEFAULT_RESPONSE_TIMEOUT, RedisConfig, RedisScan,
+    RedisStore, TierOptions, TierStats, Tiered,
+};
 pub use verify::{Damage, VerifyReport, verify_dir, verify_dir_with_progress};
 pub use vfs::{StdFile, StdVfs, VFile, Vfs};

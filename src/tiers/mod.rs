@@ -1,9 +1,24 @@
-//! Network tiers in front of or beside the local log: [`RedisStore`] keeps user storage maps in Redis under the
-//! same keys and JSON as VWO's Redis user-storage helpers, so servers of one fleet share their assignments.
+//! Running a fleet: the user storage of many servers kept in one Redis (or Valkey), standalone or Cluster.
 //!
-//! Every Redis failure is an [`crate::Error::Backend`] with backend `"redis"`; targets never carry a password.
-//! `docs/FLEET.md` states the merge rule that makes a fleet's assignments sticky.
+//! * [`RedisStore`]: a User Storage Service over Redis, compatible with VWO's Redis helpers' keys and values, with
+//!   the fleet rule applied atomically per key.
+//! * [`Tiered`]: a local [`Store`](crate::Store) in front of a [`RedisStore`]: local reads, local durable writes,
+//!   and a background shipper that keeps Redis up to date through a durable outbox.
+//!
+//! The fleet rule: **the first assignment wins, goals unite.** A `set` for a mapping that Redis already holds
+//! keeps the stored variation, and the goal list becomes the union of the stored and the given goals. A user's
+//! variation is the one the first server to store it chose, whichever server the user reaches next and whatever
+//! the campaign's settings say by then, which is what sticky assignment means; and a goal tracked on one server
+//! is never undone by another server's write of an older goal list.
+//!
+//! Built with the cargo feature `redis`. docs/FLEET.md is the operator's chapter.
 
+mod config;
+mod outbox;
 mod redis;
+mod tiered;
+mod value;
 
-pub use self::redis::{DEFAULT_TIMEOUT, RedisConfig, RedisStore};
+pub use self::config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, RedisConfig};
+pub use self::redis::{RedisScan, RedisStore};
+pub use self::tiered::{DEFAULT_FRESH_FOR, TierOptions, TierStats, Tiered};

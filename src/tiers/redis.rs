@@ -1,358 +1,827 @@
-//! [`RedisStore`]: user storage maps in Redis, one string key per user and campaign.
+//! [`RedisStore`]: a User Storage Service over Redis or Valkey, standalone or Cluster, with the fleet's
+//! first-assignment-wins rule applied atomically per key.
 //!
-//! Keys are `campaignKey:userId` (after an optional prefix) and values the camelCase JSON of the whole map,
-//! written with a plain `SET`: what VWO's Redis user-storage helpers read and write, so an SDK using those
-//! helpers and a server using ussdb share one keyspace.
-//!
-//! Every write goes through one Lua script on one key ([`MERGE_SCRIPT`]), so it is atomic on that key and runs
-//! unchanged on Redis Cluster: the first stored variation wins and goal lists merge as a set union. The script
-//! edits the stored JSON object itself, so fields written by a newer writer survive a rewrite.
+//! The SDK-facing trait is synchronous, the Redis client's reconnecting connections (`ConnectionManager`, the
+//! async cluster client) are asynchronous. The store owns a current-thread tokio runtime driven by one thread of
+//! its own; a call spawns its future there and waits on a plain channel. So it works the same from a plain
+//! thread and from inside any async runtime (where it blocks that worker for one round trip, like any
+//! synchronous I/O), and never needs the caller's runtime. docs/DESIGN.md has the reasoning.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use redis::{Client, Connection, ErrorKind, RedisError, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, ErrorKind, RedisError, RedisFuture, Value};
 
-use crate::Result;
-use crate::error::{BackendErrorKind, Error};
-use crate::model::CampaignUserMap;
-use crate::sdk::UserStorageService;
+use super::config::{BACKEND, RedisConfig};
+use super::value;
+use crate::{BackendErrorKind, CampaignUserMap, Error, MAX_ID_LEN, Result, UserStorageService};
 
-/// How long connecting, one command's write and one reply's read may take when [`RedisConfig::timeout`] is not
-/// changed.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-
-const BACKEND: &str = "redis";
-
-/// The code of the error reply the merge script sends for a stored value that is not a JSON object.
-const NOT_JSON: &str = "USSDB_NOT_JSON";
-
-/// Stores `ARGV[1]` (a map's JSON) under `KEYS[1]` unless a value is there; otherwise keeps the stored value's
-/// variation and every other field of it, adds the incoming goals it lacks (joined by `_vwo_`, stored order
-/// first) and rewrites it only when a goal was added. `ARGV[2]` is the TTL in milliseconds, or empty for none.
-/// Returns the value stored when the script ends.
-const MERGE_SCRIPT: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if not cur then
-  if ARGV[2] ~= '' then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  else
-    redis.call('SET', KEYS[1], ARGV[1])
-  end
-  return ARGV[1]
-end
-local ok, stored = pcall(cjson.decode, cur)
-if not ok or type(stored) ~= 'table' then
-  return redis.error_reply('USSDB_NOT_JSON the stored value is not a JSON object')
-end
-local incoming = cjson.decode(ARGV[1])
-local goals, seen = {}, {}
-local function add(list)
-  if type(list) ~= 'string' then return end
-  local i = 1
-  while true do
-    local j = string.find(list, '_vwo_', i, true)
-    local goal = j and string.sub(list, i, j - 1) or string.sub(list, i)
-    if goal ~= '' and not seen[goal] then
-      seen[goal] = true
-      goals[#goals + 1] = goal
-    end
-    if not j then return end
-    i = j + 5
-  end
-end
-local held = stored.goalIdentifier
-if type(held) == 'table' then
-  for _, goal in ipairs(held) do add(goal) end
-else
-  add(held)
-end
-local before = #goals
-add(incoming.goalIdentifier)
-if #goals == before then
-  return cur
-end
-stored.goalIdentifier = table.concat(goals, '_vwo_')
-local out = cjson.encode(stored)
-if ARGV[2] ~= '' then
-  redis.call('SET', KEYS[1], out, 'PX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], out, 'KEEPTTL')
-end
-return out
-"#;
-
-/// Where and how a [`RedisStore`] keeps its maps.
-#[derive(Clone, Debug)]
-pub struct RedisConfig {
-    /// The server's URL, e.g. `redis://127.0.0.1:6379/0` or `redis://:password@host:6379`. Only the first is
-    /// used.
-    pub urls: Vec<String>,
-    /// Put before every key (e.g. `"vwo:"`); empty by default, as VWO's helpers write.
-    pub key_prefix: String,
-    /// Expiry of a written key; `None` (the default) keeps keys until deleted, as VWO's helpers do.
-    pub ttl: Option<Duration>,
-    /// Limit on connecting, on writing one command and on reading its reply.
-    pub timeout: Duration,
-}
-
-impl RedisConfig {
-    /// A configuration for one server with the defaults: no prefix, no TTL, [`DEFAULT_TIMEOUT`].
-    pub fn new(url: impl Into<String>) -> RedisConfig {
-        RedisConfig {
-            urls: vec![url.into()],
-            key_prefix: String::new(),
-            ttl: None,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-}
-
-/// User storage maps in Redis (see the module documentation for keys, values and the merge rule).
+/// Compare-and-set of one key: the only way this store writes a mapping, so that whatever the merge rule
+/// computed from the value it read is written only if that value is still there. One key per call, so it runs
+/// on whichever Cluster node owns the key.
 ///
-/// One connection, opened on first use and reopened on the next call after a failure dropped it; calls from
-/// several threads take turns on it.
+/// The merge itself is computed by the client, not in Lua: Redis's Lua JSON codec re-encodes numbers with 14
+/// significant digits and reorders keys, which would damage fields (`metaData`, a newer writer's fields) that
+/// must survive byte for byte.
+const CAS_SCRIPT: &str = r"
+-- KEYS[1]: the mapping's key.
+-- ARGV[1]: '0' when the key must be absent, '1' when it must hold exactly ARGV[2].
+-- ARGV[3]: the value to write. ARGV[4]: time to live in milliseconds, '0' for none.
+-- Returns {1} when written, {0} when the key is absent (and was expected to hold a value), {2, value} otherwise.
+local current = redis.call('GET', KEYS[1])
+if (ARGV[1] == '0' and current == false) or (ARGV[1] == '1' and current == ARGV[2]) then
+  if ARGV[4] ~= '0' then
+    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  else
+    redis.call('SET', KEYS[1], ARGV[3])
+  end
+  return {1}
+end
+if current == false then
+  return {0}
+end
+return {2, current}
+";
+
+/// How many compare-and-set rounds a merge tries before it reports contention: each lost round means another
+/// writer changed the key in between, and the rule only ever grows a value, so a few rounds always suffice in
+/// practice.
+const MAX_CAS_ROUNDS: usize = 16;
+
+/// Keys fetched per `SCAN` call.
+const SCAN_COUNT: usize = 1000;
+
+/// A User Storage Service over Redis or Valkey (6 or newer), standalone or Cluster.
+///
+/// Keys and values are VWO's Redis helpers' by default (see [`RedisConfig`]), so an existing keyspace is read as
+/// it is. A `set` applies the fleet rule atomically per key: if the key already holds a variation it is kept
+/// (the first assignment wins), and goal lists are merged as a set union, so a goal tracked on one server is never
+/// lost by another's write. Fields the store does not know (`metaData`, a newer writer's fields) are kept.
+///
+/// Every failure is an [`Error::Backend`] whose [`BackendErrorKind`] says whether retrying can help, naming the
+/// server (password replaced by `***`) or, for a value that cannot be read, the key.
+///
+/// Cloning is cheap and shares the connection. The connection is made on first use and remade, with backoff,
+/// whenever it drops.
+#[derive(Clone)]
 pub struct RedisStore {
-    client: Client,
-    config: RedisConfig,
-    /// The URL without its user name and password, for error messages.
-    target: String,
-    conn: Mutex<Option<Connection>>,
-    script: Script,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("target", &self.target)
-            .field("key_prefix", &self.config.key_prefix)
-            .field("ttl", &self.config.ttl)
-            .field("timeout", &self.config.timeout)
-            .finish()
+            .field("target", &self.inner.remote.target)
+            .finish_non_exhaustive()
     }
 }
 
+struct Inner {
+    remote: Arc<Remote>,
+    runtime: tokio::runtime::Handle,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the runtime's tasks share: the configuration, the connection (made on first use) and the script.
+struct Remote {
+    config: RedisConfig,
+    target: String,
+    secrets: Vec<String>,
+    slot: tokio::sync::Mutex<Option<Conn>>,
+    cas: redis::Script,
+}
+
+/// A connection of either kind; both reconnect by themselves once made.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What a compare-and-set found.
+enum Cas {
+    Written,
+    Absent,
+    Holds(Vec<u8>),
+}
+
 impl RedisStore {
-    /// A store at `url` with the default configuration. Nothing is contacted until the first call.
+    /// Connects to the server (or Cluster) of `config` and checks it answers (`PING`), so a wrong URL or
+    /// password fails here: [`BackendErrorKind::Unavailable`] or [`BackendErrorKind::Timeout`] when nothing
+    /// answers, [`BackendErrorKind::Refused`] for wrong credentials, [`BackendErrorKind::Config`] for a URL that
+    /// cannot be read.
+    pub fn connect(config: RedisConfig) -> Result<RedisStore> {
+        let store = RedisStore::connect_lazy(config)?;
+        store.ping()?;
+        Ok(store)
+    }
+
+    /// A store for the server at `url`, with the defaults of [`RedisConfig::new`], contacting nothing until the
+    /// first call (see [`RedisStore::connect_lazy`]).
     pub fn open(url: &str) -> Result<RedisStore> {
-        RedisStore::with_config(RedisConfig::new(url))
+        RedisStore::connect_lazy(RedisConfig::new(url))
     }
 
-    /// A store with `config`. Nothing is contacted until the first call.
-    pub fn with_config(config: RedisConfig) -> Result<RedisStore> {
-        let Some(url) = config.urls.first() else {
-            return Err(Error::InvalidOption {
-                option: "RedisConfig::urls",
-                reason: "no URL given".into(),
-            });
-        };
-        if config.timeout.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "RedisConfig::timeout",
-                reason: "must be above zero".into(),
-            });
-        }
-        if config.ttl.is_some_and(|ttl| ttl.as_millis() == 0) {
-            return Err(Error::InvalidOption {
-                option: "RedisConfig::ttl",
-                reason: "must be at least one millisecond".into(),
-            });
-        }
-        let target = redact(url);
-        let client = Client::open(url.as_str())
-            .map_err(|e| Error::backend(BACKEND, BackendErrorKind::Config, target.clone(), e))?;
-        Ok(RedisStore {
-            client,
-            config,
-            target,
-            conn: Mutex::new(None),
-            script: Script::new(MERGE_SCRIPT),
-        })
-    }
-
-    /// The Redis key of `user_id` in `campaign_key`: the prefix, then `campaignKey:userId`.
-    pub fn key(&self, user_id: &str, campaign_key: &str) -> String {
-        format!("{}{campaign_key}:{user_id}", self.config.key_prefix)
-    }
-
-    /// The server's URL without credentials.
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
-    /// The stored JSON under the key of `user_id` in `campaign_key`, as stored.
-    pub fn get_raw(&self, user_id: &str, campaign_key: &str) -> Result<Option<String>> {
-        let key = self.key(user_id, campaign_key);
-        let raw: Option<Vec<u8>> =
-            self.run(&key, |conn| redis::cmd("GET").arg(&key).query(conn))?;
-        raw.map(|bytes| {
-            String::from_utf8(bytes).map_err(|e| {
+    /// Like [`RedisStore::connect`], but contacts nothing until the first call: for a process that must start
+    /// while Redis is down. Fails only for a configuration that cannot work.
+    pub fn connect_lazy(config: RedisConfig) -> Result<RedisStore> {
+        config.validate()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
                 Error::backend(
                     BACKEND,
-                    BackendErrorKind::InvalidData,
-                    self.key_target(&key),
-                    e,
+                    BackendErrorKind::Other,
+                    config.target(),
+                    format!("starting the client's I/O runtime failed: {e}"),
                 )
+            })?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("ussdb-redis-io".into())
+            .spawn(move || {
+                // Drives every task spawned on the runtime until the store is dropped.
+                let _ = runtime.block_on(stopped);
+                runtime.shutdown_timeout(Duration::from_millis(100));
             })
+            .map_err(|e| {
+                Error::backend(
+                    BACKEND,
+                    BackendErrorKind::Other,
+                    config.target(),
+                    format!("starting the client's I/O thread failed: {e}"),
+                )
+            })?;
+        let remote = Remote {
+            target: config.target(),
+            secrets: config.secrets(),
+            config,
+            slot: tokio::sync::Mutex::new(None),
+            cas: redis::Script::new(CAS_SCRIPT),
+        };
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                remote: Arc::new(remote),
+                runtime: handle,
+                stop: Mutex::new(Some(stop)),
+                thread: Mutex::new(Some(thread)),
+            }),
         })
-        .transpose()
     }
 
-    /// Stores `map` under the fleet's merge rule and returns what is stored afterwards: the first stored
-    /// variation wins, goal lists merge as a set union, other stored fields are kept (`docs/FLEET.md`).
+    /// The configuration this store was made with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.remote.config
+    }
+
+    /// What errors name: the URLs with passwords replaced by `***`.
+    pub fn target(&self) -> &str {
+        &self.inner.remote.target
+    }
+
+    /// The Redis key of a mapping: `prefix + campaignKey + ":" + userId`.
+    pub fn key(&self, user_id: &str, campaign_key: &str) -> String {
+        self.config().key(user_id, campaign_key)
+    }
+
+    /// Checks the server answers (`PING`; on a Cluster, the node that answers for the empty key's slot).
+    pub fn ping(&self) -> Result<()> {
+        let remote = Arc::clone(&self.inner.remote);
+        self.block(async move { remote.ping().await })
+    }
+
+    /// The mapping of `user_id` in `campaign_key`, or `None`.
+    pub fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
+        check_ids(user_id, campaign_key)?;
+        let key = self.key(user_id, campaign_key);
+        let remote = Arc::clone(&self.inner.remote);
+        let raw = self.block({
+            let key = key.clone();
+            async move { remote.get_raw(&key).await }
+        })?;
+        raw.map(|bytes| value::decode(&key, &bytes, user_id, campaign_key))
+            .transpose()
+    }
+
+    /// Stores `map` under the fleet rule and returns what the key holds afterwards: `map` itself if the key was
+    /// new; else the stored variation (the first assignment wins) with the union of the stored and the given
+    /// goals. Atomic per key: concurrent merges from many servers all return the same variation.
     pub fn set_merged(&self, map: &CampaignUserMap) -> Result<CampaignUserMap> {
-        let key = self.key(&map.user_id, &map.campaign_key);
-        let json = serde_json::to_string(map).map_err(|e| {
-            Error::backend(BACKEND, BackendErrorKind::Other, self.key_target(&key), e)
-        })?;
-        let ttl = self
-            .config
-            .ttl
-            .map(|ttl| ttl.as_millis().to_string())
-            .unwrap_or_default();
-        let stored: Vec<u8> = self.run(&key, |conn| {
-            self.script.key(&key).arg(&json).arg(&ttl).invoke(conn)
-        })?;
-        self.decode(&key, &stored)
+        check_ids(&map.user_id, &map.campaign_key)?;
+        let remote = Arc::clone(&self.inner.remote);
+        let map = map.clone();
+        self.block(async move { remote.merge(&map).await })
     }
 
-    fn key_target(&self, key: &str) -> String {
-        format!("{} key {key:?}", self.target)
-    }
-
-    fn decode(&self, key: &str, bytes: &[u8]) -> Result<CampaignUserMap> {
-        serde_json::from_slice(bytes).map_err(|e| {
-            Error::backend(
-                BACKEND,
-                BackendErrorKind::InvalidData,
-                self.key_target(key),
-                e,
-            )
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
-        // A panic while holding the lock leaves at worst a connection in an unknown state; dropping it is safe.
-        self.conn.lock().unwrap_or_else(|poisoned: PoisonError<_>| {
-            let mut guard = poisoned.into_inner();
-            *guard = None;
-            guard
-        })
-    }
-
-    /// Runs `op` on the connection, opening it first if needed; drops it when the failure may have left it
-    /// unusable, so the next call reconnects.
-    fn run<T>(
-        &self,
-        key: &str,
-        op: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
-    ) -> Result<T> {
-        let mut guard = self.lock();
-        if guard.is_none() {
-            *guard = Some(self.connect()?);
+    /// [`RedisStore::set_merged`] for many mappings at once, sent concurrently over the one connection (one round
+    /// trip's wait for the lot, rather than one per mapping): what a bulk copy into Redis uses. The results are in
+    /// the order of `maps`; a mapping with bad ids gets its error and the others are still written.
+    pub fn set_merged_many(&self, maps: &[CampaignUserMap]) -> Vec<Result<CampaignUserMap>> {
+        let mut results: Vec<Option<Result<CampaignUserMap>>> = maps
+            .iter()
+            .map(|m| check_ids(&m.user_id, &m.campaign_key).err().map(Err))
+            .collect();
+        let valid: Vec<CampaignUserMap> = maps
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_none())
+            .map(|(m, _)| m.clone())
+            .collect();
+        let mut merged = self.merge_many(valid).into_iter();
+        for slot in &mut results {
+            if slot.is_none() {
+                *slot = merged.next();
+            }
         }
-        let Some(conn) = guard.as_mut() else {
-            return Err(Error::backend(
-                BACKEND,
-                BackendErrorKind::Unavailable,
-                self.target.clone(),
-                "no connection",
-            ));
-        };
-        op(conn).map_err(|e| {
-            if e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_timeout()
-                || e.is_unrecoverable_error()
-            {
-                *guard = None;
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(self.inner.remote.other("a merge ended without an answer")))
+            })
+            .collect()
+    }
+
+    /// Erases the mapping of `user_id` in `campaign_key`; true if there was one.
+    pub fn delete(&self, user_id: &str, campaign_key: &str) -> Result<bool> {
+        check_ids(user_id, campaign_key)?;
+        let key = self.key(user_id, campaign_key);
+        let remote = Arc::clone(&self.inner.remote);
+        self.block(async move { remote.delete(&key).await })
+    }
+
+    /// Every mapping whose key (after the prefix) matches the glob `pattern` (`"*"` for all), read with `SCAN`
+    /// on the server or on every Cluster master: for migrating a keyspace into a local store (see
+    /// docs/FLEET.md). Values that cannot be read are yielded as errors naming their key, and the walk goes on;
+    /// an error of the walk itself ends it. As with `SCAN`, a key may be yielded twice and keys written meanwhile
+    /// may be missed.
+    pub fn scan(&self, pattern: &str) -> RedisScan {
+        RedisScan {
+            store: self.clone(),
+            pattern: format!("{}{pattern}", glob_escape(&self.config().key_prefix)),
+            nodes: None,
+            node: 0,
+            cursor: 0,
+            ready: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Merges each map (see [`RedisStore::set_merged`]) concurrently over the one connection; the results are in the
+    /// order of `maps`.
+    pub(crate) fn merge_many(&self, maps: Vec<CampaignUserMap>) -> Vec<Result<CampaignUserMap>> {
+        let count = maps.len();
+        let remote = Arc::clone(&self.inner.remote);
+        let per_op = self.op_timeout();
+        let all = self.block_for(per_op.saturating_mul(2), async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, map) in maps.into_iter().enumerate() {
+                let remote = Arc::clone(&remote);
+                tasks.spawn(async move {
+                    let merged = match tokio::time::timeout(per_op, remote.merge(&map)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(remote.timed_out(per_op)),
+                    };
+                    (i, merged)
+                });
             }
-            self.error(key, e)
+            let mut out: Vec<Option<Result<CampaignUserMap>>> = (0..count).map(|_| None).collect();
+            while let Some(joined) = tasks.join_next().await {
+                if let Ok((i, merged)) = joined
+                    && let Some(slot) = out.get_mut(i)
+                {
+                    *slot = Some(merged);
+                }
+            }
+            Ok(out)
+        });
+        match all {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(|| {
+                        Err(self
+                            .inner
+                            .remote
+                            .other("a merge task ended without an answer"))
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                let message = e.to_string();
+                let kind = e.backend_kind().unwrap_or(BackendErrorKind::Other);
+                (0..count)
+                    .map(|_| {
+                        Err(Error::backend(
+                            BACKEND,
+                            kind,
+                            self.target().to_owned(),
+                            message.clone(),
+                        ))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// How long one call may take in all: connecting, then a few round trips.
+    fn op_timeout(&self) -> Duration {
+        let c = self.config();
+        c.connect_timeout
+            .saturating_add(c.response_timeout.saturating_mul(4))
+    }
+
+    fn block<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.block_for(self.op_timeout(), fut)
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it, at most `limit`.
+    fn block_for<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let remote = Arc::clone(&self.inner.remote);
+        self.inner.runtime.spawn(async move {
+            let out = match tokio::time::timeout(limit, fut).await {
+                Ok(out) => out,
+                Err(_) => Err(remote.timed_out(limit)),
+            };
+            let _ = tx.send(out);
+        });
+        rx.recv().unwrap_or_else(|_| {
+            Err(self
+                .inner
+                .remote
+                .other("the client's I/O thread has stopped"))
         })
-    }
-
-    fn connect(&self) -> Result<Connection> {
-        let timeout = Some(self.config.timeout);
-        let conn = self
-            .client
-            .get_connection_with_timeout(self.config.timeout)
-            .map_err(|e| self.error("", e))?;
-        conn.set_read_timeout(timeout)
-            .and_then(|()| conn.set_write_timeout(timeout))
-            .map_err(|e| self.error("", e))?;
-        Ok(conn)
-    }
-
-    fn error(&self, key: &str, e: RedisError) -> Error {
-        let refused = matches!(e.kind(), ErrorKind::AuthenticationFailed)
-            || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
-        let kind = if refused {
-            BackendErrorKind::Refused
-        } else if e.code() == Some(NOT_JSON) || e.to_string().contains(NOT_JSON) {
-            BackendErrorKind::InvalidData
-        } else if e.is_timeout() {
-            BackendErrorKind::Timeout
-        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
-            BackendErrorKind::Unavailable
-        } else {
-            match e.kind() {
-                ErrorKind::InvalidClientConfig => BackendErrorKind::Config,
-                ErrorKind::UnexpectedReturnType | ErrorKind::Parse => BackendErrorKind::InvalidData,
-                _ => BackendErrorKind::Other,
-            }
-        };
-        let target = if key.is_empty() {
-            self.target.clone()
-        } else {
-            self.key_target(key)
-        };
-        Error::backend(BACKEND, kind, target, e)
     }
 }
 
 impl UserStorageService for RedisStore {
     fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
-        let key = self.key(user_id, campaign_key);
-        let raw: Option<Vec<u8>> =
-            self.run(&key, |conn| redis::cmd("GET").arg(&key).query(conn))?;
-        raw.map(|bytes| self.decode(&key, &bytes)).transpose()
+        RedisStore::get(self, user_id, campaign_key)
     }
 
-    /// Stores `map` under the fleet's merge rule ([`RedisStore::set_merged`]): a variation already stored for
-    /// the user is kept.
+    /// Stores `map` under the fleet rule (see [`RedisStore::set_merged`]).
     fn set(&self, map: &CampaignUserMap) -> Result<()> {
-        self.set_merged(map).map(|_| ())
+        RedisStore::set_merged(self, map).map(drop)
     }
 }
 
-/// `url` without the user name and password of its authority part.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rfind('@') {
-        Some(at) => format!(
-            "{scheme}://{}{path}",
-            authority.get(at + 1..).unwrap_or_default()
-        ),
-        None => url.to_owned(),
+impl Remote {
+    /// The connection, made now if there is none yet.
+    async fn conn(&self) -> Result<Conn> {
+        let mut slot = self.slot.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self.connect().await.map_err(|e| self.fail("connect", e))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn connect(&self) -> redis::RedisResult<Conn> {
+        let c = &self.config;
+        if c.cluster {
+            let client = ClusterClientBuilder::new(c.urls.clone())
+                .connection_timeout(c.connect_timeout)
+                .response_timeout(c.response_timeout)
+                .retries(2)
+                .min_retry_wait(20)
+                .max_retry_wait(500)
+                .build()?;
+            Ok(Conn::Cluster(client.get_async_connection().await?))
+        } else {
+            let url = c.urls.first().map(String::as_str).unwrap_or_default();
+            let client = redis::Client::open(url)?;
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(c.connect_timeout))
+                .set_response_timeout(Some(c.response_timeout))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(20))
+                .set_max_delay(Duration::from_millis(500));
+            Ok(Conn::Single(
+                ConnectionManager::new_with_config(client, manager).await?,
+            ))
+        }
+    }
+
+    /// Runs `cmd` on the connection.
+    async fn query<T: redis::FromRedisValue>(&self, what: &str, cmd: &Cmd) -> Result<T> {
+        let mut conn = self.conn().await?;
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(what, e))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = self.query("PING", &redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.query("GET", redis::cmd("GET").arg(key)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let n: i64 = self.query("DEL", redis::cmd("DEL").arg(key)).await?;
+        Ok(n > 0)
+    }
+
+    async fn cas(&self, key: &str, expected: Option<&[u8]>, new: &str) -> Result<Cas> {
+        let mut conn = self.conn().await?;
+        let mut call = self.cas.key(key);
+        match expected {
+            None => call.arg("0").arg(""),
+            Some(v) => call.arg("1").arg(v),
+        };
+        call.arg(new).arg(self.config.ttl_millis().to_string());
+        let reply: Vec<Value> = call
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("the compare-and-set script", e))?;
+        match reply.as_slice() {
+            [Value::Int(1)] => Ok(Cas::Written),
+            [Value::Int(0)] => Ok(Cas::Absent),
+            [Value::Int(2), Value::BulkString(v)] => Ok(Cas::Holds(v.clone())),
+            other => Err(Error::backend(
+                BACKEND,
+                BackendErrorKind::InvalidData,
+                self.target.clone(),
+                format!("unexpected reply to the compare-and-set script for key {key}: {other:?}"),
+            )),
+        }
+    }
+
+    /// The fleet rule, made atomic with compare-and-set: write the map if the key is new, else merge it into
+    /// what the key holds and write that only if the key still holds what was merged.
+    async fn merge(&self, map: &CampaignUserMap) -> Result<CampaignUserMap> {
+        let key = self.config.key(&map.user_id, &map.campaign_key);
+        let fresh = value::encode_new(map);
+        let refresh_ttl = self.config.ttl.is_some();
+        // The first round assumes the key is new: one round trip for a first assignment.
+        let mut current: Option<Vec<u8>> = None;
+        for _ in 0..MAX_CAS_ROUNDS {
+            let (write, result) = match &current {
+                None => (fresh.clone(), map.clone()),
+                Some(bytes) => {
+                    let stored = value::decode(&key, bytes, &map.user_id, &map.campaign_key)?;
+                    let merged = value::first_wins(&stored, map);
+                    if merged == stored {
+                        if !refresh_ttl {
+                            return Ok(stored);
+                        }
+                        // Written again as it is, only to restart its time to live.
+                        (String::from_utf8_lossy(bytes).into_owned(), stored)
+                    } else {
+                        (value::rewrite(&key, bytes, &merged)?, merged)
+                    }
+                }
+            };
+            match self.cas(&key, current.as_deref(), &write).await? {
+                Cas::Written => return Ok(result),
+                Cas::Absent => current = None,
+                Cas::Holds(v) => current = Some(v),
+            }
+        }
+        Err(Error::backend(
+            BACKEND,
+            BackendErrorKind::Other,
+            key,
+            format!("the key kept changing during {MAX_CAS_ROUNDS} compare-and-set rounds"),
+        ))
+    }
+
+    /// The masters of a Cluster as (host, port), from `CLUSTER NODES`.
+    async fn masters(&self) -> Result<Vec<(String, u16)>> {
+        let text: String = self
+            .query("CLUSTER NODES", redis::cmd("CLUSTER").arg("NODES"))
+            .await?;
+        let mut masters = Vec::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            if !flags.split(',').any(|f| f == "master")
+                || flags.split(',').any(|f| f == "fail" || f == "noaddr")
+            {
+                continue;
+            }
+            let addr = addr.split(['@', ',']).next().unwrap_or_default();
+            if let Some((host, port)) = addr.rsplit_once(':')
+                && let Ok(port) = port.parse::<u16>()
+            {
+                masters.push((host.to_owned(), port));
+            }
+        }
+        Ok(masters)
+    }
+
+    /// One `SCAN` call, on `node` for a Cluster.
+    async fn scan_page(
+        &self,
+        node: Option<&(String, u16)>,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        match (self.conn().await?, node) {
+            (Conn::Cluster(mut c), Some((host, port))) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let reply = c
+                    .route_command(cmd, routing)
+                    .await
+                    .map_err(|e| self.fail("SCAN", e))?;
+                redis::from_redis_value(reply).map_err(|e| self.fail("SCAN", RedisError::from(e)))
+            }
+            (mut conn, _) => cmd
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail("SCAN", e)),
+        }
+    }
+
+    /// A failure of the client, as an [`Error::Backend`] with passwords scrubbed from the message.
+    fn fail(&self, what: &str, e: RedisError) -> Error {
+        let kind = kind_of(&e);
+        if kind == BackendErrorKind::Unavailable
+            && self.config.cluster
+            && let Ok(mut slot) = self.slot.try_lock()
+        {
+            // A cluster connection whose every node went away is rebuilt from the seeds on the next call.
+            *slot = None;
+        }
+        let mut message = format!("{what}: {e}");
+        for secret in &self.secrets {
+            message = message.replace(secret.as_str(), "***");
+        }
+        Error::backend(BACKEND, kind, self.target.clone(), message)
+    }
+
+    fn timed_out(&self, limit: Duration) -> Error {
+        Error::backend(
+            BACKEND,
+            BackendErrorKind::Timeout,
+            self.target.clone(),
+            format!("no answer within {limit:?}"),
+        )
+    }
+
+    fn other(&self, reason: &str) -> Error {
+        Error::backend(
+            BACKEND,
+            BackendErrorKind::Other,
+            self.target.clone(),
+            reason.to_owned(),
+        )
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::redact;
+/// What a caller can do about a client error.
+fn kind_of(e: &RedisError) -> BackendErrorKind {
+    if e.is_timeout() {
+        return BackendErrorKind::Timeout;
+    }
+    match e.code() {
+        Some("NOAUTH" | "WRONGPASS" | "NOPERM") => return BackendErrorKind::Refused,
+        Some("WRONGTYPE") => return BackendErrorKind::InvalidData,
+        Some("LOADING" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "BUSY" | "READONLY") => {
+            return BackendErrorKind::Unavailable;
+        }
+        _ => {}
+    }
+    match e.kind() {
+        ErrorKind::AuthenticationFailed => BackendErrorKind::Refused,
+        ErrorKind::InvalidClientConfig => BackendErrorKind::Config,
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::InvalidData,
+        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => BackendErrorKind::Unavailable,
+        _ if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_cluster_error() =>
+        {
+            BackendErrorKind::Unavailable
+        }
+        _ => BackendErrorKind::Other,
+    }
+}
 
-    #[test]
-    fn redact_drops_credentials() {
-        assert_eq!(
-            redact("redis://:secret@127.0.0.1:6379/0"),
-            "redis://127.0.0.1:6379/0"
-        );
-        assert_eq!(redact("redis://u:p@h"), "redis://h");
-        assert_eq!(redact("redis://h:1/2"), "redis://h:1/2");
-        assert_eq!(redact("unix:///tmp/x.sock"), "unix:///tmp/x.sock");
+/// The ids a key can be made of: the same limits as the local store's.
+pub(crate) fn check_ids(user_id: &str, campaign_key: &str) -> Result<()> {
+    for (field, id) in [("user_id", user_id), ("campaign_key", campaign_key)] {
+        let reason = if id.is_empty() {
+            "must not be empty".to_owned()
+        } else if id.len() > MAX_ID_LEN {
+            format!("is {} bytes long, the limit is {MAX_ID_LEN}", id.len())
+        } else {
+            continue;
+        };
+        return Err(Error::InvalidKey {
+            field,
+            key: id.chars().take(64).collect(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// `s` with the glob characters of `SCAN MATCH` escaped, so a key prefix matches only itself.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Every mapping of a keyspace, from [`RedisStore::scan`].
+pub struct RedisScan {
+    store: RedisStore,
+    pattern: String,
+    /// The nodes to walk: `[None]` for a standalone server, each master of a Cluster; listed on first use.
+    nodes: Option<Vec<Option<(String, u16)>>>,
+    node: usize,
+    cursor: u64,
+    ready: VecDeque<Result<CampaignUserMap>>,
+    done: bool,
+}
+
+impl std::fmt::Debug for RedisScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisScan")
+            .field("target", &self.store.target())
+            .field("pattern", &self.pattern)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisScan {
+    /// Reads the next page of keys and their values into `ready`.
+    fn fetch(&mut self) -> Result<()> {
+        let nodes = match &self.nodes {
+            Some(nodes) => nodes.clone(),
+            None => {
+                let nodes = if self.store.config().cluster {
+                    let remote = Arc::clone(&self.store.inner.remote);
+                    self.store
+                        .block(async move { remote.masters().await })?
+                        .into_iter()
+                        .map(Some)
+                        .collect()
+                } else {
+                    vec![None]
+                };
+                self.nodes = Some(nodes.clone());
+                nodes
+            }
+        };
+        let Some(node) = nodes.get(self.node).cloned() else {
+            self.done = true;
+            return Ok(());
+        };
+        let remote = Arc::clone(&self.store.inner.remote);
+        let (cursor, pattern) = (self.cursor, self.pattern.clone());
+        let (next, keys) = self
+            .store
+            .block(async move { remote.scan_page(node.as_ref(), cursor, &pattern).await })?;
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter_map(|k| String::from_utf8(k).ok())
+            .collect();
+        let remote = Arc::clone(&self.store.inner.remote);
+        let values = self.store.block(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, key) in keys.into_iter().enumerate() {
+                let remote = Arc::clone(&remote);
+                tasks.spawn(async move {
+                    let raw = remote.get_raw(&key).await;
+                    (i, key, raw)
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                if let Ok(item) = joined {
+                    out.push(item);
+                }
+            }
+            out.sort_by_key(|(i, _, _)| *i);
+            Ok(out)
+        })?;
+        let config = self.store.config();
+        for (_, key, raw) in values {
+            match raw {
+                Ok(None) => {}
+                Ok(Some(bytes)) => self.ready.push_back(
+                    value::decode_any(&key, &bytes).and_then(|map| {
+                        if config.key(&map.user_id, &map.campaign_key) == key {
+                            Ok(map)
+                        } else {
+                            Err(Error::backend(
+                                BACKEND,
+                                BackendErrorKind::InvalidData,
+                                key,
+                                format!(
+                                    "the value is the mapping of user {:?} in campaign {:?}, which belongs \
+                                     under another key",
+                                    map.user_id, map.campaign_key
+                                ),
+                            ))
+                        }
+                    }),
+                ),
+                Err(e) => self.ready.push_back(Err(e)),
+            }
+        }
+        self.cursor = next;
+        if next == 0 {
+            self.node += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for RedisScan {
+    type Item = Result<CampaignUserMap>;
+
+    fn next(&mut self) -> Option<Result<CampaignUserMap>> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fetch() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
     }
 }

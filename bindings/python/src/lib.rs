@@ -508,32 +508,212 @@ impl Store {
 /// `get` returns None or {"userId", "campaignKey", "variationName"[, "goalIdentifiers"]}, the shape
 /// the SDK reads; `set` takes the dict the SDK passes. Built on a path, it opens its own `Store`;
 /// built on a `Store`, it shares it. Either way `close()` closes that `Store`.
+///
+/// With `redis_url` (or `redis_cluster`, a list of seed URLs) it is a server's share of a fleet's
+/// storage (docs/GUIDE.md, "Running a fleet"): the local store at `path` in front of Redis, reads
+/// local once Redis has confirmed a mapping, writes local and durable, shipped to Redis in the
+/// background, the first assignment of a user winning across every server.
 #[pyclass(frozen, module = "ussdb", name = "UserStorage")]
 struct UserStorage {
     store: Py<Store>,
+    /// The fleet tier, when built with a Redis.
+    tier: Option<Tier>,
+}
+
+/// A `ussdb::Tiered` that `close()` can stop, and that a forked child leaves alone (like `Store`).
+struct Tier {
+    inner: RwLock<Option<ussdb::Tiered>>,
+    path: PathBuf,
+    fork_generation: u64,
+}
+
+impl Drop for Tier {
+    fn drop(&mut self) {
+        if FORK_GENERATION.load(Ordering::Relaxed) != self.fork_generation {
+            // Dropping would join a shipper thread that exists only in the parent.
+            let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+            std::mem::forget(inner.take());
+        }
+    }
+}
+
+impl Tier {
+    fn call<T, F>(&self, py: Python<'_>, f: F) -> PyResult<T>
+    where
+        T: Send,
+        F: FnOnce(&ussdb::Tiered) -> ussdb::Result<T> + Send,
+    {
+        if FORK_GENERATION.load(Ordering::Relaxed) != self.fork_generation {
+            return Err(forked_error(&self.path));
+        }
+        let out = py.detach(|| {
+            let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+            guard.as_ref().map(f)
+        });
+        match out {
+            Some(r) => r.map_err(engine_error),
+            None => Err(closed_error()),
+        }
+    }
+
+    fn close(&self, py: Python<'_>) {
+        let tier = py.detach(|| {
+            self.inner
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+        });
+        // Stops the shipper (what still waits stays in the local outbox, for the next open).
+        py.detach(move || drop(tier));
+    }
+}
+
+fn tier_stats_dict<'py>(py: Python<'py>, s: &ussdb::TierStats) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("outbox_depth", s.outbox_depth)?;
+    d.set_item("replay_lag_seconds", s.replay_lag.map(|t| t.as_secs_f64()))?;
+    d.set_item("shipped", s.shipped)?;
+    d.set_item("redis_errors", s.redis_errors)?;
+    d.set_item("local_hits", s.local_hits)?;
+    d.set_item("remote_hits", s.remote_hits)?;
+    d.set_item("misses", s.misses)?;
+    d.set_item("degraded", s.degraded)?;
+    d.set_item("redis_available", s.redis_available)?;
+    d.set_item("hit_ratio", s.hit_ratio())?;
+    Ok(d)
+}
+
+/// Opens the tier at `path` with Redis at `redis_url` or the Cluster of `redis_cluster`.
+#[allow(clippy::too_many_arguments)]
+fn open_tier(
+    py: Python<'_>,
+    path: PathBuf,
+    durability: &str,
+    segment_size: Option<u64>,
+    redis_url: Option<String>,
+    redis_cluster: Option<Vec<String>>,
+    fresh_for: Option<f64>,
+    key_prefix: Option<String>,
+) -> PyResult<(Tier, Store)> {
+    let mut config = match (redis_url, redis_cluster) {
+        (Some(_), Some(_)) => {
+            return Err(PyValueError::new_err(
+                "give redis_url (one server) or redis_cluster (a Cluster's seed nodes), not both",
+            ));
+        }
+        (Some(url), None) => ussdb::RedisConfig::new(url),
+        (None, Some(seeds)) if seeds.is_empty() => {
+            return Err(PyValueError::new_err(
+                "redis_cluster needs at least one seed URL",
+            ));
+        }
+        (None, Some(seeds)) => ussdb::RedisConfig::cluster(seeds),
+        (None, None) => return Err(PyValueError::new_err("no Redis given")),
+    };
+    if let Some(prefix) = key_prefix {
+        config = config.key_prefix(prefix);
+    }
+    let mut local = ussdb::Options::default().durability(parse_durability(durability)?);
+    if let Some(bytes) = segment_size {
+        local = local.segment_size(bytes);
+    }
+    let mut options = ussdb::TierOptions::default().local(local);
+    if let Some(secs) = fresh_for {
+        let fresh = std::time::Duration::try_from_secs_f64(secs).map_err(|_| {
+            PyValueError::new_err(format!("fresh_for must be seconds >= 0, not {secs}"))
+        })?;
+        options = options.fresh_for(fresh);
+    }
+    let dir = path.clone();
+    let tier = py
+        .detach(move || ussdb::Tiered::open_with(dir, config, options))
+        .map_err(engine_error)?;
+    let fork_generation = FORK_GENERATION.load(Ordering::Relaxed);
+    // The same engine, for `UserStorage.store` (stats, sync); writes through it are not shipped.
+    let store = Store {
+        inner: RwLock::new(Some(tier.local().clone())),
+        path: path.clone(),
+        fork_generation,
+    };
+    Ok((
+        Tier {
+            inner: RwLock::new(Some(tier)),
+            path,
+            fork_generation,
+        },
+        store,
+    ))
 }
 
 #[pymethods]
 impl UserStorage {
+    /// redis_url: "redis://[user][:password]@host:port[/db]" of the fleet's Redis or Valkey;
+    /// redis_cluster: a Cluster's seed URLs instead. fresh_for: seconds a local copy confirmed by
+    /// Redis is used without asking it again (default 5; bounds how long another server's goal
+    /// can stay unseen here). redis_key_prefix: put before every key (default none, as VWO's
+    /// Redis helpers write).
     #[new]
-    #[pyo3(signature = (path_or_store, durability = "periodic", segment_size = None))]
+    #[pyo3(signature = (
+        path_or_store,
+        durability = "periodic",
+        segment_size = None,
+        *,
+        redis_url = None,
+        redis_cluster = None,
+        fresh_for = None,
+        redis_key_prefix = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path_or_store: &Bound<'_, PyAny>,
         durability: &str,
         segment_size: Option<u64>,
+        redis_url: Option<String>,
+        redis_cluster: Option<Vec<String>>,
+        fresh_for: Option<f64>,
+        redis_key_prefix: Option<String>,
     ) -> PyResult<Self> {
+        let fleet = redis_url.is_some() || redis_cluster.is_some();
         if let Ok(store) = path_or_store.cast::<Store>() {
+            if fleet {
+                return Err(PyTypeError::new_err(
+                    "with redis_url or redis_cluster, UserStorage takes a path: it opens the local store itself",
+                ));
+            }
             return Ok(UserStorage {
                 store: store.clone().unbind(),
+                tier: None,
             });
         }
         let path: PathBuf = path_or_store.extract().map_err(|_| {
             PyTypeError::new_err("UserStorage takes a path (str or os.PathLike) or a ussdb.Store")
         })?;
+        if fleet {
+            let (tier, store) = open_tier(
+                py,
+                path,
+                durability,
+                segment_size,
+                redis_url,
+                redis_cluster,
+                fresh_for,
+                redis_key_prefix,
+            )?;
+            return Ok(UserStorage {
+                store: Py::new(py, store)?,
+                tier: Some(tier),
+            });
+        }
+        if fresh_for.is_some() || redis_key_prefix.is_some() {
+            return Err(PyValueError::new_err(
+                "fresh_for and redis_key_prefix apply with redis_url or redis_cluster",
+            ));
+        }
         let store = Store::new(py, path, durability, segment_size, None, true)?;
         Ok(UserStorage {
             store: Py::new(py, store)?,
+            tier: None,
         })
     }
 
@@ -542,13 +722,58 @@ impl UserStorage {
         user_id: &Bound<'py, PyString>,
         campaign_key: &Bound<'py, PyString>,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        if let Some(tier) = &self.tier {
+            let (user, campaign) = (user_id.to_str()?, campaign_key.to_str()?);
+            let got = tier.call(user_id.py(), |t| t.get(user, campaign))?;
+            return got
+                .map(|m| {
+                    record_dict(
+                        user_id.as_any(),
+                        campaign_key.as_any(),
+                        m.variation_name,
+                        m.goal_identifier,
+                        Shape::Vwo,
+                    )
+                })
+                .transpose();
+        }
         self.store
             .get()
             .get_shaped(user_id, campaign_key, Shape::Vwo)
     }
 
     fn set(&self, data: &Bound<'_, PyDict>) -> PyResult<()> {
+        if let Some(tier) = &self.tier {
+            let record = dict_to_record(data)?;
+            return tier.call(data.py(), |t| t.set(&record));
+        }
         self.store.get().set_dict(data)
+    }
+
+    /// With a Redis: waits until every change made so far is in Redis, at most `timeout` seconds;
+    /// raises ussdb.Error if Redis did not take them in time (they stay queued, durably).
+    #[pyo3(signature = (timeout = 10.0))]
+    fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let timeout = std::time::Duration::try_from_secs_f64(timeout).map_err(|_| {
+            PyValueError::new_err(format!("timeout must be seconds >= 0, not {timeout}"))
+        })?;
+        match &self.tier {
+            Some(tier) => tier.call(py, |t| t.flush(timeout)),
+            None => Ok(()),
+        }
+    }
+
+    /// With a Redis, the tier's counters as a dict (outbox_depth, replay_lag_seconds, shipped,
+    /// redis_errors, local_hits, remote_hits, misses, degraded, redis_available, hit_ratio);
+    /// None without one.
+    fn tier_stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        match &self.tier {
+            Some(tier) => {
+                let stats = tier.call(py, |t| Ok(t.stats()))?;
+                tier_stats_dict(py, &stats).map(Some)
+            }
+            None => Ok(None),
+        }
     }
 
     /// The underlying `Store` (for sync, stats, forget_user...).
@@ -558,6 +783,9 @@ impl UserStorage {
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(tier) = &self.tier {
+            tier.close(py);
+        }
         self.store.get().close(py)
     }
 

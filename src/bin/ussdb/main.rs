@@ -25,6 +25,9 @@ Examples:
   ussdb --dir ./data get user-42 checkout-test
   ussdb --dir ./data export --output users.jsonl
   ussdb --dir ./data verify
+  ussdb --dir ./data --redis redis://127.0.0.1:6379 get user-42 checkout-test
+  ussdb --dir ./data import --from-redis redis://127.0.0.1:6379 --match 'checkout-test:*'
+  ussdb --dir ./data export --to-redis redis://127.0.0.1:6379
 
 Commands that only read (get, campaigns, export, stats, verify, and delete, forget-user, compact) need an
 existing store; set and import create one in a new or empty directory, never among other files.
@@ -50,6 +53,22 @@ struct Cli {
     /// When writes reach the disk.
     #[arg(long, global = true, value_enum, default_value_t = Mode::Immediate)]
     durability: Mode,
+    /// Work on the fleet's tiered store: the local store at --dir in front of Redis or Valkey at URL, as a server
+    /// of the fleet opens it (get, set, import, export, stats; docs/GUIDE.md, "Running a fleet"). get asks Redis
+    /// and the local copy takes its answer (the local copy answers, with a warning, while Redis is down); set and
+    /// import apply the fleet rule (the first assignment wins, goals unite) and wait for Redis to take the
+    /// changes (they stay queued in the local outbox if it does not); export sends what waits, then writes the
+    /// local copy.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        conflicts_with = "redis_cluster"
+    )]
+    redis: Option<String>,
+    /// As --redis, for a Redis Cluster reached through these seed nodes (redis:// URLs, comma separated).
+    #[arg(long, global = true, value_name = "URL,URL,...")]
+    redis_cluster: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -145,9 +164,29 @@ enum Command {
     /// featureKey:userId) storage keys.
     ///
     /// Example: ussdb --dir ./data --durability never import users.jsonl --on-error skip
+    ///
+    /// With --from-redis URL, reads a Redis keyspace written by VWO's Redis helpers (keys campaignKey:userId, the
+    /// SDK's JSON as values) instead of a file, with SCAN (never KEYS, so the server keeps serving). A value that
+    /// is not a mapping is reported with its key; the import stops there, or with `--on-error skip` goes on past
+    /// it. Redis's variation wins over a local copy's, and goal lists unite.
+    ///
+    /// Example: ussdb --dir ./data import --from-redis redis://10.0.0.5:6379 --match 'checkout-test:*'
     Import {
         /// The file to read, or `-` for standard input.
-        file: PathBuf,
+        #[arg(required_unless_present = "from_redis", conflicts_with = "from_redis")]
+        file: Option<PathBuf>,
+        /// Copy the mappings of this Redis (a redis:// URL; several, comma separated, for a Cluster's seed nodes)
+        /// into the store.
+        #[arg(long, value_name = "URL")]
+        from_redis: Option<String>,
+        /// With --from-redis: only keys matching this glob (SCAN MATCH), e.g. 'checkout-test:*'.
+        #[arg(
+            long = "match",
+            value_name = "PATTERN",
+            requires = "from_redis",
+            default_value = "*"
+        )]
+        pattern: String,
         /// What a bad record does: skip it, or stop there (everything before it stays imported).
         #[arg(long, value_enum, default_value_t = ErrorMode::Abort)]
         on_error: ErrorMode,
@@ -159,10 +198,20 @@ enum Command {
     /// which import reads back.
     ///
     /// Example: ussdb --dir ./data export --output users.jsonl
+    ///
+    /// With --to-redis URL, copies every mapping into Redis instead, as VWO's Redis helpers lay it out, under the
+    /// fleet rule: a key Redis already holds keeps its variation (the first assignment wins) and gains the local
+    /// goals, so pushing into a keyspace a fleet already serves never reassigns a user.
+    ///
+    /// Example: ussdb --dir ./data export --to-redis redis://10.0.0.5:6379
     Export {
         /// Write here instead of standard output (refused if the file exists, unless --force).
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "to_redis")]
         output: Option<PathBuf>,
+        /// Copy the mappings into this Redis (a redis:// URL; several, comma separated, for a Cluster's seed
+        /// nodes).
+        #[arg(long, value_name = "URL")]
+        to_redis: Option<String>,
         /// Overwrite the --output file if it exists.
         #[arg(long, requires = "output")]
         force: bool,
@@ -247,6 +296,7 @@ macro_rules! out {
 }
 
 mod feature;
+mod fleet;
 
 fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -325,6 +375,13 @@ fn open(cli: &Cli, access: Access) -> Result<Store, String> {
             cli.command.name()
         ));
     }
+    check_dir(cli, access)?;
+    Store::open_with(&cli.dir, options(cli, access)).map_err(|e| describe(cli, &e))
+}
+
+/// Refuses what `access` must not do to the directory: read where there is no store, or create a store among
+/// other files.
+fn check_dir(cli: &Cli, access: Access) -> Result<(), String> {
     let state = store_dir::state(&cli.dir)?;
     match (&state, access) {
         (DirState::Store, _) | (DirState::Missing | DirState::Empty, Access::Create) => {}
@@ -340,7 +397,7 @@ fn open(cli: &Cli, access: Access) -> Result<Store, String> {
         }
         (_, Access::Read | Access::Change) => return Err(no_store(cli, &state)),
     }
-    Store::open_with(&cli.dir, options(cli, access)).map_err(|e| describe(cli, &e))
+    Ok(())
 }
 
 fn options(cli: &Cli, access: Access) -> Options {
@@ -367,6 +424,9 @@ fn no_store(cli: &Cli, state: &DirState) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
+    if cli.redis.is_some() || cli.redis_cluster.is_some() {
+        return fleet::run_tiered(&cli);
+    }
     let err = |e: ussdb::Error| describe(&cli, &e);
     match &cli.command {
         Command::Get { user, campaign } => match open(&cli, Access::Read)?
@@ -425,11 +485,26 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Command::Import {
+            from_redis: Some(url),
+            pattern,
+            on_error,
+            batch_size,
+            ..
+        } => return fleet::import_from_redis(&cli, url, pattern, *on_error, *batch_size),
+        Command::Import {
             file,
             on_error,
             batch_size,
-        } => return import(&cli, file, *on_error, *batch_size),
-        Command::Export { output, force } => export(&cli, output.as_deref(), *force)?,
+            ..
+        } => {
+            let file = file.as_deref().unwrap_or(Path::new("-"));
+            return import(&cli, file, *on_error, *batch_size);
+        }
+        Command::Export {
+            to_redis: Some(url),
+            ..
+        } => return fleet::export_to_redis(&cli, url),
+        Command::Export { output, force, .. } => export(&cli, output.as_deref(), *force)?,
         Command::Stats => {
             let store = open(&cli, Access::Read)?;
             print_stats(&store);

@@ -1,0 +1,953 @@
+//! [`Tiered`]: a local [`Store`] in front of a [`RedisStore`], itself a User Storage Service.
+//!
+//! * `get`: a local copy that is fresh answers with no network; otherwise Redis answers and the local copy takes
+//!   its answer. While Redis cannot be reached, the local copy answers (or `None` when there is none).
+//! * `set`: applies the fleet rule to the local copy and appends it to the local log, marked as waiting for
+//!   Redis; a background thread ships waiting mappings to Redis in order, and the local copy then takes Redis's
+//!   answer, so a server that lost a race for a first assignment returns the winner from then on.
+//!
+//! The outbox lives in the local store itself, at no extra record per set: a mapping written with changes Redis
+//! has not seen carries a sequence number in its `metaData` (`{"ussdbOutbox":N}`), in the same record, so the
+//! mark is exactly as durable as the data. One reserved record, the watermark (user id `"\0ussdb"`), says below
+//! which number everything has been shipped; the shipper advances it as it goes. Reopening walks the store once
+//! and queues, in sequence order, every mapping marked at or above the watermark. Shipping something twice is
+//! harmless: the fleet rule is idempotent.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::config::{BACKEND, RedisConfig};
+use super::outbox::{OutKey, Outbox, PassThrough};
+
+type FreshTable = HashMap<u64, Instant, std::hash::BuildHasherDefault<PassThrough>>;
+use super::redis::{RedisStore, check_ids};
+use super::value::first_wins;
+use crate::seed::Seed;
+use crate::{BackendErrorKind, CampaignUserMap, Error, Options, Result, Store, UserStorageService};
+
+/// What starts the user ids a tier reserves for itself in the local store.
+const RESERVED: char = '\0';
+/// The watermark record: user id, campaign key. Its variation field holds the sequence number below which every
+/// marked mapping has been shipped.
+const WATERMARK: (&str, &str) = ("\0ussdb", "outbox-watermark");
+/// The `metaData` key of a mapping's outbox mark.
+const MARK_KEY: &str = "ussdbOutbox";
+
+/// Stripes of the per-mapping lock that orders a set, a refresh and a shipment's answer for one mapping.
+const STRIPES: usize = 64;
+/// Shards of the table of when each local copy was last confirmed by Redis.
+const FRESH_SHARDS: usize = 16;
+
+/// How long a local copy is trusted without asking Redis, by default. See [`TierOptions::fresh_for`].
+pub const DEFAULT_FRESH_FOR: Duration = Duration::from_secs(5);
+
+/// Options of a [`Tiered`] store.
+#[derive(Clone, Debug)]
+pub struct TierOptions {
+    local: Options,
+    fresh_for: Duration,
+    ship_batch: usize,
+    retry_max: Duration,
+}
+
+impl Default for TierOptions {
+    fn default() -> TierOptions {
+        TierOptions {
+            local: Options::default(),
+            fresh_for: DEFAULT_FRESH_FOR,
+            ship_batch: 256,
+            retry_max: Duration::from_secs(2),
+        }
+    }
+}
+
+impl TierOptions {
+    /// The local store's options (durability, segment size, compaction).
+    pub fn local(mut self, options: Options) -> TierOptions {
+        self.local = options;
+        self
+    }
+
+    /// How long a local copy confirmed by Redis (read from it, or answered by it after a shipment) is used without
+    /// asking Redis again (default [`DEFAULT_FRESH_FOR`]). This bounds how long another server's write (a goal it
+    /// tracked) can stay invisible here; a variation confirmed by Redis never changes, so it bounds only goal
+    /// lists. Zero asks Redis on every `get` that is not waiting to be shipped.
+    pub fn fresh_for(mut self, fresh_for: Duration) -> TierOptions {
+        self.fresh_for = fresh_for;
+        self
+    }
+
+    /// How many mappings the shipper sends to Redis at once (default 256).
+    pub fn ship_batch(mut self, mappings: usize) -> TierOptions {
+        self.ship_batch = mappings.max(1);
+        self
+    }
+
+    /// The longest wait between two attempts to reach Redis while it is down (default 2 s; the wait starts at
+    /// 50 ms and doubles).
+    pub fn retry_max(mut self, wait: Duration) -> TierOptions {
+        self.retry_max = wait.max(Duration::from_millis(1));
+        self
+    }
+}
+
+/// A snapshot of a [`Tiered`] store's counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TierStats {
+    /// Mappings with changes not yet in Redis.
+    pub outbox_depth: u64,
+    /// How long the oldest change not yet in Redis has waited (`None` when the outbox is empty).
+    pub replay_lag: Option<Duration>,
+    /// Mappings shipped to Redis since open.
+    pub shipped: u64,
+    /// Failed Redis calls since open (by `get`s and by the shipper).
+    pub redis_errors: u64,
+    /// `get`s answered from a fresh local copy, with no network.
+    pub local_hits: u64,
+    /// `get`s that asked Redis (no local copy, or one older than [`TierOptions::fresh_for`]) and had an answer.
+    pub remote_hits: u64,
+    /// `get`s that found nothing, locally or in Redis.
+    pub misses: u64,
+    /// `get`s answered from the local copy alone (or `None`) because Redis could not be reached.
+    pub degraded: u64,
+    /// False while Redis is known to be unreachable (calls to it are spaced out).
+    pub redis_available: bool,
+}
+
+impl TierStats {
+    /// The share of `get`s answered locally with no network, 0 to 1 (0 before the first `get`).
+    pub fn hit_ratio(&self) -> f64 {
+        let gets = self.local_hits + self.remote_hits + self.misses + self.degraded;
+        if gets == 0 {
+            0.0
+        } else {
+            self.local_hits as f64 / gets as f64
+        }
+    }
+}
+
+/// A local [`Store`] with a [`RedisStore`] behind it: the User Storage Service of a server in a fleet.
+///
+/// Reads are local hash lookups once a mapping is known here; writes are local appends, shipped to Redis in the
+/// background through a durable outbox, so while Redis is down `set` keeps succeeding and nothing acknowledged
+/// is lost across a restart. Redis arbitrates between servers with the fleet rule (the first assignment wins,
+/// goal lists unite), and each server's copy takes Redis's answer. docs/FLEET.md describes the guarantees, and
+/// what a `get` can return during a partition.
+///
+/// ```no_run
+/// use ussdb::{CampaignUserMap, RedisConfig, Tiered, UserStorageService};
+///
+/// # fn main() -> ussdb::Result<()> {
+/// let tier = Tiered::open("/var/lib/app/uss", RedisConfig::new("redis://127.0.0.1:6379"))?;
+/// tier.set(&CampaignUserMap::new("user-42", "checkout-test", "Variation-1"))?;
+/// assert!(tier.get("user-42", "checkout-test")?.is_some());
+/// println!("{:?}", tier.stats());
+/// # Ok(())
+/// # }
+/// ```
+pub struct Tiered {
+    shared: Arc<Shared>,
+    shipper: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Tiered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tiered")
+            .field("local", &self.shared.local.path())
+            .field("remote", &self.shared.remote.target())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    local: Store,
+    remote: RedisStore,
+    options: TierOptions,
+    /// Keys the hash of a mapping's ids, computed once per call and used for its stripe, its freshness and its
+    /// outbox entry; keyed, so clients cannot aim ids at one stripe or one outbox bucket.
+    seed: Seed,
+    stripes: Vec<Mutex<()>>,
+    /// Stands in for a stripe if an index were ever out of range (it cannot be: the index is taken modulo).
+    spare_stripe: Mutex<()>,
+    outbox: Mutex<Outbox>,
+    /// When each local copy was last confirmed by Redis, by the mapping's keyed hash (hashed no further).
+    fresh: Vec<Mutex<FreshTable>>,
+    breaker: Mutex<Breaker>,
+    signal: Mutex<Signal>,
+    wake: Condvar,
+    shipper_idle: AtomicBool,
+    /// Set by writers, cleared by the shipper before it reads the queue: so a burst of writes wakes it once.
+    work: AtomicBool,
+    counters: Counters,
+}
+
+/// Spaces out calls to a Redis that failed: none before `until`, and the wait doubles per failure.
+struct Breaker {
+    until: Option<Instant>,
+    wait: Duration,
+}
+
+#[derive(Default)]
+struct Signal {
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    shipped: AtomicU64,
+    redis_errors: AtomicU64,
+    local_hits: AtomicU64,
+    remote_hits: AtomicU64,
+    misses: AtomicU64,
+    degraded: AtomicU64,
+}
+
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(50);
+
+impl Tiered {
+    /// Opens (or creates) the tier whose local store is `dir`, with Redis at `redis`. Redis is not contacted
+    /// here: the tier starts, serves and records sets while Redis is down.
+    pub fn open(dir: impl AsRef<Path>, redis: RedisConfig) -> Result<Tiered> {
+        Tiered::open_with(dir, redis, TierOptions::default())
+    }
+
+    /// [`Tiered::open`] with options.
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        redis: RedisConfig,
+        options: TierOptions,
+    ) -> Result<Tiered> {
+        let remote = RedisStore::connect_lazy(redis)?;
+        let local = Store::open_with(dir, options.local.clone())?;
+        let seed = Seed::random();
+        let outbox = recover_outbox(&local, &seed)?;
+        let shared = Arc::new(Shared {
+            local,
+            remote,
+            options,
+            seed,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            spare_stripe: Mutex::new(()),
+            outbox: Mutex::new(outbox),
+            fresh: (0..FRESH_SHARDS)
+                .map(|_| Mutex::new(FreshTable::default()))
+                .collect(),
+            breaker: Mutex::new(Breaker {
+                until: None,
+                wait: FIRST_RETRY_WAIT,
+            }),
+            signal: Mutex::new(Signal::default()),
+            wake: Condvar::new(),
+            shipper_idle: AtomicBool::new(false),
+            work: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        let worker = Arc::clone(&shared);
+        let shipper = std::thread::Builder::new()
+            .name("ussdb-tier-shipper".into())
+            .spawn(move || worker.ship_loop())
+            .map_err(|e| {
+                Error::backend(
+                    BACKEND,
+                    BackendErrorKind::Other,
+                    shared.remote.target().to_owned(),
+                    format!("starting the outbox shipper failed: {e}"),
+                )
+            })?;
+        Ok(Tiered {
+            shared,
+            shipper: Some(shipper),
+        })
+    }
+
+    /// The mapping of `user_id` in `campaign_key`: the local copy when it is fresh or has changes not yet
+    /// shipped; else Redis's (which the local copy then takes); the local copy (or `None`) when Redis cannot be
+    /// reached. Fails only for bad ids, a local store error, or a Redis failure other than unreachability (such
+    /// as a value that is not JSON) when there is no local copy to answer with.
+    pub fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
+        check_tier_ids(user_id, campaign_key)?;
+        self.shared.get(user_id, campaign_key)
+    }
+
+    /// Stores `map` under the fleet rule (a variation already kept here stays; goals unite), durably in the local
+    /// log, and queues it for Redis. Returns once the local log has it: Redis being down does not fail it.
+    pub fn set(&self, map: &CampaignUserMap) -> Result<()> {
+        check_tier_ids(&map.user_id, &map.campaign_key)?;
+        self.shared.set(map)
+    }
+
+    /// Waits until every change made so far is in Redis, at most `timeout`. Fails with
+    /// [`BackendErrorKind::Timeout`] (saying how many mappings still wait) if Redis did not take them in time.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let depth = lock(&self.shared.outbox).len();
+            if depth == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::backend(
+                    BACKEND,
+                    BackendErrorKind::Timeout,
+                    self.shared.remote.target().to_owned(),
+                    format!("{depth} mappings still wait to be shipped after {timeout:?}"),
+                ));
+            }
+            self.shared.nudge();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A snapshot of the tier's counters.
+    pub fn stats(&self) -> TierStats {
+        let s = &self.shared;
+        let (outbox_depth, replay_lag) = {
+            let outbox = lock(&s.outbox);
+            let oldest = outbox.oldest().map(|p| p.since.elapsed());
+            (outbox.len() as u64, oldest)
+        };
+        let c = &s.counters;
+        TierStats {
+            outbox_depth,
+            replay_lag,
+            shipped: c.shipped.load(Ordering::Relaxed),
+            redis_errors: c.redis_errors.load(Ordering::Relaxed),
+            local_hits: c.local_hits.load(Ordering::Relaxed),
+            remote_hits: c.remote_hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            degraded: c.degraded.load(Ordering::Relaxed),
+            redis_available: lock(&s.breaker).until.is_none(),
+        }
+    }
+
+    /// The local store. Mappings waiting for Redis carry an outbox mark in their `metaData`, and one record under
+    /// the user id `"\0ussdb"` is the outbox's watermark: write through the tier, not through this handle, or
+    /// changes are not shipped.
+    pub fn local(&self) -> &Store {
+        &self.shared.local
+    }
+
+    /// The Redis half.
+    pub fn remote(&self) -> &RedisStore {
+        &self.shared.remote
+    }
+}
+
+impl Drop for Tiered {
+    fn drop(&mut self) {
+        {
+            let mut signal = lock(&self.shared.signal);
+            signal.stop = true;
+            self.shared.wake.notify_all();
+        }
+        if let Some(shipper) = self.shipper.take() {
+            let _ = shipper.join();
+        }
+    }
+}
+
+impl UserStorageService for Tiered {
+    fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
+        Tiered::get(self, user_id, campaign_key)
+    }
+
+    fn set(&self, map: &CampaignUserMap) -> Result<()> {
+        Tiered::set(self, map)
+    }
+}
+
+/// Ids a tier can store: the local store's, except user ids that start with U+0000 (reserved for the
+/// watermark).
+fn check_tier_ids(user_id: &str, campaign_key: &str) -> Result<()> {
+    check_ids(user_id, campaign_key)?;
+    if user_id.starts_with(RESERVED) {
+        return Err(Error::InvalidKey {
+            field: "user_id",
+            key: user_id.chars().take(64).collect(),
+            reason: "must not start with U+0000, which a tier reserves for its outbox".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The `metaData` that marks a mapping as waiting for Redis with sequence number `seq`: `{"ussdbOutbox":N}`,
+/// built on the stack because every first change of a mapping writes one.
+struct Mark {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Mark {
+    fn new(seq: u64) -> Mark {
+        let mut digits = [0u8; 20];
+        let mut n = seq;
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            if let Some(d) = digits.get_mut(start) {
+                *d = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || start == 0 {
+                break;
+            }
+        }
+        let mut mark = Mark {
+            buf: [0; 48],
+            len: 0,
+        };
+        mark.push(b"{\"");
+        mark.push(MARK_KEY.as_bytes());
+        mark.push(b"\":");
+        mark.push(digits.get(start..).unwrap_or_default());
+        mark.push(b"}");
+        mark
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if let Some(dest) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            dest.copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+/// The sequence number of a mark, if `meta` is one.
+fn read_mark(meta: &str) -> Option<u64> {
+    meta.strip_prefix(&format!("{{\"{MARK_KEY}\":"))?
+        .strip_suffix('}')?
+        .parse()
+        .ok()
+}
+
+/// Finds the marked mappings at or above the watermark: the outbox as it was when the store was last written.
+fn recover_outbox(local: &Store, seed: &Seed) -> Result<Outbox> {
+    let record = local.get(WATERMARK.0, WATERMARK.1)?;
+    let watermark = record
+        .as_ref()
+        .and_then(|m| m.variation_name.parse::<u64>().ok())
+        .unwrap_or(0);
+    // When the oldest waiting mapping was first changed, if the shipper recorded it before the store closed.
+    let oldest_since = record
+        .as_ref()
+        .and_then(|m| m.goal_identifier.as_deref())
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .and_then(instant_of_wall_millis);
+    let mut found: Vec<(u64, String, String)> = Vec::new();
+    for entry in local.entries() {
+        let (map, meta) = entry?;
+        if let Some(seq) = meta.as_deref().and_then(read_mark)
+            && seq >= watermark
+            && !map.user_id.starts_with(RESERVED)
+        {
+            found.push((seq, map.user_id, map.campaign_key));
+        }
+    }
+    found.sort();
+    let now = Instant::now();
+    let oldest_seq = found.first().map(|(seq, _, _)| *seq);
+    let mut outbox = Outbox::default();
+    outbox.next_seq = watermark;
+    outbox.watermark = watermark;
+    outbox.since_recorded = oldest_since.is_some();
+    for (seq, user_id, campaign_key) in found {
+        // Numbers are unique as written; a repeated one (found in order) goes after the others.
+        let seq = seq.max(outbox.next_seq);
+        let hash = key_hash(seed, &user_id, &campaign_key);
+        // The oldest keeps the age the watermark recorded when the watermark names it (the recorded number is
+        // the oldest's at the time of writing); others count from now, so the replay lag is never overstated.
+        let since = match oldest_since {
+            Some(since) if Some(seq) == oldest_seq && oldest_seq == Some(watermark) => since,
+            _ => now,
+        };
+        outbox.insert(seq, OutKey::new(hash, &user_id, &campaign_key), since);
+    }
+    if !outbox.is_empty() {
+        log::info!(
+            "{}: {} mappings wait to be shipped to Redis",
+            local.path().display(),
+            outbox.len()
+        );
+    }
+    Ok(outbox)
+}
+
+/// The tier's hash of a mapping's ids: keyed SipHash of each, combined.
+fn key_hash(seed: &Seed, user_id: &str, campaign_key: &str) -> u64 {
+    seed.hash(user_id.as_bytes()).rotate_left(32) ^ seed.hash(campaign_key.as_bytes())
+}
+
+/// `since` as wall-clock milliseconds since the Unix epoch.
+fn wall_millis(since: Instant) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(now.saturating_sub(since.elapsed()).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The `Instant` of wall-clock milliseconds `ms` (now, if the clock says `ms` is in the future).
+fn instant_of_wall_millis(ms: u64) -> Option<Instant> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let age = now.saturating_sub(Duration::from_millis(ms));
+    Instant::now().checked_sub(age)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True for the failures that say Redis cannot be reached now (rather than that one key or value is wrong).
+fn unreachable(e: &Error) -> bool {
+    matches!(
+        e.backend_kind(),
+        Some(BackendErrorKind::Unavailable | BackendErrorKind::Timeout)
+    )
+}
+
+/// What a round of the shipper did.
+enum Round {
+    /// Nothing waits.
+    Idle,
+    /// Some mappings were shipped: go on.
+    Progress,
+    /// Nothing could be shipped, though Redis answers: retry after a while.
+    Stuck,
+    /// Redis cannot be reached.
+    Backoff,
+}
+
+impl Shared {
+    fn hash(&self, user_id: &str, campaign_key: &str) -> u64 {
+        key_hash(&self.seed, user_id, campaign_key)
+    }
+
+    fn stripe(&self, hash: u64) -> MutexGuard<'_, ()> {
+        let i = (hash % STRIPES as u64) as usize;
+        lock(self.stripes.get(i).unwrap_or(&self.spare_stripe))
+    }
+
+    fn fresh_shard(&self, hash: u64) -> Option<&Mutex<FreshTable>> {
+        self.fresh.get((hash >> 32) as usize % FRESH_SHARDS)
+    }
+
+    fn is_fresh(&self, hash: u64) -> bool {
+        self.fresh_shard(hash).is_some_and(|shard| {
+            lock(shard)
+                .get(&hash)
+                .is_some_and(|t| t.elapsed() < self.options.fresh_for)
+        })
+    }
+
+    fn mark_fresh(&self, hash: u64) {
+        if let Some(shard) = self.fresh_shard(hash) {
+            lock(shard).insert(hash, Instant::now());
+        }
+    }
+
+    /// Forgets confirmations too old to count, so the table holds only what was confirmed recently.
+    fn prune_fresh(&self) {
+        for shard in &self.fresh {
+            lock(shard).retain(|_, t| t.elapsed() < self.options.fresh_for);
+        }
+    }
+
+    fn is_pending(&self, hash: u64, user_id: &str, campaign_key: &str) -> bool {
+        lock(&self.outbox)
+            .get(hash, user_id, campaign_key)
+            .is_some()
+    }
+
+    fn redis_down(&self) -> bool {
+        lock(&self.breaker)
+            .until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn redis_failed(&self) {
+        let mut b = lock(&self.breaker);
+        let wait = if b.until.is_some() {
+            b.wait.saturating_mul(2).min(self.options.retry_max)
+        } else {
+            FIRST_RETRY_WAIT.min(self.options.retry_max)
+        };
+        b.wait = wait;
+        b.until = Some(Instant::now() + wait);
+    }
+
+    fn redis_answered(&self) {
+        let mut b = lock(&self.breaker);
+        if b.until.take().is_some() {
+            log::info!("Redis at {} answers again", self.remote.target());
+        }
+        b.wait = FIRST_RETRY_WAIT;
+    }
+
+    fn count_redis_error(&self, e: &Error) {
+        self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+        if unreachable(e) {
+            self.redis_failed();
+        }
+    }
+
+    fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
+        let hash = self.hash(user_id, campaign_key);
+        let local = self.local.get(user_id, campaign_key)?;
+        if local.is_some() && (self.is_fresh(hash) || self.is_pending(hash, user_id, campaign_key))
+        {
+            self.counters.local_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(local);
+        }
+        if self.redis_down() {
+            self.counters.degraded.fetch_add(1, Ordering::Relaxed);
+            return Ok(local);
+        }
+        match self.remote.get(user_id, campaign_key) {
+            Ok(Some(remote)) => {
+                self.redis_answered();
+                self.counters.remote_hits.fetch_add(1, Ordering::Relaxed);
+                self.refresh(hash, &remote).map(Some)
+            }
+            Ok(None) => {
+                self.redis_answered();
+                match local {
+                    Some(local) => {
+                        // Redis lacks what this server has (it lost data, or the change was never shipped): ship it.
+                        self.counters.remote_hits.fetch_add(1, Ordering::Relaxed);
+                        self.reship(hash, &local)?;
+                        Ok(Some(local))
+                    }
+                    None => {
+                        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                        Ok(None)
+                    }
+                }
+            }
+            Err(e) => {
+                self.count_redis_error(&e);
+                match local {
+                    Some(local) => {
+                        if !unreachable(&e) {
+                            log::warn!(
+                                "answering {user_id:?} in {campaign_key:?} from the local copy: {e}"
+                            );
+                        }
+                        self.counters.degraded.fetch_add(1, Ordering::Relaxed);
+                        Ok(Some(local))
+                    }
+                    None if unreachable(&e) => {
+                        self.counters.degraded.fetch_add(1, Ordering::Relaxed);
+                        Ok(None)
+                    }
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    fn set(&self, map: &CampaignUserMap) -> Result<()> {
+        let hash = self.hash(&map.user_id, &map.campaign_key);
+        let _stripe = self.stripe(hash);
+        // The fleet rule against the local copy, read in place: a first assignment (no copy) decodes and copies
+        // nothing, and a set that adds no goal is decided without building a mapping.
+        let change =
+            self.local
+                .engine()
+                .get_with(&map.user_id, map.campaign_key.as_bytes(), |value| {
+                    let stored = crate::codec::decode_value(value)?;
+                    let tracked = stored.goal_identifier.as_deref().unwrap_or_default();
+                    let known = |goal: &str| {
+                        tracked
+                            .split(crate::GOAL_DELIMITER)
+                            .any(|g| !g.is_empty() && g == goal)
+                    };
+                    if map.goals().all(known) {
+                        return Ok(None);
+                    }
+                    let stored = CampaignUserMap {
+                        user_id: map.user_id.clone(),
+                        campaign_key: map.campaign_key.clone(),
+                        variation_name: stored.variation_name.into_owned(),
+                        goal_identifier: stored.goal_identifier.map(std::borrow::Cow::into_owned),
+                    };
+                    Ok(Some(first_wins(&stored, map)))
+                })?;
+        match change {
+            None => self.write_dirty(hash, map)?,
+            Some(None) => return Ok(()),
+            Some(Some(merged)) => self.write_dirty(hash, &merged)?,
+        }
+        self.nudge();
+        Ok(())
+    }
+
+    /// Writes `map` locally, marked as waiting for Redis (with the mapping's number if it already waits, else a
+    /// new one). The caller holds the mapping's stripe, which the shipper also holds while it reads a mapping to
+    /// ship: so bumping the generation before the write is safe (no shipment can read between the two), and the
+    /// watermark cannot pass the number while the write is under way.
+    fn write_dirty(&self, hash: u64, map: &CampaignUserMap) -> Result<()> {
+        let (seq, new) = lock(&self.outbox).enqueue(hash, &map.user_id, &map.campaign_key);
+        let written = self.local.set_with_meta(map, Some(Mark::new(seq).as_str()));
+        if written.is_err() && new {
+            lock(&self.outbox).remove(hash, &map.user_id, &map.campaign_key);
+        }
+        written
+    }
+
+    /// Writes `map` locally as Redis has it, or, if the mapping waits for Redis, keeping its mark. The caller
+    /// holds the mapping's stripe.
+    fn write_settled(&self, hash: u64, map: &CampaignUserMap) -> Result<()> {
+        let seq = lock(&self.outbox)
+            .get(hash, &map.user_id, &map.campaign_key)
+            .map(|p| p.seq);
+        match seq {
+            Some(seq) => self.local.set_with_meta(map, Some(Mark::new(seq).as_str())),
+            None => self.local.set(map),
+        }
+    }
+
+    /// The local copy takes Redis's answer `remote`, keeping (and queueing for Redis) any goal only it has.
+    fn refresh(&self, hash: u64, remote: &CampaignUserMap) -> Result<CampaignUserMap> {
+        let _stripe = self.stripe(hash);
+        let local = self.local.get(&remote.user_id, &remote.campaign_key)?;
+        let merged = match &local {
+            None => remote.clone(),
+            Some(local) => first_wins(remote, local),
+        };
+        if merged != *remote && !self.is_pending(hash, &remote.user_id, &remote.campaign_key) {
+            self.write_dirty(hash, &merged)?;
+            self.nudge();
+        } else if local.as_ref() != Some(&merged) {
+            self.write_settled(hash, &merged)?;
+        }
+        self.mark_fresh(hash);
+        Ok(merged)
+    }
+
+    /// Queues the local copy for Redis again (unless it already waits).
+    fn reship(&self, hash: u64, local: &CampaignUserMap) -> Result<()> {
+        let _stripe = self.stripe(hash);
+        if !self.is_pending(hash, &local.user_id, &local.campaign_key) {
+            let current = self
+                .local
+                .get(&local.user_id, &local.campaign_key)?
+                .unwrap_or_else(|| local.clone());
+            self.write_dirty(hash, &current)?;
+            self.nudge();
+        }
+        Ok(())
+    }
+
+    /// Writes the watermark (the lowest number still waiting, or the next one) if it moved: after a restart,
+    /// marks below it are known to be shipped.
+    fn advance_watermark(&self) {
+        let (low, written, oldest) = {
+            let outbox = lock(&self.outbox);
+            let oldest = outbox.oldest().map(|p| p.since);
+            // Also written when a first mapping starts waiting, so a restart knows since when.
+            if outbox.low() <= outbox.watermark && oldest.is_some() == outbox.since_recorded {
+                return;
+            }
+            (outbox.low(), outbox.watermark, oldest)
+        };
+        // The record's goal field holds the wall-clock time (ms since the Unix epoch) the oldest waiting mapping
+        // was first changed, for the replay lag after a restart.
+        let mut record = CampaignUserMap::new(WATERMARK.0, WATERMARK.1, low.to_string());
+        record.goal_identifier = oldest.map(|since| wall_millis(since).to_string());
+        match self.local.set(&record) {
+            Ok(()) => {
+                let mut outbox = lock(&self.outbox);
+                outbox.watermark = outbox.watermark.max(low).max(written);
+                outbox.since_recorded = oldest.is_some();
+            }
+            Err(e) => log::error!("writing the outbox watermark failed: {e}"),
+        }
+    }
+
+    /// Tells the shipper there is work; wakes it only if it sleeps and has not been told since its last look.
+    fn nudge(&self) {
+        if !self.work.swap(true, Ordering::SeqCst) && self.shipper_idle.load(Ordering::SeqCst) {
+            let _signal = lock(&self.signal);
+            self.wake.notify_one();
+        }
+    }
+
+    fn ship_loop(&self) {
+        let mut last_prune = Instant::now();
+        loop {
+            if lock(&self.signal).stop {
+                return;
+            }
+            if last_prune.elapsed() >= self.options.fresh_for.max(Duration::from_millis(100)) {
+                self.prune_fresh();
+                last_prune = Instant::now();
+            }
+            let until_retry = || {
+                lock(&self.breaker)
+                    .until
+                    .map(|until| until.saturating_duration_since(Instant::now()))
+            };
+            let wait = if self.redis_down() {
+                self.advance_watermark();
+                until_retry()
+            } else {
+                match self.ship_round() {
+                    Round::Progress => continue,
+                    Round::Idle => Some(Duration::from_millis(200)),
+                    Round::Stuck => Some(self.options.retry_max),
+                    Round::Backoff => until_retry(),
+                }
+            };
+            let Some(wait) = wait else { continue };
+            // Announce the sleep, then look once more: a writer that missed the announcement set `work` before.
+            self.shipper_idle.store(true, Ordering::SeqCst);
+            let down = self.redis_down();
+            let signal = lock(&self.signal);
+            if down || !self.work.load(Ordering::SeqCst) {
+                // While Redis is down, new work does not shorten the wait; only stopping does.
+                let _signal = self
+                    .wake
+                    .wait_timeout_while(signal, wait, |s| {
+                        !s.stop && (down || !self.work.load(Ordering::SeqCst))
+                    })
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            self.shipper_idle.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Ships the oldest waiting mappings once.
+    fn ship_round(&self) -> Round {
+        self.work.store(false, Ordering::SeqCst);
+        let batch: Vec<OutKey> = lock(&self.outbox).batch(self.options.ship_batch);
+        if batch.is_empty() {
+            self.advance_watermark();
+            return Round::Idle;
+        }
+        let mut to_ship = Vec::with_capacity(batch.len());
+        for key in batch {
+            // Under the stripe, so the generation read belongs to the local state read.
+            let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
+            let stripe = self.stripe(key.hash());
+            let Some(generation) = lock(&self.outbox)
+                .get(key.hash(), user_id, campaign_key)
+                .map(|p| p.generation)
+            else {
+                continue;
+            };
+            match self.local.get(user_id, campaign_key) {
+                Ok(Some(map)) => to_ship.push((key, generation, map)),
+                // A write that failed after queueing leaves nothing to ship; it was unqueued.
+                Ok(None) => {}
+                Err(e) => {
+                    log::error!("reading a mapping to ship failed: {e}");
+                    drop(stripe);
+                    self.requeue(&key);
+                }
+            }
+        }
+        let answers = self
+            .remote
+            .merge_many(to_ship.iter().map(|(_, _, m)| m.clone()).collect());
+        let (mut down, mut settled) = (false, 0);
+        for ((key, generation, _), answer) in to_ship.into_iter().zip(answers) {
+            match answer {
+                Ok(answer) => {
+                    settled += 1;
+                    if let Err(e) = self.settle(&key, generation, &answer) {
+                        log::error!("applying Redis's answer locally failed: {e}");
+                    }
+                }
+                Err(e) => {
+                    self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+                    match e.backend_kind() {
+                        Some(BackendErrorKind::InvalidData | BackendErrorKind::Other) => {
+                            // This key cannot be shipped now; the others can. It goes to the back.
+                            log::error!(
+                                "shipping {:?} in {:?} failed: {e}",
+                                key.user_id(),
+                                key.campaign_key()
+                            );
+                            self.requeue(&key);
+                        }
+                        _ => {
+                            if !down {
+                                log::warn!("shipping to Redis failed, retrying later: {e}");
+                            }
+                            down = true;
+                        }
+                    }
+                }
+            }
+        }
+        self.advance_watermark();
+        if down {
+            self.redis_failed();
+            Round::Backoff
+        } else if settled == 0 {
+            // Only mappings Redis refused, or whose write is still under way: not worth an immediate retry.
+            Round::Stuck
+        } else {
+            self.redis_answered();
+            Round::Progress
+        }
+    }
+
+    /// A shipment of `key` made at `generation` got `answer` from Redis. If the mapping did not change meanwhile,
+    /// the local copy takes the answer and leaves the queue; otherwise it stays queued, to ship the newer state.
+    /// Its mark stays in the record until the record is next written: the watermark makes it stale.
+    fn settle(&self, key: &OutKey, generation: u64, answer: &CampaignUserMap) -> Result<()> {
+        let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
+        let hash = key.hash();
+        let _stripe = self.stripe(hash);
+        let unchanged = lock(&self.outbox)
+            .get(hash, user_id, campaign_key)
+            .is_some_and(|p| p.generation == generation);
+        if !unchanged {
+            return Ok(());
+        }
+        let local = self.local.get(user_id, campaign_key)?;
+        let merged = match &local {
+            None => answer.clone(),
+            Some(local) => first_wins(answer, local),
+        };
+        if merged != *answer {
+            // The local copy holds more than Redis answered: it stays queued, marked.
+            return self.write_settled(hash, &merged);
+        }
+        lock(&self.outbox).remove(hash, user_id, campaign_key);
+        if local.as_ref() != Some(&merged) {
+            self.local.set(&merged)?;
+        }
+        self.counters.shipped.fetch_add(1, Ordering::Relaxed);
+        self.mark_fresh(hash);
+        Ok(())
+    }
+
+    /// Moves `key` to the back of the queue, rewriting its mark so a restart keeps it there.
+    fn requeue(&self, key: &OutKey) {
+        let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
+        let _stripe = self.stripe(key.hash());
+        let Some(seq) = lock(&self.outbox).requeue(key) else {
+            return;
+        };
+        if let Ok(Some(map)) = self.local.get(user_id, campaign_key)
+            && let Err(e) = self
+                .local
+                .set_with_meta(&map, Some(Mark::new(seq).as_str()))
+        {
+            log::error!("re-marking a mapping for Redis failed: {e}");
+        }
+    }
+}
