@@ -1,18 +1,19 @@
 //! Segment files: creation, opening (with the one check of a segment header), and reading records back.
 //!
-//! A segment is either *active* (the one the log appends to; read with `pread`, because it grows) or *sealed*
-//! (complete, fsynced, never written again; read through a read-only memory map made by `map`, the crate's one
-//! `unsafe` module).
+//! A segment is either *active* (the one the log appends to with `pwrite`) or *sealed* (complete, fsynced, never
+//! written again). Both are read through a read-only shared memory map ([`Window`], the crate's one `unsafe`
+//! module), so no read makes a system call: the active segment's map is made with room for the whole segment and
+//! readers see only its published length, which grows after each completed append. A sealed, mapped segment
+//! closes its file descriptor (the map outlives it), so open descriptors do not grow with the number of segments.
+//! Files of another `Vfs` than `StdVfs`, and records that reach past a map, are read with `pread`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use memmap2::Mmap;
-
 use crate::dir;
 use crate::index::MAX_SEGMENT_ID;
-use crate::map;
+use crate::map::Window;
 use crate::record::{
     self, DecodeError, HeaderError, Kind, RECORD_HEADER_LEN, RecordRef, SEGMENT_HEADER_LEN,
 };
@@ -31,8 +32,9 @@ pub(crate) struct Segment {
     id: u32,
     file_id: u32,
     path: PathBuf,
-    file: Arc<dyn VFile>,
-    map: Option<Mmap>,
+    /// The open file; `None` for a sealed segment read through its map (it needs no descriptor any more).
+    file: Option<Arc<dyn VFile>>,
+    map: Option<Arc<Window>>,
     /// Bytes of records that no longer hold the newest version of a live key (overwritten, deleted, tombstones).
     dead: AtomicU64,
     /// Bytes in the file (header and records).
@@ -101,13 +103,14 @@ impl Segment {
         Ok(segment)
     }
 
-    /// A segment of `len` bytes in `file`, not sealed: read with `pread` (the active one, or one being opened).
+    /// A segment of `len` bytes in `file`, not sealed and not mapped: read with `pread` (until
+    /// [`Segment::mapped_for_appends`] or [`Segment::seal`]).
     pub(crate) fn new(id: u32, path: PathBuf, file: Arc<dyn VFile>, len: u64) -> Segment {
         Segment {
             id,
             file_id: id,
             path,
-            file,
+            file: Some(file),
             map: None,
             dead: AtomicU64::new(0),
             len: AtomicU64::new(len),
@@ -131,19 +134,44 @@ impl Segment {
         segment.seal()
     }
 
-    /// A sealed copy of this complete, fsynced segment, read through a memory map. If mapping fails, or the file
-    /// is not one of [`crate::StdVfs`], the segment is still served, through `pread`.
+    /// This segment (the active one, or the newest one being opened) read through a map with room for `room`
+    /// bytes (at least its current length), into which it grows by appends. Left unmapped when the file is not
+    /// one of [`crate::StdVfs`] or the OS refuses the map.
+    pub(crate) fn mapped_for_appends(mut self, room: u64) -> Segment {
+        let capacity = room.max(self.len());
+        self.map = self
+            .std_file()
+            .and_then(|file| Window::new(file, capacity))
+            .map(Arc::new);
+        self
+    }
+
+    fn std_file(&self) -> Option<&StdFile> {
+        let any: &dyn std::any::Any = &**self.file.as_ref()?;
+        any.downcast_ref::<StdFile>()
+    }
+
+    /// A sealed copy of this complete, fsynced segment, read through a memory map: the active segment's own map
+    /// when it covers the whole segment, else a new one. A mapped sealed segment drops its file descriptor. If
+    /// mapping fails, or the file is not one of [`crate::StdVfs`], the segment is still served, through `pread`.
     pub(crate) fn seal(&self) -> Segment {
         let len = self.len();
-        let any: &dyn std::any::Any = &*self.file;
-        let map = any
-            .downcast_ref::<StdFile>()
-            .and_then(|file| map::sealed_segment(file, len));
+        let map = match &self.map {
+            Some(map) if map.capacity() >= len && len > 0 => Some(Arc::clone(map)),
+            _ => self
+                .std_file()
+                .and_then(|file| Window::new(file, len))
+                .map(Arc::new),
+        };
+        let file = match map {
+            Some(_) => None,
+            None => self.file.clone(),
+        };
         Segment {
             id: self.id,
             file_id: self.file_id,
             path: self.path.clone(),
-            file: Arc::clone(&self.file),
+            file,
             map,
             dead: AtomicU64::new(self.dead()),
             len: AtomicU64::new(len),
@@ -210,9 +238,9 @@ impl Segment {
         &self.path
     }
 
-    /// The shared file handle.
-    pub(crate) fn file_arc(&self) -> &Arc<dyn VFile> {
-        &self.file
+    /// The shared file handle; `None` for a sealed segment read through its map.
+    pub(crate) fn file_arc(&self) -> Option<&Arc<dyn VFile>> {
+        self.file.as_ref()
     }
 
     /// This segment with its length set to `len` (open cuts a torn tail off the newest one).
@@ -221,29 +249,33 @@ impl Segment {
         self
     }
 
-    /// The file handle (for the log's appends and fsyncs).
+    /// The file handle (for the log's appends and fsyncs, and `pread`s of an unmapped segment). A sealed, mapped
+    /// segment has closed its file: then every call on the handle fails with an error naming the file.
     pub(crate) fn file(&self) -> &dyn VFile {
-        &*self.file
+        match &self.file {
+            Some(file) => &**file,
+            None => &CLOSED,
+        }
     }
 
-    /// All bytes of the segment: the map of a sealed one, or a copy read with one `pread` (the active segment, or a
-    /// sealed one whose mapping failed).
+    /// All bytes of the segment: its map, or a copy read with one `pread` (a segment that is not mapped, or whose
+    /// records reach past its map).
     pub(crate) fn contents(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
-        if let Some(map) = &self.map {
-            return Ok(std::borrow::Cow::Borrowed(&map[..]));
+        if let Some(bytes) = self.mapped() {
+            return Ok(std::borrow::Cow::Borrowed(bytes));
         }
         let mut owned = vec![0u8; usize::try_from(self.len()).unwrap_or(usize::MAX)];
         let got = self
-            .file
+            .file()
             .read_at(&mut owned, 0)
             .map_err(|e| Error::io("read segment", &self.path, e))?;
         owned.truncate(got);
         Ok(std::borrow::Cow::Owned(owned))
     }
 
-    /// The mapped bytes of a sealed segment.
+    /// The segment's published bytes through its map, if it has one that covers them.
     pub(crate) fn mapped(&self) -> Option<&[u8]> {
-        self.map.as_deref()
+        self.map.as_deref()?.prefix(self.len())
     }
 
     /// Bytes in the file.
@@ -272,7 +304,7 @@ impl Segment {
         offset: u64,
         f: impl FnOnce(RecordRef<'_>) -> T,
     ) -> Result<T> {
-        if let Some(map) = &self.map {
+        if let Some(map) = self.mapped() {
             let bytes = usize::try_from(offset)
                 .ok()
                 .and_then(|o| map.get(o..))
@@ -283,7 +315,7 @@ impl Segment {
         }
         let mut small = [0u8; READ_AHEAD];
         let got = self
-            .file
+            .file()
             .read_at(&mut small, offset)
             .map_err(|e| Error::io("read record", &self.path, e))?;
         match record::decode(small.get(..got).unwrap_or_default()) {
@@ -291,7 +323,7 @@ impl Segment {
             Err(DecodeError::Short { needed: Some(n) }) if got == READ_AHEAD => {
                 let mut big = vec![0u8; n];
                 let got = self
-                    .file
+                    .file()
                     .read_at(&mut big, offset)
                     .map_err(|e| Error::io("read record", &self.path, e))?;
                 record::decode(big.get(..got).unwrap_or_default())
@@ -310,14 +342,15 @@ impl Segment {
         f: impl FnOnce(Kind, &[u8], u64) -> T,
     ) -> Result<T> {
         let mut small = [0u8; READ_AHEAD];
-        let bytes: &[u8] = match &self.map {
+        let mapped = self.mapped();
+        let bytes: &[u8] = match mapped {
             Some(map) => usize::try_from(offset)
                 .ok()
                 .and_then(|o| map.get(o..))
                 .unwrap_or_default(),
             None => {
                 let got = self
-                    .file
+                    .file()
                     .read_at(&mut small, offset)
                     .map_err(|e| Error::io("read record", &self.path, e))?;
                 small.get(..got).unwrap_or_default()
@@ -329,7 +362,7 @@ impl Segment {
                 if let Some(key) = bytes.get(RECORD_HEADER_LEN..key_end) {
                     return Ok(f(header.kind, key, header.len() as u64));
                 }
-                if self.map.is_some() {
+                if mapped.is_some() {
                     return Err(self.decode_error(
                         offset,
                         DecodeError::Short {
@@ -339,7 +372,7 @@ impl Segment {
                 }
                 let mut big = vec![0u8; key_end];
                 let got = self
-                    .file
+                    .file()
                     .read_at(&mut big, offset)
                     .map_err(|e| Error::io("read record", &self.path, e))?;
                 match big
@@ -361,6 +394,37 @@ impl Segment {
 
     fn decode_error(&self, offset: u64, e: DecodeError) -> Error {
         Error::corrupted(&self.path, offset, e.to_string())
+    }
+}
+
+/// The file of a sealed segment that closed its descriptor: it is read through its map only, so any other use is
+/// a bug, reported as an I/O error rather than a panic.
+#[derive(Debug)]
+struct Closed;
+
+static CLOSED: Closed = Closed;
+
+fn closed() -> std::io::Error {
+    std::io::Error::other(
+        "the segment's file was closed after sealing (it is read through its map)",
+    )
+}
+
+impl VFile for Closed {
+    fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<usize> {
+        Err(closed())
+    }
+    fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(closed())
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        Err(closed())
+    }
+    fn set_len(&self, _: u64) -> std::io::Result<()> {
+        Err(closed())
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        Err(closed())
     }
 }
 

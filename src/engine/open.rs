@@ -19,7 +19,7 @@ use crate::hint;
 use crate::index::{Index, Loc};
 use crate::manifest::{self, Manifest};
 use crate::options::Options;
-use crate::record::{self, Kind, Records};
+use crate::record::{self, Kind, RecordRef, Records};
 use crate::seed::{self, KeyHasher};
 use crate::segment::Segment;
 use crate::tail::{self, Role, Stop};
@@ -84,10 +84,11 @@ impl Engine {
             manifest.retired = in_flight;
         }
 
-        let (active, newest_bytes, torn) = match listing.segments.binary_search(&manifest.active) {
+        let room = options.segment_size;
+        let (active, replay_newest, torn) = match listing.segments.binary_search(&manifest.active) {
             Ok(_) => {
-                let (segment, bytes, torn) = open_newest(&*vfs, dir, manifest.active, &seed)?;
-                (segment, Some(bytes), torn)
+                let (segment, torn) = open_newest(&*vfs, dir, manifest.active, &seed, room)?;
+                (segment, true, torn)
             }
             Err(_) if read_only && manifest.sealed.is_empty() && manifest.generation == 0 => {
                 return Err(Error::InvalidOption {
@@ -98,11 +99,11 @@ impl Engine {
             // A store that has never had a segment: its first one.
             Err(_) if manifest.sealed.is_empty() && manifest.generation == 0 => {
                 let id = manifest.next_file_id.max(1);
-                let segment = Segment::create(&*vfs, dir, id)?;
+                let segment = Segment::create(&*vfs, dir, id)?.mapped_for_appends(room);
                 manifest.active = id;
                 manifest.next_file_id = id + 1;
                 dirty = true;
-                (segment, None, None)
+                (segment, false, None)
             }
             Err(_) => {
                 return Err(Error::corrupted(
@@ -117,6 +118,11 @@ impl Engine {
             }
         };
         let active = Arc::new(active);
+        // The newest segment's records, read through its map (no copy of the segment is made).
+        let newest_bytes = match replay_newest {
+            true => Some(active.contents()?),
+            false => None,
+        };
         let crc = {
             let mut hasher = crc32fast::Hasher::new();
             match &newest_bytes {
@@ -177,6 +183,7 @@ impl Engine {
         if let Some(bytes) = newest_bytes {
             engine.replay_all(active.id(), &bytes)?;
         }
+        // The torn tail is cut below only after the last read of the newest segment's bytes past its length.
         if let Some(torn) = torn {
             match read_only {
                 false => torn.cut()?,
@@ -383,20 +390,43 @@ impl Engine {
 
     /// Replays the records of segment `id` (already checked: every record is intact) into the index.
     fn replay_all(&mut self, id: u32, bytes: &[u8]) -> Result<()> {
-        for (offset, rec) in Records::new(bytes) {
-            let loc = Loc::new(id, offset as u64);
-            if rec.kind == Kind::Sync {
-                // Only recovery reads sync points (tail.rs); to the index they are dead bytes from birth.
-                self.replay(loc, 0, rec.kind, rec.key, rec.len() as u64)?;
-                continue;
+        // As in `replay_hint`: the hashes of a batch of records are made first and their home slots touched
+        // together, so the cache misses of the index overlap instead of coming one per record.
+        const BATCH: usize = 32;
+        let mut records = Records::new(bytes);
+        let mut batch: Vec<(usize, RecordRef<'_>, u64)> = Vec::with_capacity(BATCH);
+        loop {
+            batch.clear();
+            for (offset, rec) in records.by_ref().take(BATCH) {
+                let hash = match rec.kind {
+                    Kind::Sync => 0,
+                    _ => match codec::split_key(rec.key) {
+                        Some((user_id, item)) => self.index.hasher().hash(user_id, item),
+                        None => {
+                            let loc = Loc::new(id, offset as u64);
+                            return Err(self.corrupted_at(loc, "record key is malformed".into()));
+                        }
+                    },
+                };
+                batch.push((offset, rec, hash));
             }
-            let Some((user_id, item)) = codec::split_key(rec.key) else {
-                return Err(self.corrupted_at(loc, "record key is malformed".into()));
-            };
-            let hash = self.index.hasher().hash(user_id, item);
-            self.replay(loc, hash, rec.kind, rec.key, rec.len() as u64)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let hashes: [u64; BATCH] = std::array::from_fn(|i| batch.get(i).map_or(0, |b| b.2));
+            self.index
+                .unshared()
+                .prefetch(hashes.get(..batch.len()).unwrap_or_default());
+            for &(offset, rec, hash) in &batch {
+                let loc = Loc::new(id, offset as u64);
+                // A put whose hash no entry has yet is a key the index has not seen: no key to compare.
+                if rec.kind == Kind::Put && self.index.unshared().insert_new_hash(hash, loc) {
+                    continue;
+                }
+                // Sync points are dead bytes from birth to the index (only recovery reads them, tail.rs).
+                self.replay(loc, hash, rec.kind, rec.key, rec.len() as u64)?;
+            }
         }
-        Ok(())
     }
 
     /// Applies one record found during recovery to the index and the dead byte counts. Keys of earlier records
@@ -466,50 +496,56 @@ enum Hint {
 /// Why a hint file was not used.
 struct HintRefused(String);
 
-/// Opens the newest segment as the active one, finding a torn tail (cut later); returns it with its bytes. `seed`
-/// authenticates its sync points.
+/// Opens the newest segment as the active one, mapped with room for `room` bytes, finding a torn tail (cut
+/// later); the segment's length is that of its intact records. `seed` authenticates its sync points.
 fn open_newest(
     vfs: &dyn Vfs,
     dir: &Path,
     id: u32,
     seed: &seed::Seed,
-) -> Result<(Segment, Vec<u8>, Option<TornTail>)> {
-    let segment = Segment::open(vfs, dir, id)?;
+    room: u64,
+) -> Result<(Segment, Option<TornTail>)> {
+    let segment = Segment::open(vfs, dir, id)?.mapped_for_appends(room);
     let path = segment.path().to_owned();
-    let mut bytes = vec![0u8; usize::try_from(segment.len()).unwrap_or(usize::MAX)];
-    let got = segment
-        .file()
-        .read_at(&mut bytes, 0)
-        .map_err(|e| Error::io("read segment", &path, e))?;
-    bytes.truncate(got);
-    let mut records = Records::new(&bytes);
-    records.by_ref().for_each(drop);
-    let mut torn = None;
-    if let Some((end, e)) = records.stopped() {
-        let end = *end;
-        let role = Role::Newest {
-            version: segment.version(),
-            file_id: id,
-            seed: Some(seed),
-        };
-        match tail::classify(&bytes, end, e, role) {
-            Stop::Damaged { reason, .. } => {
-                return Err(Error::corrupted(&path, end as u64, reason));
-            }
-            Stop::Torn { reason } => {
-                torn = Some(TornTail {
-                    file: Arc::clone(segment.file_arc()),
-                    path: path.clone(),
-                    at: end as u64,
-                    cut: bytes.len() - end,
-                    reason,
-                });
-                bytes.truncate(end);
+    let (end, torn) = {
+        let bytes = segment.contents()?;
+        let mut records = Records::new(&bytes);
+        records.by_ref().for_each(drop);
+        match records.stopped() {
+            None => (bytes.len(), None),
+            Some((end, e)) => {
+                let end = *end;
+                let role = Role::Newest {
+                    version: segment.version(),
+                    file_id: id,
+                    seed: Some(seed),
+                };
+                match tail::classify(&bytes, end, e, role) {
+                    Stop::Damaged { reason, .. } => {
+                        return Err(Error::corrupted(&path, end as u64, reason));
+                    }
+                    Stop::Torn { reason } => {
+                        let Some(file) = segment.file_arc() else {
+                            return Err(Error::corrupted(
+                                &path,
+                                0,
+                                "the newest segment has no open file",
+                            ));
+                        };
+                        let torn = TornTail {
+                            file: Arc::clone(file),
+                            path: path.clone(),
+                            at: end as u64,
+                            cut: bytes.len() - end,
+                            reason,
+                        };
+                        (end, Some(torn))
+                    }
+                }
             }
         }
-    }
-    let len = bytes.len() as u64;
-    Ok((segment.with_len(len), bytes, torn))
+    };
+    Ok((segment.with_len(end as u64), torn))
 }
 
 /// A torn write found at the end of the newest segment, cut off only once the rest of the store has opened, so

@@ -224,11 +224,25 @@ impl Engine {
         if to <= from {
             return Ok(());
         }
-        let mut bytes = vec![0u8; usize::try_from(to - from).unwrap_or(usize::MAX)];
-        let got = segment
-            .file()
-            .read_at(&mut bytes, from)
-            .map_err(|e| Error::io("read another process's records", segment.path(), e))?;
+        // A sealed segment may have closed its descriptor (it is read through its map): its bytes come from there.
+        let sealed;
+        let mut read = Vec::new();
+        let (bytes, got): (&[u8], usize) = if active {
+            read.resize(usize::try_from(to - from).unwrap_or(usize::MAX), 0);
+            let got = segment
+                .file()
+                .read_at(&mut read, from)
+                .map_err(|e| Error::io("read another process's records", segment.path(), e))?;
+            (&read, got)
+        } else {
+            sealed = segment.contents()?;
+            let start = usize::try_from(from)
+                .unwrap_or(usize::MAX)
+                .min(sealed.len());
+            let end = usize::try_from(to).unwrap_or(usize::MAX).min(sealed.len());
+            let part = sealed.get(start..end).unwrap_or_default();
+            (part, part.len())
+        };
         if (got as u64) < to - from {
             return Err(Error::corrupted(
                 segment.path(),
@@ -239,9 +253,9 @@ impl Engine {
         if active {
             // Grown first: an index entry never points past what the segment says it holds.
             segment.grew(to - from);
-            log.crc.update(&bytes);
+            log.crc.update(bytes);
         }
-        let mut records = Records::from_offset(&bytes, 0);
+        let mut records = Records::from_offset(bytes, 0);
         for (offset, rec) in &mut records {
             self.apply_record(Loc::new(segment.id(), from + offset as u64), &rec)?;
         }
@@ -382,7 +396,11 @@ impl Engine {
         let mut copies = Vec::new();
         for (pos, id, segment) in opened {
             if id == manifest.active {
-                let segment = Arc::new(segment.with_len(SEGMENT_HEADER_LEN));
+                let segment = Arc::new(
+                    segment
+                        .with_len(SEGMENT_HEADER_LEN)
+                        .mapped_for_appends(self.options.segment_size),
+                );
                 self.segments
                     .write()
                     .unwrap_or_else(|e| e.into_inner())

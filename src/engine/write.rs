@@ -391,7 +391,10 @@ impl Engine {
             });
         }
         let id = log.next_id;
-        let new = Arc::new(Segment::create(&*self.vfs, &self.dir, id)?);
+        let new = Arc::new(
+            Segment::create(&*self.vfs, &self.dir, id)?
+                .mapped_for_appends(self.options.segment_size),
+        );
         // The commit point of a rotation: the manifest names the full segment sealed and the new one active.
         // Until it is written the new file is uncommitted (open removes it), so on failure nothing changes.
         {

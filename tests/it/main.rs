@@ -24,6 +24,7 @@ mod import_export;
 mod load;
 mod locking;
 mod manifest;
+mod maps;
 mod misuse;
 mod model;
 mod multiprocess;
