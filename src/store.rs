@@ -502,6 +502,17 @@ impl Drop for Shared {
             std::mem::forget(threads);
             return;
         }
+        // Before the compactor stops (its stop ends hint writing early): a clean close leaves hints for every
+        // sealed segment, and seals a large active one, so the next open reads hint files alone.
+        if !self.engine.poisoned()
+            && !self.engine.options.read_only
+            && let Err(e) = self.engine.prepare_close()
+        {
+            log::warn!(
+                "{}: the next open may scan instead of reading hints: {e}",
+                self.engine.dir.display()
+            );
+        }
         if let Some(mut compactor) = self
             .compactor
             .lock()

@@ -424,3 +424,44 @@ fn verify_judges_hints_by_the_stores_seed_and_writes_none() {
     assert_eq!(report.hint_problems.len() as u64, sealed, "{report:?}");
     assert!(!dir.path().join("SEED").exists());
 }
+
+/// A clean close of a store with a large active segment seals it and writes every missing hint, so the next open
+/// replays hint files alone; a small store is left as it is (it opens fast anyway).
+#[test]
+fn a_clean_close_leaves_hints_for_everything_but_a_small_active_segment() {
+    let dir = memory_tempdir();
+    let options = Options::default()
+        .segment_size(4 << 20)
+        .durability(Durability::Never)
+        .auto_compaction(false);
+    let mut model = Model::new();
+    {
+        let store = open(dir.path(), options.clone());
+        // About 1.5 MiB: more than the 1 MiB from which a close seals, less than a segment.
+        for k in 0..3000 {
+            let m = map(&format!("user-{k}"), "camp", "v", Some(&"g".repeat(500)));
+            store.set(&m).expect("set");
+            model.insert((format!("user-{k}"), "camp".to_owned()), m);
+        }
+        let stats = store.stats();
+        assert_eq!(
+            (stats.segments, stats.hint_files),
+            (1, 0),
+            "one active segment"
+        );
+    }
+    let store = open(dir.path(), options.clone());
+    let stats = store.stats();
+    assert_eq!(stats.segments, 2, "the close sealed the active segment");
+    assert_eq!(stats.hint_files, 1, "and wrote its hint");
+    for ((user, campaign), want) in &model {
+        assert_eq!(store.get(user, campaign).expect("get").as_ref(), Some(want));
+    }
+    // A few small writes: the next close leaves the new active segment alone.
+    store.set(&map("small", "camp", "v", None)).expect("set");
+    drop(store);
+    let store = open(dir.path(), options);
+    let stats = store.stats();
+    assert_eq!((stats.segments, stats.hint_files), (2, 1));
+    assert!(store.get("small", "camp").expect("get").is_some());
+}

@@ -68,6 +68,13 @@ const SWAP_BATCH: usize = 1024;
 /// about to die and be compacted, so their hints would be written only to be deleted (a hint is ~1/5 of an SDK
 /// segment). Open scans at most this many extra segments.
 pub(crate) const FRESH_WITHOUT_HINT: usize = 2;
+
+/// The size from which a clean close seals the active segment (a quarter of a segment, at least 1 MiB): below
+/// it, scanning the segment at the next open costs about what reading its hint would; above it, every clean
+/// close can leave one segment shorter than `segment_size`, at most four per segment's worth of writes.
+pub(crate) fn close_seal_min(segment_size: u64) -> u64 {
+    (segment_size / 4).max(1 << 20)
+}
 /// Output bytes buffered before a write.
 const WRITE_CHUNK: usize = 1 << 20;
 
@@ -177,6 +184,33 @@ impl Engine {
             );
         }
         Ok(())
+    }
+
+    /// Readies the store for a fast next open, at a clean close: seals the active segment when scanning it at
+    /// the next open would cost more than reading a hint ([`close_seal_min`] bytes or more), then writes the hint
+    /// files the background thread leaves for later (the newest sealed segments), so the next open replays hint
+    /// files alone and maps the new, empty active segment.
+    /// Nothing is done when what the next open would scan is under that size: it opens fast anyway.
+    pub(crate) fn prepare_close(&self) -> Result<()> {
+        let _pass = self.compaction.lock_pass();
+        self.check_poison()?;
+        let min = close_seal_min(self.options.segment_size);
+        let unhinted: u64 = self
+            .sealed_in_order()
+            .iter()
+            .filter(|s| !s.hinted() && !s.unhintable())
+            .map(|s| s.len())
+            .sum();
+        {
+            let mut log = self.lock_log();
+            if unhinted.saturating_add(log.active.len()) < min {
+                return Ok(());
+            }
+            if log.active.len() >= min {
+                self.rotate(&mut log)?;
+            }
+        }
+        self.write_missing_hints(0)
     }
 
     /// One pass of [`Engine::compact`], with the pass lock held.

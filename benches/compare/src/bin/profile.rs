@@ -84,7 +84,9 @@ fn main() {
     };
     let started = Instant::now();
     if workload == "open" {
+        let closing = Instant::now();
         drop(store);
+        eprintln!("close in {:?}", closing.elapsed());
         let started = Instant::now();
         let store = hot_loop_open(kind, dir.path());
         eprintln!("open in {:?}", started.elapsed());
