@@ -194,6 +194,10 @@ impl Engine {
     pub(crate) fn prepare_close(&self) -> Result<()> {
         let _pass = self.compaction.lock_pass();
         self.check_poison()?;
+        // Hint writing is compaction's work: in the multi-process mode, not while another process compacts.
+        let Some(_cross) = self.lock_compaction(false)? else {
+            return Ok(());
+        };
         let min = close_seal_min(self.options.segment_size);
         let unhinted: u64 = self
             .sealed_in_order()
