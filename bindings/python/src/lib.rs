@@ -230,6 +230,34 @@ fn stats_to_dict<'py>(py: Python<'py>, s: &ussdb::Stats) -> PyResult<Bound<'py, 
     Ok(d)
 }
 
+/// Runs `f` with the GIL released on what `inner` holds (a store or a tier), unless this is a
+/// forked child's copy or it was closed. Calls hold the read side, so `close` (the write side)
+/// waits for them instead of pulling the handle from under a running call.
+fn call_open<S, T, F>(
+    py: Python<'_>,
+    forked: bool,
+    path: &std::path::Path,
+    inner: &RwLock<Option<S>>,
+    f: F,
+) -> PyResult<T>
+where
+    S: Send + Sync,
+    T: Send,
+    F: FnOnce(&S) -> ussdb::Result<T> + Send,
+{
+    if forked {
+        return Err(forked_error(path));
+    }
+    let out = py.detach(|| {
+        let guard = inner.read().unwrap_or_else(PoisonError::into_inner);
+        guard.as_ref().map(f)
+    });
+    match out {
+        Some(r) => r.map_err(engine_error),
+        None => Err(closed_error()),
+    }
+}
+
 /// An open ussdb directory. Thread-safe: share one `Store` between threads; the GIL is released
 /// while the engine works.
 #[pyclass(frozen, module = "ussdb", name = "Store")]
@@ -264,17 +292,7 @@ impl Store {
         T: Send,
         F: FnOnce(&ussdb::Store) -> ussdb::Result<T> + Send,
     {
-        if self.forked() {
-            return Err(forked_error(&self.path));
-        }
-        let out = py.detach(|| {
-            let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-            guard.as_ref().map(f)
-        });
-        match out {
-            Some(r) => r.map_err(engine_error),
-            None => Err(closed_error()),
-        }
+        call_open(py, self.forked(), &self.path, &self.inner, f)
     }
 
     fn get_shaped<'py>(
@@ -549,17 +567,8 @@ impl Tier {
         T: Send,
         F: FnOnce(&ussdb::Tiered) -> ussdb::Result<T> + Send,
     {
-        if FORK_GENERATION.load(Ordering::Relaxed) != self.fork_generation {
-            return Err(forked_error(&self.path));
-        }
-        let out = py.detach(|| {
-            let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-            guard.as_ref().map(f)
-        });
-        match out {
-            Some(r) => r.map_err(engine_error),
-            None => Err(closed_error()),
-        }
+        let forked = FORK_GENERATION.load(Ordering::Relaxed) != self.fork_generation;
+        call_open(py, forked, &self.path, &self.inner, f)
     }
 
     fn close(&self, py: Python<'_>) {
