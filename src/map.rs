@@ -42,7 +42,7 @@ impl Window {
     /// The first `published` bytes of the segment; `None` when they reach past the map (a record larger than the
     /// room the map was made with: the caller reads it with `pread`).
     ///
-    /// `published` must be the segment's published length ([`crate::segment::Segment::len`]): bytes that a
+    /// `published` must be the segment's published length (`Segment::len` in segment.rs): bytes that a
     /// completed `pwrite` put in the file and that nothing in ussdb writes or truncates again.
     pub(crate) fn prefix(&self, published: u64) -> Option<&[u8]> {
         let len = usize::try_from(published)
