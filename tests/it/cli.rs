@@ -954,3 +954,33 @@ fn repair_lists_what_it_dropped_and_the_store_opens_again() {
     let out = ussdb(d, &["verify"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// Beside worker processes that hold a store in the multi-process mode, a command joins that mode: it reads what
+/// they wrote, and what it writes they read.
+#[test]
+fn commands_join_a_store_held_in_the_multi_process_mode() {
+    let dir = tempdir();
+    let store = ussdb::Store::open_with(dir.path(), ussdb::Options::default().shared(true))
+        .expect("open shared");
+    store
+        .set(&ussdb::CampaignUserMap::new("u1", "home", "Control"))
+        .expect("set");
+    let out = ussdb(dir.path(), &["get", "u1", "home"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"variationName\":\"Control\""));
+    let out = ussdb(dir.path(), &["set", "u2", "home", "Variation-1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = store
+        .get("u2", "home")
+        .expect("get")
+        .expect("the command's write");
+    assert_eq!(got.variation_name, "Variation-1");
+    // --read-only never joins (joining writes to the directory): it says the store is in use.
+    let out = ussdb(dir.path(), &["--read-only", "get", "u1", "home"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("in use"),
+        "{}",
+        text(&out.stderr)
+    );
+}

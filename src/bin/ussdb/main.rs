@@ -343,10 +343,11 @@ fn main() -> ExitCode {
 fn describe(cli: &Cli, e: &ussdb::Error) -> String {
     match e {
         ussdb::Error::Locked { path } => format!(
-            "the store at {} is in use by another process (lock {}): a process that writes to a store has it to \
-             itself, and commands that write need it to themselves. Stop that process (or close the store in it) \
-             and run this again; to look at a live store, have its process copy it with Store::backup and point \
-             --dir at the copy (commands that only read, or --read-only, share a store with other readers)",
+            "the store at {} is in use by another process (lock {}): a process that writes to a store in the \
+             single-process mode has it to itself (commands join a store held in the multi-process mode, \
+             `Options::shared`, but not with --read-only). Stop that process (or close the store in it) and run \
+             this again; to look at a live store, have its process copy it with Store::backup and point --dir at \
+             the copy (commands that only read, or --read-only, share a store with other readers)",
             cli.dir.display(),
             path.display()
         ),
@@ -376,7 +377,18 @@ fn open(cli: &Cli, access: Access) -> Result<Store, String> {
         ));
     }
     check_dir(cli, access)?;
-    Store::open_with(&cli.dir, options(cli, access)).map_err(|e| describe(cli, &e))
+    match Store::open_with(&cli.dir, options(cli, access)) {
+        // Worker processes of a web server (the Python and Node bindings' default) may hold the store in the
+        // multi-process mode: then join it, so that a command works beside them and sees what they wrote. If
+        // joining fails too, the first refusal is the one to explain.
+        Err(e @ (ussdb::Error::Locked { .. } | ussdb::Error::LockMode { .. }))
+            if !cli.read_only =>
+        {
+            Store::open_with(&cli.dir, options(cli, access).read_only(false).shared(true))
+                .map_err(|_| describe(cli, &e))
+        }
+        other => other.map_err(|e| describe(cli, &e)),
+    }
 }
 
 /// Refuses what `access` must not do to the directory: read where there is no store, or create a store among
