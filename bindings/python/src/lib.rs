@@ -270,17 +270,6 @@ struct Store {
     fork_generation: u64,
 }
 
-impl Drop for Store {
-    fn drop(&mut self) {
-        if self.forked() {
-            // Dropping would fsync and join a syncer thread that exists only in the parent; the
-            // parent still owns the files, so the child's copy is leaked instead.
-            let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
-            std::mem::forget(inner.take());
-        }
-    }
-}
-
 impl Store {
     fn forked(&self) -> bool {
         FORK_GENERATION.load(Ordering::Relaxed) != self.fork_generation
@@ -475,12 +464,15 @@ impl Store {
     /// Syncs and closes; later calls raise ussdb.Error. Closing twice is harmless.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         if self.forked() {
+            // A forked child's copy: dropping it neither syncs nor joins the parent's threads (the
+            // engine knows it is in a child); it only closes the child's descriptors, so the child
+            // stops holding the parent's locks.
             let taken = self
                 .inner
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
-            std::mem::forget(taken);
+            py.detach(move || drop(taken));
             return Ok(());
         }
         py.detach(|| {
