@@ -207,7 +207,11 @@ impl RedisConfig {
     /// The key of an FME record: `prefix + featurePrefix + featureKey + ":" + userId`.
     pub(crate) fn feature_key(&self, feature_key: &str, user_id: &str) -> String {
         let mut key = String::with_capacity(
-            self.key_prefix.len() + self.feature_prefix.len() + feature_key.len() + 1 + user_id.len(),
+            self.key_prefix.len()
+                + self.feature_prefix.len()
+                + feature_key.len()
+                + 1
+                + user_id.len(),
         );
         key.push_str(&self.key_prefix);
         key.push_str(&self.feature_prefix);
