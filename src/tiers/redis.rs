@@ -352,7 +352,8 @@ impl RedisStore {
 
     /// Every mapping whose key (after the prefix) matches the glob `pattern` (`"*"` for all), read with `SCAN`
     /// on the server or on every Cluster master: for migrating a keyspace into a local store (see
-    /// docs/FLEET.md). Values that cannot be read are yielded as errors naming their key, and the walk goes on;
+    /// docs/FLEET.md). FME records (under the `fme:` segment, see [`RedisStore::set_feature`]) are passed over.
+    /// Values that cannot be read are yielded as errors naming their key, and the walk goes on;
     /// an error of the walk itself ends it. As with `SCAN`, a key may be yielded twice and keys written meanwhile
     /// may be missed.
     pub fn scan(&self, pattern: &str) -> RedisScan {
@@ -772,6 +773,17 @@ fn check_feature_ids(feature_key: &str, user_id: &str) -> Result<()> {
     check_named([("feature_key", feature_key), ("user_id", user_id)])
 }
 
+/// True when `key` is under the FME segment and holds an FME record rather than a campaign mapping: the keys a
+/// scan of campaign mappings passes over.
+fn is_feature_record(config: &RedisConfig, key: &str, bytes: &[u8]) -> bool {
+    !config.feature_prefix.is_empty()
+        && key
+            .strip_prefix(config.key_prefix.as_str())
+            .is_some_and(|rest| rest.starts_with(config.feature_prefix.as_str()))
+        && value::decode_any(key, bytes).is_err()
+        && std::str::from_utf8(bytes).is_ok_and(|text| FeatureRecord::from_json(text).is_ok())
+}
+
 /// `s` with the glob characters of `SCAN MATCH` escaped, so a key prefix matches only itself.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -861,6 +873,7 @@ impl RedisScan {
         for (_, key, raw) in values {
             match raw {
                 Ok(None) => {}
+                Ok(Some(bytes)) if is_feature_record(config, &key, &bytes) => {}
                 Ok(Some(bytes)) => self.ready.push_back(
                     value::decode_any(&key, &bytes).and_then(|map| {
                         if config.key(&map.user_id, &map.campaign_key) == key {

@@ -288,3 +288,30 @@ fn an_unreachable_server_is_unavailable() {
         assert!(err.to_string().contains(&url), "{err}");
     }
 }
+
+#[test]
+fn a_scan_of_campaign_mappings_passes_over_fme_records() {
+    let server = Server::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    store
+        .set(&CampaignUserMap::new("u", "checkout", "Control"))
+        .unwrap();
+    // A campaign whose key starts like the FME segment is still a campaign mapping.
+    store.set(&CampaignUserMap::new("u", "fme:x", "A")).unwrap();
+    store
+        .set_feature(&FeatureRecord::new("checkout", "u"))
+        .unwrap();
+    server.cli(&["SET", "fme:broken:u", "not json"]);
+    let mut campaigns = Vec::new();
+    let mut errors = Vec::new();
+    for item in store.scan("*") {
+        match item {
+            Ok(map) => campaigns.push(map.campaign_key),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    campaigns.sort();
+    assert_eq!(campaigns, ["checkout", "fme:x"]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("at fme:broken:u:"), "{errors:?}");
+}
