@@ -7,7 +7,7 @@
 //! | 1 | 8 | layout version, 1 |
 //! | 2 | 16 | `seq`: incremented after every publication (the one word a reader loads) |
 //! | 3 | 24 | `generation`: the manifest generation last published |
-//! | 4 | 32 | `tail`: the active segment's file id (high 24 bits) and its published length (low 40 bits) |
+//! | 4 | 32 | `tail`: the active segment's file id (high 31 bits) and its published length (low 33 bits), packed like an index location |
 //! | 5 | 40 | `busy`: 1 while a process holds the append lock, 0 once it published and let go |
 //!
 //! The file also carries the locks: every process holds a shared `flock` on it while open, and an opener that can
@@ -18,7 +18,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::index::MAX_OFFSET;
+use crate::index::{MAX_OFFSET, OFFSET_BITS};
 use crate::map::{self, SharedWords};
 use crate::{Error, Result};
 
@@ -135,7 +135,7 @@ impl Control {
         Published {
             seq,
             generation,
-            file_id: (tail >> 40) as u32,
+            file_id: (tail >> OFFSET_BITS) as u32,
             tail: tail & MAX_OFFSET,
         }
     }
@@ -143,7 +143,7 @@ impl Control {
     /// Publishes a new state (the caller holds the append lock); returns the new `seq`.
     pub(crate) fn publish(&self, generation: u64, file_id: u32, tail: u64) -> u64 {
         // Packed like an index location, so one atomic store carries both.
-        let packed = (u64::from(file_id) << 40) | tail.min(MAX_OFFSET);
+        let packed = (u64::from(file_id) << OFFSET_BITS) | tail.min(MAX_OFFSET);
         self.word(W_TAIL).store(packed, Ordering::Release);
         self.word(W_GENERATION).store(generation, Ordering::Release);
         self.word(W_SEQ).fetch_add(1, Ordering::AcqRel) + 1

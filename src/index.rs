@@ -27,25 +27,34 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::seed::{KeyHasher, USER_SHIFT};
 
-/// Where a record lives: segment id (24 bits) and byte offset (40 bits), packed. Zero is never a location
-/// (segment ids start at 1), which lets the table use it for an empty slot.
+/// Where a record lives: segment id (31 bits) and byte offset (33 bits), packed. Zero is never a location
+/// (segment ids start at 1), which lets the table use it for an empty slot. 33 bits of offset hold the largest
+/// segment (`MAX_SEGMENT_SIZE`, 4 GiB) plus one oversized record; 31 bits of id last a store's life: at 64 MiB
+/// segments and a sustained 10 MB/s of appends, centuries (docs/GUIDE.md, Limits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Loc(u64);
 
+/// Bits of a location that hold the offset; the ones above hold the segment id.
+pub(crate) const OFFSET_BITS: u32 = 33;
 /// Largest segment id a location can hold.
-pub(crate) const MAX_SEGMENT_ID: u32 = (1 << 24) - 1;
+pub(crate) const MAX_SEGMENT_ID: u32 = (1 << (64 - OFFSET_BITS)) - 1;
 /// Largest offset a location can hold.
-pub(crate) const MAX_OFFSET: u64 = (1 << 40) - 1;
+pub(crate) const MAX_OFFSET: u64 = (1 << OFFSET_BITS) - 1;
+
+// Every offset a segment can reach fits a location: the largest segment plus one oversized record after it.
+const _: () = assert!(
+    crate::options::MAX_SEGMENT_SIZE + 2 * crate::record::MAX_RECORD_VALUE_LEN as u64 <= MAX_OFFSET
+);
 
 impl Loc {
     /// Packs a location; the caller keeps `segment` in 1..=MAX_SEGMENT_ID and `offset` <= MAX_OFFSET.
     pub(crate) fn new(segment: u32, offset: u64) -> Loc {
         debug_assert!(segment != 0 && segment <= MAX_SEGMENT_ID && offset <= MAX_OFFSET);
-        Loc((u64::from(segment) << 40) | offset)
+        Loc((u64::from(segment) << OFFSET_BITS) | offset)
     }
     /// The segment id.
     pub(crate) fn segment(self) -> u32 {
-        (self.0 >> 40) as u32
+        (self.0 >> OFFSET_BITS) as u32
     }
     /// The byte offset within the segment.
     pub(crate) fn offset(self) -> u64 {

@@ -33,7 +33,7 @@ const RESERVE_MARGIN: u64 = 16 << 10;
 /// The smallest segment size accepted.
 pub(crate) const MIN_SEGMENT_SIZE: u64 = 4096;
 /// The largest segment size accepted (record offsets are 40-bit).
-pub(crate) const MAX_SEGMENT_SIZE: u64 = 1 << 38;
+pub(crate) const MAX_SEGMENT_SIZE: u64 = 1 << 32;
 
 impl Default for Options {
     fn default() -> Options {
@@ -59,7 +59,7 @@ impl Options {
     }
 
     /// Sets the size at which the active segment is sealed and a new one started (default 64 MiB; 4 KiB to
-    /// 256 GiB). A single record larger than this gets a segment of its own.
+    /// 4 GiB). A single record larger than this gets a segment of its own.
     pub fn segment_size(mut self, bytes: u64) -> Options {
         self.segment_size = bytes;
         self
