@@ -32,6 +32,7 @@ pub struct RedisConfig {
     pub(crate) urls: Vec<String>,
     pub(crate) cluster: bool,
     pub(crate) key_prefix: String,
+    pub(crate) feature_prefix: String,
     pub(crate) ttl: Option<Duration>,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
@@ -43,12 +44,17 @@ impl std::fmt::Debug for RedisConfig {
             .field("target", &self.target())
             .field("cluster", &self.cluster)
             .field("key_prefix", &self.key_prefix)
+            .field("feature_prefix", &self.feature_prefix)
             .field("ttl", &self.ttl)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .finish()
     }
 }
+
+/// The segment between the key prefix and an FME record's `featureKey:userId` by default, which keeps FME records
+/// apart from the campaign mappings' `campaignKey:userId` keys (see [`RedisConfig::feature_prefix`]).
+pub(crate) const DEFAULT_FEATURE_PREFIX: &str = "fme:";
 
 /// How long connecting may take by default before a call fails with [`BackendErrorKind::Timeout`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -97,6 +103,7 @@ impl RedisConfig {
             urls,
             cluster,
             key_prefix: String::new(),
+            feature_prefix: DEFAULT_FEATURE_PREFIX.to_owned(),
             ttl: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
@@ -107,6 +114,15 @@ impl RedisConfig {
     /// `vwo:campaignKey:userId`.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> RedisConfig {
         self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Puts `segment` between the key prefix and an FME record's `featureKey:userId` (default `"fme:"`), so the key of user `u`'s record for feature flag `f` is
+    /// `prefix + "fme:f:u"`, apart from the campaign mapping `prefix + "f:u"` of a campaign with the same key. An
+    /// empty segment gives the bare `featureKey:userId` of the Go SDK's example connector, shared with the campaign
+    /// keys: only for a keyspace that holds FME records alone.
+    pub fn feature_prefix(mut self, segment: impl Into<String>) -> RedisConfig {
+        self.feature_prefix = segment.into();
         self
     }
 
@@ -188,6 +204,23 @@ impl RedisConfig {
         key
     }
 
+    /// The key of an FME record: `prefix + featurePrefix + featureKey + ":" + userId`.
+    pub(crate) fn feature_key(&self, feature_key: &str, user_id: &str) -> String {
+        let mut key = String::with_capacity(
+            self.key_prefix.len()
+                + self.feature_prefix.len()
+                + feature_key.len()
+                + 1
+                + user_id.len(),
+        );
+        key.push_str(&self.key_prefix);
+        key.push_str(&self.feature_prefix);
+        key.push_str(feature_key);
+        key.push(':');
+        key.push_str(user_id);
+        key
+    }
+
     /// The `ttl` in whole milliseconds, 0 for none.
     pub(crate) fn ttl_millis(&self) -> u64 {
         self.ttl
@@ -237,6 +270,8 @@ mod tests {
     fn keys_are_the_helpers_keys() {
         let c = RedisConfig::new("redis://h:1");
         assert_eq!(c.key("user-1", "camp"), "camp:user-1");
+        assert_eq!(c.feature_key("f", "u"), "fme:f:u");
+        assert_eq!(c.clone().feature_prefix("").feature_key("f", "u"), "f:u");
         assert_eq!(c.key_prefix("vwo:").key("u", "c"), "vwo:c:u");
     }
 

@@ -2,6 +2,8 @@
 //!
 //! * [`RedisStore`]: a User Storage Service over Redis, compatible with VWO's Redis helpers' keys and values, with
 //!   the fleet rule applied atomically per key.
+//!   It also holds VWO's FME SDKs' records ([`FeatureStorage`](crate::FeatureStorage)) under keys of their own,
+//!   replaced on every write as the local store does.
 //! * [`Tiered`]: a local [`Store`](crate::Store) in front of a [`RedisStore`]: local reads, local durable writes,
 //!   and a background shipper that keeps Redis up to date through a durable outbox.
 //!

@@ -21,7 +21,10 @@ use redis::{Cmd, ErrorKind, RedisError, RedisFuture, Value};
 
 use super::config::{BACKEND, RedisConfig};
 use super::value;
-use crate::{BackendErrorKind, CampaignUserMap, Error, MAX_ID_LEN, Result, UserStorageService};
+use crate::{
+    BackendErrorKind, CampaignUserMap, Error, FeatureRecord, FeatureStorage, MAX_ID_LEN, Result,
+    UserStorageService,
+};
 
 /// Compare-and-set of one key: the only way this store writes a mapping, so that whatever the merge rule
 /// computed from the value it read is written only if that value is still there. One key per call, so it runs
@@ -64,6 +67,11 @@ const SCAN_COUNT: usize = 1000;
 /// it is. A `set` applies the fleet rule atomically per key: if the key already holds a variation it is kept
 /// (the first assignment wins), and goal lists are merged as a set union, so a goal tracked on one server is never
 /// lost by another's write. Fields the store does not know (`metaData`, a newer writer's fields) are kept.
+///
+/// It also holds the records of VWO's FME SDKs ([`FeatureStorage`]: [`RedisStore::get_feature`],
+/// [`RedisStore::set_feature`]), under keys of their own (`prefix + "fme:" + featureKey + ":" + userId`, see
+/// [`RedisConfig::feature_prefix`]), each value the record's JSON as [`FeatureRecord::to_json`] writes it. A
+/// `set_feature` replaces the record, as the local store's does.
 ///
 /// Every failure is an [`Error::Backend`] whose [`BackendErrorKind`] says whether retrying can help, naming the
 /// server (password replaced by `***`) or, for a value that cannot be read, the key.
@@ -300,9 +308,52 @@ impl RedisStore {
         self.block(async move { remote.delete(&key).await })
     }
 
+    /// The Redis key of an FME record: `prefix + featurePrefix + featureKey + ":" + userId` (the feature prefix is
+    /// `"fme:"` unless [`RedisConfig::feature_prefix`] says otherwise).
+    pub fn feature_key(&self, feature_key: &str, user_id: &str) -> String {
+        self.config().feature_key(feature_key, user_id)
+    }
+
+    /// The FME record of `user_id` for `feature_key` (a feature flag's key, or `_vwo_meta_meg_<groupId>`), or
+    /// `None`: what an FME SDK's connector `get(featureKey, userId)` returns. A value that is not an FME record in
+    /// JSON, or is the record of other ids, is [`BackendErrorKind::InvalidData`] naming the key.
+    pub fn get_feature(&self, feature_key: &str, user_id: &str) -> Result<Option<FeatureRecord>> {
+        check_feature_ids(feature_key, user_id)?;
+        let key = self.feature_key(feature_key, user_id);
+        let remote = Arc::clone(&self.inner.remote);
+        let raw = self.block({
+            let key = key.clone();
+            async move { remote.get_raw(&key).await }
+        })?;
+        raw.map(|bytes| value::decode_feature(&key, &bytes, feature_key, user_id))
+            .transpose()
+    }
+
+    /// Stores `record` as its JSON ([`FeatureRecord::to_json`], every member kept), replacing whatever its key
+    /// held, with one `SET` (and the configured time to live): what an FME SDK's connector `set(data)` does, and
+    /// the rule of the local store's [`Store::set_feature`](crate::Store::set_feature). The SDKs themselves keep a
+    /// stored decision (they read before they decide and write only what they decided), so the last write is the
+    /// record.
+    pub fn set_feature(&self, record: &FeatureRecord) -> Result<()> {
+        record.check()?;
+        let key = self.feature_key(&record.feature_key, &record.user_id);
+        let json = record.to_json();
+        let remote = Arc::clone(&self.inner.remote);
+        self.block(async move { remote.set_raw(&key, &json).await })
+    }
+
+    /// Erases the FME record of `user_id` for `feature_key`; true if there was one.
+    pub fn delete_feature(&self, feature_key: &str, user_id: &str) -> Result<bool> {
+        check_feature_ids(feature_key, user_id)?;
+        let key = self.feature_key(feature_key, user_id);
+        let remote = Arc::clone(&self.inner.remote);
+        self.block(async move { remote.delete(&key).await })
+    }
+
     /// Every mapping whose key (after the prefix) matches the glob `pattern` (`"*"` for all), read with `SCAN`
     /// on the server or on every Cluster master: for migrating a keyspace into a local store (see
-    /// docs/FLEET.md). Values that cannot be read are yielded as errors naming their key, and the walk goes on;
+    /// docs/FLEET.md). FME records (under the `fme:` segment, see [`RedisStore::set_feature`]) are passed over.
+    /// Values that cannot be read are yielded as errors naming their key, and the walk goes on;
     /// an error of the walk itself ends it. As with `SCAN`, a key may be yielded twice and keys written meanwhile
     /// may be missed.
     pub fn scan(&self, pattern: &str) -> RedisScan {
@@ -423,6 +474,17 @@ impl UserStorageService for RedisStore {
     }
 }
 
+impl FeatureStorage for RedisStore {
+    fn get_feature(&self, feature_key: &str, user_id: &str) -> Result<Option<FeatureRecord>> {
+        RedisStore::get_feature(self, feature_key, user_id)
+    }
+
+    /// Replaces the record (see [`RedisStore::set_feature`]).
+    fn set_feature(&self, record: &FeatureRecord) -> Result<()> {
+        RedisStore::set_feature(self, record)
+    }
+}
+
 impl Remote {
     /// The connection, made now if there is none yet.
     async fn conn(&self) -> Result<Conn> {
@@ -476,6 +538,18 @@ impl Remote {
 
     async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.query("GET", redis::cmd("GET").arg(key)).await
+    }
+
+    /// A plain `SET`, with the configured time to live.
+    async fn set_raw(&self, key: &str, value: &str) -> Result<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        let ttl = self.config.ttl_millis();
+        if ttl > 0 {
+            cmd.arg("PX").arg(ttl);
+        }
+        let _: () = self.query("SET", &cmd).await?;
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -672,7 +746,12 @@ fn kind_of(e: &RedisError) -> BackendErrorKind {
 
 /// The ids a key can be made of: the same limits as the local store's.
 pub(crate) fn check_ids(user_id: &str, campaign_key: &str) -> Result<()> {
-    for (field, id) in [("user_id", user_id), ("campaign_key", campaign_key)] {
+    check_named([("user_id", user_id), ("campaign_key", campaign_key)])
+}
+
+/// Each id must be non-empty and at most [`MAX_ID_LEN`] bytes; the error names the field.
+fn check_named(ids: [(&'static str, &str); 2]) -> Result<()> {
+    for (field, id) in ids {
         let reason = if id.is_empty() {
             "must not be empty".to_owned()
         } else if id.len() > MAX_ID_LEN {
@@ -687,6 +766,22 @@ pub(crate) fn check_ids(user_id: &str, campaign_key: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The ids an FME record's key can be made of: the same limits as the local store's.
+fn check_feature_ids(feature_key: &str, user_id: &str) -> Result<()> {
+    check_named([("feature_key", feature_key), ("user_id", user_id)])
+}
+
+/// True when `key` is under the FME segment and holds an FME record rather than a campaign mapping: the keys a
+/// scan of campaign mappings passes over.
+fn is_feature_record(config: &RedisConfig, key: &str, bytes: &[u8]) -> bool {
+    !config.feature_prefix.is_empty()
+        && key
+            .strip_prefix(config.key_prefix.as_str())
+            .is_some_and(|rest| rest.starts_with(config.feature_prefix.as_str()))
+        && value::decode_any(key, bytes).is_err()
+        && std::str::from_utf8(bytes).is_ok_and(|text| FeatureRecord::from_json(text).is_ok())
 }
 
 /// `s` with the glob characters of `SCAN MATCH` escaped, so a key prefix matches only itself.
@@ -778,6 +873,7 @@ impl RedisScan {
         for (_, key, raw) in values {
             match raw {
                 Ok(None) => {}
+                Ok(Some(bytes)) if is_feature_record(config, &key, &bytes) => {}
                 Ok(Some(bytes)) => self.ready.push_back(
                     value::decode_any(&key, &bytes).and_then(|map| {
                         if config.key(&map.user_id, &map.campaign_key) == key {

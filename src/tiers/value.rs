@@ -15,7 +15,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::config::BACKEND;
-use crate::{BackendErrorKind, CampaignUserMap, Error, Result, SdkField};
+use crate::{BackendErrorKind, CampaignUserMap, Error, FeatureRecord, Result, SdkField};
 
 /// The fleet's rule for a `set` of `incoming` where `stored` is already kept: the first assignment wins (the
 /// stored variation stays), and goal lists are merged as a set union (the stored goals in their order, then the
@@ -95,6 +95,41 @@ pub(crate) fn decode_any(key: &str, bytes: &[u8]) -> Result<CampaignUserMap> {
             ),
         )
     })
+}
+
+/// Reads the value stored under `key` as the FME record of (`feature_key`, `user_id`).
+///
+/// Fails with [`BackendErrorKind::InvalidData`] naming the key when the bytes are not an FME record in JSON, or
+/// when they are the record of another feature flag or user: ids that contain `:` can share a key in the
+/// `featureKey:userId` layout.
+pub(crate) fn decode_feature(
+    key: &str,
+    bytes: &[u8],
+    feature_key: &str,
+    user_id: &str,
+) -> Result<FeatureRecord> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| invalid(key, format!("the value is not UTF-8 text: {e}")))?;
+    let record = FeatureRecord::from_json(text).map_err(|e| {
+        invalid(
+            key,
+            format!(
+                "the value is not an FME record in JSON ({e}); it starts with {:?}",
+                preview(text)
+            ),
+        )
+    })?;
+    if record.feature_key != feature_key || record.user_id != user_id {
+        return Err(invalid(
+            key,
+            format!(
+                "the value is the FME record of user {:?} for feature {:?}, not of user {:?} for feature {:?} \
+                 (ids containing ':' share keys in the featureKey:userId layout)",
+                record.user_id, record.feature_key, user_id, feature_key
+            ),
+        ));
+    }
+    Ok(record)
 }
 
 /// The value to store when `stored_bytes` (which decode to a mapping) must now hold `merged`: the goal list is

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "cli")]
 mod cli;
+mod fme;
 mod redis_store;
 mod servers;
 mod store;
