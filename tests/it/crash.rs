@@ -33,7 +33,7 @@ fn options() -> Options {
 
 /// The operation writer `w` performs as its `seq`-th, a pure function so the parent can replay it.
 #[derive(Debug, Clone, PartialEq)]
-enum Op {
+pub(crate) enum Op {
     Set(CampaignUserMap),
     Delete(String, String),
     Forget(String),
@@ -61,9 +61,22 @@ fn op(w: u64, seq: u64) -> Op {
     }
 }
 
-type State = BTreeMap<(String, String), CampaignUserMap>;
+/// The mappings a sequence of operations leaves.
+pub(crate) type State = BTreeMap<(String, String), CampaignUserMap>;
 
-fn apply(state: &mut State, op: &Op) {
+impl Op {
+    /// Performs the operation on `store` (in a child process: a failure ends it).
+    pub(crate) fn run(self, store: &Store) {
+        match self {
+            Op::Set(m) => store.set(&m).expect("child: set"),
+            Op::Delete(u, c) => drop(store.delete(&u, &c).expect("child: delete")),
+            Op::Forget(u) => drop(store.forget_user(&u).expect("child: forget_user")),
+        }
+    }
+}
+
+/// What `op` leaves of `state`.
+pub(crate) fn apply(state: &mut State, op: &Op) {
     match op {
         Op::Set(m) => {
             state.insert((m.user_id.clone(), m.campaign_key.clone()), m.clone());
@@ -102,11 +115,7 @@ fn crash_child() {
             let (store, out, start) = (store.clone(), Arc::clone(&out), starts[w as usize]);
             std::thread::spawn(move || {
                 for seq in start..start + CHILD_MAX_OPS {
-                    match op(w, seq) {
-                        Op::Set(m) => store.set(&m).expect("child: set"),
-                        Op::Delete(u, c) => drop(store.delete(&u, &c).expect("child: delete")),
-                        Op::Forget(u) => drop(store.forget_user(&u).expect("child: forget_user")),
-                    }
+                    op(w, seq).run(&store);
                     // Only a returned call is acknowledged; the line is flushed before the next write starts.
                     let mut out = out.lock();
                     if writeln!(out, "ack {w} {seq}")

@@ -11,9 +11,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use ussdb::{CampaignUserMap, Durability, Error, Options, Store};
+use ussdb::{Durability, Error, Options, Store};
 
 use crate::common::{Rng, env_count, map, tempdir};
+use crate::crash::{Op, State, apply};
 
 const USERS: u64 = 6;
 const CAMPAIGNS: u64 = 3;
@@ -25,13 +26,6 @@ fn options() -> Options {
     Options::default()
         .durability(Durability::Immediate)
         .segment_size(4096)
-}
-
-#[derive(Debug, Clone)]
-enum Op {
-    Set(CampaignUserMap),
-    Delete(String, String),
-    Forget(String),
 }
 
 fn op(seq: u64) -> Op {
@@ -47,20 +41,6 @@ fn op(seq: u64) -> Op {
             let goals = "goal_vwo_".repeat((seq % 30) as usize);
             Op::Set(map(&u, &c, &format!("s{seq}"), Some(&goals)))
         }
-    }
-}
-
-type State = BTreeMap<(String, String), CampaignUserMap>;
-
-fn apply(state: &mut State, op: &Op) {
-    match op {
-        Op::Set(m) => {
-            state.insert((m.user_id.clone(), m.campaign_key.clone()), m.clone());
-        }
-        Op::Delete(u, c) => {
-            state.remove(&(u.clone(), c.clone()));
-        }
-        Op::Forget(u) => state.retain(|(mu, _), _| mu != u),
     }
 }
 
@@ -87,11 +67,7 @@ fn crash_files_child() {
     };
     let mut out = std::io::stdout();
     for seq in start..start + CHILD_MAX_OPS {
-        match op(seq) {
-            Op::Set(m) => store.set(&m).expect("child: set"),
-            Op::Delete(u, c) => drop(store.delete(&u, &c).expect("child: delete")),
-            Op::Forget(u) => drop(store.forget_user(&u).expect("child: forget_user")),
-        }
+        op(seq).run(&store);
         if writeln!(out, "ack {seq}")
             .and_then(|()| out.flush())
             .is_err()
