@@ -45,12 +45,11 @@ pub(crate) struct Published {
     pub(crate) tail: u64,
 }
 
-/// The mapped control file.
+/// The mapped control file. Its open file, whose shared flock says "a process has the store open", is handed to
+/// the store's [`crate::dir::DirLock`] with its other lifetime locks, so all of them are released together.
 #[derive(Debug)]
 pub(crate) struct Control {
     words: SharedWords,
-    /// The open file: its shared flock says "a process has the store open".
-    file: fs::File,
 }
 
 /// Opens (creating if needed) the file `dir/name` for locking, mode 0600.
@@ -67,9 +66,9 @@ pub(crate) fn open_lock_file(dir: &Path, name: &str) -> Result<fs::File> {
 }
 
 impl Control {
-    /// Opens the control file of `dir`, creating or sizing it. The caller holds the append lock, so no other
-    /// process sizes or initializes it meanwhile.
-    pub(crate) fn open(dir: &Path) -> Result<Control> {
+    /// Opens the control file of `dir`, creating or sizing it, and returns its map and its open file (for the
+    /// lock). The caller holds the append lock, so no other process sizes or initializes it meanwhile.
+    pub(crate) fn open(dir: &Path) -> Result<(Control, fs::File)> {
         let path = dir.join(crate::dir::CONTROL_FILE);
         let file = open_lock_file(dir, crate::dir::CONTROL_FILE)?;
         let len = file
@@ -87,7 +86,7 @@ impl Control {
                 std::io::Error::other("the OS refused to map it"),
             )
         })?;
-        let control = Control { words, file };
+        let control = Control { words };
         let magic = control.word(W_MAGIC).load(Ordering::Acquire);
         let version = control.word(W_VERSION).load(Ordering::Acquire);
         match (magic, version) {
@@ -107,18 +106,13 @@ impl Control {
                 ));
             }
         }
-        Ok(control)
+        Ok((control, file))
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {
         // The indexes are constants below CONTROL_LEN / 8, so the map always has them.
         static SPARE: AtomicU64 = AtomicU64::new(0);
         self.words.word(i).unwrap_or(&SPARE)
-    }
-
-    /// The file (for its flocks).
-    pub(crate) fn file(&self) -> &fs::File {
-        &self.file
     }
 
     /// The publication counter: the one load of a read's fast path.

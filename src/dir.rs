@@ -143,6 +143,15 @@ pub(crate) struct DirLock {
     _dir: fs::File,
     /// The `LOCK` file of a writer (kept for the tools that look for it); `None` for a reader.
     _file: Option<fs::File>,
+    /// Other files whose locks last as long as the store is open (the control file of the multi-process mode).
+    kept: Vec<fs::File>,
+}
+
+impl DirLock {
+    /// Keeps `file` (and the flock it holds) open until this lock is dropped.
+    pub(crate) fn keep(&mut self, file: fs::File) {
+        self.kept.push(file);
+    }
 }
 
 /// Takes the store's locks: exclusive for a writer (the directory and the `LOCK` file, created if missing), shared
@@ -170,12 +179,14 @@ pub(crate) fn lock(dir: &Path, shared: bool) -> Result<DirLock> {
         return Ok(DirLock {
             _dir: dir_file,
             _file: None,
+            kept: Vec::new(),
         });
     }
     let file = lock_file(dir)?;
     Ok(DirLock {
         _dir: dir_file,
         _file: Some(file),
+        kept: Vec::new(),
     })
 }
 
@@ -194,6 +205,7 @@ pub(crate) fn lock_multi_process(dir: &Path) -> Result<DirLock> {
     Ok(DirLock {
         _dir: dir_file,
         _file: None,
+        kept: Vec::new(),
     })
 }
 

@@ -500,6 +500,7 @@ impl Drop for Shared {
                     .take(),
             );
             std::mem::forget(threads);
+            self.engine.release_in_forked_child();
             return;
         }
         // Before the compactor stops (its stop ends hint writing early): a clean close leaves hints for every

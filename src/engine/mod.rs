@@ -61,8 +61,9 @@ pub(crate) struct Engine {
     forks: u64,
     /// The multi-process mode's state (`Options::shared`); `None` for a single process.
     shared: Option<shared::SharedMode>,
-    /// Held (flock) for the engine's lifetime, so a second process cannot open the directory.
-    _lock: DirLock,
+    /// Held (flock) for the engine's lifetime, so a second process cannot open the directory; taken out only by
+    /// [`Engine::release_in_forked_child`].
+    lock: Mutex<Option<DirLock>>,
 }
 
 /// While it lives, no write and no compaction runs; readers go on.
@@ -155,6 +156,16 @@ impl Engine {
     #[inline]
     pub(crate) fn forked(&self) -> bool {
         crate::map::fork_generation() != self.forks
+    }
+
+    /// Closes this process's copies of the store's lock files, in a forked child that lets go of its store. The
+    /// child's descriptors share the parent's open lock descriptions (flock), so while the child keeps them the
+    /// store stays locked after the parent closed it. The engine itself may never be dropped in the child: a
+    /// thread of the parent that held a strong reference at the fork left that reference behind, and the thread
+    /// does not exist here to give it back. Closing does not unlock (that would release the parent's locks too).
+    pub(crate) fn release_in_forked_child(&self) {
+        let lock = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(lock);
     }
 
     /// The error for a use of the store in a forked child.

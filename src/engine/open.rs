@@ -153,7 +153,7 @@ impl Engine {
             pid: std::process::id(),
             forks: crate::map::fork_generation(),
             shared,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         };
         // Size the index once for everything the hints list, instead of doubling every shard ~20 times and
         // rehashing what it holds at each step. Hints list live records (compaction output) or at most about

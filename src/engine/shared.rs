@@ -83,9 +83,9 @@ pub(crate) fn open_locks(dir: &Path) -> Result<(DirLock, SharedMode, OpenHold)> 
         alone: false,
     };
     let compact = open_lock_file(dir, dir::COMPACT_LOCK_FILE)?;
-    let control = Control::open(dir)?;
+    let (control, control_file) = Control::open(dir)?;
     let control_path = dir.join(dir::CONTROL_FILE);
-    let alone = match control.file().try_lock() {
+    let alone = match control_file.try_lock() {
         Ok(()) => true,
         Err(fs::TryLockError::WouldBlock) => false,
         Err(fs::TryLockError::Error(e)) => {
@@ -99,10 +99,11 @@ pub(crate) fn open_locks(dir: &Path) -> Result<(DirLock, SharedMode, OpenHold)> 
     }
     // Converting to shared is not atomic, but every opener holds the append lock while it looks: none can see
     // the gap.
-    control
-        .file()
+    control_file
         .lock_shared()
         .map_err(|e| Error::io("lock control file", &control_path, e))?;
+    let mut lock = lock;
+    lock.keep(control_file);
     let shared = SharedMode {
         control,
         append,

@@ -63,3 +63,33 @@ def test_a_store_opened_before_fork_refuses_reads_in_the_child_and_names_the_fix
     store.set({"userId": "u2", "campaignKey": "c", "variationName": "w"})
     store.close()
 
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_child_that_closes_its_copy_does_not_keep_the_parents_lock(store_dir, shared):
+    store = ussdb.Store(store_dir, shared=shared)
+    store.set({"userId": "u", "campaignKey": "c", "variationName": "v"})
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        os.close(done_w)
+        store.close()  # the child's copy: closes the child's descriptors, touches nothing else
+        os.write(ready_w, b"1")
+        os.read(done_r, 1)  # stays alive until the parent has reopened
+        os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        store.close()
+        # The child lives on, and a new single-process opener (which the multi-process mode's locks would refuse)
+        # gets the store: no lock is left in the child.
+        again = ussdb.Store(store_dir, shared=False)
+        assert again.get("u", "c")["variationName"] == "v"
+        again.close()
+    finally:
+        os.write(done_w, b"1")
+        os.close(done_w)
+        os.close(ready_r)
+        assert os.waitpid(pid, 0)[1] == 0
