@@ -15,8 +15,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::Engine;
 use super::compaction::{explain_disk_full, is_disk_full};
+use super::{Engine, Found};
 use crate::codec;
 use crate::durability::Durability;
 use crate::index::{Loc, MAX_OFFSET, MAX_SEGMENT_ID};
@@ -137,6 +137,59 @@ impl Engine {
         };
         self.counters.sets.fetch_add(1, Ordering::Relaxed);
         Ok(position)
+    }
+
+    /// Stores under (`user_id`, `item`) the value `f` computes from the current one (`None` when there is none),
+    /// in one hold of the log mutex, so no other write comes between the read and the write; `f` returns no value
+    /// to write nothing. Its other output is handed back once the write is as durable as the mode promises. The
+    /// key is looked up once, as [`Engine::put`] does. `f` fails with the reason the current value cannot be
+    /// read (reported as damage at its record); it runs with the log locked and must not call the engine. The
+    /// caller has checked the item.
+    pub(crate) fn put_with<T>(
+        &self,
+        user_id: &str,
+        item: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> std::result::Result<(Option<Vec<u8>>, T), String>,
+    ) -> Result<T> {
+        let key = codec::encode_item_key(user_id, item)?;
+        let hash = self.index.hasher().hash(user_id.as_bytes(), item);
+        let (position, out) = {
+            let mut log = self.lock_log();
+            self.check_poison()?;
+            let old = self.find_key(hash, &key)?;
+            let (value, out) = match old {
+                None => f(None).map_err(|reason| Error::corrupted(&self.dir, 0, reason))?,
+                // The log mutex keeps the segment in place (only compaction removes one, under the mutex).
+                Some((loc, _)) => match self.read_at(loc, |rec| f(Some(rec.value)))? {
+                    Found::Record(computed) => {
+                        computed.map_err(|reason| self.corrupted_at(loc, reason))?
+                    }
+                    Found::Moved => {
+                        return Err(
+                            self.corrupted_at(loc, "index points into a missing segment".into())
+                        );
+                    }
+                },
+            };
+            let Some(value) = value else {
+                return Ok(out);
+            };
+            let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len() + value.len());
+            record::encode(&mut rec, Kind::Put, &key, &value);
+            let loc = self.append(&mut log, &rec).map_err(explain_disk_full)?;
+            self.point(hash, old, loc);
+            (log.written, out)
+        };
+        self.counters.sets.fetch_add(1, Ordering::Relaxed);
+        self.wait_durable(position)?;
+        Ok(out)
+    }
+
+    /// Returns once every write under way when it was called is appended, indexed and as durable as the mode
+    /// promises.
+    pub(crate) fn wait_appended(&self) -> Result<()> {
+        let position = self.lock_log().written;
+        self.wait_durable(position)
     }
 
     /// True once the log position `position` is as durable as the durability mode promises (poisoning is an

@@ -1,16 +1,18 @@
 //! The in-memory half of a [`Tiered`](super::Tiered) store's outbox: which mappings wait for Redis, in the order
 //! they first changed.
 //!
-//! Built for the `set` path, which queues a mapping on every first change: one allocation per queued mapping
-//! (its key, shared by the table and the queue), lookups by borrowed ids with no allocation and no second hash
-//! (the table reuses the tier's keyed hash of the mapping, computed once per call), and a queue that
-//! only appends (an entry whose mapping left the table, or was queued again under a newer number, is stale and
-//! dropped when it reaches the front or when stale entries outnumber live ones).
+//! Two parts. The [`Queue`] is the `set` path's: every marked write appends its number and ids to it, under the
+//! local store's write lock, so its order is the log's; it copies the ids into one growing buffer, so once the
+//! buffers have grown a set allocates nothing here and hashes nothing. The [`Outbox`] is the shipper's: it takes
+//! the queue's entries in bulk (swapping buffers) and keeps one entry per mapping, in a table looked up by
+//! borrowed ids with the tier's keyed hash, and an order queue that only appends (an entry whose mapping left
+//! the table, or was queued again under a newer number, is stale and dropped when it reaches the front or when
+//! stale entries outnumber live ones).
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// A queued mapping's ids (one allocation: the user id and the campaign key end to end) and the tier's hash of
@@ -133,10 +135,81 @@ impl Hash for OutKey {
 }
 
 pub(super) struct Pending {
+    /// The number the mapping waits under (its first change's, or its last requeue's): its place in the order.
     pub(super) seq: u64,
-    /// Bumped by every write of the mapping, so a shipment's answer is applied only if nothing changed meanwhile.
-    pub(super) generation: u64,
+    /// The highest number of the mapping's writes taken from the queue: a shipment's answer takes the mapping out
+    /// only if it did not grow meanwhile.
+    pub(super) mark: u64,
     pub(super) since: Instant,
+}
+
+/// The `set` path's half of the outbox: marked writes since the shipper last took them, in number order.
+#[derive(Default)]
+pub(super) struct Queue {
+    /// The number the next marked write gets.
+    pub(super) next_seq: u64,
+    /// The ids of the entries, end to end.
+    ids: Vec<u8>,
+    /// Each entry's number, where its ids start in `ids`, and its user id's length.
+    entries: Vec<(u64, usize, usize)>,
+    /// When the first of the entries went in.
+    since: Option<Instant>,
+}
+
+impl Queue {
+    /// Gives the mapping of these ids the next number; returns it and whether the queue was empty before.
+    pub(super) fn push(&mut self, user_id: &str, campaign_key: &str) -> (u64, bool) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let was_empty = self.entries.is_empty();
+        if was_empty {
+            // One clock read per batch the shipper takes, not per set: the batch's age is its first entry's.
+            self.since = Some(Instant::now());
+        }
+        self.entries.push((seq, self.ids.len(), user_id.len()));
+        self.ids.extend_from_slice(user_id.as_bytes());
+        self.ids.extend_from_slice(campaign_key.as_bytes());
+        (seq, was_empty)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Moves every entry into `into` (emptied first); the buffers are swapped, so both keep their capacity.
+    fn take_into(&mut self, into: &mut Queue) {
+        into.ids.clear();
+        into.entries.clear();
+        std::mem::swap(&mut self.ids, &mut into.ids);
+        std::mem::swap(&mut self.entries, &mut into.entries);
+        into.since = self.since.take();
+        into.next_seq = self.next_seq;
+    }
+
+    /// The entries: number, user id, campaign key.
+    fn iter(&self) -> impl Iterator<Item = (u64, &str, &str)> {
+        let ends = self
+            .entries
+            .iter()
+            .skip(1)
+            .map(|&(_, start, _)| start)
+            .chain(std::iter::once(self.ids.len()));
+        self.entries
+            .iter()
+            .zip(ends)
+            .map(|(&(seq, start, user_len), end)| {
+                let text = |range: std::ops::Range<usize>| {
+                    // Both halves were `&str`s, so both are UTF-8.
+                    std::str::from_utf8(self.ids.get(range).unwrap_or_default()).unwrap_or_default()
+                };
+                (
+                    seq,
+                    text(start..start + user_len),
+                    text(start + user_len..end),
+                )
+            })
+    }
 }
 
 /// Mappings waiting to be shipped, in the order they first changed.
@@ -150,6 +223,8 @@ pub(super) struct Outbox {
     pending: HashMap<OutKey, Pending, BuildHasherDefault<PassThrough>>,
     /// Sequence numbers ascending; an entry is live while `pending` holds its key with the same number.
     order: VecDeque<(u64, OutKey)>,
+    /// The buffers the queue's entries are taken into, kept for their capacity.
+    spare: Queue,
 }
 
 impl Outbox {
@@ -163,28 +238,47 @@ impl Outbox {
     }
 
     /// The waiting mapping of these ids, if it waits.
-    pub(super) fn get(&self, hash: u64, user_id: &str, campaign_key: &str) -> Option<&Pending> {
+    #[cfg(test)]
+    fn get(&self, hash: u64, user_id: &str, campaign_key: &str) -> Option<&Pending> {
         self.pending.get(&(hash, user_id, campaign_key) as &dyn Ids)
     }
 
-    /// Queues the mapping (or, if it waits, counts one more change of it); returns its number and whether it was
-    /// newly queued.
-    pub(super) fn enqueue(&mut self, hash: u64, user_id: &str, campaign_key: &str) -> (u64, bool) {
-        if let Some(p) = self
-            .pending
-            .get_mut(&(hash, user_id, campaign_key) as &dyn Ids)
-        {
-            p.generation += 1;
-            return (p.seq, false);
+    /// Takes every entry of `queue` in: a mapping that waits already keeps its place and notes the newer number;
+    /// another is queued. `hash` is the tier's hash of a mapping's ids.
+    pub(super) fn take_from(&mut self, queue: &Mutex<Queue>, hash: impl Fn(&str, &str) -> u64) {
+        let mut taken = std::mem::take(&mut self.spare);
+        // The queue's lock is held for a swap of buffers only: writers wait on it under the store's write lock.
+        queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_into(&mut taken);
+        self.next_seq = self.next_seq.max(taken.next_seq);
+        let since = taken.since.unwrap_or_else(Instant::now);
+        for (seq, user_id, campaign_key) in taken.iter() {
+            let h = hash(user_id, campaign_key);
+            match self
+                .pending
+                .get_mut(&(h, user_id, campaign_key) as &dyn Ids)
+            {
+                Some(p) => p.mark = p.mark.max(seq),
+                None => {
+                    self.order
+                        .push_back((seq, OutKey::new(h, user_id, campaign_key)));
+                    if let Some((_, key)) = self.order.back() {
+                        let key = key.clone();
+                        self.pending.insert(
+                            key,
+                            Pending {
+                                seq,
+                                mark: seq,
+                                since,
+                            },
+                        );
+                    }
+                }
+            }
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.insert(
-            seq,
-            OutKey::new(hash, user_id, campaign_key),
-            Instant::now(),
-        );
-        (seq, true)
+        self.spare = taken;
     }
 
     /// Queues `key` under `seq`, which must be above every number in the queue (recovery inserts in order).
@@ -195,29 +289,21 @@ impl Outbox {
             key,
             Pending {
                 seq,
-                generation: 0,
+                mark: seq,
                 since,
             },
         );
     }
 
-    /// Takes the mapping out of the queue (shipped, or its write failed).
-    pub(super) fn remove(&mut self, hash: u64, user_id: &str, campaign_key: &str) {
-        self.pending
-            .remove(&(hash, user_id, campaign_key) as &dyn Ids);
+    /// Takes the mapping out of the queue (shipped, or nothing left to ship) if no write newer than `mark` was
+    /// taken in since; true if it left.
+    pub(super) fn remove_if(&mut self, key: &OutKey, mark: u64) -> bool {
+        if !self.pending.get(key).is_some_and(|p| p.mark == mark) {
+            return false;
+        }
+        self.pending.remove(key);
         self.tidy();
-    }
-
-    /// Moves the mapping to the back of the queue under a new number, which it returns (`None` if it does not
-    /// wait).
-    pub(super) fn requeue(&mut self, key: &OutKey) -> Option<u64> {
-        let seq = self.next_seq;
-        let pending = self.pending.get_mut(key)?;
-        pending.seq = seq;
-        self.next_seq += 1;
-        self.order.push_back((seq, key.clone()));
-        self.tidy();
-        Some(seq)
+        true
     }
 
     fn is_live(&self, seq: u64, key: &OutKey) -> bool {
@@ -252,13 +338,15 @@ impl Outbox {
         self.oldest().map_or(self.next_seq, |p| p.seq)
     }
 
-    /// Up to `n` waiting mappings, oldest first.
-    pub(super) fn batch(&self, n: usize) -> Vec<OutKey> {
+    /// Up to `n` waiting mappings, oldest first, each with the highest number of its writes taken in.
+    pub(super) fn batch(&self, n: usize) -> Vec<(OutKey, u64)> {
         self.order
             .iter()
-            .filter(|(seq, key)| self.is_live(*seq, key))
+            .filter_map(|(seq, key)| {
+                let p = self.pending.get(key).filter(|p| p.seq == *seq)?;
+                Some((key.clone(), p.mark))
+            })
             .take(n)
-            .map(|(_, key)| key.clone())
             .collect()
     }
 }
@@ -267,36 +355,51 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn h(_: &str, _: &str) -> u64 {
+        1
+    }
+
     #[test]
     fn queue_keeps_first_change_order_and_forgets_removed() {
-        let mut o = Outbox::default();
-        assert_eq!(o.enqueue(1, "u1", "c"), (0, true));
-        assert_eq!(o.enqueue(1, "u2", "c"), (1, true));
-        assert_eq!(o.enqueue(1, "u1", "c"), (0, false));
-        assert_eq!(o.get(1, "u1", "c").map(|p| p.generation), Some(1));
+        let (q, mut o) = (Mutex::new(Queue::default()), Outbox::default());
+        assert_eq!(q.lock().expect("queue").push("u1", "c"), (0, true));
+        assert_eq!(q.lock().expect("queue").push("u2", "camp"), (1, false));
+        assert_eq!(q.lock().expect("queue").push("u1", "c"), (2, false));
+        o.take_from(&q, h);
+        assert_eq!(q.lock().expect("queue").len(), 0);
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.get(1, "u1", "c").map(|p| (p.seq, p.mark)), Some((0, 2)));
+        assert_eq!(o.get(1, "u2", "camp").map(|p| p.mark), Some(1));
         assert_eq!(o.low(), 0);
-        o.remove(1, "u1", "c");
+        let batch: Vec<OutKey> = o.batch(10).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(o.batch(10)[0].1, 2);
+        assert_eq!(batch[0].user_id(), "u1");
+        assert_eq!(batch[1].campaign_key(), "camp");
+        assert!(!o.remove_if(&batch[0], 0), "a newer write was taken in");
+        assert!(o.remove_if(&batch[0], 2));
         assert!(o.get(1, "u1", "c").is_none());
         assert_eq!(o.low(), 1);
-        let batch = o.batch(10);
-        assert_eq!(batch.len(), 1);
-        assert_eq!(batch[0].user_id(), "u2");
-        assert_eq!(o.requeue(&batch[0]), Some(2));
-        assert_eq!(o.low(), 2);
-        o.remove(1, "u2", "c");
-        assert!(o.is_empty());
+        assert_eq!(q.lock().expect("queue").push("u3", "c"), (3, true));
+        o.take_from(&q, h);
+        assert!(o.remove_if(&batch[1], 1));
         assert_eq!(o.low(), 3);
+        let last = o.batch(1)[0].0.clone();
+        assert!(o.remove_if(&last, 3));
+        assert!(o.is_empty());
+        assert_eq!(o.low(), 4);
         assert!(o.order.is_empty(), "stale entries are dropped");
     }
 
     #[test]
     fn stale_entries_do_not_pile_up() {
-        let mut o = Outbox::default();
-        o.enqueue(7, "keep", "c");
+        let (q, mut o) = (Mutex::new(Queue::default()), Outbox::default());
+        q.lock().expect("queue").push("keep", "c");
+        o.take_from(&q, h);
         for i in 0..1000 {
-            let user = format!("u{i}");
-            o.enqueue(i, &user, "c");
-            o.remove(i, &user, "c");
+            let (seq, _) = q.lock().expect("queue").push(&format!("u{i}"), "c");
+            o.take_from(&q, h);
+            let key = o.batch(2)[1].0.clone();
+            assert!(o.remove_if(&key, seq));
         }
         assert!(o.order.len() <= 2 * o.len() + 65, "{}", o.order.len());
         assert_eq!(o.batch(10).len(), 1);

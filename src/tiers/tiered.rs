@@ -21,11 +21,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::config::{BACKEND, RedisConfig};
-use super::outbox::{OutKey, Outbox, PassThrough};
+use super::outbox::{OutKey, Outbox, PassThrough, Queue};
 
 type FreshTable = HashMap<u64, Instant, std::hash::BuildHasherDefault<PassThrough>>;
 use super::redis::{RedisStore, check_ids};
 use super::value::first_wins;
+use crate::codec;
 use crate::seed::Seed;
 use crate::{BackendErrorKind, CampaignUserMap, Error, Options, Result, Store, UserStorageService};
 
@@ -36,9 +37,8 @@ const RESERVED: char = '\0';
 const WATERMARK: (&str, &str) = ("\0ussdb", "outbox-watermark");
 /// The `metaData` key of a mapping's outbox mark.
 const MARK_KEY: &str = "ussdbOutbox";
-
-/// Stripes of the per-mapping lock that orders a set, a refresh and a shipment's answer for one mapping.
-const STRIPES: usize = 64;
+/// What a mark starts with.
+const MARK_PREFIX: &str = "{\"ussdbOutbox\":";
 /// Shards of the table of when each local copy was last confirmed by Redis.
 const FRESH_SHARDS: usize = 16;
 
@@ -168,13 +168,18 @@ struct Shared {
     local: Store,
     remote: RedisStore,
     options: TierOptions,
-    /// Keys the hash of a mapping's ids, computed once per call and used for its stripe, its freshness and its
-    /// outbox entry; keyed, so clients cannot aim ids at one stripe or one outbox bucket.
+    /// Keys the hash of a mapping's ids, which places it in the freshness table and the outbox table; keyed, so
+    /// clients cannot aim ids at one bucket.
     seed: Seed,
-    stripes: Vec<Mutex<()>>,
-    /// Stands in for a stripe if an index were ever out of range (it cannot be: the index is taken modulo).
-    spare_stripe: Mutex<()>,
+    /// Marked writes the shipper has not taken yet. Pushed to under the local store's write lock (inside
+    /// `put_with`), so a write and its entry cannot be told apart by the shipper: lock order is the store's log,
+    /// then this, and nothing holding this calls the store.
+    queue: Mutex<Queue>,
+    /// Mappings waiting for Redis, one entry each. Nothing holding it calls the local store.
     outbox: Mutex<Outbox>,
+    /// Every mark below this number is shipped (the outbox's lowest waiting number, or the next one, as last
+    /// seen): a local copy marked at or above it has changes Redis may not have.
+    low: AtomicU64,
     /// When each local copy was last confirmed by Redis, by the mapping's keyed hash (hashed no further).
     fresh: Vec<Mutex<FreshTable>>,
     breaker: Mutex<Breaker>,
@@ -226,13 +231,15 @@ impl Tiered {
         let local = Store::open_with(dir, options.local.clone())?;
         let seed = Seed::random();
         let outbox = recover_outbox(&local, &seed)?;
+        let mut queue = Queue::default();
+        queue.next_seq = outbox.next_seq;
         let shared = Arc::new(Shared {
             local,
             remote,
             options,
             seed,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            spare_stripe: Mutex::new(()),
+            queue: Mutex::new(queue),
+            low: AtomicU64::new(outbox.low()),
             outbox: Mutex::new(outbox),
             fresh: (0..FRESH_SHARDS)
                 .map(|_| Mutex::new(FreshTable::default()))
@@ -286,7 +293,7 @@ impl Tiered {
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let depth = lock(&self.shared.outbox).len();
+            let depth = self.shared.with_outbox(true, |o| o.len());
             if depth == 0 {
                 return Ok(());
             }
@@ -306,11 +313,10 @@ impl Tiered {
     /// A snapshot of the tier's counters.
     pub fn stats(&self) -> TierStats {
         let s = &self.shared;
-        let (outbox_depth, replay_lag) = {
-            let outbox = lock(&s.outbox);
+        let (outbox_depth, replay_lag) = s.with_outbox(true, |outbox| {
             let oldest = outbox.oldest().map(|p| p.since.elapsed());
             (outbox.len() as u64, oldest)
-        };
+        });
         let c = &s.counters;
         TierStats {
             outbox_depth,
@@ -423,10 +429,26 @@ impl Mark {
 
 /// The sequence number of a mark, if `meta` is one.
 fn read_mark(meta: &str) -> Option<u64> {
-    meta.strip_prefix(&format!("{{\"{MARK_KEY}\":"))?
+    meta.strip_prefix(MARK_PREFIX)?
         .strip_suffix('}')?
         .parse()
         .ok()
+}
+
+/// A local record's mapping and outbox mark, for a key known to be (`user_id`, `campaign_key`).
+fn decode_local(
+    user_id: &str,
+    campaign_key: &str,
+    value: &[u8],
+) -> std::result::Result<(CampaignUserMap, Option<u64>), String> {
+    let stored = codec::decode_value(value)?;
+    let map = CampaignUserMap {
+        user_id: user_id.to_owned(),
+        campaign_key: campaign_key.to_owned(),
+        variation_name: stored.variation_name.into_owned(),
+        goal_identifier: stored.goal_identifier.map(std::borrow::Cow::into_owned),
+    };
+    Ok((map, stored.meta_data.as_deref().and_then(read_mark)))
 }
 
 /// Finds the marked mappings at or above the watermark: the outbox as it was when the store was last written.
@@ -532,11 +554,6 @@ impl Shared {
         key_hash(&self.seed, user_id, campaign_key)
     }
 
-    fn stripe(&self, hash: u64) -> MutexGuard<'_, ()> {
-        let i = (hash % STRIPES as u64) as usize;
-        lock(self.stripes.get(i).unwrap_or(&self.spare_stripe))
-    }
-
     fn fresh_shard(&self, hash: u64) -> Option<&Mutex<FreshTable>> {
         self.fresh.get((hash >> 32) as usize % FRESH_SHARDS)
     }
@@ -562,10 +579,50 @@ impl Shared {
         }
     }
 
-    fn is_pending(&self, hash: u64, user_id: &str, campaign_key: &str) -> bool {
-        lock(&self.outbox)
-            .get(hash, user_id, campaign_key)
-            .is_some()
+    /// True when a local copy marked `mark` has changes Redis may not have.
+    fn is_pending(&self, mark: Option<u64>) -> bool {
+        mark.is_some_and(|m| m >= self.low.load(Ordering::SeqCst))
+    }
+
+    /// Runs `f` on the outbox, after taking in the queue's entries if `take` (only the outbox's lock is held while
+    /// they are hashed into it; the queue's is held for a swap of buffers). Then publishes the lowest waiting
+    /// number, which only grows: entries not taken in yet have higher numbers than any the outbox gave out.
+    fn with_outbox<R>(&self, take: bool, f: impl FnOnce(&mut Outbox) -> R) -> R {
+        let mut outbox = lock(&self.outbox);
+        if take {
+            outbox.take_from(&self.queue, |u, c| self.hash(u, c));
+        }
+        let out = f(&mut outbox);
+        self.low.fetch_max(outbox.low(), Ordering::SeqCst);
+        out
+    }
+
+    /// The value of `map` marked as waiting for Redis under the next number, which the queue takes with its ids;
+    /// and whether the queue was empty (then the shipper needs a nudge). Called inside `put_with`, so the entry
+    /// is queued in the order of the log and only by a write that is under way.
+    fn marked(&self, map: &CampaignUserMap) -> Result<(Vec<u8>, bool)> {
+        let mut queue = lock(&self.queue);
+        let value = codec::encode_value(map, Some(Mark::new(queue.next_seq).as_str()))?;
+        let (_, was_empty) = queue.push(&map.user_id, &map.campaign_key);
+        Ok((value, was_empty))
+    }
+
+    /// What a `put_with` closure returns for writing `map` marked: the value, and whether to nudge the shipper (or
+    /// why it cannot be written).
+    fn write_marked(&self, map: &CampaignUserMap) -> (Option<Vec<u8>>, Result<bool>) {
+        match self.marked(map) {
+            Ok((value, nudge)) => (Some(value), Ok(nudge)),
+            Err(e) => (None, Err(e)),
+        }
+    }
+
+    /// What a `put_with` closure returns for writing `map` with the mark `mark` (or none).
+    fn write_plain(map: &CampaignUserMap, mark: Option<u64>) -> (Option<Vec<u8>>, Result<bool>) {
+        let mark = mark.map(Mark::new);
+        match codec::encode_value(map, mark.as_ref().map(Mark::as_str)) {
+            Ok(value) => (Some(value), Ok(false)),
+            Err(e) => (None, Err(e)),
+        }
     }
 
     fn redis_down(&self) -> bool {
@@ -602,9 +659,17 @@ impl Shared {
 
     fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
         let hash = self.hash(user_id, campaign_key);
-        let local = self.local.get(user_id, campaign_key)?;
-        if local.is_some() && (self.is_fresh(hash) || self.is_pending(hash, user_id, campaign_key))
-        {
+        let found = self
+            .local
+            .engine()
+            .get_with(user_id, campaign_key.as_bytes(), |value| {
+                decode_local(user_id, campaign_key, value)
+            })?;
+        let (local, mark) = match found {
+            Some((map, mark)) => (Some(map), mark),
+            None => (None, None),
+        };
+        if local.is_some() && (self.is_fresh(hash) || self.is_pending(mark)) {
             self.counters.local_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(local);
         }
@@ -624,7 +689,7 @@ impl Shared {
                     Some(local) => {
                         // Redis lacks what this server has (it lost data, or the change was never shipped): ship it.
                         self.counters.remote_hits.fetch_add(1, Ordering::Relaxed);
-                        self.reship(hash, &local)?;
+                        self.reship(&local)?;
                         Ok(Some(local))
                     }
                     None => {
@@ -655,16 +720,20 @@ impl Shared {
         }
     }
 
+    /// The fleet rule against the local copy and the marked write, in one hold of the local store's write lock
+    /// (`put_with`): the key is looked up once, and no other write of the mapping comes between the rule and the
+    /// write. A first assignment decodes and copies nothing; a set that adds no goal writes nothing. The set path
+    /// takes no lock of the tier's but the queue's, hashes nothing of its own and allocates nothing for the outbox.
     fn set(&self, map: &CampaignUserMap) -> Result<()> {
-        let hash = self.hash(&map.user_id, &map.campaign_key);
-        let _stripe = self.stripe(hash);
-        // The fleet rule against the local copy, read in place: a first assignment (no copy) decodes and copies
-        // nothing, and a set that adds no goal is decided without building a mapping.
-        let change =
+        codec::check_variation(&map.variation_name)?;
+        let nudge =
             self.local
                 .engine()
-                .get_with(&map.user_id, map.campaign_key.as_bytes(), |value| {
-                    let stored = crate::codec::decode_value(value)?;
+                .put_with(&map.user_id, map.campaign_key.as_bytes(), |old| {
+                    let Some(value) = old else {
+                        return Ok(self.write_marked(map));
+                    };
+                    let stored = codec::decode_value(value)?;
                     let tracked = stored.goal_identifier.as_deref().unwrap_or_default();
                     let known = |goal: &str| {
                         tracked
@@ -672,7 +741,7 @@ impl Shared {
                             .any(|g| !g.is_empty() && g == goal)
                     };
                     if map.goals().all(known) {
-                        return Ok(None);
+                        return Ok((None, Ok(false)));
                     }
                     let stored = CampaignUserMap {
                         user_id: map.user_id.clone(),
@@ -680,69 +749,70 @@ impl Shared {
                         variation_name: stored.variation_name.into_owned(),
                         goal_identifier: stored.goal_identifier.map(std::borrow::Cow::into_owned),
                     };
-                    Ok(Some(first_wins(&stored, map)))
-                })?;
-        match change {
-            None => self.write_dirty(hash, map)?,
-            Some(None) => return Ok(()),
-            Some(Some(merged)) => self.write_dirty(hash, &merged)?,
+                    Ok(self.write_marked(&first_wins(&stored, map)))
+                })??;
+        if nudge {
+            self.nudge();
         }
-        self.nudge();
         Ok(())
-    }
-
-    /// Writes `map` locally, marked as waiting for Redis (with the mapping's number if it already waits, else a
-    /// new one). The caller holds the mapping's stripe, which the shipper also holds while it reads a mapping to
-    /// ship: so bumping the generation before the write is safe (no shipment can read between the two), and the
-    /// watermark cannot pass the number while the write is under way.
-    fn write_dirty(&self, hash: u64, map: &CampaignUserMap) -> Result<()> {
-        let (seq, new) = lock(&self.outbox).enqueue(hash, &map.user_id, &map.campaign_key);
-        let written = self.local.set_with_meta(map, Some(Mark::new(seq).as_str()));
-        if written.is_err() && new {
-            lock(&self.outbox).remove(hash, &map.user_id, &map.campaign_key);
-        }
-        written
-    }
-
-    /// Writes `map` locally as Redis has it, or, if the mapping waits for Redis, keeping its mark. The caller
-    /// holds the mapping's stripe.
-    fn write_settled(&self, hash: u64, map: &CampaignUserMap) -> Result<()> {
-        let seq = lock(&self.outbox)
-            .get(hash, &map.user_id, &map.campaign_key)
-            .map(|p| p.seq);
-        match seq {
-            Some(seq) => self.local.set_with_meta(map, Some(Mark::new(seq).as_str())),
-            None => self.local.set(map),
-        }
     }
 
     /// The local copy takes Redis's answer `remote`, keeping (and queueing for Redis) any goal only it has.
     fn refresh(&self, hash: u64, remote: &CampaignUserMap) -> Result<CampaignUserMap> {
-        let _stripe = self.stripe(hash);
-        let local = self.local.get(&remote.user_id, &remote.campaign_key)?;
-        let merged = match &local {
-            None => remote.clone(),
-            Some(local) => first_wins(remote, local),
-        };
-        if merged != *remote && !self.is_pending(hash, &remote.user_id, &remote.campaign_key) {
-            self.write_dirty(hash, &merged)?;
+        let (user_id, campaign_key) = (remote.user_id.as_str(), remote.campaign_key.as_str());
+        let (merged, nudge) =
+            self.local
+                .engine()
+                .put_with(user_id, campaign_key.as_bytes(), |old| {
+                    let (local, mark) = match old {
+                        Some(value) => {
+                            let (local, mark) = decode_local(user_id, campaign_key, value)?;
+                            (Some(local), mark)
+                        }
+                        None => (None, None),
+                    };
+                    let merged = match &local {
+                        None => remote.clone(),
+                        Some(local) => first_wins(remote, local),
+                    };
+                    let pending = self.is_pending(mark);
+                    let (value, nudge) = if merged != *remote && !pending {
+                        self.write_marked(&merged)
+                    } else if local.as_ref() != Some(&merged) {
+                        // A waiting mapping keeps its mark: the shipper merges Redis's answer with what it finds.
+                        Shared::write_plain(&merged, mark.filter(|_| pending))
+                    } else {
+                        (None, Ok(false))
+                    };
+                    Ok((value, (merged, nudge)))
+                })?;
+        if nudge? {
             self.nudge();
-        } else if local.as_ref() != Some(&merged) {
-            self.write_settled(hash, &merged)?;
         }
         self.mark_fresh(hash);
         Ok(merged)
     }
 
     /// Queues the local copy for Redis again (unless it already waits).
-    fn reship(&self, hash: u64, local: &CampaignUserMap) -> Result<()> {
-        let _stripe = self.stripe(hash);
-        if !self.is_pending(hash, &local.user_id, &local.campaign_key) {
-            let current = self
-                .local
-                .get(&local.user_id, &local.campaign_key)?
-                .unwrap_or_else(|| local.clone());
-            self.write_dirty(hash, &current)?;
+    fn reship(&self, local: &CampaignUserMap) -> Result<()> {
+        let (user_id, campaign_key) = (local.user_id.as_str(), local.campaign_key.as_str());
+        let nudge = self
+            .local
+            .engine()
+            .put_with(user_id, campaign_key.as_bytes(), |old| {
+                let current = match old {
+                    Some(value) => {
+                        let (current, mark) = decode_local(user_id, campaign_key, value)?;
+                        if self.is_pending(mark) {
+                            return Ok((None, Ok(false)));
+                        }
+                        current
+                    }
+                    None => local.clone(),
+                };
+                Ok(self.write_marked(&current))
+            })??;
+        if nudge {
             self.nudge();
         }
         Ok(())
@@ -751,14 +821,16 @@ impl Shared {
     /// Writes the watermark (the lowest number still waiting, or the next one) if it moved: after a restart,
     /// marks below it are known to be shipped.
     fn advance_watermark(&self) {
-        let (low, written, oldest) = {
-            let outbox = lock(&self.outbox);
+        let decided = self.with_outbox(true, |outbox| {
             let oldest = outbox.oldest().map(|p| p.since);
             // Also written when a first mapping starts waiting, so a restart knows since when.
             if outbox.low() <= outbox.watermark && oldest.is_some() == outbox.since_recorded {
-                return;
+                return None;
             }
-            (outbox.low(), outbox.watermark, oldest)
+            Some((outbox.low(), outbox.watermark, oldest))
+        });
+        let Some((low, written, oldest)) = decided else {
+            return;
         };
         // The record's goal field holds the wall-clock time (ms since the Unix epoch) the oldest waiting mapping
         // was first changed, for the replay lag after a restart.
@@ -775,13 +847,14 @@ impl Shared {
     }
 
     /// Tells the shipper there is work; wakes it only if it sleeps and has not been told since its last look.
+    /// Writers call it only when their entry found the queue empty (the shipper takes the whole queue at once),
+    /// so a busy shipper costs a writer no atomic write and no system call.
     fn nudge(&self) {
         if !self.work.swap(true, Ordering::SeqCst) && self.shipper_idle.load(Ordering::SeqCst) {
             let _signal = lock(&self.signal);
             self.wake.notify_one();
         }
     }
-
     fn ship_loop(&self) {
         let mut last_prune = Instant::now();
         loop {
@@ -830,30 +903,28 @@ impl Shared {
     /// Ships the oldest waiting mappings once.
     fn ship_round(&self) -> Round {
         self.work.store(false, Ordering::SeqCst);
-        let batch: Vec<OutKey> = lock(&self.outbox).batch(self.options.ship_batch);
+        let batch = self.with_outbox(true, |o| o.batch(self.options.ship_batch));
         if batch.is_empty() {
             self.advance_watermark();
             return Round::Idle;
         }
+        // Every entry taken was queued by a write under way: once those writes are appended (and as durable as
+        // the local mode promises), the reads below see them, and nothing is shipped before it is durable here.
+        if let Err(e) = self.local.engine().wait_appended() {
+            log::error!("waiting for local writes before shipping failed: {e}");
+            return Round::Stuck;
+        }
         let mut to_ship = Vec::with_capacity(batch.len());
-        for key in batch {
-            // Under the stripe, so the generation read belongs to the local state read.
-            let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
-            let stripe = self.stripe(key.hash());
-            let Some(generation) = lock(&self.outbox)
-                .get(key.hash(), user_id, campaign_key)
-                .map(|p| p.generation)
-            else {
-                continue;
-            };
-            match self.local.get(user_id, campaign_key) {
-                Ok(Some(map)) => to_ship.push((key, generation, map)),
-                // A write that failed after queueing leaves nothing to ship; it was unqueued.
-                Ok(None) => {}
+        for (key, mark) in batch {
+            match self.local.get(key.user_id(), key.campaign_key()) {
+                Ok(Some(map)) => to_ship.push((key, mark, map)),
+                // A write that failed leaves nothing to ship.
+                Ok(None) => {
+                    self.with_outbox(false, |o| o.remove_if(&key, mark));
+                }
                 Err(e) => {
                     log::error!("reading a mapping to ship failed: {e}");
-                    drop(stripe);
-                    self.requeue(&key);
+                    self.requeue(&key, mark);
                 }
             }
         }
@@ -861,11 +932,11 @@ impl Shared {
             .remote
             .merge_many(to_ship.iter().map(|(_, _, m)| m.clone()).collect());
         let (mut down, mut settled) = (false, 0);
-        for ((key, generation, _), answer) in to_ship.into_iter().zip(answers) {
+        for ((key, mark, shipped), answer) in to_ship.into_iter().zip(answers) {
             match answer {
                 Ok(answer) => {
                     settled += 1;
-                    if let Err(e) = self.settle(&key, generation, &answer) {
+                    if let Err(e) = self.settle(&key, mark, &shipped, &answer) {
                         log::error!("applying Redis's answer locally failed: {e}");
                     }
                 }
@@ -879,7 +950,7 @@ impl Shared {
                                 key.user_id(),
                                 key.campaign_key()
                             );
-                            self.requeue(&key);
+                            self.requeue(&key, mark);
                         }
                         _ => {
                             if !down {
@@ -904,50 +975,83 @@ impl Shared {
         }
     }
 
-    /// A shipment of `key` made at `generation` got `answer` from Redis. If the mapping did not change meanwhile,
-    /// the local copy takes the answer and leaves the queue; otherwise it stays queued, to ship the newer state.
-    /// Its mark stays in the record until the record is next written: the watermark makes it stale.
-    fn settle(&self, key: &OutKey, generation: u64, answer: &CampaignUserMap) -> Result<()> {
+    /// A shipment of `key` (`shipped`, read when the outbox had taken writes of it up to number `mark`) got
+    /// `answer` from Redis. The local copy takes the answer merged with what it holds now; if that is more than
+    /// Redis answered, the mapping stays queued (and goes out again); otherwise it leaves the outbox, unless a
+    /// newer write of it was taken in meanwhile. A mark left in the record is made stale by the watermark.
+    fn settle(
+        &self,
+        key: &OutKey,
+        mark: u64,
+        shipped: &CampaignUserMap,
+        answer: &CampaignUserMap,
+    ) -> Result<()> {
         let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
-        let hash = key.hash();
-        let _stripe = self.stripe(hash);
-        let unchanged = lock(&self.outbox)
-            .get(hash, user_id, campaign_key)
-            .is_some_and(|p| p.generation == generation);
-        if !unchanged {
-            return Ok(());
-        }
-        let local = self.local.get(user_id, campaign_key)?;
-        let merged = match &local {
-            None => answer.clone(),
-            Some(local) => first_wins(answer, local),
+        // Redis answered with exactly what was shipped (a first assignment, or goals it had): nothing to write.
+        // A write since the read has a newer number, which keeps the mapping in the outbox.
+        let done = if shipped == answer {
+            true
+        } else {
+            let (done, nudge) =
+                self.local
+                    .engine()
+                    .put_with(user_id, campaign_key.as_bytes(), |old| {
+                        let local = match old {
+                            Some(value) => Some(decode_local(user_id, campaign_key, value)?.0),
+                            None => None,
+                        };
+                        let merged = match &local {
+                            None => answer.clone(),
+                            Some(local) => first_wins(answer, local),
+                        };
+                        Ok(if merged != *answer {
+                            // The local copy holds more than Redis answered: it goes out again.
+                            let write = if local.as_ref() == Some(&merged) {
+                                (None, Ok(false))
+                            } else {
+                                self.write_marked(&merged)
+                            };
+                            (write.0, (false, write.1))
+                        } else if local.as_ref() != Some(answer) {
+                            let write = Shared::write_plain(answer, None);
+                            (write.0, (true, write.1))
+                        } else {
+                            (None, (true, Ok(false)))
+                        })
+                    })?;
+            if nudge? {
+                self.nudge();
+            }
+            done
         };
-        if merged != *answer {
-            // The local copy holds more than Redis answered: it stays queued, marked.
-            return self.write_settled(hash, &merged);
+        if done && self.with_outbox(false, |o| o.remove_if(key, mark)) {
+            self.counters.shipped.fetch_add(1, Ordering::Relaxed);
+            self.mark_fresh(key.hash());
         }
-        lock(&self.outbox).remove(hash, user_id, campaign_key);
-        if local.as_ref() != Some(&merged) {
-            self.local.set(&merged)?;
-        }
-        self.counters.shipped.fetch_add(1, Ordering::Relaxed);
-        self.mark_fresh(hash);
         Ok(())
     }
 
-    /// Moves `key` to the back of the queue, rewriting its mark so a restart keeps it there.
-    fn requeue(&self, key: &OutKey) {
-        let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
-        let _stripe = self.stripe(key.hash());
-        let Some(seq) = lock(&self.outbox).requeue(key) else {
+    /// Moves `key` to the back of the queue: it leaves the outbox (unless a newer write of it was taken in, which
+    /// keeps it where it is) and is written again under a new number, so a restart keeps it at the back too.
+    fn requeue(&self, key: &OutKey, mark: u64) {
+        if !self.with_outbox(false, |o| o.remove_if(key, mark)) {
             return;
-        };
-        if let Ok(Some(map)) = self.local.get(user_id, campaign_key)
-            && let Err(e) = self
-                .local
-                .set_with_meta(&map, Some(Mark::new(seq).as_str()))
-        {
-            log::error!("re-marking a mapping for Redis failed: {e}");
+        }
+        let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
+        let rewritten = self
+            .local
+            .engine()
+            .put_with(user_id, campaign_key.as_bytes(), |old| {
+                let Some(value) = old else {
+                    return Ok((None, Ok(false)));
+                };
+                let (map, _) = decode_local(user_id, campaign_key, value)?;
+                Ok(self.write_marked(&map))
+            });
+        match rewritten {
+            Ok(Ok(true)) => self.nudge(),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) | Err(e) => log::error!("re-marking a mapping for Redis failed: {e}"),
         }
     }
 }
