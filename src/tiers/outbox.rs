@@ -15,6 +15,46 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// What a mapping's outbox mark (its `metaData`) starts with: the key `ussdbOutbox`.
+pub(super) const MARK_PREFIX: &str = "{\"ussdbOutbox\":";
+
+/// The mark of number `seq`: `{"ussdbOutbox":N}`.
+pub(super) fn mark_text(seq: u64) -> String {
+    format!("{MARK_PREFIX}{seq}}}")
+}
+
+/// Turns `mark`, the mark of `seq - 1`, into the mark of `seq`, in place: every set writes a mark, and the next
+/// number's text differs from the last one's in its last digits only (a carry changes more). Falls back to
+/// writing the text anew if `mark` is not what it should be.
+fn bump_mark(mark: &mut String, seq: u64) {
+    if mark.pop() == Some('}') {
+        let mut zeros = 0;
+        loop {
+            match mark.pop() {
+                Some('9') => zeros += 1,
+                Some(d @ '0'..='8') => {
+                    mark.push(char::from(d as u8 + 1));
+                    break;
+                }
+                Some(':') => {
+                    mark.push_str(":1");
+                    break;
+                }
+                _ => {
+                    *mark = mark_text(seq);
+                    return;
+                }
+            }
+        }
+        for _ in 0..zeros {
+            mark.push('0');
+        }
+        mark.push('}');
+    } else {
+        *mark = mark_text(seq);
+    }
+}
+
 /// A queued mapping's ids (one allocation: the user id and the campaign key end to end) and the tier's hash of
 /// them; clones share the text.
 #[derive(Clone)]
@@ -147,7 +187,9 @@ pub(super) struct Pending {
 #[derive(Default)]
 pub(super) struct Queue {
     /// The number the next marked write gets.
-    pub(super) next_seq: u64,
+    next_seq: u64,
+    /// The text of the mark of `next_seq` (see [`Queue::mark`]), kept up to date as the number grows.
+    mark: String,
     /// The ids of the entries, end to end.
     ids: Vec<u8>,
     /// Each entry's number, where its ids start in `ids`, and its user id's length.
@@ -157,10 +199,25 @@ pub(super) struct Queue {
 }
 
 impl Queue {
+    /// An empty queue whose next number is `next_seq`.
+    pub(super) fn new(next_seq: u64) -> Queue {
+        Queue {
+            next_seq,
+            mark: mark_text(next_seq),
+            ..Queue::default()
+        }
+    }
+
+    /// The `metaData` of a mapping waiting for Redis under the next number: `{"ussdbOutbox":N}`.
+    pub(super) fn mark(&self) -> &str {
+        &self.mark
+    }
+
     /// Gives the mapping of these ids the next number; returns it and whether the queue was empty before.
     pub(super) fn push(&mut self, user_id: &str, campaign_key: &str) -> (u64, bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        bump_mark(&mut self.mark, self.next_seq);
         let was_empty = self.entries.is_empty();
         if was_empty {
             // One clock read per batch the shipper takes, not per set: the batch's age is its first entry's.
@@ -388,6 +445,18 @@ mod tests {
         assert!(o.is_empty());
         assert_eq!(o.low(), 4);
         assert!(o.order.is_empty(), "stale entries are dropped");
+    }
+
+    #[test]
+    fn marks_follow_the_numbers() {
+        let mut q = Queue::new(0);
+        for seq in 0..2_100u64 {
+            assert_eq!(q.mark(), format!("{{\"ussdbOutbox\":{seq}}}"));
+            assert_eq!(q.push("u", "c").0, seq);
+        }
+        let mut q = Queue::new(99_999);
+        q.push("u", "c");
+        assert_eq!(q.mark(), "{\"ussdbOutbox\":100000}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::config::{BACKEND, RedisConfig};
-use super::outbox::{OutKey, Outbox, PassThrough, Queue};
+use super::outbox::{MARK_PREFIX, OutKey, Outbox, PassThrough, Queue, mark_text};
 
 type FreshTable = HashMap<u64, Instant, std::hash::BuildHasherDefault<PassThrough>>;
 use super::redis::{RedisStore, check_ids};
@@ -35,10 +35,6 @@ const RESERVED: char = '\0';
 /// The watermark record: user id, campaign key. Its variation field holds the sequence number below which every
 /// marked mapping has been shipped.
 const WATERMARK: (&str, &str) = ("\0ussdb", "outbox-watermark");
-/// The `metaData` key of a mapping's outbox mark.
-const MARK_KEY: &str = "ussdbOutbox";
-/// What a mark starts with.
-const MARK_PREFIX: &str = "{\"ussdbOutbox\":";
 /// Shards of the table of when each local copy was last confirmed by Redis.
 const FRESH_SHARDS: usize = 16;
 
@@ -231,8 +227,7 @@ impl Tiered {
         let local = Store::open_with(dir, options.local.clone())?;
         let seed = Seed::random();
         let outbox = recover_outbox(&local, &seed)?;
-        let mut queue = Queue::default();
-        queue.next_seq = outbox.next_seq;
+        let queue = Queue::new(outbox.next_seq);
         let shared = Arc::new(Shared {
             local,
             remote,
@@ -379,52 +374,6 @@ fn check_tier_ids(user_id: &str, campaign_key: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// The `metaData` that marks a mapping as waiting for Redis with sequence number `seq`: `{"ussdbOutbox":N}`,
-/// built on the stack because every first change of a mapping writes one.
-struct Mark {
-    buf: [u8; 48],
-    len: usize,
-}
-
-impl Mark {
-    fn new(seq: u64) -> Mark {
-        let mut digits = [0u8; 20];
-        let mut n = seq;
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            if let Some(d) = digits.get_mut(start) {
-                *d = b'0' + (n % 10) as u8;
-            }
-            n /= 10;
-            if n == 0 || start == 0 {
-                break;
-            }
-        }
-        let mut mark = Mark {
-            buf: [0; 48],
-            len: 0,
-        };
-        mark.push(b"{\"");
-        mark.push(MARK_KEY.as_bytes());
-        mark.push(b"\":");
-        mark.push(digits.get(start..).unwrap_or_default());
-        mark.push(b"}");
-        mark
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        if let Some(dest) = self.buf.get_mut(self.len..self.len + bytes.len()) {
-            dest.copy_from_slice(bytes);
-            self.len += bytes.len();
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
-    }
 }
 
 /// The sequence number of a mark, if `meta` is one.
@@ -599,30 +548,37 @@ impl Shared {
 
     /// The value of `map` marked as waiting for Redis under the next number, which the queue takes with its ids;
     /// and whether the queue was empty (then the shipper needs a nudge). Called inside `put_with`, so the entry
-    /// is queued in the order of the log and only by a write that is under way.
-    fn marked(&self, map: &CampaignUserMap) -> Result<(Vec<u8>, bool)> {
+    /// is queued in the order of the log and only by a write that is under way. A value that cannot be encoded
+    /// (too large) queues nothing and writes nothing: its error goes to `failed`.
+    fn write_marked(
+        &self,
+        map: &CampaignUserMap,
+        failed: &mut Option<Error>,
+    ) -> (Option<Vec<u8>>, bool) {
         let mut queue = lock(&self.queue);
-        let value = codec::encode_value(map, Some(Mark::new(queue.next_seq).as_str()))?;
-        let (_, was_empty) = queue.push(&map.user_id, &map.campaign_key);
-        Ok((value, was_empty))
-    }
-
-    /// What a `put_with` closure returns for writing `map` marked: the value, and whether to nudge the shipper (or
-    /// why it cannot be written).
-    fn write_marked(&self, map: &CampaignUserMap) -> (Option<Vec<u8>>, Result<bool>) {
-        match self.marked(map) {
-            Ok((value, nudge)) => (Some(value), Ok(nudge)),
-            Err(e) => (None, Err(e)),
+        let value = codec::encode_value(map, Some(queue.mark()));
+        match value {
+            Ok(value) => {
+                let (_, was_empty) = queue.push(&map.user_id, &map.campaign_key);
+                (Some(value), was_empty)
+            }
+            Err(e) => {
+                *failed = Some(e);
+                (None, false)
+            }
         }
     }
 
-    /// What a `put_with` closure returns for writing `map` with the mark `mark` (or none).
-    fn write_plain(map: &CampaignUserMap, mark: Option<u64>) -> (Option<Vec<u8>>, Result<bool>) {
-        let mark = mark.map(Mark::new);
-        match codec::encode_value(map, mark.as_ref().map(Mark::as_str)) {
-            Ok(value) => (Some(value), Ok(false)),
-            Err(e) => (None, Err(e)),
-        }
+    /// The value of `map` with the mark `mark` (or none), for a `put_with` closure; an error goes to `failed`.
+    fn write_plain(
+        map: &CampaignUserMap,
+        mark: Option<u64>,
+        failed: &mut Option<Error>,
+    ) -> Option<Vec<u8>> {
+        let text = mark.map(mark_text);
+        codec::encode_value(map, text.as_deref())
+            .map_err(|e| *failed = Some(e))
+            .ok()
     }
 
     fn redis_down(&self) -> bool {
@@ -726,12 +682,13 @@ impl Shared {
     /// takes no lock of the tier's but the queue's, hashes nothing of its own and allocates nothing for the outbox.
     fn set(&self, map: &CampaignUserMap) -> Result<()> {
         codec::check_variation(&map.variation_name)?;
+        let mut failed = None;
         let nudge =
             self.local
                 .engine()
                 .put_with(&map.user_id, map.campaign_key.as_bytes(), |old| {
                     let Some(value) = old else {
-                        return Ok(self.write_marked(map));
+                        return Ok(self.write_marked(map, &mut failed));
                     };
                     let stored = codec::decode_value(value)?;
                     let tracked = stored.goal_identifier.as_deref().unwrap_or_default();
@@ -741,7 +698,7 @@ impl Shared {
                             .any(|g| !g.is_empty() && g == goal)
                     };
                     if map.goals().all(known) {
-                        return Ok((None, Ok(false)));
+                        return Ok((None, false));
                     }
                     let stored = CampaignUserMap {
                         user_id: map.user_id.clone(),
@@ -749,8 +706,11 @@ impl Shared {
                         variation_name: stored.variation_name.into_owned(),
                         goal_identifier: stored.goal_identifier.map(std::borrow::Cow::into_owned),
                     };
-                    Ok(self.write_marked(&first_wins(&stored, map)))
-                })??;
+                    Ok(self.write_marked(&first_wins(&stored, map), &mut failed))
+                })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if nudge {
             self.nudge();
         }
@@ -760,6 +720,7 @@ impl Shared {
     /// The local copy takes Redis's answer `remote`, keeping (and queueing for Redis) any goal only it has.
     fn refresh(&self, hash: u64, remote: &CampaignUserMap) -> Result<CampaignUserMap> {
         let (user_id, campaign_key) = (remote.user_id.as_str(), remote.campaign_key.as_str());
+        let mut failed = None;
         let (merged, nudge) =
             self.local
                 .engine()
@@ -777,16 +738,20 @@ impl Shared {
                     };
                     let pending = self.is_pending(mark);
                     let (value, nudge) = if merged != *remote && !pending {
-                        self.write_marked(&merged)
+                        self.write_marked(&merged, &mut failed)
                     } else if local.as_ref() != Some(&merged) {
                         // A waiting mapping keeps its mark: the shipper merges Redis's answer with what it finds.
-                        Shared::write_plain(&merged, mark.filter(|_| pending))
+                        let mark = mark.filter(|_| pending);
+                        (Shared::write_plain(&merged, mark, &mut failed), false)
                     } else {
-                        (None, Ok(false))
+                        (None, false)
                     };
                     Ok((value, (merged, nudge)))
                 })?;
-        if nudge? {
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if nudge {
             self.nudge();
         }
         self.mark_fresh(hash);
@@ -796,6 +761,7 @@ impl Shared {
     /// Queues the local copy for Redis again (unless it already waits).
     fn reship(&self, local: &CampaignUserMap) -> Result<()> {
         let (user_id, campaign_key) = (local.user_id.as_str(), local.campaign_key.as_str());
+        let mut failed = None;
         let nudge = self
             .local
             .engine()
@@ -804,14 +770,17 @@ impl Shared {
                     Some(value) => {
                         let (current, mark) = decode_local(user_id, campaign_key, value)?;
                         if self.is_pending(mark) {
-                            return Ok((None, Ok(false)));
+                            return Ok((None, false));
                         }
                         current
                     }
                     None => local.clone(),
                 };
-                Ok(self.write_marked(&current))
-            })??;
+                Ok(self.write_marked(&current, &mut failed))
+            })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if nudge {
             self.nudge();
         }
@@ -992,6 +961,7 @@ impl Shared {
         let done = if shipped == answer {
             true
         } else {
+            let mut failed = None;
             let (done, nudge) =
                 self.local
                     .engine()
@@ -1006,20 +976,22 @@ impl Shared {
                         };
                         Ok(if merged != *answer {
                             // The local copy holds more than Redis answered: it goes out again.
-                            let write = if local.as_ref() == Some(&merged) {
-                                (None, Ok(false))
+                            let (value, nudge) = if local.as_ref() == Some(&merged) {
+                                (None, false)
                             } else {
-                                self.write_marked(&merged)
+                                self.write_marked(&merged, &mut failed)
                             };
-                            (write.0, (false, write.1))
+                            (value, (false, nudge))
                         } else if local.as_ref() != Some(answer) {
-                            let write = Shared::write_plain(answer, None);
-                            (write.0, (true, write.1))
+                            (Shared::write_plain(answer, None, &mut failed), (true, false))
                         } else {
-                            (None, (true, Ok(false)))
+                            (None, (true, false))
                         })
                     })?;
-            if nudge? {
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if nudge {
                 self.nudge();
             }
             done
@@ -1038,20 +1010,21 @@ impl Shared {
             return;
         }
         let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
+        let mut failed = None;
         let rewritten = self
             .local
             .engine()
             .put_with(user_id, campaign_key.as_bytes(), |old| {
                 let Some(value) = old else {
-                    return Ok((None, Ok(false)));
+                    return Ok((None, false));
                 };
                 let (map, _) = decode_local(user_id, campaign_key, value)?;
-                Ok(self.write_marked(&map))
+                Ok(self.write_marked(&map, &mut failed))
             });
-        match rewritten {
-            Ok(Ok(true)) => self.nudge(),
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) | Err(e) => log::error!("re-marking a mapping for Redis failed: {e}"),
+        match failed.map_or(rewritten, Err) {
+            Ok(true) => self.nudge(),
+            Ok(false) => {}
+            Err(e) => log::error!("re-marking a mapping for Redis failed: {e}"),
         }
     }
 }
