@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use ussdb::{
-    CampaignUserMap, DEFAULT_PERIODIC_INTERVAL, Durability, Options, RedisConfig, Store, TierOptions,
-    Tiered,
+    CampaignUserMap, DEFAULT_PERIODIC_INTERVAL, Durability, Options, RedisConfig, Store,
+    TierOptions, Tiered,
 };
 
 fn fail(message: &str) -> ! {
@@ -29,10 +29,7 @@ fn hot_loop(maps: &[CampaignUserMap], set: &dyn Fn(&CampaignUserMap) -> ussdb::R
 fn main() {
     let mut args = std::env::args().skip(1);
     let kind = args.next().unwrap_or_else(|| "tier".into());
-    let n: usize = args
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(40_000);
+    let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(40_000);
     let maps: Vec<CampaignUserMap> = (0..n)
         .map(|i| CampaignUserMap::new(format!("user-{i:08}"), "bench", "Variation-1"))
         .collect();

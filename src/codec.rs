@@ -162,6 +162,52 @@ pub(crate) fn encode_value(map: &CampaignUserMap, meta_data: Option<&str>) -> Re
     Ok(bytes)
 }
 
+/// Appends the value of a mapping to `out`, a record being built in place (see `Engine::put_with`): the same
+/// bytes as [`encode_value`], with no buffer of their own. On failure `out` is as it was.
+pub(crate) fn encode_value_into(
+    map: &CampaignUserMap,
+    meta_data: Option<&str>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let too_large = |len: usize| Error::ValueTooLarge {
+        user_id: map.user_id.clone(),
+        campaign_key: map.campaign_key.clone(),
+        len,
+        max: MAX_VALUE_LEN,
+    };
+    // Hopeless values are refused before they are copied, as `encode_value` does.
+    let raw = map.variation_name.len()
+        + map.goal_identifier.as_ref().map_or(0, String::len)
+        + meta_data.map_or(0, str::len);
+    if raw > MAX_VALUE_LEN {
+        return Err(too_large(raw));
+    }
+    let start = out.len();
+    let stored = StoredValue {
+        variation_name: Cow::Borrowed(&map.variation_name),
+        goal_identifier: map.goal_identifier.as_deref().map(Cow::Borrowed),
+        meta_data: meta_data.map(Cow::Borrowed),
+    };
+    let encoded = bincode::serde::encode_into_writer(&stored, Tail(out), config());
+    let len = out.len() - start;
+    if encoded.is_err() || len > MAX_VALUE_LEN {
+        out.truncate(start);
+        return Err(too_large(len.max(raw)));
+    }
+    Ok(())
+}
+
+/// Appends what bincode writes to a buffer. (A writer of its own, not `std::io::Write`: bincode's encoding is
+/// generic over the writer, and sharing `encode_value`'s would change how that one is compiled.)
+struct Tail<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for Tail<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Decodes a value; the error text says what is wrong (the caller adds file and offset).
 pub(crate) fn decode_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, String> {
     let (value, used): (StoredValue<'_>, usize) =
@@ -373,6 +419,25 @@ mod tests {
             variation_name: "Control".into(),
             goal_identifier: goal.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn values_encoded_in_place_are_the_encoded_ones() {
+        let m = CampaignUserMap {
+            goal_identifier: Some("a_vwo_b".into()),
+            ..CampaignUserMap::new("u", "c", "v")
+        };
+        let mut out = b"prefix".to_vec();
+        encode_value_into(&m, Some("{\"k\":1}"), &mut out).expect("encodes");
+        let alone = encode_value(&m, Some("{\"k\":1}")).expect("encodes");
+        assert_eq!(out.get(6..), Some(alone.as_slice()));
+        let huge = CampaignUserMap::new("u", "c", "v".repeat(MAX_VALUE_LEN + 1));
+        assert!(encode_value_into(&huge, None, &mut out).is_err());
+        assert_eq!(
+            out.len(),
+            6 + alone.len(),
+            "a refused value leaves nothing behind"
+        );
     }
 
     #[test]

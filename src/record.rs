@@ -194,6 +194,18 @@ pub(crate) fn encode(out: &mut Vec<u8>, kind: Kind, key: &[u8], value: &[u8]) {
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Finishes a record built in place: `rec` holds [`RECORD_HEADER_LEN`] bytes of room, then a key of `key_len`
+/// bytes, then the value up to its end. Writes the header and the checksum, as [`encode`] would have, so a value
+/// can be encoded straight into its record. The caller has checked the lengths as for [`encode`].
+pub(crate) fn finish_in_place(rec: &mut [u8], kind: Kind, key_len: usize) {
+    let value_len = rec.len() - RECORD_HEADER_LEN - key_len;
+    rec[4] = kind as u8;
+    rec[5..7].copy_from_slice(&(key_len as u16).to_le_bytes());
+    rec[7..RECORD_HEADER_LEN].copy_from_slice(&(value_len as u32).to_le_bytes());
+    let crc = crc32fast::hash(&rec[4..]);
+    rec[..4].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// A record header, decoded and checked for plausibility (the checksum needs the whole record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
@@ -408,6 +420,17 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<u32, HeaderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_finished_in_place_is_the_encoded_one() {
+        let mut encoded = Vec::new();
+        encode(&mut encoded, Kind::Put, b"\x01\x00uc", b"value");
+        let mut built = vec![0; RECORD_HEADER_LEN];
+        built.extend_from_slice(b"\x01\x00uc");
+        built.extend_from_slice(b"value");
+        finish_in_place(&mut built, Kind::Put, 4);
+        assert_eq!(built, encoded);
+    }
 
     #[test]
     fn golden_record_bytes() {

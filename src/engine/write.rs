@@ -140,42 +140,47 @@ impl Engine {
     }
 
     /// Stores under (`user_id`, `item`) the value `f` computes from the current one (`None` when there is none),
-    /// in one hold of the log mutex, so no other write comes between the read and the write; `f` returns no value
-    /// to write nothing. Its other output is handed back once the write is as durable as the mode promises. The
-    /// key is looked up once, as [`Engine::put`] does. `f` fails with the reason the current value cannot be
-    /// read (reported as damage at its record); it runs with the log locked and must not call the engine. The
-    /// caller has checked the item.
+    /// in one hold of the log mutex, so no other write comes between the read and the write. `f` appends the new
+    /// value to the buffer it is given (the record being built, so the value needs no buffer of its own) and
+    /// says whether to write it; its other output is handed back once the write is as durable as the mode
+    /// promises. The key is looked up once, as [`Engine::put`] does. `f` fails with the reason the current value
+    /// cannot be read (reported as damage at its record); it runs with the log locked and must not call the
+    /// engine. The caller has checked the item; `f` checks the value's length.
     pub(crate) fn put_with<T>(
         &self,
         user_id: &str,
         item: &[u8],
-        f: impl FnOnce(Option<&[u8]>) -> std::result::Result<(Option<Vec<u8>>, T), String>,
+        f: impl FnOnce(Option<&[u8]>, &mut Vec<u8>) -> std::result::Result<(bool, T), String>,
     ) -> Result<T> {
         let key = codec::encode_item_key(user_id, item)?;
         let hash = self.index.hasher().hash(user_id.as_bytes(), item);
+        // Room for the header, the key and a typical value; `f` appends the value after the key.
+        let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len() + 96);
+        rec.resize(record::RECORD_HEADER_LEN, 0);
+        rec.extend_from_slice(&key);
         let (position, out) = {
             let mut log = self.lock_log();
             self.check_poison()?;
             let old = self.find_key(hash, &key)?;
-            let (value, out) = match old {
-                None => f(None).map_err(|reason| Error::corrupted(&self.dir, 0, reason))?,
-                // The log mutex keeps the segment in place (only compaction removes one, under the mutex).
-                Some((loc, _)) => match self.read_at(loc, |rec| f(Some(rec.value)))? {
-                    Found::Record(computed) => {
-                        computed.map_err(|reason| self.corrupted_at(loc, reason))?
-                    }
-                    Found::Moved => {
-                        return Err(
-                            self.corrupted_at(loc, "index points into a missing segment".into())
-                        );
-                    }
-                },
-            };
-            let Some(value) = value else {
+            let (write, out) =
+                match old {
+                    None => f(None, &mut rec)
+                        .map_err(|reason| Error::corrupted(&self.dir, 0, reason))?,
+                    // The log mutex keeps the segment in place (only compaction removes one, under the mutex).
+                    Some((loc, _)) => match self.read_at(loc, |r| f(Some(r.value), &mut rec))? {
+                        Found::Record(computed) => {
+                            computed.map_err(|reason| self.corrupted_at(loc, reason))?
+                        }
+                        Found::Moved => {
+                            return Err(self
+                                .corrupted_at(loc, "index points into a missing segment".into()));
+                        }
+                    },
+                };
+            if !write {
                 return Ok(out);
-            };
-            let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len() + value.len());
-            record::encode(&mut rec, Kind::Put, &key, &value);
+            }
+            record::finish_in_place(&mut rec, Kind::Put, key.len());
             let loc = self.append(&mut log, &rec).map_err(explain_disk_full)?;
             self.point(hash, old, loc);
             (log.written, out)

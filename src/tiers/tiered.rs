@@ -546,39 +546,41 @@ impl Shared {
         out
     }
 
-    /// The value of `map` marked as waiting for Redis under the next number, which the queue takes with its ids;
-    /// and whether the queue was empty (then the shipper needs a nudge). Called inside `put_with`, so the entry
-    /// is queued in the order of the log and only by a write that is under way. A value that cannot be encoded
-    /// (too large) queues nothing and writes nothing: its error goes to `failed`.
+    /// Appends to `out` the value of `map` marked as waiting for Redis under the next number, which the queue
+    /// takes with its ids. Returns whether to write (false if the value cannot be encoded, too large: its error
+    /// goes to `failed` and nothing is queued) and whether the queue was empty (then the shipper needs a nudge).
+    /// Called inside `put_with`, so entries are queued in the order of the log and only by writes under way.
     fn write_marked(
         &self,
         map: &CampaignUserMap,
+        out: &mut Vec<u8>,
         failed: &mut Option<Error>,
-    ) -> (Option<Vec<u8>>, bool) {
+    ) -> (bool, bool) {
         let mut queue = lock(&self.queue);
-        let value = codec::encode_value(map, Some(queue.mark()));
-        match value {
-            Ok(value) => {
+        match codec::encode_value_into(map, Some(queue.mark()), out) {
+            Ok(()) => {
                 let (_, was_empty) = queue.push(&map.user_id, &map.campaign_key);
-                (Some(value), was_empty)
+                (true, was_empty)
             }
             Err(e) => {
                 *failed = Some(e);
-                (None, false)
+                (false, false)
             }
         }
     }
 
-    /// The value of `map` with the mark `mark` (or none), for a `put_with` closure; an error goes to `failed`.
+    /// Appends to `out` the value of `map` with the mark `mark` (or none), for a `put_with` closure; returns
+    /// whether to write (an error goes to `failed`).
     fn write_plain(
         map: &CampaignUserMap,
         mark: Option<u64>,
+        out: &mut Vec<u8>,
         failed: &mut Option<Error>,
-    ) -> Option<Vec<u8>> {
+    ) -> bool {
         let text = mark.map(mark_text);
-        codec::encode_value(map, text.as_deref())
+        codec::encode_value_into(map, text.as_deref(), out)
             .map_err(|e| *failed = Some(e))
-            .ok()
+            .is_ok()
     }
 
     fn redis_down(&self) -> bool {
@@ -683,31 +685,32 @@ impl Shared {
     fn set(&self, map: &CampaignUserMap) -> Result<()> {
         codec::check_variation(&map.variation_name)?;
         let mut failed = None;
-        let nudge =
-            self.local
-                .engine()
-                .put_with(&map.user_id, map.campaign_key.as_bytes(), |old| {
-                    let Some(value) = old else {
-                        return Ok(self.write_marked(map, &mut failed));
-                    };
-                    let stored = codec::decode_value(value)?;
-                    let tracked = stored.goal_identifier.as_deref().unwrap_or_default();
-                    let known = |goal: &str| {
-                        tracked
-                            .split(crate::GOAL_DELIMITER)
-                            .any(|g| !g.is_empty() && g == goal)
-                    };
-                    if map.goals().all(known) {
-                        return Ok((None, false));
-                    }
-                    let stored = CampaignUserMap {
-                        user_id: map.user_id.clone(),
-                        campaign_key: map.campaign_key.clone(),
-                        variation_name: stored.variation_name.into_owned(),
-                        goal_identifier: stored.goal_identifier.map(std::borrow::Cow::into_owned),
-                    };
-                    Ok(self.write_marked(&first_wins(&stored, map), &mut failed))
-                })?;
+        let nudge = self.local.engine().put_with(
+            &map.user_id,
+            map.campaign_key.as_bytes(),
+            |old, out| {
+                let Some(value) = old else {
+                    return Ok(self.write_marked(map, out, &mut failed));
+                };
+                let stored = codec::decode_value(value)?;
+                let tracked = stored.goal_identifier.as_deref().unwrap_or_default();
+                let known = |goal: &str| {
+                    tracked
+                        .split(crate::GOAL_DELIMITER)
+                        .any(|g| !g.is_empty() && g == goal)
+                };
+                if map.goals().all(known) {
+                    return Ok((false, false));
+                }
+                let stored = CampaignUserMap {
+                    user_id: map.user_id.clone(),
+                    campaign_key: map.campaign_key.clone(),
+                    variation_name: stored.variation_name.into_owned(),
+                    goal_identifier: stored.goal_identifier.map(std::borrow::Cow::into_owned),
+                };
+                Ok(self.write_marked(&first_wins(&stored, map), out, &mut failed))
+            },
+        )?;
         if let Some(e) = failed {
             return Err(e);
         }
@@ -724,7 +727,7 @@ impl Shared {
         let (merged, nudge) =
             self.local
                 .engine()
-                .put_with(user_id, campaign_key.as_bytes(), |old| {
+                .put_with(user_id, campaign_key.as_bytes(), |old, out| {
                     let (local, mark) = match old {
                         Some(value) => {
                             let (local, mark) = decode_local(user_id, campaign_key, value)?;
@@ -737,16 +740,16 @@ impl Shared {
                         Some(local) => first_wins(remote, local),
                     };
                     let pending = self.is_pending(mark);
-                    let (value, nudge) = if merged != *remote && !pending {
-                        self.write_marked(&merged, &mut failed)
+                    let (write, nudge) = if merged != *remote && !pending {
+                        self.write_marked(&merged, out, &mut failed)
                     } else if local.as_ref() != Some(&merged) {
                         // A waiting mapping keeps its mark: the shipper merges Redis's answer with what it finds.
                         let mark = mark.filter(|_| pending);
-                        (Shared::write_plain(&merged, mark, &mut failed), false)
+                        (Shared::write_plain(&merged, mark, out, &mut failed), false)
                     } else {
-                        (None, false)
+                        (false, false)
                     };
-                    Ok((value, (merged, nudge)))
+                    Ok((write, (merged, nudge)))
                 })?;
         if let Some(e) = failed {
             return Err(e);
@@ -762,22 +765,22 @@ impl Shared {
     fn reship(&self, local: &CampaignUserMap) -> Result<()> {
         let (user_id, campaign_key) = (local.user_id.as_str(), local.campaign_key.as_str());
         let mut failed = None;
-        let nudge = self
-            .local
-            .engine()
-            .put_with(user_id, campaign_key.as_bytes(), |old| {
-                let current = match old {
-                    Some(value) => {
-                        let (current, mark) = decode_local(user_id, campaign_key, value)?;
-                        if self.is_pending(mark) {
-                            return Ok((None, false));
+        let nudge =
+            self.local
+                .engine()
+                .put_with(user_id, campaign_key.as_bytes(), |old, out| {
+                    let current = match old {
+                        Some(value) => {
+                            let (current, mark) = decode_local(user_id, campaign_key, value)?;
+                            if self.is_pending(mark) {
+                                return Ok((false, false));
+                            }
+                            current
                         }
-                        current
-                    }
-                    None => local.clone(),
-                };
-                Ok(self.write_marked(&current, &mut failed))
-            })?;
+                        None => local.clone(),
+                    };
+                    Ok(self.write_marked(&current, out, &mut failed))
+                })?;
         if let Some(e) = failed {
             return Err(e);
         }
@@ -965,7 +968,7 @@ impl Shared {
             let (done, nudge) =
                 self.local
                     .engine()
-                    .put_with(user_id, campaign_key.as_bytes(), |old| {
+                    .put_with(user_id, campaign_key.as_bytes(), |old, out| {
                         let local = match old {
                             Some(value) => Some(decode_local(user_id, campaign_key, value)?.0),
                             None => None,
@@ -976,16 +979,17 @@ impl Shared {
                         };
                         Ok(if merged != *answer {
                             // The local copy holds more than Redis answered: it goes out again.
-                            let (value, nudge) = if local.as_ref() == Some(&merged) {
-                                (None, false)
+                            let (write, nudge) = if local.as_ref() == Some(&merged) {
+                                (false, false)
                             } else {
-                                self.write_marked(&merged, &mut failed)
+                                self.write_marked(&merged, out, &mut failed)
                             };
-                            (value, (false, nudge))
+                            (write, (false, nudge))
                         } else if local.as_ref() != Some(answer) {
-                            (Shared::write_plain(answer, None, &mut failed), (true, false))
+                            let write = Shared::write_plain(answer, None, out, &mut failed);
+                            (write, (true, false))
                         } else {
-                            (None, (true, false))
+                            (false, (true, false))
                         })
                     })?;
             if let Some(e) = failed {
@@ -1011,16 +1015,16 @@ impl Shared {
         }
         let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
         let mut failed = None;
-        let rewritten = self
-            .local
-            .engine()
-            .put_with(user_id, campaign_key.as_bytes(), |old| {
-                let Some(value) = old else {
-                    return Ok((None, false));
-                };
-                let (map, _) = decode_local(user_id, campaign_key, value)?;
-                Ok(self.write_marked(&map, &mut failed))
-            });
+        let rewritten =
+            self.local
+                .engine()
+                .put_with(user_id, campaign_key.as_bytes(), |old, out| {
+                    let Some(value) = old else {
+                        return Ok((false, false));
+                    };
+                    let (map, _) = decode_local(user_id, campaign_key, value)?;
+                    Ok(self.write_marked(&map, out, &mut failed))
+                });
         match failed.map_or(rewritten, Err) {
             Ok(true) => self.nudge(),
             Ok(false) => {}
