@@ -355,7 +355,7 @@ impl Outbox {
     /// Takes the mapping out of the queue (shipped, or nothing left to ship) if no write newer than `mark` was
     /// taken in since; true if it left.
     pub(super) fn remove_if(&mut self, key: &OutKey, mark: u64) -> bool {
-        if !self.pending.get(key).is_some_and(|p| p.mark == mark) {
+        if self.pending.get(key).is_none_or(|p| p.mark != mark) {
             return false;
         }
         self.pending.remove(key);

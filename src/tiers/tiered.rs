@@ -1007,12 +1007,11 @@ impl Shared {
         Ok(())
     }
 
-    /// Moves `key` to the back of the queue: it leaves the outbox (unless a newer write of it was taken in, which
-    /// keeps it where it is) and is written again under a new number, so a restart keeps it at the back too.
+    /// Moves `key` to the back of the queue: the record is written again under a new number (so a restart keeps
+    /// it at the back too), whose entry puts it back in the outbox, at the back, once it has left its place. It
+    /// leaves its place unless a newer write of it was taken in meanwhile (then it stays where it is). If the
+    /// rewrite fails, it stays where it is.
     fn requeue(&self, key: &OutKey, mark: u64) {
-        if !self.with_outbox(false, |o| o.remove_if(key, mark)) {
-            return;
-        }
         let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
         let mut failed = None;
         let rewritten =
@@ -1020,14 +1019,19 @@ impl Shared {
                 .engine()
                 .put_with(user_id, campaign_key.as_bytes(), |old, out| {
                     let Some(value) = old else {
+                        // Nothing left to ship.
                         return Ok((false, false));
                     };
                     let (map, _) = decode_local(user_id, campaign_key, value)?;
                     Ok(self.write_marked(&map, out, &mut failed))
                 });
         match failed.map_or(rewritten, Err) {
-            Ok(true) => self.nudge(),
-            Ok(false) => {}
+            Ok(nudge) => {
+                self.with_outbox(false, |o| o.remove_if(key, mark));
+                if nudge {
+                    self.nudge();
+                }
+            }
             Err(e) => log::error!("re-marking a mapping for Redis failed: {e}"),
         }
     }
