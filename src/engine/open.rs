@@ -16,7 +16,7 @@ use crate::codec;
 use crate::dir::{self, Listing};
 use crate::durability::GroupCommit;
 use crate::hint;
-use crate::index::{Index, Loc};
+use crate::index::{Index, Loc, Unshared};
 use crate::manifest::{self, Manifest};
 use crate::options::Options;
 use crate::record::{self, Kind, RecordRef, Records};
@@ -344,46 +344,74 @@ impl Engine {
             }
         }
         // Most entries are keys the index has not seen: no entry with their hash means no entry for their key,
-        // so they go in without any key at all. Only where an entry with the same hash exists (the key was
-        // written in an earlier segment too, or two keys collide) are the keys read from the records and
-        // compared, exactly as a scan would.
-        const BATCH: usize = 32;
-        for batch in entries.chunks(BATCH) {
-            // The index is memory-bound: touching a batch of home slots first lets their cache misses overlap.
-            let hashes: [u64; BATCH] = std::array::from_fn(|i| batch.get(i).map_or(0, |e| e.hash));
-            self.index
-                .unshared()
-                .prefetch(hashes.get(..batch.len()).unwrap_or_default());
-            for entry in batch {
-                let loc = Loc::new(segment.id(), entry.offset);
-                match entry.kind {
-                    Kind::Sync => {
-                        segment.add_dead(entry.len);
-                        continue;
-                    }
-                    Kind::Put if self.index.unshared().insert_new_hash(entry.hash, loc) => continue,
-                    Kind::Delete if self.index.unshared().candidates(entry.hash).is_empty() => {
-                        segment.add_dead(entry.len);
-                        continue;
-                    }
-                    _ => {}
-                }
-                let key = segment.with_key(entry.offset, |kind, key, len| {
-                    (kind == entry.kind && len == entry.len).then(|| key.to_vec())
-                })?;
-                // The hint passed every check, so a record that does not match it is damage in the segment.
-                let matches = key
-                    .as_deref()
-                    .and_then(codec::split_key)
-                    .is_some_and(|(u, c)| self.index.hasher().hash(u, c) == entry.hash);
-                let (Some(key), true) = (key, matches) else {
-                    return Err(self.corrupted_at(
-                        loc,
-                        "the record differs from its hint file's entry".into(),
-                    ));
-                };
-                self.replay(loc, entry.hash, entry.kind, &key, entry.len)?;
+        // so they go in without any key at all (the first pass, on several threads for a large hint: each owns
+        // some of the index's shards). Only where an entry with the same hash exists (the key was written in an
+        // earlier segment too, or two keys collide) are the keys read from the records and compared, exactly as
+        // a scan would (the second pass, in the hint's order). Putting those off to the end of the segment
+        // changes nothing: once a hash has an entry, every later entry with that hash goes to the second pass
+        // too, and the first pass only adds entries for hashes that had none.
+        let parts = if entries.len() >= PARALLEL_HINT_ENTRIES {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_REPLAY_THREADS))
+        } else {
+            1
+        };
+        let views: Vec<Mutex<Option<Unshared<'_>>>> = self
+            .index
+            .unshared()
+            .split(parts)
+            .into_iter()
+            .map(|view| Mutex::new(Some(view)))
+            .collect();
+        let pass = |slot: &Mutex<Option<Unshared<'_>>>| {
+            let view = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            view.map(|view| new_hashes(view, segment, &entries))
+                .unwrap_or_default()
+        };
+        let mut keyed = Vec::new();
+        std::thread::scope(|scope| {
+            // The first part on this thread, the others on threads of their own; a part whose thread cannot be
+            // started stays in its slot and is done here afterwards.
+            let helpers: Vec<_> = views
+                .iter()
+                .skip(1)
+                .filter_map(|slot| {
+                    std::thread::Builder::new()
+                        .name("ussdb-open".into())
+                        .spawn_scoped(scope, || pass(slot))
+                        .ok()
+                })
+                .collect();
+            for slot in views.iter().take(1) {
+                keyed.extend(pass(slot));
             }
+            for helper in helpers {
+                match helper.join() {
+                    Ok(part) => keyed.extend(part),
+                    // A panic there is a bug, as it would be on this thread: it goes on here.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            for slot in &views {
+                keyed.extend(pass(slot));
+            }
+        });
+        keyed.sort_unstable();
+        for entry in keyed.iter().filter_map(|&i| entries.get(i)) {
+            let loc = Loc::new(segment.id(), entry.offset);
+            let key = segment.with_key(entry.offset, |kind, key, len| {
+                (kind == entry.kind && len == entry.len).then(|| key.to_vec())
+            })?;
+            // The hint passed every check, so a record that does not match it is damage in the segment.
+            let matches = key
+                .as_deref()
+                .and_then(codec::split_key)
+                .is_some_and(|(u, c)| self.index.hasher().hash(u, c) == entry.hash);
+            let (Some(key), true) = (key, matches) else {
+                return Err(
+                    self.corrupted_at(loc, "the record differs from its hint file's entry".into())
+                );
+            };
+            self.replay(loc, entry.hash, entry.kind, &key, entry.len)?;
         }
         Ok(Ok(found.unwrap_or_default()))
     }
@@ -495,6 +523,51 @@ enum Hint {
 
 /// Why a hint file was not used.
 struct HintRefused(String);
+
+/// A hint with at least this many entries is replayed on several threads (below, starting them costs more than
+/// they save).
+const PARALLEL_HINT_ENTRIES: usize = 1 << 16;
+/// At most this many threads replay one hint: the work waits on memory, and a few threads overlap enough misses.
+const MAX_REPLAY_THREADS: usize = 4;
+
+/// The first pass of a hint's replay over the entries whose hash `index` owns: an entry whose hash has no entry
+/// yet goes in (a put) or is dead (a delete, a sync point), with no key read. Returns the positions in `entries`
+/// of the others, whose keys must be compared.
+fn new_hashes(
+    mut index: Unshared<'_>,
+    segment: &Segment,
+    entries: &[hint::HintEntry],
+) -> Vec<usize> {
+    const BATCH: usize = 32;
+    let mut keyed = Vec::new();
+    for (b, batch) in entries.chunks(BATCH).enumerate() {
+        // The index is memory-bound: touching a batch of home slots first lets their cache misses overlap.
+        let mut hashes = [0u64; BATCH];
+        let mut owned = 0;
+        for entry in batch.iter().filter(|e| index.owns(e.hash)) {
+            if let Some(slot) = hashes.get_mut(owned) {
+                *slot = entry.hash;
+                owned += 1;
+            }
+        }
+        index.prefetch(hashes.get(..owned).unwrap_or_default());
+        for (i, entry) in batch.iter().enumerate() {
+            if !index.owns(entry.hash) {
+                continue;
+            }
+            let loc = Loc::new(segment.id(), entry.offset);
+            match entry.kind {
+                Kind::Sync => segment.add_dead(entry.len),
+                Kind::Put if index.insert_new_hash(entry.hash, loc) => {}
+                Kind::Delete if index.candidates(entry.hash).is_empty() => {
+                    segment.add_dead(entry.len)
+                }
+                _ => keyed.push(b * BATCH + i),
+            }
+        }
+    }
+    keyed
+}
 
 /// Opens the newest segment as the active one, mapped with room for `room` bytes, finding a torn tail (cut
 /// later); the segment's length is that of its intact records. `seed` authenticates its sync points.
