@@ -355,17 +355,38 @@ impl Engine {
         } else {
             1
         };
-        let views: Vec<Mutex<Option<Unshared<'_>>>> = self
-            .index
-            .unshared()
-            .split(parts)
+        let views = self.index.unshared().split(parts);
+        // Each part's entries, found in one pass here, so that no thread walks the others' entries.
+        let mut mine: Vec<Vec<u32>> = vec![Vec::new(); views.len()];
+        if views.len() > 1 {
+            for (i, entry) in entries.iter().enumerate() {
+                let part = views.iter().position(|v| v.owns(entry.hash));
+                if let (Some(list), Ok(i)) = (part.and_then(|p| mine.get_mut(p)), u32::try_from(i))
+                {
+                    list.push(i);
+                }
+            }
+        }
+        let views: Vec<Mutex<Option<(Unshared<'_>, Vec<u32>)>>> = views
             .into_iter()
-            .map(|view| Mutex::new(Some(view)))
+            .zip(mine)
+            .map(|part| Mutex::new(Some(part)))
             .collect();
-        let pass = |slot: &Mutex<Option<Unshared<'_>>>| {
-            let view = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            view.map(|view| new_hashes(view, segment, &entries))
-                .unwrap_or_default()
+        let pass = |slot: &Mutex<Option<(Unshared<'_>, Vec<u32>)>>| {
+            let part = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            part.map(|(view, mine)| {
+                if parts == 1 {
+                    new_hashes(view, segment, &entries, 0..entries.len())
+                } else {
+                    new_hashes(
+                        view,
+                        segment,
+                        &entries,
+                        mine.into_iter().map(|i| i as usize),
+                    )
+                }
+            })
+            .unwrap_or_default()
         };
         let mut keyed = Vec::new();
         std::thread::scope(|scope| {
@@ -530,31 +551,37 @@ const PARALLEL_HINT_ENTRIES: usize = 1 << 16;
 /// At most this many threads replay one hint: the work waits on memory, and a few threads overlap enough misses.
 const MAX_REPLAY_THREADS: usize = 4;
 
-/// The first pass of a hint's replay over the entries whose hash `index` owns: an entry whose hash has no entry
-/// yet goes in (a put) or is dead (a delete, a sync point), with no key read. Returns the positions in `entries`
-/// of the others, whose keys must be compared.
+/// The first pass of a hint's replay over `positions` in `entries` (those whose hash `index` owns): an entry
+/// whose hash has no entry yet goes in (a put) or is dead (a delete, a sync point), with no key read. Returns the
+/// positions of the others, whose keys must be compared.
 fn new_hashes(
     mut index: Unshared<'_>,
     segment: &Segment,
     entries: &[hint::HintEntry],
+    positions: impl Iterator<Item = usize>,
 ) -> Vec<usize> {
     const BATCH: usize = 32;
     let mut keyed = Vec::new();
-    for (b, batch) in entries.chunks(BATCH).enumerate() {
-        // The index is memory-bound: touching a batch of home slots first lets their cache misses overlap.
-        let mut hashes = [0u64; BATCH];
-        let mut owned = 0;
-        for entry in batch.iter().filter(|e| index.owns(e.hash)) {
-            if let Some(slot) = hashes.get_mut(owned) {
-                *slot = entry.hash;
-                owned += 1;
-            }
+    let mut batch = [0usize; BATCH];
+    let mut hashes = [0u64; BATCH];
+    let mut positions = positions.peekable();
+    while positions.peek().is_some() {
+        let mut n = 0;
+        for (slot, i) in batch.iter_mut().zip(positions.by_ref()) {
+            *slot = i;
+            n += 1;
         }
-        index.prefetch(hashes.get(..owned).unwrap_or_default());
-        for (i, entry) in batch.iter().enumerate() {
-            if !index.owns(entry.hash) {
+        let batch = batch.get(..n).unwrap_or_default();
+        // The index is memory-bound: touching a batch of home slots first lets their cache misses overlap.
+        for (hash, &i) in hashes.iter_mut().zip(batch) {
+            *hash = entries.get(i).map_or(0, |e| e.hash);
+        }
+        index.prefetch(hashes.get(..n).unwrap_or_default());
+        for &i in batch {
+            let Some(entry) = entries.get(i) else {
                 continue;
-            }
+            };
+            debug_assert!(index.owns(entry.hash));
             let loc = Loc::new(segment.id(), entry.offset);
             match entry.kind {
                 Kind::Sync => segment.add_dead(entry.len),
@@ -562,7 +589,7 @@ fn new_hashes(
                 Kind::Delete if index.candidates(entry.hash).is_empty() => {
                     segment.add_dead(entry.len)
                 }
-                _ => keyed.push(b * BATCH + i),
+                _ => keyed.push(i),
             }
         }
     }
