@@ -367,12 +367,12 @@ impl Engine {
                 }
             }
         }
-        let views: Vec<Mutex<Option<(Unshared<'_>, Vec<u32>)>>> = views
+        let views: Vec<Mutex<Option<Part<'_>>>> = views
             .into_iter()
             .zip(mine)
             .map(|part| Mutex::new(Some(part)))
             .collect();
-        let pass = |slot: &Mutex<Option<(Unshared<'_>, Vec<u32>)>>| {
+        let pass = |slot: &Mutex<Option<Part<'_>>>| {
             let part = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             part.map(|(view, mine)| {
                 if parts == 1 {
@@ -550,6 +550,9 @@ struct HintRefused(String);
 const PARALLEL_HINT_ENTRIES: usize = 1 << 16;
 /// At most this many threads replay one hint: the work waits on memory, and a few threads overlap enough misses.
 const MAX_REPLAY_THREADS: usize = 4;
+
+/// One thread's share of a hint's first pass: its shards of the index, and the positions of its entries.
+type Part<'a> = (Unshared<'a>, Vec<u32>);
 
 /// The first pass of a hint's replay over `positions` in `entries` (those whose hash `index` owns): an entry
 /// whose hash has no entry yet goes in (a put) or is dead (a delete, a sync point), with no key read. Returns the
