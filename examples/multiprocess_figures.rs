@@ -116,9 +116,19 @@ fn main() {
         .collect();
     let n_keys = args.first().copied().unwrap_or(100_000);
     let ops = args.get(1).copied().unwrap_or(1_000_000);
-    let mut figures = Vec::new();
+    // `MP_ONLY=set` (or `get`) runs one operation's figures, and `MP_ONLY_X4=1` only its 4-process one, e.g.
+    // under a profiler.
+    let only = std::env::var("MP_ONLY").ok();
+    let only_x4 = std::env::var("MP_ONLY_X4").is_ok();
     for op in ["get", "set"] {
+        if only.as_deref().is_some_and(|o| o != op) {
+            continue;
+        }
+        let mut figures = Vec::new();
         for (shared, procs) in [(false, 1), (true, 1), (true, 4)] {
+            if only_x4 && procs != 4 {
+                continue;
+            }
             let dir = tempfile::tempdir().expect("temp dir");
             {
                 let store = Store::open_with(dir.path(), options(shared)).expect("open");
@@ -137,12 +147,12 @@ fn main() {
             println!("{op} {mode} x{procs}: {rate:.0} ops/s");
             figures.push(rate);
         }
+        if let [single, multi, multi4] = figures[..] {
+            println!(
+                "{op}: multi/single x1 = {:.2}, multi x4 / single x1 = {:.2}",
+                multi / single,
+                multi4 / single
+            );
+        }
     }
-    println!(
-        "get: multi/single x1 = {:.2}, multi x4 / single x1 = {:.2}; set: multi/single x1 = {:.2}, multi x4 / single x1 = {:.2}",
-        figures[1] / figures[0],
-        figures[2] / figures[0],
-        figures[4] / figures[3],
-        figures[5] / figures[3]
-    );
 }

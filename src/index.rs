@@ -575,6 +575,7 @@ impl Index {
     pub(crate) fn unshared(&mut self) -> Unshared<'_> {
         Unshared {
             shards: &mut self.shards,
+            first: 0,
         }
     }
 
@@ -637,16 +638,42 @@ impl Index {
 }
 
 /// The index, borrowed exclusively: the same operations as [`Index`] without locking (see [`Index::unshared`]).
+/// Either all of it, or one of the parts [`Unshared::split`] makes: a run of shards, which takes only the hashes
+/// it [`owns`](Unshared::owns).
 pub(crate) struct Unshared<'a> {
     shards: &'a mut [Shard],
+    /// The number of the first shard in `shards`.
+    first: usize,
 }
 
-impl Unshared<'_> {
+impl<'a> Unshared<'a> {
+    /// The caller passes only hashes this view owns (every hash, for the whole index).
     fn tables(&mut self, hash: u64) -> &mut Tables {
-        self.shards[shard_of(hash)]
+        debug_assert!(self.owns(hash));
+        self.shards[shard_of(hash) - self.first]
             .0
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when `hash` belongs to a shard of this view.
+    pub(crate) fn owns(&self, hash: u64) -> bool {
+        (self.first..self.first + self.shards.len()).contains(&shard_of(hash))
+    }
+
+    /// Splits this view into at most `parts` views over disjoint runs of shards, which together own every hash
+    /// this one owns: a bulk build can then fill them from several threads at once.
+    pub(crate) fn split(self, parts: usize) -> Vec<Unshared<'a>> {
+        let per_part = self.shards.len().div_ceil(parts.max(1)).max(1);
+        let mut first = self.first;
+        self.shards
+            .chunks_mut(per_part)
+            .map(|shards| {
+                let part = Unshared { shards, first };
+                first += part.shards.len();
+                part
+            })
+            .collect()
     }
 
     /// Loads the home slots of `hashes` into the cache, so that the lookups that follow do not each wait for
@@ -1078,6 +1105,31 @@ mod tests {
                 .iter()
                 .collect();
             assert!(found.contains(&Loc::new(1, i as u64 + 1)));
+        }
+    }
+
+    #[test]
+    fn split_views_own_every_hash_once_and_fill_the_shards_they_own() {
+        let mut next = rng(0xABCD);
+        let hashes: Vec<u64> = (0..5_000).map(|_| next()).collect();
+        for parts in 1..=5 {
+            let mut index = Index::new(KeyHasher::new(crate::seed::Seed::from_keys(1, 2), false));
+            let mut views = index.unshared().split(parts);
+            assert!(views.len() <= parts && !views.is_empty());
+            for (i, &hash) in hashes.iter().enumerate() {
+                let owners: Vec<usize> =
+                    (0..views.len()).filter(|&v| views[v].owns(hash)).collect();
+                assert_eq!(owners.len(), 1, "{parts} parts: hash {hash:#x}");
+                assert!(views[owners[0]].insert_new_hash(hash, Loc::new(1, i as u64 + 1)));
+            }
+            drop(views);
+            assert_eq!(index.len(), hashes.len() as u64, "{parts} parts");
+            for (i, &hash) in hashes.iter().enumerate() {
+                assert_eq!(
+                    index.candidates(hash).iter().collect::<Vec<_>>(),
+                    vec![Loc::new(1, i as u64 + 1)]
+                );
+            }
         }
     }
 

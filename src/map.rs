@@ -42,8 +42,9 @@ impl Window {
     /// The first `published` bytes of the segment; `None` when they reach past the map (a record larger than the
     /// room the map was made with: the caller reads it with `pread`).
     ///
-    /// `published` must be the segment's published length (`Segment::len` in segment.rs): bytes that a
-    /// completed `pwrite` put in the file and that nothing in ussdb writes or truncates again.
+    /// `published` must be the segment's published length (`Segment::len` in segment.rs), or in the
+    /// multi-process mode a tail another process published in the control file (`Segment::published_prefix`):
+    /// bytes that a completed `pwrite` put in the file and that nothing in ussdb writes or truncates again.
     pub(crate) fn prefix(&self, published: u64) -> Option<&[u8]> {
         let len = usize::try_from(published)
             .ok()
@@ -56,8 +57,10 @@ impl Window {
         // `len <= capacity` bytes of address space, aligned (u8) and not null. Every one of those bytes is backed by
         // the file and immutable while the slice lives, because:
         // - `published` is a length the engine published only after the `pwrite` of those bytes returned (the
-        //   segment's length is raised with Release after the write; readers load it with Acquire), so the pages
-        //   exist in the page cache and, the map being `MAP_SHARED` of the same inode, show the written bytes;
+        //   segment's length is raised with Release after the write; readers load it with Acquire; in the
+        //   multi-process mode another process stores the tail in the control file with Release after its
+        //   `pwrite` returned, and this one loads it with Acquire), so the pages exist in the page cache and, the
+        //   map being `MAP_SHARED` of the same inode, show the written bytes;
         // - ussdb never writes below a published length again: appends go at the tail, a failed append is undone
         //   by cutting the file back to the tail it started at (never below it), a torn tail is cut on open at the
         //   length the segment is then published with, and sealed segments are never written or truncated; so no

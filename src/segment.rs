@@ -278,6 +278,13 @@ impl Segment {
         self.map.as_deref()?.prefix(self.len())
     }
 
+    /// The first `published` bytes of the active segment through its map, where `published` is a tail another
+    /// process of the multi-process mode published (in the control file, after its write returned) and this one
+    /// has not applied yet; `None` when the map does not cover them (the caller reads them with `pread`).
+    pub(crate) fn published_prefix(&self, published: u64) -> Option<&[u8]> {
+        self.map.as_deref()?.prefix(published)
+    }
+
     /// Bytes in the file.
     pub(crate) fn len(&self) -> u64 {
         self.len.load(Ordering::Acquire)

@@ -16,7 +16,7 @@ use crate::codec;
 use crate::dir::{self, Listing};
 use crate::durability::GroupCommit;
 use crate::hint;
-use crate::index::{Index, Loc};
+use crate::index::{Index, Loc, Unshared};
 use crate::manifest::{self, Manifest};
 use crate::options::Options;
 use crate::record::{self, Kind, RecordRef, Records};
@@ -344,46 +344,95 @@ impl Engine {
             }
         }
         // Most entries are keys the index has not seen: no entry with their hash means no entry for their key,
-        // so they go in without any key at all. Only where an entry with the same hash exists (the key was
-        // written in an earlier segment too, or two keys collide) are the keys read from the records and
-        // compared, exactly as a scan would.
-        const BATCH: usize = 32;
-        for batch in entries.chunks(BATCH) {
-            // The index is memory-bound: touching a batch of home slots first lets their cache misses overlap.
-            let hashes: [u64; BATCH] = std::array::from_fn(|i| batch.get(i).map_or(0, |e| e.hash));
-            self.index
-                .unshared()
-                .prefetch(hashes.get(..batch.len()).unwrap_or_default());
-            for entry in batch {
-                let loc = Loc::new(segment.id(), entry.offset);
-                match entry.kind {
-                    Kind::Sync => {
-                        segment.add_dead(entry.len);
-                        continue;
-                    }
-                    Kind::Put if self.index.unshared().insert_new_hash(entry.hash, loc) => continue,
-                    Kind::Delete if self.index.unshared().candidates(entry.hash).is_empty() => {
-                        segment.add_dead(entry.len);
-                        continue;
-                    }
-                    _ => {}
+        // so they go in without any key at all (the first pass, on several threads for a large hint: each owns
+        // some of the index's shards). Only where an entry with the same hash exists (the key was written in an
+        // earlier segment too, or two keys collide) are the keys read from the records and compared, exactly as
+        // a scan would (the second pass, in the hint's order). Putting those off to the end of the segment
+        // changes nothing: once a hash has an entry, every later entry with that hash goes to the second pass
+        // too, and the first pass only adds entries for hashes that had none.
+        let parts = if entries.len() >= PARALLEL_HINT_ENTRIES {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_REPLAY_THREADS))
+        } else {
+            1
+        };
+        let views = self.index.unshared().split(parts);
+        // Each part's entries, found in one pass here, so that no thread walks the others' entries.
+        let mut mine: Vec<Vec<u32>> = vec![Vec::new(); views.len()];
+        if views.len() > 1 {
+            for (i, entry) in entries.iter().enumerate() {
+                let part = views.iter().position(|v| v.owns(entry.hash));
+                if let (Some(list), Ok(i)) = (part.and_then(|p| mine.get_mut(p)), u32::try_from(i))
+                {
+                    list.push(i);
                 }
-                let key = segment.with_key(entry.offset, |kind, key, len| {
-                    (kind == entry.kind && len == entry.len).then(|| key.to_vec())
-                })?;
-                // The hint passed every check, so a record that does not match it is damage in the segment.
-                let matches = key
-                    .as_deref()
-                    .and_then(codec::split_key)
-                    .is_some_and(|(u, c)| self.index.hasher().hash(u, c) == entry.hash);
-                let (Some(key), true) = (key, matches) else {
-                    return Err(self.corrupted_at(
-                        loc,
-                        "the record differs from its hint file's entry".into(),
-                    ));
-                };
-                self.replay(loc, entry.hash, entry.kind, &key, entry.len)?;
             }
+        }
+        let views: Vec<Mutex<Option<Part<'_>>>> = views
+            .into_iter()
+            .zip(mine)
+            .map(|part| Mutex::new(Some(part)))
+            .collect();
+        let pass = |slot: &Mutex<Option<Part<'_>>>| {
+            let part = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            part.map(|(view, mine)| {
+                if parts == 1 {
+                    new_hashes(view, segment, &entries, 0..entries.len())
+                } else {
+                    new_hashes(
+                        view,
+                        segment,
+                        &entries,
+                        mine.into_iter().map(|i| i as usize),
+                    )
+                }
+            })
+            .unwrap_or_default()
+        };
+        let mut keyed = Vec::new();
+        std::thread::scope(|scope| {
+            // The first part on this thread, the others on threads of their own; a part whose thread cannot be
+            // started stays in its slot and is done here afterwards.
+            let helpers: Vec<_> = views
+                .iter()
+                .skip(1)
+                .filter_map(|slot| {
+                    std::thread::Builder::new()
+                        .name("ussdb-open".into())
+                        .spawn_scoped(scope, || pass(slot))
+                        .ok()
+                })
+                .collect();
+            for slot in views.iter().take(1) {
+                keyed.extend(pass(slot));
+            }
+            for helper in helpers {
+                match helper.join() {
+                    Ok(part) => keyed.extend(part),
+                    // A panic there is a bug, as it would be on this thread: it goes on here.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            for slot in &views {
+                keyed.extend(pass(slot));
+            }
+        });
+        keyed.sort_unstable();
+        for entry in keyed.iter().filter_map(|&i| entries.get(i)) {
+            let loc = Loc::new(segment.id(), entry.offset);
+            let key = segment.with_key(entry.offset, |kind, key, len| {
+                (kind == entry.kind && len == entry.len).then(|| key.to_vec())
+            })?;
+            // The hint passed every check, so a record that does not match it is damage in the segment.
+            let matches = key
+                .as_deref()
+                .and_then(codec::split_key)
+                .is_some_and(|(u, c)| self.index.hasher().hash(u, c) == entry.hash);
+            let (Some(key), true) = (key, matches) else {
+                return Err(
+                    self.corrupted_at(loc, "the record differs from its hint file's entry".into())
+                );
+            };
+            self.replay(loc, entry.hash, entry.kind, &key, entry.len)?;
         }
         Ok(Ok(found.unwrap_or_default()))
     }
@@ -495,6 +544,60 @@ enum Hint {
 
 /// Why a hint file was not used.
 struct HintRefused(String);
+
+/// A hint with at least this many entries is replayed on several threads (below, starting them costs more than
+/// they save).
+const PARALLEL_HINT_ENTRIES: usize = 1 << 16;
+/// At most this many threads replay one hint: the work waits on memory, and a few threads overlap enough misses.
+const MAX_REPLAY_THREADS: usize = 4;
+
+/// One thread's share of a hint's first pass: its shards of the index, and the positions of its entries.
+type Part<'a> = (Unshared<'a>, Vec<u32>);
+
+/// The first pass of a hint's replay over `positions` in `entries` (those whose hash `index` owns): an entry
+/// whose hash has no entry yet goes in (a put) or is dead (a delete, a sync point), with no key read. Returns the
+/// positions of the others, whose keys must be compared.
+fn new_hashes(
+    mut index: Unshared<'_>,
+    segment: &Segment,
+    entries: &[hint::HintEntry],
+    positions: impl Iterator<Item = usize>,
+) -> Vec<usize> {
+    const BATCH: usize = 32;
+    let mut keyed = Vec::new();
+    let mut batch = [0usize; BATCH];
+    let mut hashes = [0u64; BATCH];
+    let mut positions = positions.peekable();
+    while positions.peek().is_some() {
+        let mut n = 0;
+        for (slot, i) in batch.iter_mut().zip(positions.by_ref()) {
+            *slot = i;
+            n += 1;
+        }
+        let batch = batch.get(..n).unwrap_or_default();
+        // The index is memory-bound: touching a batch of home slots first lets their cache misses overlap.
+        for (hash, &i) in hashes.iter_mut().zip(batch) {
+            *hash = entries.get(i).map_or(0, |e| e.hash);
+        }
+        index.prefetch(hashes.get(..n).unwrap_or_default());
+        for &i in batch {
+            let Some(entry) = entries.get(i) else {
+                continue;
+            };
+            debug_assert!(index.owns(entry.hash));
+            let loc = Loc::new(segment.id(), entry.offset);
+            match entry.kind {
+                Kind::Sync => segment.add_dead(entry.len),
+                Kind::Put if index.insert_new_hash(entry.hash, loc) => {}
+                Kind::Delete if index.candidates(entry.hash).is_empty() => {
+                    segment.add_dead(entry.len)
+                }
+                _ => keyed.push(i),
+            }
+        }
+    }
+    keyed
+}
 
 /// Opens the newest segment as the active one, mapped with room for `room` bytes, finding a torn tail (cut
 /// later); the segment's length is that of its intact records. `seed` authenticates its sync points.

@@ -229,12 +229,21 @@ impl Engine {
         let sealed;
         let mut read = Vec::new();
         let (bytes, got): (&[u8], usize) = if active {
-            read.resize(usize::try_from(to - from).unwrap_or(usize::MAX), 0);
-            let got = segment
-                .file()
-                .read_at(&mut read, from)
-                .map_err(|e| Error::io("read another process's records", segment.path(), e))?;
-            (&read, got)
+            // Through the active segment's map when it has room (no system call, no copy): `to` is a tail the
+            // appender published after its write returned.
+            match segment
+                .published_prefix(to)
+                .and_then(|all| all.get(usize::try_from(from).ok()?..))
+            {
+                Some(part) => (part, part.len()),
+                None => {
+                    read.resize(usize::try_from(to - from).unwrap_or(usize::MAX), 0);
+                    let got = segment.file().read_at(&mut read, from).map_err(|e| {
+                        Error::io("read another process's records", segment.path(), e)
+                    })?;
+                    (&read, got)
+                }
+            }
         } else {
             sealed = segment.contents()?;
             let start = usize::try_from(from)
@@ -541,6 +550,10 @@ impl Engine {
         let Some(shared) = &self.shared else {
             return;
         };
+        // Most of what the other processes appended is applied before the append lock is taken, as a reader
+        // would: what is left to catch up under it (and so the time every other appender waits) is what they
+        // published meanwhile, usually nothing. A failure here is met again, and reported, under the lock.
+        let _ = self.catch_up(log);
         let begun = shared
             .append
             .lock()
