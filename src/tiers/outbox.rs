@@ -234,6 +234,14 @@ impl Queue {
         self.entries.len()
     }
 
+    /// Gives out the next number without an entry (for a mapping moved to the back of the outbox in memory).
+    fn skip(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        bump_mark(&mut self.mark, self.next_seq);
+        seq
+    }
+
     /// Moves every entry into `into` (emptied first); the buffers are swapped, so both keep their capacity.
     fn take_into(&mut self, into: &mut Queue) {
         into.ids.clear();
@@ -303,13 +311,44 @@ impl Outbox {
     /// Takes every entry of `queue` in: a mapping that waits already keeps its place and notes the newer number;
     /// another is queued. `hash` is the tier's hash of a mapping's ids.
     pub(super) fn take_from(&mut self, queue: &Mutex<Queue>, hash: impl Fn(&str, &str) -> u64) {
+        self.take(queue, hash, false);
+    }
+
+    /// Takes the queue's entries in (as [`Outbox::take_from`]) and moves the mapping `key` to the back of the
+    /// order under a new number, if no write newer than `mark` was taken in; true if it moved. The number is
+    /// given out while the queue is taken, so every entry still to come has a higher one: the order stays by
+    /// number, which the lowest waiting number (and so the watermark) relies on.
+    pub(super) fn move_back(
+        &mut self,
+        queue: &Mutex<Queue>,
+        hash: impl Fn(&str, &str) -> u64,
+        key: &OutKey,
+        mark: u64,
+    ) -> bool {
+        let seq = self.take(queue, hash, true);
+        let Some(p) = self.pending.get_mut(key).filter(|p| p.mark == mark) else {
+            return false;
+        };
+        p.seq = seq;
+        self.order.push_back((seq, key.clone()));
+        self.tidy();
+        true
+    }
+
+    /// Takes the queue's entries in; if `skip`, also gives out the queue's next number, with no entry, and
+    /// returns it.
+    fn take(&mut self, queue: &Mutex<Queue>, hash: impl Fn(&str, &str) -> u64, skip: bool) -> u64 {
         let mut taken = std::mem::take(&mut self.spare);
-        // The queue's lock is held for a swap of buffers only: writers wait on it under the store's write lock.
-        queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take_into(&mut taken);
-        self.next_seq = self.next_seq.max(taken.next_seq);
+        let skipped = {
+            // Held for a swap of buffers only: writers wait on it under the store's write lock.
+            let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.take_into(&mut taken);
+            if skip { queue.skip() } else { queue.next_seq }
+        };
+        self.next_seq = self
+            .next_seq
+            .max(taken.next_seq)
+            .max(skipped + u64::from(skip));
         let since = taken.since.unwrap_or_else(Instant::now);
         for (seq, user_id, campaign_key) in taken.iter() {
             let h = hash(user_id, campaign_key);
@@ -336,6 +375,7 @@ impl Outbox {
             }
         }
         self.spare = taken;
+        skipped
     }
 
     /// Queues `key` under `seq`, which must be above every number in the queue (recovery inserts in order).
@@ -457,6 +497,33 @@ mod tests {
         let mut q = Queue::new(99_999);
         q.push("u", "c");
         assert_eq!(q.mark(), "{\"ussdbOutbox\":100000}");
+    }
+
+    #[test]
+    fn a_mapping_moved_back_goes_after_the_others() {
+        let (q, mut o) = (Mutex::new(Queue::default()), Outbox::default());
+        q.lock().expect("queue").push("u1", "c");
+        q.lock().expect("queue").push("u2", "c");
+        o.take_from(&q, h);
+        let (first, mark) = o.batch(1)[0].clone();
+        q.lock().expect("queue").push("u3", "c");
+        assert!(
+            !o.move_back(&q, h, &first, mark + 1),
+            "a newer write keeps it in place"
+        );
+        assert!(o.move_back(&q, h, &first, mark));
+        assert_eq!(o.low(), 1);
+        let order: Vec<(String, u64)> = o
+            .batch(10)
+            .iter()
+            .map(|(k, m)| (k.user_id().to_owned(), *m))
+            .collect();
+        assert_eq!(
+            order,
+            [("u2".into(), 1), ("u3".into(), 2), ("u1".into(), 0)]
+        );
+        assert_eq!(o.get(1, "u1", "c").map(|p| p.seq), Some(4));
+        assert_eq!(q.lock().expect("queue").push("u4", "c").0, 5);
     }
 
     #[test]

@@ -1010,7 +1010,7 @@ impl Shared {
     /// Moves `key` to the back of the queue: the record is written again under a new number (so a restart keeps
     /// it at the back too), whose entry puts it back in the outbox, at the back, once it has left its place. It
     /// leaves its place unless a newer write of it was taken in meanwhile (then it stays where it is). If the
-    /// rewrite fails, it stays where it is.
+    /// rewrite fails, it moves to the back in memory only.
     fn requeue(&self, key: &OutKey, mark: u64) {
         let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
         let mut failed = None;
@@ -1032,7 +1032,14 @@ impl Shared {
                     self.nudge();
                 }
             }
-            Err(e) => log::error!("re-marking a mapping for Redis failed: {e}"),
+            Err(e) => {
+                // It goes to the back in memory at least, so the mappings after it are not held up (a restart
+                // finds it where its mark says).
+                log::error!("re-marking a mapping for Redis failed: {e}");
+                self.with_outbox(false, |o| {
+                    o.move_back(&self.queue, |u, c| self.hash(u, c), key, mark)
+                });
+            }
         }
     }
 }
