@@ -164,6 +164,10 @@ pub(crate) fn encode_value(map: &CampaignUserMap, meta_data: Option<&str>) -> Re
 
 /// Appends the value of a mapping to `out`, a record being built in place (see `Engine::put_with`): the same
 /// bytes as [`encode_value`], with no buffer of their own. On failure `out` is as it was.
+#[cfg_attr(
+    not(feature = "redis"),
+    allow(dead_code, reason = "only the tiers (feature `redis`) use it")
+)]
 pub(crate) fn encode_value_into(
     map: &CampaignUserMap,
     meta_data: Option<&str>,

@@ -197,6 +197,10 @@ pub(crate) fn encode(out: &mut Vec<u8>, kind: Kind, key: &[u8], value: &[u8]) {
 /// Finishes a record built in place: `rec` holds [`RECORD_HEADER_LEN`] bytes of room, then a key of `key_len`
 /// bytes, then the value up to its end. Writes the header and the checksum, as [`encode`] would have, so a value
 /// can be encoded straight into its record. The caller has checked the lengths as for [`encode`].
+#[cfg_attr(
+    not(feature = "redis"),
+    allow(dead_code, reason = "only the tiers (feature `redis`) use it")
+)]
 pub(crate) fn finish_in_place(rec: &mut [u8], kind: Kind, key_len: usize) {
     let value_len = rec.len() - RECORD_HEADER_LEN - key_len;
     rec[4] = kind as u8;

@@ -146,6 +146,10 @@ impl Engine {
     /// promises. The key is looked up once, as [`Engine::put`] does. `f` fails with the reason the current value
     /// cannot be read (reported as damage at its record); it runs with the log locked and must not call the
     /// engine. The caller has checked the item; `f` checks the value's length.
+    #[cfg_attr(
+        not(feature = "redis"),
+        allow(dead_code, reason = "only the tiers (feature `redis`) use it")
+    )]
     pub(crate) fn put_with<T>(
         &self,
         user_id: &str,
@@ -192,6 +196,10 @@ impl Engine {
 
     /// Returns once every write under way when it was called is appended, indexed and as durable as the mode
     /// promises.
+    #[cfg_attr(
+        not(feature = "redis"),
+        allow(dead_code, reason = "only the tiers (feature `redis`) use it")
+    )]
     pub(crate) fn wait_appended(&self) -> Result<()> {
         let position = self.lock_log().written;
         self.wait_durable(position)
