@@ -592,3 +592,58 @@ fn the_replay_lag_survives_a_restart() {
         first_set.elapsed()
     );
 }
+
+#[test]
+fn immediate_durability_sets_from_many_threads_all_reach_redis() {
+    // In `Immediate` mode the shipper waits for the fsync of what it ships; writers on several threads race it.
+    let server = RedisServer::start();
+    let config = RedisConfig::new(server.url());
+    let dir = tempdir();
+    let tier = Arc::new(
+        Tiered::open_with(
+            dir.path(),
+            config.clone(),
+            options().local(Options::default().durability(Durability::Immediate)),
+        )
+        .expect("open tier"),
+    );
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let tier = Arc::clone(&tier);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let user = format!("u{}", i % 10);
+                    tier.set(&map(
+                        &user,
+                        "c",
+                        &format!("V{t}"),
+                        Some(&format!("g{t}-{i}")),
+                    ))
+                    .expect("set");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    tier.flush(FLUSH).expect("flush");
+    assert_eq!(tier.stats().outbox_depth, 0);
+    let redis = RedisStore::connect(config).expect("connect");
+    for u in 0..10 {
+        let user = format!("u{u}");
+        let local = tier.local().get(&user, "c").expect("get").expect("local");
+        let remote = redis.get(&user, "c").expect("get").expect("shipped");
+        // One variation won everywhere, and every goal tracked on this user is in Redis and locally.
+        assert_eq!(local.variation_name, remote.variation_name, "{user}");
+        for t in 0..4 {
+            for i in (u..50).step_by(10) {
+                let goal = format!("g{t}-{i}");
+                assert!(
+                    remote.has_goal(&goal) && local.has_goal(&goal),
+                    "{user}: {goal}"
+                );
+            }
+        }
+    }
+}
