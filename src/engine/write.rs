@@ -142,12 +142,10 @@ impl Engine {
     /// Stores under (`user_id`, `item`) the value `f` computes from the current one (`None` when there is none),
     /// in one hold of the log mutex, so no other write comes between the read and the write. `f` appends the new
     /// value to the buffer it is given (the record being built, so the value needs no buffer of its own) and
-    /// says whether to write it; `appended` gets its other output once the record is appended and indexed, still
-    /// under the lock (so what it records follows the log's order, and only for writes that happened), and that
-    /// output is handed back once the write is as durable as the mode promises. The key is looked up once, as
-    /// [`Engine::put`] does. `f` fails with the reason the current value cannot be read (reported as damage at
-    /// its record). Both run with the log locked and must not call the engine. The caller has checked the item;
-    /// `f` checks the value's length.
+    /// says whether to write it; its other output is handed back once the write is as durable as the mode
+    /// promises. The key is looked up once, as [`Engine::put`] does. `f` fails with the reason the current value
+    /// cannot be read (reported as damage at its record); it runs with the log locked and must not call the
+    /// engine. The caller has checked the item; `f` checks the value's length.
     #[cfg_attr(
         not(feature = "redis"),
         allow(dead_code, reason = "only the tiers (feature `redis`) use it")
@@ -157,7 +155,6 @@ impl Engine {
         user_id: &str,
         item: &[u8],
         f: impl FnOnce(Option<&[u8]>, &mut Vec<u8>) -> std::result::Result<(bool, T), String>,
-        appended: impl FnOnce(&mut T),
     ) -> Result<T> {
         let key = codec::encode_item_key(user_id, item)?;
         let hash = self.index.hasher().hash(user_id.as_bytes(), item);
@@ -169,7 +166,7 @@ impl Engine {
             let mut log = self.lock_log();
             self.check_poison()?;
             let old = self.find_key(hash, &key)?;
-            let (write, mut out) =
+            let (write, out) =
                 match old {
                     None => f(None, &mut rec)
                         .map_err(|reason| Error::corrupted(&self.dir, 0, reason))?,
@@ -190,7 +187,6 @@ impl Engine {
             record::finish_in_place(&mut rec, Kind::Put, key.len());
             let loc = self.append(&mut log, &rec).map_err(explain_disk_full)?;
             self.point(hash, old, loc);
-            appended(&mut out);
             (log.written, out)
         };
         self.counters.sets.fetch_add(1, Ordering::Relaxed);
@@ -198,20 +194,15 @@ impl Engine {
         Ok(out)
     }
 
-    /// Returns once everything appended so far is as durable as the mode promises: at once unless the mode is
-    /// [`Durability::Immediate`] (appended is all the others promise).
+    /// Returns once every write under way when it was called is appended, indexed and as durable as the mode
+    /// promises.
     #[cfg_attr(
         not(feature = "redis"),
         allow(dead_code, reason = "only the tiers (feature `redis`) use it")
     )]
     pub(crate) fn wait_appended(&self) -> Result<()> {
-        match self.options.durability {
-            Durability::Immediate => {
-                let position = self.lock_log().written;
-                self.sync_to(position)
-            }
-            Durability::Periodic(_) | Durability::Never => Ok(()),
-        }
+        let position = self.lock_log().written;
+        self.wait_durable(position)
     }
 
     /// True once the log position `position` is as durable as the durability mode promises (poisoning is an

@@ -15,8 +15,6 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::CampaignUserMap;
-
 /// What a mapping's outbox mark (its `metaData`) starts with: the key `ussdbOutbox`.
 pub(super) const MARK_PREFIX: &str = "{\"ussdbOutbox\":";
 
@@ -183,9 +181,6 @@ pub(super) struct Pending {
     /// only if it did not grow meanwhile.
     pub(super) mark: u64,
     pub(super) since: Instant,
-    /// The mapping as its last write taken in wrote it, to ship without reading the store (`None` for a mapping
-    /// found at reopen: the shipper reads it).
-    pub(super) state: Option<CampaignUserMap>,
 }
 
 /// The `set` path's half of the outbox: marked writes since the shipper last took them, in number order.
@@ -195,21 +190,12 @@ pub(super) struct Queue {
     next_seq: u64,
     /// The text of the mark of `next_seq` (see [`Queue::mark`]), kept up to date as the number grows.
     mark: String,
-    /// The text of the entries (each one's user id, campaign key, variation and goals), end to end.
-    text: Vec<u8>,
-    entries: Vec<Entry>,
+    /// The ids of the entries, end to end.
+    ids: Vec<u8>,
+    /// Each entry's number, where its ids start in `ids`, and its user id's length.
+    entries: Vec<(u64, usize, usize)>,
     /// When the first of the entries went in.
     since: Option<Instant>,
-}
-
-/// A queued write: its number, and where its text starts in `Queue::text` with the lengths of its parts.
-struct Entry {
-    seq: u64,
-    start: usize,
-    /// User id, campaign key, variation.
-    lens: [usize; 3],
-    /// The goal list's, if any.
-    goals: Option<usize>,
 }
 
 impl Queue {
@@ -227,9 +213,8 @@ impl Queue {
         &self.mark
     }
 
-    /// Queues `map`, just written under the next number's mark, with that number; returns it and whether the
-    /// queue was empty before.
-    pub(super) fn push(&mut self, map: &CampaignUserMap) -> (u64, bool) {
+    /// Gives the mapping of these ids the next number; returns it and whether the queue was empty before.
+    pub(super) fn push(&mut self, user_id: &str, campaign_key: &str) -> (u64, bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
         bump_mark(&mut self.mark, self.next_seq);
@@ -238,22 +223,9 @@ impl Queue {
             // One clock read per batch the shipper takes, not per set: the batch's age is its first entry's.
             self.since = Some(Instant::now());
         }
-        let goals = map.goal_identifier.as_deref();
-        self.entries.push(Entry {
-            seq,
-            start: self.text.len(),
-            lens: [
-                map.user_id.len(),
-                map.campaign_key.len(),
-                map.variation_name.len(),
-            ],
-            goals: goals.map(str::len),
-        });
-        for part in [&map.user_id, &map.campaign_key, &map.variation_name] {
-            self.text.extend_from_slice(part.as_bytes());
-        }
-        self.text
-            .extend_from_slice(goals.unwrap_or_default().as_bytes());
+        self.entries.push((seq, self.ids.len(), user_id.len()));
+        self.ids.extend_from_slice(user_id.as_bytes());
+        self.ids.extend_from_slice(campaign_key.as_bytes());
         (seq, was_empty)
     }
 
@@ -272,33 +244,36 @@ impl Queue {
 
     /// Moves every entry into `into` (emptied first); the buffers are swapped, so both keep their capacity.
     fn take_into(&mut self, into: &mut Queue) {
-        into.text.clear();
+        into.ids.clear();
         into.entries.clear();
-        std::mem::swap(&mut self.text, &mut into.text);
+        std::mem::swap(&mut self.ids, &mut into.ids);
         std::mem::swap(&mut self.entries, &mut into.entries);
         into.since = self.since.take();
         into.next_seq = self.next_seq;
     }
 
-    /// The entries: number and mapping.
-    fn iter(&self) -> impl Iterator<Item = (u64, CampaignUserMap)> + '_ {
-        self.entries.iter().map(|e| {
-            let mut at = e.start;
-            let mut next = |len: usize| {
-                let part = self.text.get(at..at + len).unwrap_or_default();
-                at += len;
-                // Every part was a `&str`, so every part is UTF-8.
-                String::from_utf8_lossy(part).into_owned()
-            };
-            let [user, campaign, variation] = e.lens;
-            let map = CampaignUserMap {
-                user_id: next(user),
-                campaign_key: next(campaign),
-                variation_name: next(variation),
-                goal_identifier: e.goals.map(&mut next),
-            };
-            (e.seq, map)
-        })
+    /// The entries: number, user id, campaign key.
+    fn iter(&self) -> impl Iterator<Item = (u64, &str, &str)> {
+        let ends = self
+            .entries
+            .iter()
+            .skip(1)
+            .map(|&(_, start, _)| start)
+            .chain(std::iter::once(self.ids.len()));
+        self.entries
+            .iter()
+            .zip(ends)
+            .map(|(&(seq, start, user_len), end)| {
+                let text = |range: std::ops::Range<usize>| {
+                    // Both halves were `&str`s, so both are UTF-8.
+                    std::str::from_utf8(self.ids.get(range).unwrap_or_default()).unwrap_or_default()
+                };
+                (
+                    seq,
+                    text(start..start + user_len),
+                    text(start + user_len..end),
+                )
+            })
     }
 }
 
@@ -375,30 +350,27 @@ impl Outbox {
             .max(taken.next_seq)
             .max(skipped + u64::from(skip));
         let since = taken.since.unwrap_or_else(Instant::now);
-        for (seq, map) in taken.iter() {
-            let (user_id, campaign_key) = (map.user_id.as_str(), map.campaign_key.as_str());
+        for (seq, user_id, campaign_key) in taken.iter() {
             let h = hash(user_id, campaign_key);
             match self
                 .pending
                 .get_mut(&(h, user_id, campaign_key) as &dyn Ids)
             {
-                // Entries come in number order: this one is the mapping's latest write.
-                Some(p) => {
-                    p.mark = p.mark.max(seq);
-                    p.state = Some(map);
-                }
+                Some(p) => p.mark = p.mark.max(seq),
                 None => {
-                    let key = OutKey::new(h, user_id, campaign_key);
-                    self.order.push_back((seq, key.clone()));
-                    self.pending.insert(
-                        key,
-                        Pending {
-                            seq,
-                            mark: seq,
-                            since,
-                            state: Some(map),
-                        },
-                    );
+                    self.order
+                        .push_back((seq, OutKey::new(h, user_id, campaign_key)));
+                    if let Some((_, key)) = self.order.back() {
+                        let key = key.clone();
+                        self.pending.insert(
+                            key,
+                            Pending {
+                                seq,
+                                mark: seq,
+                                since,
+                            },
+                        );
+                    }
                 }
             }
         }
@@ -416,7 +388,6 @@ impl Outbox {
                 seq,
                 mark: seq,
                 since,
-                state: None,
             },
         );
     }
@@ -464,14 +435,13 @@ impl Outbox {
         self.oldest().map_or(self.next_seq, |p| p.seq)
     }
 
-    /// Up to `n` waiting mappings, oldest first, each with the highest number of its writes taken in and the
-    /// mapping as that write wrote it (if known).
-    pub(super) fn batch(&self, n: usize) -> Vec<(OutKey, u64, Option<CampaignUserMap>)> {
+    /// Up to `n` waiting mappings, oldest first, each with the highest number of its writes taken in.
+    pub(super) fn batch(&self, n: usize) -> Vec<(OutKey, u64)> {
         self.order
             .iter()
             .filter_map(|(seq, key)| {
                 let p = self.pending.get(key).filter(|p| p.seq == *seq)?;
-                Some((key.clone(), p.mark, p.state.clone()))
+                Some((key.clone(), p.mark))
             })
             .take(n)
             .collect()
@@ -486,23 +456,19 @@ mod tests {
         1
     }
 
-    fn m(user_id: &str, campaign_key: &str) -> CampaignUserMap {
-        CampaignUserMap::new(user_id, campaign_key, "v")
-    }
-
     #[test]
     fn queue_keeps_first_change_order_and_forgets_removed() {
         let (q, mut o) = (Mutex::new(Queue::default()), Outbox::default());
-        assert_eq!(q.lock().expect("queue").push(&m("u1", "c")), (0, true));
-        assert_eq!(q.lock().expect("queue").push(&m("u2", "camp")), (1, false));
-        assert_eq!(q.lock().expect("queue").push(&m("u1", "c")), (2, false));
+        assert_eq!(q.lock().expect("queue").push("u1", "c"), (0, true));
+        assert_eq!(q.lock().expect("queue").push("u2", "camp"), (1, false));
+        assert_eq!(q.lock().expect("queue").push("u1", "c"), (2, false));
         o.take_from(&q, h);
         assert_eq!(q.lock().expect("queue").len(), 0);
         assert_eq!(o.len(), 2);
         assert_eq!(o.get(1, "u1", "c").map(|p| (p.seq, p.mark)), Some((0, 2)));
         assert_eq!(o.get(1, "u2", "camp").map(|p| p.mark), Some(1));
         assert_eq!(o.low(), 0);
-        let batch: Vec<OutKey> = o.batch(10).into_iter().map(|(k, _, _)| k).collect();
+        let batch: Vec<OutKey> = o.batch(10).into_iter().map(|(k, _)| k).collect();
         assert_eq!(o.batch(10)[0].1, 2);
         assert_eq!(batch[0].user_id(), "u1");
         assert_eq!(batch[1].campaign_key(), "camp");
@@ -510,7 +476,7 @@ mod tests {
         assert!(o.remove_if(&batch[0], 2));
         assert!(o.get(1, "u1", "c").is_none());
         assert_eq!(o.low(), 1);
-        assert_eq!(q.lock().expect("queue").push(&m("u3", "c")), (3, true));
+        assert_eq!(q.lock().expect("queue").push("u3", "c"), (3, true));
         o.take_from(&q, h);
         assert!(o.remove_if(&batch[1], 1));
         assert_eq!(o.low(), 3);
@@ -526,22 +492,21 @@ mod tests {
         let mut q = Queue::new(0);
         for seq in 0..2_100u64 {
             assert_eq!(q.mark(), format!("{{\"ussdbOutbox\":{seq}}}"));
-            assert_eq!(q.push(&m("u", "c")).0, seq);
+            assert_eq!(q.push("u", "c").0, seq);
         }
         let mut q = Queue::new(99_999);
-        q.push(&m("u", "c"));
+        q.push("u", "c");
         assert_eq!(q.mark(), "{\"ussdbOutbox\":100000}");
     }
 
     #[test]
     fn a_mapping_moved_back_goes_after_the_others() {
         let (q, mut o) = (Mutex::new(Queue::default()), Outbox::default());
-        q.lock().expect("queue").push(&m("u1", "c"));
-        q.lock().expect("queue").push(&m("u2", "c"));
+        q.lock().expect("queue").push("u1", "c");
+        q.lock().expect("queue").push("u2", "c");
         o.take_from(&q, h);
-        let (first, mark, state) = o.batch(1)[0].clone();
-        assert_eq!(state, Some(m("u1", "c")));
-        q.lock().expect("queue").push(&m("u3", "c"));
+        let (first, mark) = o.batch(1)[0].clone();
+        q.lock().expect("queue").push("u3", "c");
         assert!(
             !o.move_back(&q, h, &first, mark + 1),
             "a newer write keeps it in place"
@@ -551,23 +516,23 @@ mod tests {
         let order: Vec<(String, u64)> = o
             .batch(10)
             .iter()
-            .map(|(k, mark, _)| (k.user_id().to_owned(), *mark))
+            .map(|(k, m)| (k.user_id().to_owned(), *m))
             .collect();
         assert_eq!(
             order,
             [("u2".into(), 1), ("u3".into(), 2), ("u1".into(), 0)]
         );
         assert_eq!(o.get(1, "u1", "c").map(|p| p.seq), Some(4));
-        assert_eq!(q.lock().expect("queue").push(&m("u4", "c")).0, 5);
+        assert_eq!(q.lock().expect("queue").push("u4", "c").0, 5);
     }
 
     #[test]
     fn stale_entries_do_not_pile_up() {
         let (q, mut o) = (Mutex::new(Queue::default()), Outbox::default());
-        q.lock().expect("queue").push(&m("keep", "c"));
+        q.lock().expect("queue").push("keep", "c");
         o.take_from(&q, h);
         for i in 0..1000 {
-            let (seq, _) = q.lock().expect("queue").push(&m(&format!("u{i}"), "c"));
+            let (seq, _) = q.lock().expect("queue").push(&format!("u{i}"), "c");
             o.take_from(&q, h);
             let key = o.batch(2)[1].0.clone();
             assert!(o.remove_if(&key, seq));

@@ -13,7 +13,6 @@
 //! and queues, in sequence order, every mapping marked at or above the watermark. Shipping something twice is
 //! harmless: the fleet rule is idempotent.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -499,25 +498,6 @@ enum Round {
     Backoff,
 }
 
-/// A marked write under way (see [`Shared::write_marked`]): the queue, locked from the choice of the write's
-/// number until the record is appended, and the mapping the entry will hold.
-struct Marking<'q, 'm> {
-    queue: Option<MutexGuard<'q, Queue>>,
-    map: Cow<'m, CampaignUserMap>,
-    /// Set by [`commit`]: the entry found the queue empty, so the shipper needs a nudge.
-    nudge: bool,
-}
-
-/// `put_with`'s `appended` for the tier's writes: queues a marked write's entry, now that its record is in the
-/// log, and unlocks the queue.
-fn commit<T>(out: &mut (Option<Marking<'_, '_>>, T)) {
-    if let Some(marking) = &mut out.0
-        && let Some(mut queue) = marking.queue.take()
-    {
-        marking.nudge = queue.push(&marking.map).1;
-    }
-}
-
 impl Shared {
     fn hash(&self, user_id: &str, campaign_key: &str) -> u64 {
         key_hash(&self.seed, user_id, campaign_key)
@@ -566,30 +546,25 @@ impl Shared {
         out
     }
 
-    /// Appends to `out` the value of `map` marked as waiting for Redis under the next number. Returns whether to
-    /// write (false if the value cannot be encoded, too large: its error goes to `failed`) and the marking, which
-    /// keeps the queue locked until [`commit`] queues the entry once the record is appended (`put_with`'s
-    /// `appended`): so entries are queued in the order of the log, only for writes that happened, and with the
-    /// mapping as written, which the shipper ships without reading the store.
-    fn write_marked<'q, 'm>(
-        &'q self,
-        map: Cow<'m, CampaignUserMap>,
+    /// Appends to `out` the value of `map` marked as waiting for Redis under the next number, which the queue
+    /// takes with its ids. Returns whether to write (false if the value cannot be encoded, too large: its error
+    /// goes to `failed` and nothing is queued) and whether the queue was empty (then the shipper needs a nudge).
+    /// Called inside `put_with`, so entries are queued in the order of the log and only by writes under way.
+    fn write_marked(
+        &self,
+        map: &CampaignUserMap,
         out: &mut Vec<u8>,
         failed: &mut Option<Error>,
-    ) -> (bool, Option<Marking<'q, 'm>>) {
-        let queue = lock(&self.queue);
-        match codec::encode_value_into(&map, Some(queue.mark()), out) {
-            Ok(()) => (
-                true,
-                Some(Marking {
-                    queue: Some(queue),
-                    map,
-                    nudge: false,
-                }),
-            ),
+    ) -> (bool, bool) {
+        let mut queue = lock(&self.queue);
+        match codec::encode_value_into(map, Some(queue.mark()), out) {
+            Ok(()) => {
+                let (_, was_empty) = queue.push(&map.user_id, &map.campaign_key);
+                (true, was_empty)
+            }
             Err(e) => {
                 *failed = Some(e);
-                (false, None)
+                (false, false)
             }
         }
     }
@@ -710,13 +685,12 @@ impl Shared {
     fn set(&self, map: &CampaignUserMap) -> Result<()> {
         codec::check_variation(&map.variation_name)?;
         let mut failed = None;
-        let (marking, ()) = self.local.engine().put_with(
+        let nudge = self.local.engine().put_with(
             &map.user_id,
             map.campaign_key.as_bytes(),
             |old, out| {
                 let Some(value) = old else {
-                    let (write, marking) = self.write_marked(Cow::Borrowed(map), out, &mut failed);
-                    return Ok((write, (marking, ())));
+                    return Ok(self.write_marked(map, out, &mut failed));
                 };
                 let stored = codec::decode_value(value)?;
                 let tracked = stored.goal_identifier.as_deref().unwrap_or_default();
@@ -726,30 +700,21 @@ impl Shared {
                         .any(|g| !g.is_empty() && g == goal)
                 };
                 if map.goals().all(known) {
-                    return Ok((false, (None, ())));
+                    return Ok((false, false));
                 }
                 let stored = CampaignUserMap {
                     user_id: map.user_id.clone(),
                     campaign_key: map.campaign_key.clone(),
                     variation_name: stored.variation_name.into_owned(),
-                    goal_identifier: stored.goal_identifier.map(Cow::into_owned),
+                    goal_identifier: stored.goal_identifier.map(std::borrow::Cow::into_owned),
                 };
-                let merged = Cow::Owned(first_wins(&stored, map));
-                let (write, marking) = self.write_marked(merged, out, &mut failed);
-                Ok((write, (marking, ())))
+                Ok(self.write_marked(&first_wins(&stored, map), out, &mut failed))
             },
-            commit,
         )?;
-        self.after_marking(marking, failed)
-    }
-
-    /// After a `put_with` that may have queued a marked write: its encoding error, if any, or the nudge the
-    /// shipper needs when the entry found the queue empty.
-    fn after_marking(&self, marking: Option<Marking<'_, '_>>, failed: Option<Error>) -> Result<()> {
         if let Some(e) = failed {
             return Err(e);
         }
-        if marking.is_some_and(|m| m.nudge) {
+        if nudge {
             self.nudge();
         }
         Ok(())
@@ -759,38 +724,39 @@ impl Shared {
     fn refresh(&self, hash: u64, remote: &CampaignUserMap) -> Result<CampaignUserMap> {
         let (user_id, campaign_key) = (remote.user_id.as_str(), remote.campaign_key.as_str());
         let mut failed = None;
-        let (marking, merged) = self.local.engine().put_with(
-            user_id,
-            campaign_key.as_bytes(),
-            |old, out| {
-                let (local, mark) = match old {
-                    Some(value) => {
-                        let (local, mark) = decode_local(user_id, campaign_key, value)?;
-                        (Some(local), mark)
-                    }
-                    None => (None, None),
-                };
-                let merged = match &local {
-                    None => remote.clone(),
-                    Some(local) => first_wins(remote, local),
-                };
-                let pending = self.is_pending(mark);
-                Ok(if merged != *remote && !pending {
-                    let (write, marking) =
-                        self.write_marked(Cow::Owned(merged.clone()), out, &mut failed);
-                    (write, (marking, merged))
-                } else if local.as_ref() != Some(&merged) {
-                    // A waiting mapping keeps its mark: the shipper merges Redis's answer with what it finds.
-                    let mark = mark.filter(|_| pending);
-                    let write = Shared::write_plain(&merged, mark, out, &mut failed);
-                    (write, (None, merged))
-                } else {
-                    (false, (None, merged))
-                })
-            },
-            commit,
-        )?;
-        self.after_marking(marking, failed)?;
+        let (merged, nudge) =
+            self.local
+                .engine()
+                .put_with(user_id, campaign_key.as_bytes(), |old, out| {
+                    let (local, mark) = match old {
+                        Some(value) => {
+                            let (local, mark) = decode_local(user_id, campaign_key, value)?;
+                            (Some(local), mark)
+                        }
+                        None => (None, None),
+                    };
+                    let merged = match &local {
+                        None => remote.clone(),
+                        Some(local) => first_wins(remote, local),
+                    };
+                    let pending = self.is_pending(mark);
+                    let (write, nudge) = if merged != *remote && !pending {
+                        self.write_marked(&merged, out, &mut failed)
+                    } else if local.as_ref() != Some(&merged) {
+                        // A waiting mapping keeps its mark: the shipper merges Redis's answer with what it finds.
+                        let mark = mark.filter(|_| pending);
+                        (Shared::write_plain(&merged, mark, out, &mut failed), false)
+                    } else {
+                        (false, false)
+                    };
+                    Ok((write, (merged, nudge)))
+                })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if nudge {
+            self.nudge();
+        }
         self.mark_fresh(hash);
         Ok(merged)
     }
@@ -799,26 +765,29 @@ impl Shared {
     fn reship(&self, local: &CampaignUserMap) -> Result<()> {
         let (user_id, campaign_key) = (local.user_id.as_str(), local.campaign_key.as_str());
         let mut failed = None;
-        let (marking, ()) = self.local.engine().put_with(
-            user_id,
-            campaign_key.as_bytes(),
-            |old, out| {
-                let current = match old {
-                    Some(value) => {
-                        let (current, mark) = decode_local(user_id, campaign_key, value)?;
-                        if self.is_pending(mark) {
-                            return Ok((false, (None, ())));
+        let nudge =
+            self.local
+                .engine()
+                .put_with(user_id, campaign_key.as_bytes(), |old, out| {
+                    let current = match old {
+                        Some(value) => {
+                            let (current, mark) = decode_local(user_id, campaign_key, value)?;
+                            if self.is_pending(mark) {
+                                return Ok((false, false));
+                            }
+                            current
                         }
-                        Cow::Owned(current)
-                    }
-                    None => Cow::Borrowed(local),
-                };
-                let (write, marking) = self.write_marked(current, out, &mut failed);
-                Ok((write, (marking, ())))
-            },
-            commit,
-        )?;
-        self.after_marking(marking, failed)
+                        None => local.clone(),
+                    };
+                    Ok(self.write_marked(&current, out, &mut failed))
+                })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if nudge {
+            self.nudge();
+        }
+        Ok(())
     }
 
     /// Writes the watermark (the lowest number still waiting, or the next one) if it moved: after a restart,
@@ -911,32 +880,25 @@ impl Shared {
             self.advance_watermark();
             return Round::Idle;
         }
-        // Every entry taken was queued once its write was appended; in `Immediate` mode, wait until the fsync
-        // covers them too: nothing is shipped before it is durable here.
+        // Every entry taken was queued by a write under way: once those writes are appended (and as durable as
+        // the local mode promises), the reads below see them, and nothing is shipped before it is durable here.
         if let Err(e) = self.local.engine().wait_appended() {
             log::error!("waiting for local writes before shipping failed: {e}");
             return Round::Stuck;
         }
         let mut to_ship = Vec::with_capacity(batch.len());
-        for (key, mark, state) in batch {
-            // The mapping as its last queued write wrote it; the store is read only for mappings found at reopen.
-            let map = match state {
-                Some(map) => map,
-                None => match self.local.get(key.user_id(), key.campaign_key()) {
-                    Ok(Some(map)) => map,
-                    // Nothing to ship.
-                    Ok(None) => {
-                        self.with_outbox(false, |o| o.remove_if(&key, mark));
-                        continue;
-                    }
-                    Err(e) => {
-                        log::error!("reading a mapping to ship failed: {e}");
-                        self.requeue(&key, mark);
-                        continue;
-                    }
-                },
-            };
-            to_ship.push((key, mark, map));
+        for (key, mark) in batch {
+            match self.local.get(key.user_id(), key.campaign_key()) {
+                Ok(Some(map)) => to_ship.push((key, mark, map)),
+                // A write that failed leaves nothing to ship.
+                Ok(None) => {
+                    self.with_outbox(false, |o| o.remove_if(&key, mark));
+                }
+                Err(e) => {
+                    log::error!("reading a mapping to ship failed: {e}");
+                    self.requeue(&key, mark);
+                }
+            }
         }
         let answers = self
             .remote
@@ -1003,37 +965,39 @@ impl Shared {
             true
         } else {
             let mut failed = None;
-            let (marking, done) = self.local.engine().put_with(
-                user_id,
-                campaign_key.as_bytes(),
-                |old, out| {
-                    let local = match old {
-                        Some(value) => Some(decode_local(user_id, campaign_key, value)?.0),
-                        None => None,
-                    };
-                    let merged = match &local {
-                        None => answer.clone(),
-                        Some(local) => first_wins(answer, local),
-                    };
-                    Ok(if merged != *answer {
-                        // The local copy holds more than Redis answered: it goes out again.
-                        if local.as_ref() == Some(&merged) {
-                            (false, (None, false))
+            let (done, nudge) =
+                self.local
+                    .engine()
+                    .put_with(user_id, campaign_key.as_bytes(), |old, out| {
+                        let local = match old {
+                            Some(value) => Some(decode_local(user_id, campaign_key, value)?.0),
+                            None => None,
+                        };
+                        let merged = match &local {
+                            None => answer.clone(),
+                            Some(local) => first_wins(answer, local),
+                        };
+                        Ok(if merged != *answer {
+                            // The local copy holds more than Redis answered: it goes out again.
+                            let (write, nudge) = if local.as_ref() == Some(&merged) {
+                                (false, false)
+                            } else {
+                                self.write_marked(&merged, out, &mut failed)
+                            };
+                            (write, (false, nudge))
+                        } else if local.as_ref() != Some(answer) {
+                            let write = Shared::write_plain(answer, None, out, &mut failed);
+                            (write, (true, false))
                         } else {
-                            let (write, marking) =
-                                self.write_marked(Cow::Owned(merged), out, &mut failed);
-                            (write, (marking, false))
-                        }
-                    } else if local.as_ref() != Some(answer) {
-                        let write = Shared::write_plain(answer, None, out, &mut failed);
-                        (write, (None, true))
-                    } else {
-                        (false, (None, true))
-                    })
-                },
-                commit,
-            )?;
-            self.after_marking(marking, failed)?;
+                            (false, (true, false))
+                        })
+                    })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if nudge {
+                self.nudge();
+            }
             done
         };
         if done && self.with_outbox(false, |o| o.remove_if(key, mark)) {
@@ -1050,21 +1014,17 @@ impl Shared {
     fn requeue(&self, key: &OutKey, mark: u64) {
         let (user_id, campaign_key) = (key.user_id(), key.campaign_key());
         let mut failed = None;
-        let rewritten = self.local.engine().put_with(
-            user_id,
-            campaign_key.as_bytes(),
-            |old, out| {
-                let Some(value) = old else {
-                    // Nothing left to ship.
-                    return Ok((false, (None, ())));
-                };
-                let (map, _) = decode_local(user_id, campaign_key, value)?;
-                let (write, marking) = self.write_marked(Cow::Owned(map), out, &mut failed);
-                Ok((write, (marking, ())))
-            },
-            commit,
-        );
-        let rewritten = rewritten.map(|(marking, ())| marking.is_some_and(|m| m.nudge));
+        let rewritten =
+            self.local
+                .engine()
+                .put_with(user_id, campaign_key.as_bytes(), |old, out| {
+                    let Some(value) = old else {
+                        // Nothing left to ship.
+                        return Ok((false, false));
+                    };
+                    let (map, _) = decode_local(user_id, campaign_key, value)?;
+                    Ok(self.write_marked(&map, out, &mut failed))
+                });
         match failed.map_or(rewritten, Err) {
             Ok(nudge) => {
                 self.with_outbox(false, |o| o.remove_if(key, mark));
