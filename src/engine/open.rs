@@ -357,7 +357,10 @@ impl Engine {
         };
         let views = self.index.unshared().split(parts);
         // Each part's entries, found in one pass here, so that no thread walks the others' entries.
-        let mut mine: Vec<Vec<u32>> = vec![Vec::new(); views.len()];
+        let share = entries.len() / views.len().max(1);
+        let mut mine: Vec<Vec<u32>> = (0..views.len())
+            .map(|_| Vec::with_capacity(share + share / 8))
+            .collect();
         if views.len() > 1 {
             for (i, entry) in entries.iter().enumerate() {
                 let part = views.iter().position(|v| v.owns(entry.hash));
