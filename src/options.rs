@@ -19,6 +19,8 @@ pub struct Options {
     pub(crate) shared: bool,
     /// Bytes of the disk reserve file; `None` sizes it from the segment size.
     pub(crate) disk_reserve: Option<u64>,
+    /// Replays every hint in this many parts on threads of their own, whatever its size (tests).
+    pub(crate) hint_replay_parts: Option<usize>,
 }
 
 /// The default [`Options::compaction_threshold`]: a sealed segment is compacted once half of it is dead.
@@ -47,6 +49,7 @@ impl Default for Options {
             read_only: false,
             shared: false,
             disk_reserve: None,
+            hint_replay_parts: None,
         }
     }
 }
@@ -137,6 +140,14 @@ impl Options {
     #[doc(hidden)]
     pub fn colliding_hashes_for_tests(mut self, on: bool) -> Options {
         self.weak_hash = on;
+        self
+    }
+
+    /// Replays every hint file at open in `parts` parts on threads of their own, as only large hints are
+    /// otherwise, so that tests with small segments take that path too.
+    #[doc(hidden)]
+    pub fn parallel_hint_replay_for_tests(mut self, parts: usize) -> Options {
+        self.hint_replay_parts = Some(parts.max(1));
         self
     }
 

@@ -350,10 +350,12 @@ impl Engine {
         // a scan would (the second pass, in the hint's order). Putting those off to the end of the segment
         // changes nothing: once a hash has an entry, every later entry with that hash goes to the second pass
         // too, and the first pass only adds entries for hashes that had none.
-        let parts = if entries.len() >= PARALLEL_HINT_ENTRIES {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_REPLAY_THREADS))
-        } else {
-            1
+        let parts = match self.options.hint_replay_parts {
+            Some(parts) => parts,
+            None if entries.len() >= PARALLEL_HINT_ENTRIES => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_REPLAY_THREADS))
+            }
+            None => 1,
         };
         let views = self.index.unshared().split(parts);
         // Each part's entries, found in one pass here, so that no thread walks the others' entries.

@@ -25,10 +25,12 @@ const CHILD_DIR_VAR: &str = "USSDB_CRASH_CHILD_DIR";
 const CHILD_START_VAR: &str = "USSDB_CRASH_CHILD_START";
 
 fn options() -> Options {
-    // Small segments, so kills also land during rotation (fsync, create, rename, directory fsync).
+    // Small segments, so kills also land during rotation (fsync, create, rename, directory fsync). Every open
+    // replays its hints on two threads (the path of large hints; the missing-file loop keeps the one-thread one).
     Options::default()
         .durability(Durability::Immediate)
         .segment_size(4096)
+        .parallel_hint_replay_for_tests(2)
 }
 
 /// The operation writer `w` performs as its `seq`-th, a pure function so the parent can replay it.

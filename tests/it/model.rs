@@ -150,13 +150,20 @@ proptest! {
 
     #[test]
     fn store_matches_a_hashmap(ops in proptest::collection::vec(op(), 1..200)) {
-        run(&ops, small_segments().auto_compaction(false));
+        // Every hint replayed on three threads at each reopen (only large ones are, otherwise).
+        run(&ops, small_segments().auto_compaction(false).parallel_hint_replay_for_tests(3));
     }
 
     #[test]
     fn store_matches_a_hashmap_when_every_hash_collides(ops in proptest::collection::vec(op(), 1..200)) {
         // Pins: keys with equal index hashes must still be told apart by their full keys.
-        run(&ops, small_segments().auto_compaction(false).colliding_hashes_for_tests(true));
+        run(
+            &ops,
+            small_segments()
+                .auto_compaction(false)
+                .colliding_hashes_for_tests(true)
+                .parallel_hint_replay_for_tests(2),
+        );
     }
 
     #[test]
