@@ -241,10 +241,62 @@ pub(crate) fn decode_header(bytes: &[u8]) -> std::result::Result<HintHeader, Str
     })
 }
 
-/// Decodes and checks a whole hint file: header, both checksums, every entry, and that the entries cover
-/// exactly the segment length the header states. Nothing is returned unless all of it is sound, so a caller
-/// never applies half a hint.
-pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<(HintHeader, Vec<HintEntry>), String> {
+/// A checked hint file's entries, decoded as they are walked (a 10M-entry store's hints would take 320 MB as a
+/// vector of [`HintEntry`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Entries<'a> {
+    body: &'a [u8],
+    /// Offset of the last entry's record.
+    last_offset: u64,
+}
+
+impl<'a> Entries<'a> {
+    /// How many entries.
+    pub(crate) fn len(&self) -> usize {
+        self.body.len() / HINT_ENTRY_LEN
+    }
+
+    /// The last entry (whose record's checksum the header repeats).
+    pub(crate) fn last(&self) -> Option<HintEntry> {
+        let start = self.body.len().checked_sub(HINT_ENTRY_LEN)?;
+        let (kind, len, hash) = entry_fields(self.body.get(start..)?)?;
+        Some(HintEntry {
+            kind,
+            hash,
+            offset: self.last_offset,
+            len,
+        })
+    }
+
+    /// The entries in file order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = HintEntry> + 'a {
+        let mut offset = SEGMENT_HEADER_LEN;
+        self.body.chunks_exact(HINT_ENTRY_LEN).map_while(move |e| {
+            let (kind, len, hash) = entry_fields(e)?;
+            let entry = HintEntry {
+                kind,
+                hash,
+                offset,
+                len,
+            };
+            offset += len;
+            Some(entry)
+        })
+    }
+}
+
+/// Kind, record length and hash of one encoded entry (`None` only for an unknown kind or a short slice).
+fn entry_fields(e: &[u8]) -> Option<(Kind, u64, u64)> {
+    let kind = Kind::from_byte(*e.first()?)?;
+    let len = u64::from(u32::from_le_bytes(e.get(1..5)?.try_into().ok()?));
+    let hash = u64::from_le_bytes(e.get(5..13)?.try_into().ok()?);
+    Some((kind, len, hash))
+}
+
+/// Checks a whole hint file: header, both checksums, every entry, and that the entries cover exactly the segment
+/// length the header states. Nothing is returned unless all of it is sound, so a caller never applies half a
+/// hint.
+pub(crate) fn check(bytes: &[u8]) -> std::result::Result<(HintHeader, Entries<'_>), String> {
     let header = decode_header(bytes)?;
     let body = &bytes[HINT_HEADER_LEN..];
     let stored = u32::from_le_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]);
@@ -261,30 +313,21 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<(HintHeader, Vec<HintE
             body.len()
         ));
     }
-    let mut entries = Vec::with_capacity(count);
     let mut offset = SEGMENT_HEADER_LEN;
+    let mut last_offset = offset;
     for (i, e) in body.chunks_exact(HINT_ENTRY_LEN).enumerate() {
-        let Some(kind) = Kind::from_byte(e[0]) else {
+        let Some((kind, len, hash)) = entry_fields(e) else {
             return Err(format!("entry {i} has unknown kind {}", e[0]));
         };
-        let len = u64::from(u32::from_le_bytes([e[1], e[2], e[3], e[4]]));
         if !(MIN_RECORD_LEN..=MAX_RECORD_LEN).contains(&len) {
             return Err(format!("entry {i} has an impossible record length {len}"));
         }
-        let mut hash = [0u8; 8];
-        hash.copy_from_slice(&e[5..13]);
-        let hash = u64::from_le_bytes(hash);
         if kind == Kind::Sync && (len != SYNC_RECORD_LEN as u64 || hash != 0) {
             return Err(format!(
                 "entry {i} is a sync point of {len} bytes with hash {hash:#x} (they have {SYNC_RECORD_LEN} and 0)"
             ));
         }
-        entries.push(HintEntry {
-            kind,
-            hash,
-            offset,
-            len,
-        });
+        last_offset = offset;
         offset += len;
     }
     if offset != header.segment_len {
@@ -293,7 +336,13 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<(HintHeader, Vec<HintE
             header.segment_len
         ));
     }
-    Ok((header, entries))
+    Ok((header, Entries { body, last_offset }))
+}
+
+/// [`check`], with the entries in a vector (for `verify` and the fuzz target, which look at them as a whole).
+pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<(HintHeader, Vec<HintEntry>), String> {
+    let (header, entries) = check(bytes)?;
+    Ok((header, entries.iter().collect()))
 }
 
 /// Writes `bytes` to the new file `tmp` and fsyncs it. The caller renames it into place and fsyncs the directory.

@@ -637,6 +637,17 @@ impl Index {
     }
 }
 
+/// The shards of an [`Unshared`] view.
+#[derive(Clone, Debug)]
+pub(crate) struct Owner(std::ops::Range<usize>);
+
+impl Owner {
+    /// True when `hash` belongs to one of these shards.
+    pub(crate) fn owns(&self, hash: u64) -> bool {
+        self.0.contains(&shard_of(hash))
+    }
+}
+
 /// The index, borrowed exclusively: the same operations as [`Index`] without locking (see [`Index::unshared`]).
 /// Either all of it, or one of the parts [`Unshared::split`] makes: a run of shards, which takes only the hashes
 /// it [`owns`](Unshared::owns).
@@ -658,7 +669,12 @@ impl<'a> Unshared<'a> {
 
     /// True when `hash` belongs to a shard of this view.
     pub(crate) fn owns(&self, hash: u64) -> bool {
-        (self.first..self.first + self.shards.len()).contains(&shard_of(hash))
+        self.owner().owns(hash)
+    }
+
+    /// Which hashes this view owns, as a value that does not borrow it.
+    pub(crate) fn owner(&self) -> Owner {
+        Owner(self.first..self.first + self.shards.len())
     }
 
     /// Splits this view into at most `parts` views over disjoint runs of shards, which together own every hash

@@ -315,7 +315,7 @@ impl Engine {
                 manifest::MANIFEST_FILE
             ));
         }
-        let (header, entries) = match hint::decode(&bytes) {
+        let (header, entries) = match hint::check(&bytes) {
             Ok(decoded) => decoded,
             Err(reason) => return refuse(reason),
         };
@@ -357,41 +357,19 @@ impl Engine {
             }
             None => 1,
         };
-        let views = self.index.unshared().split(parts);
-        // Each part's entries, found in one pass here, so that no thread walks the others' entries.
-        let share = entries.len() / views.len().max(1);
-        let mut mine: Vec<Vec<u32>> = (0..views.len())
-            .map(|_| Vec::with_capacity(share + share / 8))
-            .collect();
-        if views.len() > 1 {
-            for (i, entry) in entries.iter().enumerate() {
-                let part = views.iter().position(|v| v.owns(entry.hash));
-                if let (Some(list), Ok(i)) = (part.and_then(|p| mine.get_mut(p)), u32::try_from(i))
-                {
-                    list.push(i);
-                }
-            }
-        }
-        let views: Vec<Mutex<Option<Part<'_>>>> = views
+        // Each part walks all entries and takes those whose hash it owns: decoding an entry costs less than
+        // sorting the entries out between parts first.
+        let views: Vec<Mutex<Option<Unshared<'_>>>> = self
+            .index
+            .unshared()
+            .split(parts)
             .into_iter()
-            .zip(mine)
-            .map(|part| Mutex::new(Some(part)))
+            .map(|view| Mutex::new(Some(view)))
             .collect();
-        let pass = |slot: &Mutex<Option<Part<'_>>>| {
-            let part = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            part.map(|(view, mine)| {
-                if parts == 1 {
-                    new_hashes(view, segment, &entries, 0..entries.len())
-                } else {
-                    new_hashes(
-                        view,
-                        segment,
-                        &entries,
-                        mine.into_iter().map(|i| i as usize),
-                    )
-                }
-            })
-            .unwrap_or_default()
+        let pass = |slot: &Mutex<Option<Unshared<'_>>>| {
+            let view = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            view.map(|view| new_hashes(view, segment, entries))
+                .unwrap_or_default()
         };
         let mut keyed = Vec::new();
         std::thread::scope(|scope| {
@@ -421,8 +399,8 @@ impl Engine {
                 keyed.extend(pass(slot));
             }
         });
-        keyed.sort_unstable();
-        for entry in keyed.iter().filter_map(|&i| entries.get(i)) {
+        keyed.sort_unstable_by_key(|&(i, _)| i);
+        for (_, entry) in keyed {
             let loc = Loc::new(segment.id(), entry.offset);
             let key = segment.with_key(entry.offset, |kind, key, len| {
                 (kind == entry.kind && len == entry.len).then(|| key.to_vec())
@@ -556,40 +534,43 @@ const PARALLEL_HINT_ENTRIES: usize = 1 << 16;
 /// At most this many threads replay one hint: the work waits on memory, and a few threads overlap enough misses.
 const MAX_REPLAY_THREADS: usize = 4;
 
-/// One thread's share of a hint's first pass: its shards of the index, and the positions of its entries.
-type Part<'a> = (Unshared<'a>, Vec<u32>);
-
-/// The first pass of a hint's replay over `positions` in `entries` (those whose hash `index` owns): an entry
-/// whose hash has no entry yet goes in (a put) or is dead (a delete, a sync point), with no key read. Returns the
-/// positions of the others, whose keys must be compared.
+/// The first pass of a hint's replay over the entries whose hash `index` owns: an entry whose hash has no entry
+/// yet goes in (a put) or is dead (a delete, a sync point), with no key read. Returns the others, with their
+/// positions in the hint, whose keys must be compared.
 fn new_hashes(
     mut index: Unshared<'_>,
     segment: &Segment,
-    entries: &[hint::HintEntry],
-    positions: impl Iterator<Item = usize>,
-) -> Vec<usize> {
+    entries: hint::Entries<'_>,
+) -> Vec<(usize, hint::HintEntry)> {
     const BATCH: usize = 32;
     let mut keyed = Vec::new();
-    let mut batch = [0usize; BATCH];
+    let owner = index.owner();
+    let mut owned = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| owner.owns(e.hash))
+        .peekable();
+    let blank = hint::HintEntry {
+        kind: Kind::Sync,
+        hash: 0,
+        offset: 0,
+        len: 0,
+    };
+    let mut batch = [(0usize, blank); BATCH];
     let mut hashes = [0u64; BATCH];
-    let mut positions = positions.peekable();
-    while positions.peek().is_some() {
+    while owned.peek().is_some() {
         let mut n = 0;
-        for (slot, i) in batch.iter_mut().zip(positions.by_ref()) {
-            *slot = i;
+        for (slot, entry) in batch.iter_mut().zip(owned.by_ref()) {
+            *slot = entry;
             n += 1;
         }
         let batch = batch.get(..n).unwrap_or_default();
         // The index is memory-bound: touching a batch of home slots first lets their cache misses overlap.
-        for (hash, &i) in hashes.iter_mut().zip(batch) {
-            *hash = entries.get(i).map_or(0, |e| e.hash);
+        for (hash, (_, entry)) in hashes.iter_mut().zip(batch) {
+            *hash = entry.hash;
         }
         index.prefetch(hashes.get(..n).unwrap_or_default());
-        for &i in batch {
-            let Some(entry) = entries.get(i) else {
-                continue;
-            };
-            debug_assert!(index.owns(entry.hash));
+        for &(i, entry) in batch {
             let loc = Loc::new(segment.id(), entry.offset);
             match entry.kind {
                 Kind::Sync => segment.add_dead(entry.len),
@@ -597,7 +578,7 @@ fn new_hashes(
                 Kind::Delete if index.candidates(entry.hash).is_empty() => {
                     segment.add_dead(entry.len)
                 }
-                _ => keyed.push(i),
+                _ => keyed.push((i, entry)),
             }
         }
     }
