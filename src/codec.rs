@@ -131,6 +131,28 @@ pub(crate) fn key_matches(key: &[u8], user_id: &str, item: &[u8]) -> bool {
     split_key(key).is_some_and(|(u, c)| u == user_id.as_bytes() && c == item)
 }
 
+/// The error for a value of `len` bytes, naming its mapping.
+fn value_too_large(map: &CampaignUserMap, len: usize) -> Error {
+    Error::ValueTooLarge {
+        user_id: map.user_id.clone(),
+        campaign_key: map.campaign_key.clone(),
+        len,
+        max: MAX_VALUE_LEN,
+    }
+}
+
+/// The bytes of a value's strings, refused when hopeless: the encoding is a few bytes longer than the strings,
+/// so a value whose strings alone pass the limit is refused before it is copied.
+fn raw_value_len(map: &CampaignUserMap, meta_data: Option<&str>) -> Result<usize> {
+    let raw = map.variation_name.len()
+        + map.goal_identifier.as_ref().map_or(0, String::len)
+        + meta_data.map_or(0, str::len);
+    if raw > MAX_VALUE_LEN {
+        return Err(value_too_large(map, raw));
+    }
+    Ok(raw)
+}
+
 /// Encodes the value of a mapping.
 pub(crate) fn encode_value(map: &CampaignUserMap, meta_data: Option<&str>) -> Result<Vec<u8>> {
     let stored = StoredValue {
@@ -138,19 +160,8 @@ pub(crate) fn encode_value(map: &CampaignUserMap, meta_data: Option<&str>) -> Re
         goal_identifier: map.goal_identifier.as_deref().map(Cow::Borrowed),
         meta_data: meta_data.map(Cow::Borrowed),
     };
-    let too_large = |len: usize| Error::ValueTooLarge {
-        user_id: map.user_id.clone(),
-        campaign_key: map.campaign_key.clone(),
-        len,
-        max: MAX_VALUE_LEN,
-    };
-    // The encoding is a few bytes longer than the strings; refuse hopeless values before copying them.
-    let raw = map.variation_name.len()
-        + map.goal_identifier.as_ref().map_or(0, String::len)
-        + meta_data.map_or(0, str::len);
-    if raw > MAX_VALUE_LEN {
-        return Err(too_large(raw));
-    }
+    let too_large = |len: usize| value_too_large(map, len);
+    let raw = raw_value_len(map, meta_data)?;
     // Sized up front: the encoding is the strings plus at most 21 bytes of lengths and tags, and growing a
     // Vec from empty costs more than the encoding itself.
     let mut bytes = Vec::with_capacity(raw + 32);
@@ -173,19 +184,8 @@ pub(crate) fn encode_value_into(
     meta_data: Option<&str>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let too_large = |len: usize| Error::ValueTooLarge {
-        user_id: map.user_id.clone(),
-        campaign_key: map.campaign_key.clone(),
-        len,
-        max: MAX_VALUE_LEN,
-    };
-    // Hopeless values are refused before they are copied, as `encode_value` does.
-    let raw = map.variation_name.len()
-        + map.goal_identifier.as_ref().map_or(0, String::len)
-        + meta_data.map_or(0, str::len);
-    if raw > MAX_VALUE_LEN {
-        return Err(too_large(raw));
-    }
+    let too_large = |len: usize| value_too_large(map, len);
+    let raw = raw_value_len(map, meta_data)?;
     let start = out.len();
     let stored = StoredValue {
         variation_name: Cow::Borrowed(&map.variation_name),

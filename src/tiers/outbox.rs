@@ -357,21 +357,7 @@ impl Outbox {
                 .get_mut(&(h, user_id, campaign_key) as &dyn Ids)
             {
                 Some(p) => p.mark = p.mark.max(seq),
-                None => {
-                    self.order
-                        .push_back((seq, OutKey::new(h, user_id, campaign_key)));
-                    if let Some((_, key)) = self.order.back() {
-                        let key = key.clone();
-                        self.pending.insert(
-                            key,
-                            Pending {
-                                seq,
-                                mark: seq,
-                                since,
-                            },
-                        );
-                    }
-                }
+                None => self.insert(seq, OutKey::new(h, user_id, campaign_key), since),
             }
         }
         self.spare = taken;
