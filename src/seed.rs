@@ -129,6 +129,11 @@ impl Seed {
     }
 }
 
+/// The construction of the key hash, part of [`KeyHasher::identity`]. The first hashed the user id and the item
+/// with a SipHash pass each, and its identity was the seed's alone; 2 hashes the user id only and folds the item
+/// in with [`item_bits`].
+const KEY_HASH_VERSION: u64 = 2;
+
 /// The low bits of a key hash that come from the item (campaign key); the rest come from the user id.
 pub(crate) const USER_SHIFT: u32 = 24;
 
@@ -150,29 +155,93 @@ impl KeyHasher {
     /// Names the hash function (seed and mode) without revealing the seed: a hint file made under another one
     /// holds other hashes and must not be used.
     pub(crate) fn identity(&self) -> u64 {
-        // The weak mode hashes differently from its seed, so it gets an identity of its own.
-        self.seed.identity() ^ if self.weak { 0x5745_414b_5745_414b } else { 0 }
+        // The weak mode hashes differently from its seed, so it gets an identity of its own; so does each
+        // construction of the key hash (`KEY_HASH_VERSION`): hints of an older one are scanned and made again.
+        let mode = if self.weak { 0x5745_414b_5745_414b } else { 0 };
+        self.seed.identity() ^ mode ^ KEY_HASH_VERSION.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 
-    /// The index hash of a key: a user id and an item of that user (a campaign key's bytes).
+    /// The index hash of a key: a user id and an item of that user (a campaign key's bytes). One SipHash pass,
+    /// over the user id: its upper 40 bits are the user part, and the whole 64-bit output keys the item's few
+    /// bits ([`item_bits`]).
     pub(crate) fn hash(&self, user_id: &[u8], item: &[u8]) -> u64 {
-        (self.user_part(user_id) << USER_SHIFT) | self.item_part(item)
+        if self.weak {
+            return (self.user_part(user_id) << USER_SHIFT) | weak_bit(item);
+        }
+        let user = self.seed.hash(user_id);
+        ((user >> USER_SHIFT) << USER_SHIFT) | item_bits(user, item)
     }
 
     /// The hash bits shared by all keys of one user (the upper 40 bits of [`KeyHasher::hash`], shifted down).
     pub(crate) fn user_part(&self, user_id: &[u8]) -> u64 {
         if self.weak {
-            return u64::from(user_id.first().copied().unwrap_or(0) & 1);
+            return weak_bit(user_id);
         }
         self.seed.hash(user_id) >> USER_SHIFT
     }
+}
 
-    fn item_part(&self, item: &[u8]) -> u64 {
-        if self.weak {
-            return u64::from(item.first().copied().unwrap_or(0) & 1);
-        }
-        self.seed.hash(item) & ((1 << USER_SHIFT) - 1)
+/// The weak hasher's part of a user id or item: its first byte's lowest bit.
+fn weak_bit(bytes: &[u8]) -> u64 {
+    u64::from(bytes.first().copied().unwrap_or(0) & 1)
+}
+
+/// The low [`USER_SHIFT`] bits of a key hash: the item's bytes folded by 128-bit multiplies keyed with `user`, the
+/// user id's whole SipHash under the store's secret seed. They only have to tell apart the items of one user (the
+/// user part already placed the key), and a client that cannot know `user` cannot choose items that share them;
+/// items are campaign and feature keys, which the application chooses anyway. This is what lets a key cost one
+/// SipHash pass instead of two (`docs/DESIGN.md`, "The index").
+fn item_bits(user: u64, item: &[u8]) -> u64 {
+    // Constants from the digits of pi. The keyed multipliers are made odd, so none is zero whatever the key.
+    const P0: u64 = 0x243f_6a88_85a3_08d3;
+    const P1: u64 = 0x1319_8a2e_0370_7345;
+    let key = user.rotate_left(USER_SHIFT);
+    let (word_mul, tail_mul) = ((key ^ P1) | 1, (key ^ P0) | 1);
+    let mut h = user ^ (item.len() as u64).wrapping_mul(P0);
+    let mut words = item.chunks_exact(8);
+    for word in &mut words {
+        h = fold_mul(h ^ le_u64(word), word_mul);
     }
+    h = fold_mul(h ^ le_tail(words.remainder()), tail_mul);
+    fold_mul(h, P1) & ((1 << USER_SHIFT) - 1)
+}
+
+/// The product of `a` and `b` as 128 bits, its halves XORed: every output bit depends on every input bit.
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+/// Eight bytes as a little-endian word.
+fn le_u64(word: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(word);
+    u64::from_le_bytes(b)
+}
+
+/// Up to seven bytes as a little-endian word, zero above them. Two overlapping loads (or three single bytes)
+/// instead of a copy into a buffer, which compiles to a call of `memcpy` for a slice of unknown length.
+fn le_tail(tail: &[u8]) -> u64 {
+    let n = tail.len();
+    if n >= 4 {
+        // Bytes 0..4 and n-4..n; the bytes both cover are the same, so OR puts each in its place once.
+        let low = u32_at(tail, 0);
+        let high = u32_at(tail, n - 4);
+        low | (high << (8 * (n - 4)))
+    } else if n > 0 {
+        // Bytes 0, n/2 and n-1 cover every position of a 1..3-byte tail.
+        let byte = |i: usize| u64::from(tail[i]) << (8 * i);
+        byte(0) | byte(n / 2) | byte(n - 1)
+    } else {
+        0
+    }
+}
+
+/// Four bytes of `bytes` at `at` as a little-endian word.
+fn u32_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u64::from(u32::from_le_bytes(b))
 }
 
 /// The seed of the store in `dir`: read from its seed file, or made and written durably (`SEED.tmp`, fsync,
@@ -222,17 +291,12 @@ fn siphash13(k0: u64, k1: u64, bytes: &[u8]) -> u64 {
     ];
     let mut words = bytes.chunks_exact(8);
     for word in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(word);
-        let m = u64::from_le_bytes(b);
+        let m = le_u64(word);
         v[3] ^= m;
         sip_round(&mut v);
         v[0] ^= m;
     }
-    let mut last = [0u8; 8];
-    let tail = words.remainder();
-    last[..tail.len()].copy_from_slice(tail);
-    let m = u64::from_le_bytes(last) | ((bytes.len() as u64 & 0xff) << 56);
+    let m = le_tail(words.remainder()) | ((bytes.len() as u64 & 0xff) << 56);
     v[3] ^= m;
     sip_round(&mut v);
     v[0] ^= m;
@@ -352,6 +416,64 @@ mod tests {
             }
         }
         assert!(!format!("{seed:?}").contains("1122334455667788"));
+    }
+
+    #[test]
+    fn a_tail_loads_as_its_bytes_zero_padded() {
+        let bytes = [0x11u8, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77];
+        for n in 0..=bytes.len() {
+            let mut padded = [0u8; 8];
+            padded[..n].copy_from_slice(&bytes[..n]);
+            assert_eq!(
+                le_tail(&bytes[..n]),
+                u64::from_le_bytes(padded),
+                "{n} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn item_bits_tell_one_users_items_apart_and_differ_between_users() {
+        let hasher = KeyHasher::new(Seed::from_keys(5, 8), false);
+        let mask = (1u64 << USER_SHIFT) - 1;
+        // 4,000 campaign keys of one user: by chance, two of 2^24 values would be shared about 0.5 times.
+        let items: Vec<String> = (0..4_000).map(|i| format!("campaign-{i}")).collect();
+        let bits = |user: &str| -> Vec<u64> {
+            items
+                .iter()
+                .map(|item| hasher.hash(user.as_bytes(), item.as_bytes()) & mask)
+                .collect()
+        };
+        let alice = bits("alice");
+        let distinct: std::collections::HashSet<u64> = alice.iter().copied().collect();
+        assert!(
+            alice.len() - distinct.len() <= 3,
+            "{} shared",
+            alice.len() - distinct.len()
+        );
+        // The same items under another user: other bits (keyed by the user's SipHash), and its user part.
+        let bob = bits("bob");
+        let same = alice.iter().zip(&bob).filter(|(a, b)| a == b).count();
+        assert!(same <= 2, "{same} items kept their bits");
+        let (a, b) = (hasher.hash(b"alice", b"c"), hasher.hash(b"bob", b"c"));
+        assert_eq!(a >> USER_SHIFT, hasher.user_part(b"alice"));
+        assert_eq!(b >> USER_SHIFT, hasher.user_part(b"bob"));
+        // Every length of item, across the word boundary, and items that differ only in their length.
+        let lengths: std::collections::HashSet<u64> = (0..40)
+            .map(|n| hasher.hash(b"alice", &vec![0u8; n]) & mask)
+            .collect();
+        assert_eq!(lengths.len(), 40);
+        // Frozen (docs/FORMAT.md): hint files carry these hashes.
+        let frozen = KeyHasher::new(Seed::from_keys(1, 2), false);
+        assert_eq!(frozen.hash(b"user-1", b"campaign"), 0xc45d_6ad4_8d23_28fa);
+        assert_eq!(
+            frozen.hash(b"user-1234567890abcdef", b""),
+            0x9086_c35b_daeb_2e96
+        );
+        assert_eq!(frozen.identity(), 0x1615_a40c_ab95_5a69);
+        // The construction is part of the identity, so hints of the first one (two SipHash passes) are not used.
+        let seed = Seed::from_keys(5, 8);
+        assert_ne!(hasher.identity(), seed.identity());
     }
 
     #[test]

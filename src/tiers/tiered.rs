@@ -27,7 +27,7 @@ type FreshTable = HashMap<u64, Instant, std::hash::BuildHasherDefault<PassThroug
 use super::redis::{RedisStore, check_ids};
 use super::value::first_wins;
 use crate::codec;
-use crate::seed::Seed;
+use crate::seed::{KeyHasher, Seed};
 use crate::{BackendErrorKind, CampaignUserMap, Error, Options, Result, Store, UserStorageService};
 
 /// What starts the user ids a tier reserves for itself in the local store.
@@ -452,9 +452,9 @@ fn recover_outbox(local: &Store, seed: &Seed) -> Result<Outbox> {
     Ok(outbox)
 }
 
-/// The tier's hash of a mapping's ids: keyed SipHash of each, combined.
+/// The tier's hash of a mapping's ids: the index's key hash under the tier's own seed (one SipHash pass).
 fn key_hash(seed: &Seed, user_id: &str, campaign_key: &str) -> u64 {
-    seed.hash(user_id.as_bytes()).rotate_left(32) ^ seed.hash(campaign_key.as_bytes())
+    KeyHasher::new(*seed, false).hash(user_id.as_bytes(), campaign_key.as_bytes())
 }
 
 /// `since` as wall-clock milliseconds since the Unix epoch.
@@ -627,7 +627,7 @@ impl Shared {
             Some((map, mark)) => (Some(map), mark),
             None => (None, None),
         };
-        if local.is_some() && (self.is_fresh(hash) || self.is_pending(mark)) {
+        if local.is_some() && (self.is_pending(mark) || self.is_fresh(hash)) {
             self.counters.local_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(local);
         }
