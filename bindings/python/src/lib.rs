@@ -634,7 +634,15 @@ fn open_tier(
     let dir = path.clone();
     let tier = py
         .detach(move || ussdb::Tiered::open_with(dir, config, options))
-        .map_err(engine_error)?;
+        .map_err(|e| match e {
+            // The first thing a user of a prefork server meets: say what to do, not only what happened.
+            ussdb::Error::Locked { .. } => Error::new_err(format!(
+                "{e}; a Redis tier's local store belongs to one process (its outbox of changes for Redis \
+                 lives there): give each worker process a directory of its own, e.g. \
+                 f\"{{base}}/worker-{{n}}\" with n stable across restarts, since Redis keeps the fleet's truth"
+            )),
+            e => engine_error(e),
+        })?;
     let fork_generation = FORK_GENERATION.load(Ordering::Relaxed);
     // The same engine, for `UserStorage.store` (stats, sync); writes through it are not shipped.
     let store = Store {

@@ -204,3 +204,15 @@ def test_fleet_arguments_are_checked(tmp_path, redis):
     # A one-seed Cluster spec is accepted (it is contacted lazily, like redis_url).
     with ussdb.UserStorage(str(tmp_path / "c"), redis_cluster=[redis.url]) as clustered:
         assert clustered.tier_stats()["outbox_depth"] == 0
+
+
+def test_a_second_opener_of_a_tier_directory_is_told_to_use_its_own(tmp_path, redis):
+    # What a second gunicorn worker meets when every worker is given the same directory.
+    path = str(tmp_path / "tier")
+    with ussdb.UserStorage(path, redis_url=redis.url):
+        with pytest.raises(ussdb.Error, match="already open") as refused:
+            ussdb.UserStorage(path, redis_url=redis.url)
+        assert "a directory of its own" in str(refused.value)
+    # Once the first has closed, the directory opens again.
+    with ussdb.UserStorage(path, redis_url=redis.url) as again:
+        assert again.tier_stats()["outbox_depth"] == 0
