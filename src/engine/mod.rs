@@ -227,7 +227,23 @@ impl Engine {
         item: &[u8],
         decode: impl Fn(&[u8]) -> std::result::Result<T, String>,
     ) -> Result<Option<T>> {
-        let hash = self.index.hasher().hash(user_id.as_bytes(), item);
+        self.get_hashed(self.key_hash(user_id, item), user_id, item, decode)
+    }
+
+    /// The index hash of (`user_id`, `item`): for a caller that keeps tables of its own by key (the tiers) and
+    /// hands the hash back to [`Engine::get_hashed`], so a key is hashed once per operation.
+    pub(crate) fn key_hash(&self, user_id: &str, item: &[u8]) -> u64 {
+        self.index.hasher().hash(user_id.as_bytes(), item)
+    }
+
+    /// [`Engine::get_with`] for a key whose [`Engine::key_hash`] is `hash`.
+    pub(crate) fn get_hashed<T>(
+        &self,
+        hash: u64,
+        user_id: &str,
+        item: &[u8],
+        decode: impl Fn(&[u8]) -> std::result::Result<T, String>,
+    ) -> Result<Option<T>> {
         loop {
             let epoch = self.observe()?;
             let found = self.get_once(hash, user_id, item, &decode);

@@ -27,7 +27,6 @@ type FreshTable = HashMap<u64, Instant, std::hash::BuildHasherDefault<PassThroug
 use super::redis::{RedisStore, check_ids};
 use super::value::first_wins;
 use crate::codec;
-use crate::seed::{KeyHasher, Seed};
 use crate::{BackendErrorKind, CampaignUserMap, Error, Options, Result, Store, UserStorageService};
 
 /// What starts the user ids a tier reserves for itself in the local store.
@@ -166,7 +165,6 @@ struct Shared {
     options: TierOptions,
     /// Keys the hash of a mapping's ids, which places it in the freshness table and the outbox table; keyed, so
     /// clients cannot aim ids at one bucket.
-    seed: Seed,
     /// Marked writes the shipper has not taken yet. Pushed to under the local store's write lock (inside
     /// `put_with`), so a write and its entry cannot be told apart by the shipper: lock order is the store's log,
     /// then this, and nothing holding this calls the store.
@@ -225,14 +223,12 @@ impl Tiered {
     ) -> Result<Tiered> {
         let remote = RedisStore::connect_lazy(redis)?;
         let local = Store::open_with(dir, options.local.clone())?;
-        let seed = Seed::random();
-        let outbox = recover_outbox(&local, &seed)?;
+        let outbox = recover_outbox(&local)?;
         let queue = Queue::new(outbox.next_seq);
         let shared = Arc::new(Shared {
             local,
             remote,
             options,
-            seed,
             queue: Mutex::new(queue),
             low: AtomicU64::new(outbox.low()),
             outbox: Mutex::new(outbox),
@@ -401,7 +397,7 @@ fn decode_local(
 }
 
 /// Finds the marked mappings at or above the watermark: the outbox as it was when the store was last written.
-fn recover_outbox(local: &Store, seed: &Seed) -> Result<Outbox> {
+fn recover_outbox(local: &Store) -> Result<Outbox> {
     let record = local.get(WATERMARK.0, WATERMARK.1)?;
     let watermark = record
         .as_ref()
@@ -433,7 +429,7 @@ fn recover_outbox(local: &Store, seed: &Seed) -> Result<Outbox> {
     for (seq, user_id, campaign_key) in found {
         // Numbers are unique as written; a repeated one (found in order) goes after the others.
         let seq = seq.max(outbox.next_seq);
-        let hash = key_hash(seed, &user_id, &campaign_key);
+        let hash = local.engine().key_hash(&user_id, campaign_key.as_bytes());
         // The oldest keeps the age the watermark recorded when the watermark names it (the recorded number is
         // the oldest's at the time of writing); others count from now, so the replay lag is never overstated.
         let since = match oldest_since {
@@ -450,11 +446,6 @@ fn recover_outbox(local: &Store, seed: &Seed) -> Result<Outbox> {
         );
     }
     Ok(outbox)
-}
-
-/// The tier's hash of a mapping's ids: the index's key hash under the tier's own seed (one SipHash pass).
-fn key_hash(seed: &Seed, user_id: &str, campaign_key: &str) -> u64 {
-    KeyHasher::new(*seed, false).hash(user_id.as_bytes(), campaign_key.as_bytes())
 }
 
 /// `since` as wall-clock milliseconds since the Unix epoch.
@@ -499,8 +490,12 @@ enum Round {
 }
 
 impl Shared {
+    /// The tier's hash of a mapping's ids, for its outbox and freshness tables: the local store's own key hash,
+    /// which a get hands back to the store, so a key is hashed once.
     fn hash(&self, user_id: &str, campaign_key: &str) -> u64 {
-        key_hash(&self.seed, user_id, campaign_key)
+        self.local
+            .engine()
+            .key_hash(user_id, campaign_key.as_bytes())
     }
 
     fn fresh_shard(&self, hash: u64) -> Option<&Mutex<FreshTable>> {
@@ -617,12 +612,12 @@ impl Shared {
 
     fn get(&self, user_id: &str, campaign_key: &str) -> Result<Option<CampaignUserMap>> {
         let hash = self.hash(user_id, campaign_key);
-        let found = self
-            .local
-            .engine()
-            .get_with(user_id, campaign_key.as_bytes(), |value| {
-                decode_local(user_id, campaign_key, value)
-            })?;
+        let found =
+            self.local
+                .engine()
+                .get_hashed(hash, user_id, campaign_key.as_bytes(), |value| {
+                    decode_local(user_id, campaign_key, value)
+                })?;
         let (local, mark) = match found {
             Some((map, mark)) => (Some(map), mark),
             None => (None, None),
