@@ -38,6 +38,20 @@ pub(crate) struct StoredValue<'a> {
     pub meta_data: Option<Cow<'a, str>>,
 }
 
+/// Decoded with bincode's own decoder instead of through serde: the same bytes (the golden vectors in the tests
+/// below hold both to them), read without serde's visitor calls, on the path of every get.
+impl<'de, Context> bincode::BorrowDecode<'de, Context> for StoredValue<'de> {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = Context>>(
+        decoder: &mut D,
+    ) -> std::result::Result<Self, bincode::error::DecodeError> {
+        Ok(StoredValue {
+            variation_name: Cow::Borrowed(<&'de str>::borrow_decode(decoder)?),
+            goal_identifier: <Option<&'de str>>::borrow_decode(decoder)?.map(Cow::Borrowed),
+            meta_data: <Option<&'de str>>::borrow_decode(decoder)?.map(Cow::Borrowed),
+        })
+    }
+}
+
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ MAX_VALUE_LEN }>()
 }
@@ -215,7 +229,7 @@ impl bincode::enc::write::Writer for Tail<'_> {
 /// Decodes a value; the error text says what is wrong (the caller adds file and offset).
 pub(crate) fn decode_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, String> {
     let (value, used): (StoredValue<'_>, usize) =
-        bincode::serde::borrow_decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
+        bincode::borrow_decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
     if used != bytes.len() {
         return Err(format!(
             "{} trailing bytes after the value",
@@ -464,6 +478,15 @@ mod tests {
             encode_value(&map(Some("a_vwo_b")), Some("{\"k\":1}")).expect("encodes"),
             b"\x07Control\x01\x07a_vwo_b\x01\x07{\"k\":1}"
         );
+        // And read back by the decoder the read path uses (bincode's own, not serde's).
+        let read = decode_value(b"\x07Control\x01\x07a_vwo_b\x01\x07{\"k\":1}").expect("decodes");
+        assert_eq!(read.variation_name, "Control");
+        assert_eq!(read.goal_identifier.as_deref(), Some("a_vwo_b"));
+        assert_eq!(read.meta_data.as_deref(), Some("{\"k\":1}"));
+        let bare = decode_value(b"\x07Control\x00\x00").expect("decodes");
+        assert_eq!((bare.goal_identifier, bare.meta_data), (None, None));
+        // An option tag other than 0 or 1 is damage.
+        assert!(decode_value(b"\x07Control\x02\x00").is_err());
     }
 
     #[test]
