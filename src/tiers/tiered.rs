@@ -148,6 +148,8 @@ impl TierStats {
 pub struct Tiered {
     shared: Arc<Shared>,
     shipper: Option<JoinHandle<()>>,
+    /// The claim on a worker directory ([`Tiered::open_worker`]), let go after the store above has closed.
+    _claim: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Tiered {
@@ -260,6 +262,57 @@ impl Tiered {
         Ok(Tiered {
             shared,
             shipper: Some(shipper),
+            _claim: None,
+        })
+    }
+
+    /// Opens the tier in the first free worker directory under `base` (`base/worker-0`, `base/worker-1`, …), for
+    /// a server that runs several worker processes on one machine (gunicorn, uWSGI, Node cluster): each worker
+    /// keeps its own local store, and Redis, under the fleet rule, is what the workers share, as it is between
+    /// machines. A directory is free when no live process holds its claim (`base/worker-N.claim`, locked while
+    /// the tier is open; the kernel lets go of it when its process dies). So a worker that restarts takes a
+    /// directory a stopped worker left, and ships whatever that one still had waiting for Redis.
+    ///
+    /// Fails with [`Error::Locked`] when `max_workers` directories are all in use.
+    pub fn open_worker(
+        base: impl AsRef<Path>,
+        redis: RedisConfig,
+        options: TierOptions,
+        max_workers: usize,
+    ) -> Result<Tiered> {
+        let base = base.as_ref();
+        std::fs::create_dir_all(base).map_err(|e| Error::io("create directory", base, e))?;
+        for n in 0..max_workers {
+            let claim_path = base.join(format!("worker-{n}.claim"));
+            let claim = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&claim_path)
+                .map_err(|e| Error::io("open worker claim", &claim_path, e))?;
+            match claim.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => continue,
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("lock worker claim", &claim_path, e));
+                }
+            }
+            match Tiered::open_with(
+                base.join(format!("worker-{n}")),
+                redis.clone(),
+                options.clone(),
+            ) {
+                Ok(mut tier) => {
+                    tier._claim = Some(claim);
+                    return Ok(tier);
+                }
+                // Opened without a claim, by something else: not free after all.
+                Err(Error::Locked { .. } | Error::LockMode { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Locked {
+            path: base.join(format!("worker-{}.claim", max_workers.saturating_sub(1))),
         })
     }
 

@@ -590,7 +590,11 @@ fn tier_stats_dict<'py>(py: Python<'py>, s: &ussdb::TierStats) -> PyResult<Bound
     Ok(d)
 }
 
-/// Opens the tier at `path` with Redis at `redis_url` or the Cluster of `redis_cluster`.
+/// The most worker directories `UserStorage(..., per_worker=True)` takes under one path.
+const MAX_WORKERS: usize = 256;
+
+/// Opens the tier at `path` with Redis at `redis_url` or the Cluster of `redis_cluster`; with `per_worker`, in
+/// the first free worker directory under `path`.
 #[allow(clippy::too_many_arguments)]
 fn open_tier(
     py: Python<'_>,
@@ -601,6 +605,7 @@ fn open_tier(
     redis_cluster: Option<Vec<String>>,
     fresh_for: Option<f64>,
     key_prefix: Option<String>,
+    per_worker: bool,
 ) -> PyResult<(Tier, Store)> {
     let mut config = match (redis_url, redis_cluster) {
         (Some(_), Some(_)) => {
@@ -633,16 +638,27 @@ fn open_tier(
     }
     let dir = path.clone();
     let tier = py
-        .detach(move || ussdb::Tiered::open_with(dir, config, options))
+        .detach(move || {
+            if per_worker {
+                ussdb::Tiered::open_worker(dir, config, options, MAX_WORKERS)
+            } else {
+                ussdb::Tiered::open_with(dir, config, options)
+            }
+        })
         .map_err(|e| match e {
+            ussdb::Error::Locked { .. } if per_worker => Error::new_err(format!(
+                "{e}: all {MAX_WORKERS} worker directories are in use"
+            )),
             // The first thing a user of a prefork server meets: say what to do, not only what happened.
             ussdb::Error::Locked { .. } => Error::new_err(format!(
                 "{e}; a Redis tier's local store belongs to one process (its outbox of changes for Redis \
-                 lives there): give each worker process a directory of its own, e.g. \
-                 f\"{{base}}/worker-{{n}}\" with n stable across restarts, since Redis keeps the fleet's truth"
+                 lives there): give each worker process a directory of its own, which per_worker=True does \
+                 (path/worker-N, the first free one), since Redis keeps the fleet's truth"
             )),
             e => engine_error(e),
         })?;
+    // With per_worker, the store is in the worker directory the tier took.
+    let path = tier.local().path().to_path_buf();
     let fork_generation = FORK_GENERATION.load(Ordering::Relaxed);
     // The same engine, for `UserStorage.store` (stats, sync); writes through it are not shipped.
     let store = Store {
@@ -666,7 +682,9 @@ impl UserStorage {
     /// redis_cluster: a Cluster's seed URLs instead. fresh_for: seconds a local copy confirmed by
     /// Redis is used without asking it again (default 5; bounds how long another server's goal
     /// can stay unseen here). redis_key_prefix: put before every key (default none, as VWO's
-    /// Redis helpers write).
+    /// Redis helpers write). per_worker: for servers with several worker processes (gunicorn,
+    /// uWSGI): each process takes the first free directory path/worker-N (a restarted worker takes
+    /// one a stopped worker left, and ships what it left waiting); the workers share Redis.
     #[new]
     #[pyo3(signature = (
         path_or_store,
@@ -676,7 +694,8 @@ impl UserStorage {
         redis_url = None,
         redis_cluster = None,
         fresh_for = None,
-        redis_key_prefix = None
+        redis_key_prefix = None,
+        per_worker = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -688,6 +707,7 @@ impl UserStorage {
         redis_cluster: Option<Vec<String>>,
         fresh_for: Option<f64>,
         redis_key_prefix: Option<String>,
+        per_worker: bool,
     ) -> PyResult<Self> {
         let fleet = redis_url.is_some() || redis_cluster.is_some();
         if let Ok(store) = path_or_store.cast::<Store>() {
@@ -714,15 +734,16 @@ impl UserStorage {
                 redis_cluster,
                 fresh_for,
                 redis_key_prefix,
+                per_worker,
             )?;
             return Ok(UserStorage {
                 store: Py::new(py, store)?,
                 tier: Some(tier),
             });
         }
-        if fresh_for.is_some() || redis_key_prefix.is_some() {
+        if fresh_for.is_some() || redis_key_prefix.is_some() || per_worker {
             return Err(PyValueError::new_err(
-                "fresh_for and redis_key_prefix apply with redis_url or redis_cluster",
+                "fresh_for, redis_key_prefix and per_worker apply with redis_url or redis_cluster",
             ));
         }
         let store = Store::new(py, path, durability, segment_size, None, true, true)?;

@@ -216,3 +216,47 @@ def test_a_second_opener_of_a_tier_directory_is_told_to_use_its_own(tmp_path, re
     # Once the first has closed, the directory opens again.
     with ussdb.UserStorage(path, redis_url=redis.url) as again:
         assert again.tier_stats()["outbox_depth"] == 0
+
+
+def _per_worker(base, url, user, opened, done, out):
+    import ussdb as u
+
+    storage = u.UserStorage(base, redis_url=url, per_worker=True)
+    opened.wait(30)
+    storage.set({"userId": user, "campaignKey": CAMPAIGN_KEY, "variationName": "Control"})
+    storage.flush()
+    out.put((user, str(storage.store.path)))
+    done.wait(30)
+    storage.close()
+
+
+def test_per_worker_gives_each_process_its_own_directory_and_redis_joins_them(tmp_path, redis):
+    # Three workers of one server on one path, as gunicorn -w 3 would start them.
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    base = str(tmp_path / "uss")
+    opened, done, out = ctx.Barrier(4), ctx.Barrier(4), ctx.Queue()
+    workers = [
+        ctx.Process(target=_per_worker, args=(base, redis.url, "user-%d" % i, opened, done, out))
+        for i in range(3)
+    ]
+    for w in workers:
+        w.start()
+    opened.wait(30)
+    got = dict(out.get(timeout=30) for _ in workers)
+    done.wait(30)
+    for w in workers:
+        w.join(30)
+        assert w.exitcode == 0
+    dirs = sorted(p.rsplit("/", 1)[-1] for p in got.values())
+    assert dirs == ["worker-0", "worker-1", "worker-2"]
+    for user in got:
+        stored = json.loads(redis.command("GET", "%s:%s" % (CAMPAIGN_KEY, user)))
+        assert stored["variationName"] == "Control"
+    # A restarted worker takes a free directory again.
+    with ussdb.UserStorage(base, redis_url=redis.url, per_worker=True) as again:
+        assert str(again.store.path).endswith("worker-0")
+        assert again.get("user-2", CAMPAIGN_KEY)["variationName"] == "Control"
+    with pytest.raises(ValueError, match="per_worker"):
+        ussdb.UserStorage(str(tmp_path / "plain"), per_worker=True)

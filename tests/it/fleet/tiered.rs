@@ -647,3 +647,52 @@ fn immediate_durability_sets_from_many_threads_all_reach_redis() {
         }
     }
 }
+
+#[test]
+fn worker_directories_are_claimed_once_and_a_stopped_workers_outbox_ships_from_the_next() {
+    // Redis comes up only later: what the first workers set waits in their outboxes.
+    let port = free_port();
+    let config = RedisConfig::new(format!("redis://127.0.0.1:{port}"));
+    let base = tempdir();
+    let worker = || Tiered::open_worker(base.path(), config.clone(), options(), 3);
+    let dir_of = |tier: &Tiered| {
+        tier.local()
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .expect("a worker directory")
+    };
+    let first = worker().expect("first worker");
+    let second = worker().expect("second worker");
+    let third = worker().expect("third worker");
+    assert_eq!(
+        [dir_of(&first), dir_of(&second), dir_of(&third)],
+        ["worker-0", "worker-1", "worker-2"]
+    );
+    let refused = worker().expect_err("every directory is taken");
+    assert!(matches!(refused, ussdb::Error::Locked { .. }), "{refused}");
+
+    second
+        .set(&map("u1", "camp", "Variation-2", Some("g1")))
+        .expect("set while Redis is down");
+    drop(second);
+    // The stopped worker's directory is the free one, and whoever takes it ships what it left.
+    let _server = RedisServer::start_on(port, None, false);
+    let next = worker().expect("a worker in the freed directory");
+    assert_eq!(dir_of(&next), "worker-1");
+    assert_eq!(next.stats().outbox_depth, 1, "the left change waits");
+    next.flush(FLUSH).expect("flush");
+    let redis = RedisStore::connect(config).expect("connect");
+    let stored = redis.get("u1", "camp").expect("get").expect("shipped");
+    assert_eq!(stored.variation_name, "Variation-2");
+    assert!(stored.has_goal("g1"));
+    // The other workers see it through Redis, as other servers would.
+    eventually("the first worker sees it", || {
+        first
+            .get("u1", "camp")
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.variation_name == "Variation-2")
+    });
+}
