@@ -4,7 +4,9 @@
 //! * `get`: a `Tiered` local hit, `RedisStore::get`, and a plain `GET` + JSON decode over the redis crate's
 //!   synchronous connection (what VWO's Redis helpers do per `get`);
 //! * `set` in `Periodic` mode: a plain local `Store` against a `Tiered` store (local append + outbox marker);
-//! * how long a tier takes to ship a set to Redis, and how long another tier takes to see it.
+//! * how long a tier takes to ship a set to Redis, and how long another tier takes to see it;
+//! * fleet throughput: four tiers on four directories as four servers under SDK traffic over shared users,
+//!   against four servers that call Redis for everything (`RedisStore`).
 //!
 //! ```sh
 //! cargo run --release --features redis --example redis_tier_bench            # defaults: 20000 keys, 5 rounds
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ussdb::{
     CampaignUserMap, DEFAULT_PERIODIC_INTERVAL, Durability, Options, RedisConfig, RedisStore,
-    Store, TierOptions, Tiered,
+    Store, TierOptions, Tiered, UserStorageService,
 };
 
 struct Args {
@@ -125,6 +127,52 @@ impl Samples {
     fn mean(&self) -> Duration {
         Duration::from_nanos(self.0.iter().sum::<u64>() / self.0.len().max(1) as u64)
     }
+}
+
+/// SDK traffic from four servers at once for `secs` seconds, each server on its own thread, over one key space of
+/// `keys` users: a `get`, then a first assignment on a miss, and on every tenth call a goal on a hit. Returns the
+/// calls per second of all four together.
+fn fleet_throughput(servers: &[&dyn UserStorageService], keys: usize, secs: f64) -> f64 {
+    let deadline = Duration::from_secs_f64(secs);
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = servers
+            .iter()
+            .enumerate()
+            .map(|(server, store)| {
+                s.spawn(move || {
+                    let started = Instant::now();
+                    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ server as u64;
+                    let mut calls = 0u64;
+                    while started.elapsed() < deadline {
+                        // xorshift: each server its own sequence over the shared users.
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let user = format!("fleet-{:06}", state as usize % keys.max(1));
+                        let found = store
+                            .get(&user, "fleet")
+                            .unwrap_or_else(|e| fail(&e.to_string()));
+                        match found {
+                            None => store.set(&CampaignUserMap::new(&user, "fleet", "Variation-1")),
+                            Some(mut m) if calls.is_multiple_of(10) => {
+                                m.add_goal(&format!("s{server}"));
+                                store.set(&m)
+                            }
+                            Some(_) => Ok(()),
+                        }
+                        .unwrap_or_else(|e| fail(&e.to_string()));
+                        calls += 1;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| fail("a fleet server panicked")))
+            .sum()
+    });
+    total as f64 / secs
 }
 
 fn us(d: Duration) -> String {
@@ -251,7 +299,7 @@ fn main() {
     let fresh_for = Duration::from_millis(100);
     let other = Tiered::open_with(
         dirs.path().join("other"),
-        config,
+        config.clone(),
         TierOptions::default().fresh_for(fresh_for),
     )
     .unwrap_or_else(|e| fail(&format!("open tier: {e}")));
@@ -331,6 +379,43 @@ fn main() {
         visible.pct(0.5).as_secs_f64() * 1e3,
         visible.pct(1.0).as_secs_f64() * 1e3,
     );
+    // Fleet throughput: four tiers on four directories (four servers sharing this Redis) against four servers
+    // that call Redis for everything (`RedisStore`), the same traffic, one after the other.
+    let fleet_keys = 2_000;
+    let tiers: Vec<Tiered> = (0..4)
+        .map(|i| {
+            Tiered::open_with(
+                dirs.path().join(format!("fleet-{i}")),
+                config.clone(),
+                TierOptions::default()
+                    .local(periodic.clone())
+                    .fresh_for(Duration::from_secs(5)),
+            )
+            .unwrap_or_else(|e| fail(&format!("open tier: {e}")))
+        })
+        .collect();
+    let direct: Vec<RedisStore> = (0..4)
+        .map(|_| RedisStore::connect(config.clone()).unwrap_or_else(|e| fail(&e.to_string())))
+        .collect();
+    let as_servers = |v: &[&dyn UserStorageService]| fleet_throughput(v, fleet_keys, 3.0);
+    let tier_refs: Vec<&dyn UserStorageService> =
+        tiers.iter().map(|t| t as &dyn UserStorageService).collect();
+    let direct_refs: Vec<&dyn UserStorageService> = direct
+        .iter()
+        .map(|r| r as &dyn UserStorageService)
+        .collect();
+    let tiered_rate = as_servers(&tier_refs);
+    for t in &tiers {
+        t.flush(Duration::from_secs(60))
+            .unwrap_or_else(|e| fail(&e.to_string()));
+    }
+    let direct_rate = as_servers(&direct_refs);
+    println!();
+    println!(
+        "| fleet: 4 servers, SDK traffic over {fleet_keys} users, 3 s each | calls/s |\n| --- | --- |\n| 4 Tiered (local + Redis) | {tiered_rate:.0} |\n| 4 RedisStore (Redis only) | {direct_rate:.0} |\n| Tiered / RedisStore | {:.1}x |",
+        tiered_rate / direct_rate.max(1.0)
+    );
+
     let stats = tier.stats();
     println!();
     println!(
