@@ -165,8 +165,6 @@ struct Shared {
     local: Store,
     remote: RedisStore,
     options: TierOptions,
-    /// Keys the hash of a mapping's ids, which places it in the freshness table and the outbox table; keyed, so
-    /// clients cannot aim ids at one bucket.
     /// Marked writes the shipper has not taken yet. Pushed to under the local store's write lock (inside
     /// `put_with`), so a write and its entry cannot be told apart by the shipper: lock order is the store's log,
     /// then this, and nothing holding this calls the store.
