@@ -228,15 +228,15 @@ fn main() {
         let (mut round_local, mut round_tier) = (Samples::new(), Samples::new());
         for i in range.clone() {
             let m = map(i, "bench");
-            let t = Instant::now();
-            local.set(&m).unwrap_or_else(|e| fail(&e.to_string()));
-            round_local.0.push(t.elapsed().as_nanos() as u64);
+            round_local
+                .time(|| local.set(&m))
+                .unwrap_or_else(|e| fail(&e.to_string()));
         }
         for i in range.clone() {
             let m = map(i, "bench");
-            let t = Instant::now();
-            tier.set(&m).unwrap_or_else(|e| fail(&e.to_string()));
-            round_tier.0.push(t.elapsed().as_nanos() as u64);
+            round_tier
+                .time(|| tier.set(&m))
+                .unwrap_or_else(|e| fail(&e.to_string()));
         }
         tier.flush(Duration::from_secs(60))
             .unwrap_or_else(|e| fail(&e.to_string()));
