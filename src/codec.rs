@@ -24,17 +24,15 @@ pub(crate) use crate::model::check_id;
 pub const MAX_VALUE_LEN: usize = MAX_RECORD_VALUE_LEN;
 
 /// What a record's value holds. Field order is the on-disk order; never reorder, never add serde attributes that
-/// skip fields (bincode is not self-describing, so a skipped field shifts every byte after it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// skip fields (bincode is not self-describing, so a skipped field shifts every byte after it). Written through
+/// serde, read by the `BorrowDecode` below.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct StoredValue<'a> {
     /// The variation the user was assigned.
-    #[serde(borrow)]
     pub variation_name: Cow<'a, str>,
     /// Goals already tracked, joined by `_vwo_`, byte for byte as the SDK gave them.
-    #[serde(borrow)]
     pub goal_identifier: Option<Cow<'a, str>>,
     /// Extra data some SDKs attach (`metaData`), kept as JSON text so nothing is lost.
-    #[serde(borrow)]
     pub meta_data: Option<Cow<'a, str>>,
 }
 
