@@ -77,6 +77,8 @@ pub(crate) struct Quiet<'a> {
 pub(crate) struct LogGuard<'a> {
     engine: &'a Engine,
     log: MutexGuard<'a, LogState>,
+    /// The multi-process append lock is still held (a plain set lets go of it before it indexes its record).
+    appending: bool,
 }
 
 impl std::ops::Deref for LogGuard<'_> {
@@ -94,7 +96,9 @@ impl std::ops::DerefMut for LogGuard<'_> {
 
 impl Drop for LogGuard<'_> {
     fn drop(&mut self) {
-        self.engine.end_append(&self.log);
+        if self.appending {
+            self.engine.end_append(&mut self.log);
+        }
     }
 }
 
@@ -124,8 +128,12 @@ impl Engine {
 
     fn lock_log(&self) -> LogGuard<'_> {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        self.begin_append(&mut log);
-        LogGuard { engine: self, log }
+        self.begin_append(&mut log, false);
+        LogGuard {
+            engine: self,
+            log,
+            appending: true,
+        }
     }
 
     fn lock_manifest(&self) -> MutexGuard<'_, Manifest> {

@@ -144,6 +144,7 @@ impl Engine {
                 written: 0,
                 crc,
                 sync_key: seed,
+                unindexed: None,
             }),
             manifest: Mutex::new(manifest),
             commit: GroupCommit::default(),

@@ -175,6 +175,7 @@ impl Engine {
         let Some(shared) = &self.shared else {
             return Ok(());
         };
+        self.index_unindexed(log)?;
         let mut again = 0;
         loop {
             let published = shared.control.load();
@@ -261,8 +262,9 @@ impl Engine {
             ));
         }
         if active {
-            // Grown first: an index entry never points past what the segment says it holds.
-            segment.grew(to - from);
+            // Grown first: an index entry never points past what the segment says it holds. A plain set grew it
+            // already (`put_shared`).
+            segment.grew(to.saturating_sub(segment.len()));
             log.crc.update(bytes);
         }
         let mut records = Records::from_offset(bytes, 0);
@@ -546,7 +548,7 @@ impl Engine {
 
     /// Takes the append lock for `lock_log` (the log mutex is held): catches up, and repairs what a holder that
     /// died left: an unpublished manifest generation, a torn tail. A failure poisons the store.
-    pub(super) fn begin_append(&self, log: &mut LogState) {
+    pub(super) fn begin_append(&self, log: &mut LogState, defer: bool) {
         let Some(shared) = &self.shared else {
             return;
         };
@@ -569,6 +571,9 @@ impl Engine {
                 if died {
                     self.adopt_manifest()?;
                 }
+                if defer && !died && self.skip_ahead(log) {
+                    return Ok(());
+                }
                 self.catch_up(log)?;
                 if died {
                     self.repair_tail(log)?;
@@ -584,20 +589,122 @@ impl Engine {
 
     /// Publishes what this process appended (the new tail, a new manifest generation) and lets go of the append
     /// lock.
-    pub(super) fn end_append(&self, log: &LogState) {
+    pub(super) fn end_append(&self, log: &mut LogState) {
         let Some(shared) = &self.shared else {
             return;
         };
-        let generation = self.lock_manifest().generation;
-        let (file_id, len) = (log.active.file_id(), log.active.len());
-        let published = shared.control.load();
-        if (published.generation, published.file_id, published.tail) != (generation, file_id, len) {
-            let seq = shared.control.publish(generation, file_id, len);
-            shared.seen_generation.store(generation, Ordering::Release);
+        // Only a plain set that failed half way gets here with records unindexed: they go in before this process
+        // says it has seen them.
+        if let Err(e) = self.index_unindexed(log) {
+            self.set_poison(format!(
+                "following the other processes of the store failed: {e}"
+            ));
+        }
+        if let Some(seq) = self.publish_tail(log) {
+            shared
+                .seen_generation
+                .store(self.lock_manifest().generation, Ordering::Release);
             shared.seen_seq.store(seq, Ordering::Release);
         }
         shared.control.set_busy(false);
         let _ = shared.append.unlock();
+    }
+
+    /// Publishes the active segment's tail and the manifest generation if they moved; returns the new `seq`.
+    fn publish_tail(&self, log: &LogState) -> Option<u64> {
+        let shared = self.shared.as_ref()?;
+        let generation = self.lock_manifest().generation;
+        let (file_id, len) = (log.active.file_id(), log.active.len());
+        let published = shared.control.load();
+        ((published.generation, published.file_id, published.tail) != (generation, file_id, len))
+            .then(|| shared.control.publish(generation, file_id, len))
+    }
+
+    /// The plain set of the multi-process mode (the caller checked the mode): under the append lock only the
+    /// append itself and its publication; the index takes the records (the other processes' it skipped, then
+    /// this one) after the lock is let go, while the log mutex still orders this process's index updates. So the
+    /// other processes wait for a `pwrite` and two stores into the control file, not for this one's index.
+    ///
+    /// Until its own record is indexed, this process does not count the new `seq` as seen: a read in another of
+    /// its threads meanwhile takes the log mutex and so waits for it. Returns the log position a durability wait
+    /// must reach.
+    pub(super) fn put_shared(&self, hash: u64, key: &[u8], rec: &[u8]) -> Result<u64> {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        self.begin_append(&mut log, true);
+        let mut guard = super::LogGuard {
+            engine: self,
+            log,
+            appending: true,
+        };
+        self.check_poison()?;
+        let used = guard.active.len();
+        if used > SEGMENT_HEADER_LEN && used + rec.len() as u64 > self.options.segment_size {
+            // A rotation seals the segment with its checksum: everything before it is indexed first, and the
+            // set goes the usual way.
+            self.index_unindexed(&mut guard)?;
+            let old = self.find_key(hash, key)?;
+            let loc = self
+                .append(&mut guard, rec)
+                .map_err(super::compaction::explain_disk_full)?;
+            self.point(hash, old, loc);
+            return Ok(guard.written);
+        }
+        let loc = self
+            .write_record(&mut guard, rec)
+            .map_err(super::compaction::explain_disk_full)?;
+        if guard.unindexed.is_none() {
+            guard.unindexed = Some(loc.offset());
+        }
+        let position = guard.written;
+        let Some(shared) = &self.shared else {
+            return Ok(position);
+        };
+        let seq = self.publish_tail(&guard);
+        shared.control.set_busy(false);
+        let _ = shared.append.unlock();
+        guard.appending = false;
+        if let Err(e) = self.index_unindexed(&mut guard) {
+            // The record is in the log, published, but not in this process's index.
+            self.set_poison(format!("indexing a published record failed: {e}"));
+            return Err(e);
+        }
+        if let Some(seq) = seq {
+            shared.seen_seq.store(seq, Ordering::Release);
+        }
+        Ok(position)
+    }
+
+    /// With the append lock held and no rotation or compaction published since this process last followed,
+    /// takes the other processes' new records as part of the active segment without indexing them yet (they are
+    /// marked unindexed, `put_shared` indexes them after the lock is let go). False when a full catch-up is
+    /// needed.
+    fn skip_ahead(&self, log: &mut LogState) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let published = shared.control.load();
+        if published.generation != shared.seen_generation.load(Ordering::Acquire)
+            || published.file_id != log.active.file_id()
+        {
+            return false;
+        }
+        let len = log.active.len();
+        if published.tail > len {
+            log.unindexed.get_or_insert(len);
+            log.active.grew(published.tail - len);
+        }
+        true
+    }
+
+    /// Indexes the records a plain set left unindexed (`LogState::unindexed`), in log order.
+    fn index_unindexed(&self, log: &mut LogState) -> Result<()> {
+        let Some(from) = log.unindexed else {
+            return Ok(());
+        };
+        let active = Arc::clone(&log.active);
+        self.apply_log(log, &active, from, active.len(), true)?;
+        log.unindexed = None;
+        Ok(())
     }
 
     /// After a holder of the append lock died: the manifest on disk is the truth (it may have written one and

@@ -43,6 +43,10 @@ pub(crate) struct LogState {
     pub(crate) crc: crc32fast::Hasher,
     /// The store's secret seed, which signs sync points.
     pub(crate) sync_key: Seed,
+    /// Multi-process mode: the active segment's records from this offset to its length are published but not
+    /// yet in this process's index (nor in `crc`). Only a plain set leaves them so, and only while it holds the
+    /// log mutex (`shared.rs`); whoever takes the mutex after a failure applies them first.
+    pub(crate) unindexed: Option<u64>,
 }
 
 /// Mappings to store together with one lock of the log, few `pwrite`s and at most one fsync: the fast way to
@@ -127,6 +131,11 @@ impl Engine {
         let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len() + value.len());
         record::encode(&mut rec, Kind::Put, &key, value);
         let hash = self.index.hasher().hash(user_id.as_bytes(), item);
+        if self.shared.is_some() {
+            let position = self.put_shared(hash, &key, &rec)?;
+            self.counters.sets.fetch_add(1, Ordering::Relaxed);
+            return Ok(position);
+        }
         let position = {
             let mut log = self.lock_log();
             self.check_poison()?;
@@ -294,7 +303,7 @@ impl Engine {
     }
 
     /// Points the index at `loc` for `hash`, replacing `old` (its location and length), which becomes dead.
-    fn point(&self, hash: u64, old: Option<(Loc, u64)>, loc: Loc) {
+    pub(super) fn point(&self, hash: u64, old: Option<(Loc, u64)>, loc: Loc) {
         match old {
             Some((old_loc, old_len)) => {
                 self.index.replace(hash, old_loc, loc);
@@ -404,7 +413,7 @@ impl Engine {
     }
 
     /// Appends one encoded record to the active segment, rotating first if it would overflow.
-    fn append(&self, log: &mut LogState, rec: &[u8]) -> Result<Loc> {
+    pub(super) fn append(&self, log: &mut LogState, rec: &[u8]) -> Result<Loc> {
         let len = rec.len() as u64;
         let used = log.active.len();
         if used > SEGMENT_HEADER_LEN && used + len > self.options.segment_size {
@@ -415,6 +424,14 @@ impl Engine {
 
     /// Appends one encoded record at the end of the active segment, whatever its size.
     fn append_here(&self, log: &mut LogState, rec: &[u8]) -> Result<Loc> {
+        let loc = self.write_record(log, rec)?;
+        log.crc.update(rec);
+        Ok(loc)
+    }
+
+    /// [`Engine::append_here`] without adding the record to the segment's checksum, for a caller that adds it in
+    /// log order later.
+    pub(super) fn write_record(&self, log: &mut LogState, rec: &[u8]) -> Result<Loc> {
         let len = rec.len() as u64;
         let segment = &log.active;
         let offset = segment.len();
@@ -439,7 +456,6 @@ impl Engine {
         }
         segment.grew(len);
         log.written += len;
-        log.crc.update(rec);
         Ok(Loc::new(segment.id(), offset))
     }
 

@@ -1,8 +1,9 @@
 //! The multi-process mode (`Options::shared`): several processes on one store. The children are this test
 //! binary itself, re-run with `USSDB_MP_ROLE` set: the test `multiprocess::child` does nothing without it.
 //!
-//! - `four_processes_agree_with_a_linearizable_history`: 4 processes do random get/set/delete/forget_user/compact
-//!   on a few keys; every read is checked against every process's acknowledged writes.
+//! - `four_processes_agree_with_a_linearizable_history`: 4 processes of 2 threads each do random
+//!   get/set/delete/forget_user/compact on a few keys; every read is checked against every thread's acknowledged
+//!   writes.
 //! - `killed_writers_lose_nothing_acknowledged`: processes are SIGKILLed at random while they write; the others
 //!   go on without an error, and every acknowledged write is there at the end (`USSDB_MP_KILLS` kills; a few
 //!   dozen by default).
@@ -94,16 +95,34 @@ fn child() {
     }
 }
 
-/// One line per operation: `kind user campaign value start end` (value `-` for none).
+/// Threads of each model process: a process's own threads race each other as well as the other processes.
+const MODEL_THREADS: u64 = 2;
+
+/// The log of thread `t` of the model process whose log path is `log`.
+fn thread_log(log: &Path, t: u64) -> PathBuf {
+    log.with_extension(format!("{t}.log"))
+}
+
+/// Runs [`MODEL_THREADS`] threads of operations on one store.
 fn model_child(dir: &Path, log: &Path, seed: u64) {
-    let ops: usize = env("USSDB_MP_OPS").parse().expect("ops");
     let store = Store::open_with(dir, shared_options()).expect("child opens the store");
-    let mut out = std::io::BufWriter::new(File::create(log).expect("create child log"));
     // All four start together, so their operations overlap.
     let go = PathBuf::from(env("USSDB_MP_GO"));
     while !go.exists() {
         std::thread::sleep(Duration::from_millis(1));
     }
+    std::thread::scope(|scope| {
+        for t in 0..MODEL_THREADS {
+            let store = &store;
+            scope.spawn(move || model_thread(store, &thread_log(log, t), seed * 8 + t));
+        }
+    });
+}
+
+/// One line per operation: `kind user campaign value start end` (value `-` for none).
+fn model_thread(store: &Store, log: &Path, seed: u64) {
+    let ops: usize = env("USSDB_MP_OPS").parse().expect("ops");
+    let mut out = std::io::BufWriter::new(File::create(log).expect("create child log"));
     let mut rng = Rng(seed | 1);
     for n in 0..ops {
         let user = format!("u{}", rng.below(USERS));
@@ -245,7 +264,9 @@ fn four_processes_agree_with_a_linearizable_history() {
     for (mut child, log) in children {
         let status = child.wait().expect("wait for child");
         assert!(status.success(), "a child failed: {status}");
-        all.extend(read_ops(&log));
+        for t in 0..MODEL_THREADS {
+            all.extend(read_ops(&thread_log(&log, t)));
+        }
     }
     let mut by_key: BTreeMap<(String, String), Vec<&Op>> = BTreeMap::new();
     let forgets: Vec<&Op> = all.iter().filter(|o| o.kind == "forget").collect();
@@ -282,7 +303,7 @@ fn four_processes_agree_with_a_linearizable_history() {
     }
     assert!(checked > 100, "only {checked} reads were checked");
     eprintln!(
-        "multi-process model: {} operations of 4 processes, {checked} reads checked ({sets_seen_elsewhere} saw \
+        "multi-process model: {} operations of 4 processes of {MODEL_THREADS} threads, {checked} reads checked ({sets_seen_elsewhere} saw \
          a value)",
         all.len()
     );
