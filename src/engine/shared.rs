@@ -663,7 +663,7 @@ impl Engine {
         shared.control.set_busy(false);
         let _ = shared.append.unlock();
         guard.appending = false;
-        if let Err(e) = self.index_unindexed(&mut guard) {
+        if let Err(e) = self.index_own(&mut guard, hash, key, rec, loc) {
             // The record is in the log, published, but not in this process's index.
             self.set_poison(format!("indexing a published record failed: {e}"));
             return Err(e);
@@ -694,6 +694,28 @@ impl Engine {
             log.active.grew(published.tail - len);
         }
         true
+    }
+
+    /// Indexes the other processes' records a plain set skipped, then its own record `rec` at `loc`, which it
+    /// knows already (no need to read it back, check it and hash its key again).
+    fn index_own(
+        &self,
+        log: &mut LogState,
+        hash: u64,
+        key: &[u8],
+        rec: &[u8],
+        loc: Loc,
+    ) -> Result<()> {
+        if let Some(from) = log.unindexed {
+            let active = Arc::clone(&log.active);
+            self.apply_log(log, &active, from, loc.offset(), true)?;
+            log.unindexed = Some(loc.offset());
+        }
+        let old = self.find_key(hash, key)?;
+        log.crc.update(rec);
+        self.point(hash, old, loc);
+        log.unindexed = None;
+        Ok(())
     }
 
     /// Indexes the records a plain set left unindexed (`LogState::unindexed`), in log order.
