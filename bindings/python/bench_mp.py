@@ -1,7 +1,7 @@
 """Multi-process benchmark: ussdb single-process mode, ussdb multi-process mode and LMDB (py-lmdb), get and set,
 from 1 and 4 processes on one store, through Python in every case (docs/BENCHMARKS.md, "Multi-process").
 
-    python bench_mp.py [--keys 100000] [--ops 200000]
+    python bench_mp.py [--keys 100000] [--ops 200000] [--rounds 1]
 
 Each process is started with the spawn method and opens the store itself; it runs `ops` operations on random
 keys of a preloaded store and reports its time. Aggregate = all processes' operations / the slowest one's time.
@@ -109,17 +109,26 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--ops", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="ussdb-bench-mp-")
-    results = {}
+    # Each round runs every configuration once, in the same order, so a drift of the machine's speed (it moves by
+    # more than the ratios measured) touches every configuration alike; each figure is the median of its rounds.
+    rounds = {}
     try:
-        for op in ("get", "set"):
-            for kind, procs in (("single", 1), ("shared", 1), ("shared", 4), ("lmdb", 1), ("lmdb", 4)):
-                rate = run(kind, op, procs, args.keys, args.ops, root)
-                results["%s %s x%d" % (kind, op, procs)] = rate
-                print("%-7s %s x%d: %10.0f ops/s" % (kind, op, procs, rate), flush=True)
+        for r in range(args.rounds):
+            for op in ("get", "set"):
+                for kind, procs in (("single", 1), ("shared", 1), ("shared", 4), ("lmdb", 1), ("lmdb", 4)):
+                    rate = run(kind, op, procs, args.keys, args.ops, root)
+                    rounds.setdefault("%s %s x%d" % (kind, op, procs), []).append(rate)
+                    print("round %d  %-7s %s x%d: %10.0f ops/s" % (r + 1, kind, op, procs, rate), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    results = {name: sorted(rates)[len(rates) // 2] for name, rates in rounds.items()}
+    if args.rounds > 1:
+        print("medians of %d rounds:" % args.rounds)
+        for name, rate in results.items():
+            print("%-16s %10.0f ops/s" % (name, rate))
     for op in ("get", "set"):
         print(
             "%s: shared/single x1 = %.2f; shared x4 / lmdb x4 = %.2f"
