@@ -175,13 +175,29 @@ fn fleet_throughput(servers: &[&dyn UserStorageService], keys: usize, secs: f64)
     total as f64 / secs
 }
 
+/// CPU time (user + system, every thread) a process has used so far, from `/proc` (zero where there is none).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, in clock ticks (100 per second on Linux).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
 fn us(d: Duration) -> String {
     format!("{:.2} µs", d.as_nanos() as f64 / 1000.0)
 }
 
 fn main() {
     let a = args();
-    let (_server, url) = match &a.redis {
+    let (server, url) = match &a.redis {
         Some(url) => (None, url.clone()),
         None => {
             let (s, u) = start_redis();
@@ -222,6 +238,8 @@ fn main() {
     // 10% being measured, and a ratio within a round compares loops run a few milliseconds apart. The tier is
     // flushed after its loop, so its shipper does not go on working into the next round's local loop.
     let mut round_ratios = Vec::new();
+    let redis_pid = server.as_ref().map(|s| s.child.id());
+    let cpu_before = (redis_pid.map(cpu_time), cpu_time(std::process::id()));
     let per_round = a.keys / a.rounds.max(1);
     for round in 0..a.rounds {
         let range = round * per_round..(round + 1) * per_round;
@@ -252,6 +270,19 @@ fn main() {
         set_local.0.append(&mut round_local.0);
         set_tier.0.append(&mut round_tier.0);
     }
+    let sets = (per_round * a.rounds) as f64;
+    let redis_per_set = match (redis_pid.map(cpu_time), cpu_before.0) {
+        (Some(after), Some(before)) => format!(
+            "{:.2} µs",
+            after.saturating_sub(before).as_nanos() as f64 / sets / 1000.0
+        ),
+        _ => "not measured (a Redis this program did not start)".to_owned(),
+    };
+    let own_per_set = cpu_time(std::process::id())
+        .saturating_sub(cpu_before.1)
+        .as_nanos() as f64
+        / sets
+        / 1000.0;
     round_ratios.sort_by(f64::total_cmp);
     let median_ratio = round_ratios
         .get(round_ratios.len() / 2)
@@ -369,6 +400,11 @@ fn main() {
         (st.as_nanos() as f64 / sl.as_nanos().max(1) as f64 - 1.0) * 100.0,
         round_ratios.len(),
         (median_ratio - 1.0) * 100.0
+    );
+    println!();
+    println!(
+        "CPU per set over the set rounds (three loops and the shipping): Redis {redis_per_set}, this process \
+         {own_per_set:.2} µs"
     );
     println!();
     println!(

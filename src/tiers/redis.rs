@@ -28,7 +28,8 @@ use crate::{
 
 /// Compare-and-set of one key: the only way this store writes a mapping, so that whatever the merge rule
 /// computed from the value it read is written only if that value is still there. One key per call, so it runs
-/// on whichever Cluster node owns the key.
+/// on whichever Cluster node owns the key. (A key expected absent is written with `SET NX` instead, which is
+/// the same rule for that case at the cost of a plain command: `RedisStore::create`.)
 ///
 /// The merge itself is computed by the client, not in Lua: Redis's Lua JSON codec re-encodes numbers with 14
 /// significant digits and reorders keys, which would damage fields (`metaData`, a newer writer's fields) that
@@ -374,19 +375,39 @@ impl RedisStore {
         let count = maps.len();
         let remote = Arc::clone(&self.inner.remote);
         let per_op = self.op_timeout();
-        let all = self.block_for(per_op.saturating_mul(2), async move {
+        let all = self.block_for(per_op.saturating_mul(3), async move {
+            let mut out: Vec<Option<Result<CampaignUserMap>>> = (0..count).map(|_| None).collect();
+            // New keys are written in one pipeline; what it did not write (keys that exist, or all of them if it
+            // failed: each then meets the failure itself) is merged key by key.
+            let (created, exist) =
+                match tokio::time::timeout(per_op, remote.create_many(&maps)).await {
+                    Ok(Ok(Some(created))) => (created, true),
+                    _ => (vec![false; count], false),
+                };
             let mut tasks = tokio::task::JoinSet::new();
-            for (i, map) in maps.into_iter().enumerate() {
+            for (i, (map, created)) in maps.into_iter().zip(created).enumerate() {
+                if created {
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(Ok(map));
+                    }
+                    continue;
+                }
                 let remote = Arc::clone(&remote);
                 tasks.spawn(async move {
-                    let merged = match tokio::time::timeout(per_op, remote.merge(&map)).await {
+                    let merging = async {
+                        if exist {
+                            remote.merge_existing(&map).await
+                        } else {
+                            remote.merge(&map).await
+                        }
+                    };
+                    let merged = match tokio::time::timeout(per_op, merging).await {
                         Ok(result) => result,
                         Err(_) => Err(remote.timed_out(per_op)),
                     };
                     (i, merged)
                 });
             }
-            let mut out: Vec<Option<Result<CampaignUserMap>>> = (0..count).map(|_| None).collect();
             while let Some(joined) = tasks.join_next().await {
                 if let Ok((i, merged)) = joined
                     && let Some(slot) = out.get_mut(i)
@@ -558,6 +579,9 @@ impl Remote {
     }
 
     async fn cas(&self, key: &str, expected: Option<&[u8]>, new: &str) -> Result<Cas> {
+        if expected.is_none() {
+            return self.create(key, new).await;
+        }
         let mut conn = self.conn().await?;
         let mut call = self.cas.key(key);
         match expected {
@@ -582,14 +606,80 @@ impl Remote {
         }
     }
 
+    /// The compare-and-set of a key expected absent, without the script: `SET NX` is atomic on its own, and a
+    /// first assignment (the common case) costs Redis a plain command instead of a script run. If the key exists,
+    /// its value is read for the next round (or, deleted meanwhile, it is found absent again).
+    async fn create(&self, key: &str, new: &str) -> Result<Cas> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(new).arg("NX");
+        let ttl = self.config.ttl_millis();
+        if ttl > 0 {
+            cmd.arg("PX").arg(ttl);
+        }
+        let written: Option<String> = self.query("SET NX", &cmd).await?;
+        if written.is_some() {
+            return Ok(Cas::Written);
+        }
+        Ok(match self.get_raw(key).await? {
+            Some(current) => Cas::Holds(current),
+            None => Cas::Absent,
+        })
+    }
+
+    /// The first round of [`Remote::merge`] for many maps on a standalone server: every key's `SET NX` in one
+    /// pipeline, one write and one read for the lot instead of a round trip each (the shipper's batches are
+    /// mostly first assignments). True for each map written; `None` on a Cluster, whose keys live on several
+    /// nodes.
+    async fn create_many(&self, maps: &[CampaignUserMap]) -> Result<Option<Vec<bool>>> {
+        let mut conn = self.conn().await?;
+        if matches!(conn, Conn::Cluster(_)) {
+            return Ok(None);
+        }
+        let ttl = self.config.ttl_millis();
+        let mut pipe = redis::pipe();
+        for map in maps {
+            let key = self.config.key(&map.user_id, &map.campaign_key);
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(value::encode_new(map))
+                .arg("NX");
+            if ttl > 0 {
+                pipe.arg("PX").arg(ttl);
+            }
+        }
+        let written: Vec<Option<String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("a pipeline of SET NX", e))?;
+        if written.len() != maps.len() {
+            return Err(self.other("a pipeline of SET NX answered another number of replies"));
+        }
+        Ok(Some(written.iter().map(Option::is_some).collect()))
+    }
+
     /// The fleet rule, made atomic with compare-and-set: write the map if the key is new, else merge it into
     /// what the key holds and write that only if the key still holds what was merged.
     async fn merge(&self, map: &CampaignUserMap) -> Result<CampaignUserMap> {
+        // The first round assumes the key is new: one round trip for a first assignment.
+        self.merge_from(map, None).await
+    }
+
+    /// [`Remote::merge`] of a key known to exist (its `SET NX` failed): its value is read first.
+    async fn merge_existing(&self, map: &CampaignUserMap) -> Result<CampaignUserMap> {
+        let key = self.config.key(&map.user_id, &map.campaign_key);
+        let current = self.get_raw(&key).await?;
+        self.merge_from(map, current).await
+    }
+
+    /// The rounds of [`Remote::merge`], the first one assuming the key holds `current`.
+    async fn merge_from(
+        &self,
+        map: &CampaignUserMap,
+        mut current: Option<Vec<u8>>,
+    ) -> Result<CampaignUserMap> {
         let key = self.config.key(&map.user_id, &map.campaign_key);
         let fresh = value::encode_new(map);
         let refresh_ttl = self.config.ttl.is_some();
-        // The first round assumes the key is new: one round trip for a first assignment.
-        let mut current: Option<Vec<u8>> = None;
         for _ in 0..MAX_CAS_ROUNDS {
             let (write, result) = match &current {
                 None => (fresh.clone(), map.clone()),
