@@ -28,8 +28,8 @@ use crate::{
 
 /// Compare-and-set of one key: the only way this store writes a mapping, so that whatever the merge rule
 /// computed from the value it read is written only if that value is still there. One key per call, so it runs
-/// on whichever Cluster node owns the key. (A key expected absent is written with `SET NX` instead, which is
-/// the same rule for that case at the cost of a plain command: `RedisStore::create`.)
+/// on whichever Cluster node owns the key. (The shipper's batches first try `SET NX` for every key in one
+/// pipeline: the same rule for a key that is absent, at the cost of a plain command, `Remote::create_many`.)
 ///
 /// The merge itself is computed by the client, not in Lua: Redis's Lua JSON codec re-encodes numbers with 14
 /// significant digits and reorders keys, which would damage fields (`metaData`, a newer writer's fields) that
@@ -579,9 +579,6 @@ impl Remote {
     }
 
     async fn cas(&self, key: &str, expected: Option<&[u8]>, new: &str) -> Result<Cas> {
-        if expected.is_none() {
-            return self.create(key, new).await;
-        }
         let mut conn = self.conn().await?;
         let mut call = self.cas.key(key);
         match expected {
@@ -604,26 +601,6 @@ impl Remote {
                 format!("unexpected reply to the compare-and-set script for key {key}: {other:?}"),
             )),
         }
-    }
-
-    /// The compare-and-set of a key expected absent, without the script: `SET NX` is atomic on its own, and a
-    /// first assignment (the common case) costs Redis a plain command instead of a script run. If the key exists,
-    /// its value is read for the next round (or, deleted meanwhile, it is found absent again).
-    async fn create(&self, key: &str, new: &str) -> Result<Cas> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(new).arg("NX");
-        let ttl = self.config.ttl_millis();
-        if ttl > 0 {
-            cmd.arg("PX").arg(ttl);
-        }
-        let written: Option<String> = self.query("SET NX", &cmd).await?;
-        if written.is_some() {
-            return Ok(Cas::Written);
-        }
-        Ok(match self.get_raw(key).await? {
-            Some(current) => Cas::Holds(current),
-            None => Cas::Absent,
-        })
     }
 
     /// The first round of [`Remote::merge`] for many maps on a standalone server: every key's `SET NX` in one
