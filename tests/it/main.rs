@@ -15,11 +15,14 @@ mod crash_files;
 mod faults;
 #[cfg(feature = "redis")]
 mod fleet;
+// The FME records' tests go through JSON import and export.
+#[cfg(feature = "json")]
 mod fme;
 mod full_disk;
 mod fuzz_corpus;
 mod fuzz_harness;
 mod hints;
+#[cfg(feature = "json")]
 mod import_export;
 mod load;
 mod locking;

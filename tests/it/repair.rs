@@ -138,6 +138,7 @@ fn a_sound_store_is_left_as_it_is() {
     ));
 }
 
+#[cfg(feature = "json")]
 #[test]
 fn export_skips_a_damaged_record_writes_the_rest_and_says_so() {
     let dir = tempdir();
