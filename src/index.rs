@@ -162,6 +162,12 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
         out
     }
 
+    fn first_candidate(&self, hash: u64) -> Option<Loc> {
+        self.probe(hash)
+            .find(|(_, s)| s.hash == hash)
+            .map(|(_, s)| Loc(s.loc))
+    }
+
     fn replace(&mut self, hash: u64, old: Loc, new: Loc) -> bool {
         match self.find(hash, old) {
             Some(i) => {
@@ -423,6 +429,13 @@ impl Tables {
         }
     }
 
+    fn first_candidate(&self, hash: u64) -> Option<Loc> {
+        match self.own(user_of(hash)) {
+            Some(own) => own.first_candidate(hash),
+            None => self.runs.first_candidate(hash),
+        }
+    }
+
     fn user_candidates(&self, user_part: u64) -> Vec<(u64, Loc)> {
         if let Some(own) = self.own(user_part) {
             return own.entries().collect();
@@ -582,6 +595,12 @@ impl Index {
     /// Locations of every entry with this exact hash (usually zero or one).
     pub(crate) fn candidates(&self, hash: u64) -> Candidates {
         self.read(hash).candidates(hash)
+    }
+
+    /// The first entry with this exact hash, if any: a get's guess, right unless two keys share the hash. It
+    /// stops at the entry instead of walking the rest of the run for others.
+    pub(crate) fn first_candidate(&self, hash: u64) -> Option<Loc> {
+        self.read(hash).first_candidate(hash)
     }
 
     /// Every entry whose user part is `user_part` (a superset of one user's mappings).

@@ -270,7 +270,14 @@ impl Engine {
     ) -> Result<Option<T>> {
         let mut moved = None;
         'lookup: for _ in 0..MAX_LOOKUPS {
-            for loc in self.index.candidates(hash).iter() {
+            // The first entry of the hash is the key's unless another key has the same 64-bit hash: a get that
+            // finds its key there is done without walking the rest of the run for the others.
+            let Some(first) = self.index.first_candidate(hash) else {
+                return Ok(None);
+            };
+            let mut rest = None;
+            let mut next = Some(first);
+            while let Some(loc) = next {
                 let found = self.read_at(loc, |rec| {
                     codec::key_matches(rec.key, user_id, item).then(|| decode(rec.value))
                 })?;
@@ -286,6 +293,17 @@ impl Engine {
                         continue 'lookup;
                     }
                 }
+                next = rest
+                    .get_or_insert_with(|| {
+                        let others: Vec<Loc> = self
+                            .index
+                            .candidates(hash)
+                            .iter()
+                            .filter(|&l| l != first)
+                            .collect();
+                        others.into_iter()
+                    })
+                    .next();
             }
             return Ok(None);
         }
