@@ -208,6 +208,15 @@ struct Counters {
 
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(50);
 
+/// The shipper's nap after a round that shipped, and between its looks at an empty outbox for
+/// [`LINGER_ROUNDS`] looks before it sleeps until woken. Without it, sets spaced out as a server makes them went
+/// to Redis one round trip each (a wake-up of the shipper, of the I/O thread and of Redis per set), and a set's
+/// p99 was 2.5 times the local store's (docs/BENCHMARKS.md, "The tier's shipper"); with it they go a
+/// millisecond's worth per pipeline, and a set that comes while the shipper lingers wakes nobody. The price: a
+/// set reaches Redis up to a millisecond later.
+const SHIP_NAP: Duration = Duration::from_millis(1);
+const LINGER_ROUNDS: u32 = 250;
+
 impl Tiered {
     /// Opens (or creates) the tier whose local store is `dir`, with Redis at `redis`. Redis is not contacted
     /// here: the tier starts, serves and records sets while Redis is down.
@@ -873,8 +882,13 @@ impl Shared {
             self.wake.notify_one();
         }
     }
+    /// The shipper's loop: rounds while there is work, a nap of [`SHIP_NAP`] after each (so that a stream of sets
+    /// goes out in batches), looks every [`SHIP_NAP`] for a while once there is none, then a sleep until a writer
+    /// wakes it, or while Redis is down until the next try.
     fn ship_loop(&self) {
         let mut last_prune = Instant::now();
+        // Empty rounds since the last one that shipped something.
+        let mut lingered = 0;
         loop {
             if lock(&self.signal).stop {
                 return;
@@ -893,7 +907,16 @@ impl Shared {
                 until_retry()
             } else {
                 match self.ship_round() {
-                    Round::Progress => continue,
+                    Round::Progress => {
+                        lingered = 0;
+                        std::thread::sleep(SHIP_NAP);
+                        continue;
+                    }
+                    Round::Idle if lingered < LINGER_ROUNDS => {
+                        lingered += 1;
+                        std::thread::sleep(SHIP_NAP);
+                        continue;
+                    }
                     Round::Idle => Some(Duration::from_millis(200)),
                     Round::Stuck => Some(self.options.retry_max),
                     Round::Backoff => until_retry(),
