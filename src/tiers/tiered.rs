@@ -211,7 +211,7 @@ const FIRST_RETRY_WAIT: Duration = Duration::from_millis(50);
 /// The shipper's nap after a round that shipped, and between its looks at an empty outbox for
 /// [`LINGER_ROUNDS`] looks before it sleeps until woken. Without it, sets spaced out as a server makes them went
 /// to Redis one round trip each (a wake-up of the shipper, of the I/O thread and of Redis per set), and a set's
-/// p99 was 2.5 times the local store's (docs/BENCHMARKS.md, "The tier's shipper"); with it they go a
+/// p99 was 2.5 times the local store's (docs/BENCHMARKS.md, "Sets spaced out as a server makes them"); with it they go a
 /// millisecond's worth per pipeline, and a set that comes while the shipper lingers wakes nobody. The price: a
 /// set reaches Redis up to a millisecond later.
 const SHIP_NAP: Duration = Duration::from_millis(1);
@@ -882,6 +882,7 @@ impl Shared {
             self.wake.notify_one();
         }
     }
+
     /// The shipper's loop: rounds while there is work, a nap of [`SHIP_NAP`] after each (so that a stream of sets
     /// goes out in batches), looks every [`SHIP_NAP`] for a while once there is none, then a sleep until a writer
     /// wakes it, or while Redis is down until the next try.
