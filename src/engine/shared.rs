@@ -130,6 +130,25 @@ impl From<Error> for Follow {
     }
 }
 
+/// With the append lock held and no rotation or compaction published since this process last followed,
+/// takes the other processes' new records as part of the active segment without indexing them yet (they are
+/// marked unindexed, `put_shared` indexes them after the lock is let go). False when a full catch-up is
+/// needed.
+fn skip_ahead(shared: &SharedMode, log: &mut LogState) -> bool {
+    let published = shared.control.load();
+    if published.generation != shared.seen_generation.load(Ordering::Acquire)
+        || published.file_id != log.active.file_id()
+    {
+        return false;
+    }
+    let len = log.active.len();
+    if published.tail > len {
+        log.unindexed.get_or_insert(len);
+        log.active.grew(published.tail - len);
+    }
+    true
+}
+
 /// The held compaction lock of the multi-process mode.
 pub(crate) struct CompactHold<'a>(&'a fs::File);
 
@@ -571,7 +590,7 @@ impl Engine {
                 if died {
                     self.adopt_manifest()?;
                 }
-                if defer && !died && self.skip_ahead(log) {
+                if defer && !died && skip_ahead(shared, log) {
                     return Ok(());
                 }
                 self.catch_up(log)?;
@@ -600,24 +619,22 @@ impl Engine {
                 "following the other processes of the store failed: {e}"
             ));
         }
-        if let Some(seq) = self.publish_tail(log) {
-            shared
-                .seen_generation
-                .store(self.lock_manifest().generation, Ordering::Release);
+        if let Some((seq, generation)) = self.publish_tail(shared, log) {
+            shared.seen_generation.store(generation, Ordering::Release);
             shared.seen_seq.store(seq, Ordering::Release);
         }
         shared.control.set_busy(false);
         let _ = shared.append.unlock();
     }
 
-    /// Publishes the active segment's tail and the manifest generation if they moved; returns the new `seq`.
-    fn publish_tail(&self, log: &LogState) -> Option<u64> {
-        let shared = self.shared.as_ref()?;
+    /// Publishes the active segment's tail and the manifest generation if they moved; returns the new `seq` and
+    /// the generation published.
+    fn publish_tail(&self, shared: &SharedMode, log: &LogState) -> Option<(u64, u64)> {
         let generation = self.lock_manifest().generation;
         let (file_id, len) = (log.active.file_id(), log.active.len());
         let published = shared.control.load();
         ((published.generation, published.file_id, published.tail) != (generation, file_id, len))
-            .then(|| shared.control.publish(generation, file_id, len))
+            .then(|| (shared.control.publish(generation, file_id, len), generation))
     }
 
     /// The plain set of the multi-process mode (the caller checked the mode): under the append lock only the
@@ -628,7 +645,13 @@ impl Engine {
     /// Until its own record is indexed, this process does not count the new `seq` as seen: a read in another of
     /// its threads meanwhile takes the log mutex and so waits for it. Returns the log position a durability wait
     /// must reach.
-    pub(super) fn put_shared(&self, hash: u64, key: &[u8], rec: &[u8]) -> Result<u64> {
+    pub(super) fn put_shared(
+        &self,
+        shared: &SharedMode,
+        hash: u64,
+        key: &[u8],
+        rec: &[u8],
+    ) -> Result<u64> {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         self.begin_append(&mut log, true);
         let mut guard = super::LogGuard {
@@ -642,12 +665,7 @@ impl Engine {
             // A rotation seals the segment with its checksum: everything before it is indexed first, and the
             // set goes the usual way.
             self.index_unindexed(&mut guard)?;
-            let old = self.find_key(hash, key)?;
-            let loc = self
-                .append(&mut guard, rec)
-                .map_err(super::compaction::explain_disk_full)?;
-            self.point(hash, old, loc);
-            return Ok(guard.written);
+            return self.append_indexed(&mut guard, hash, key, rec);
         }
         let loc = self
             .write_record(&mut guard, rec)
@@ -656,10 +674,7 @@ impl Engine {
             guard.unindexed = Some(loc.offset());
         }
         let position = guard.written;
-        let Some(shared) = &self.shared else {
-            return Ok(position);
-        };
-        let seq = self.publish_tail(&guard);
+        let seq = self.publish_tail(shared, &guard);
         shared.control.set_busy(false);
         let _ = shared.append.unlock();
         guard.appending = false;
@@ -668,32 +683,10 @@ impl Engine {
             self.set_poison(format!("indexing a published record failed: {e}"));
             return Err(e);
         }
-        if let Some(seq) = seq {
+        if let Some((seq, _)) = seq {
             shared.seen_seq.store(seq, Ordering::Release);
         }
         Ok(position)
-    }
-
-    /// With the append lock held and no rotation or compaction published since this process last followed,
-    /// takes the other processes' new records as part of the active segment without indexing them yet (they are
-    /// marked unindexed, `put_shared` indexes them after the lock is let go). False when a full catch-up is
-    /// needed.
-    fn skip_ahead(&self, log: &mut LogState) -> bool {
-        let Some(shared) = &self.shared else {
-            return false;
-        };
-        let published = shared.control.load();
-        if published.generation != shared.seen_generation.load(Ordering::Acquire)
-            || published.file_id != log.active.file_id()
-        {
-            return false;
-        }
-        let len = log.active.len();
-        if published.tail > len {
-            log.unindexed.get_or_insert(len);
-            log.active.grew(published.tail - len);
-        }
-        true
     }
 
     /// Indexes the other processes' records a plain set skipped, then its own record `rec` at `loc`, which it
@@ -706,11 +699,7 @@ impl Engine {
         rec: &[u8],
         loc: Loc,
     ) -> Result<()> {
-        if let Some(from) = log.unindexed {
-            let active = Arc::clone(&log.active);
-            self.apply_log(log, &active, from, loc.offset(), true)?;
-            log.unindexed = Some(loc.offset());
-        }
+        self.index_unindexed_until(log, loc.offset())?;
         let old = self.find_key(hash, key)?;
         log.crc.update(rec);
         self.point(hash, old, loc);
@@ -720,12 +709,17 @@ impl Engine {
 
     /// Indexes the records a plain set left unindexed (`LogState::unindexed`), in log order.
     fn index_unindexed(&self, log: &mut LogState) -> Result<()> {
+        self.index_unindexed_until(log, log.active.len())
+    }
+
+    /// Indexes the unindexed records before offset `to` of the active segment; those from `to` on stay marked.
+    fn index_unindexed_until(&self, log: &mut LogState, to: u64) -> Result<()> {
         let Some(from) = log.unindexed else {
             return Ok(());
         };
         let active = Arc::clone(&log.active);
-        self.apply_log(log, &active, from, active.len(), true)?;
-        log.unindexed = None;
+        self.apply_log(log, &active, from, to, true)?;
+        log.unindexed = (to < active.len()).then_some(to);
         Ok(())
     }
 

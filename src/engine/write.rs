@@ -131,21 +131,31 @@ impl Engine {
         let mut rec = Vec::with_capacity(record::RECORD_HEADER_LEN + key.len() + value.len());
         record::encode(&mut rec, Kind::Put, &key, value);
         let hash = self.index.hasher().hash(user_id.as_bytes(), item);
-        if self.shared.is_some() {
-            let position = self.put_shared(hash, &key, &rec)?;
-            self.counters.sets.fetch_add(1, Ordering::Relaxed);
-            return Ok(position);
-        }
-        let position = {
-            let mut log = self.lock_log();
-            self.check_poison()?;
-            let old = self.find_key(hash, &key)?;
-            let loc = self.append(&mut log, &rec).map_err(explain_disk_full)?;
-            self.point(hash, old, loc);
-            log.written
+        let position = match &self.shared {
+            Some(shared) => self.put_shared(shared, hash, &key, &rec)?,
+            None => {
+                let mut log = self.lock_log();
+                self.check_poison()?;
+                self.append_indexed(&mut log, hash, &key, &rec)?
+            }
         };
         self.counters.sets.fetch_add(1, Ordering::Relaxed);
         Ok(position)
+    }
+
+    /// Appends the put record `rec` of `key` and points the index at it (the log is locked and the index
+    /// caught up); returns the log position a durability wait must reach.
+    pub(super) fn append_indexed(
+        &self,
+        log: &mut LogState,
+        hash: u64,
+        key: &[u8],
+        rec: &[u8],
+    ) -> Result<u64> {
+        let old = self.find_key(hash, key)?;
+        let loc = self.append(log, rec).map_err(explain_disk_full)?;
+        self.point(hash, old, loc);
+        Ok(log.written)
     }
 
     /// Stores under (`user_id`, `item`) the value `f` computes from the current one (`None` when there is none),
@@ -413,7 +423,7 @@ impl Engine {
     }
 
     /// Appends one encoded record to the active segment, rotating first if it would overflow.
-    pub(super) fn append(&self, log: &mut LogState, rec: &[u8]) -> Result<Loc> {
+    fn append(&self, log: &mut LogState, rec: &[u8]) -> Result<Loc> {
         let len = rec.len() as u64;
         let used = log.active.len();
         if used > SEGMENT_HEADER_LEN && used + len > self.options.segment_size {
