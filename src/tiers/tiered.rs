@@ -290,18 +290,13 @@ impl Tiered {
         let base = base.as_ref();
         std::fs::create_dir_all(base).map_err(|e| Error::io("create directory", base, e))?;
         for n in 0..max_workers {
-            let claim_path = base.join(format!("worker-{n}.claim"));
-            let claim = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&claim_path)
-                .map_err(|e| Error::io("open worker claim", &claim_path, e))?;
+            let claim_name = format!("worker-{n}.claim");
+            let claim = crate::control::open_lock_file(base, &claim_name)?;
             match claim.try_lock() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => continue,
                 Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(Error::io("lock worker claim", &claim_path, e));
+                    return Err(Error::io("lock worker claim", base.join(claim_name), e));
                 }
             }
             match Tiered::open_with(
