@@ -1,8 +1,9 @@
 //! The in-memory index: a 64-bit hash of each key mapped to the location of its newest record.
 //!
-//! Each entry is 16 bytes (hash, packed location) whatever the ids' length; full keys live only on disk and are
-//! compared against the record on every read, so two keys with the same hash stay correct (the table simply
-//! holds both entries). The upper 40 bits of the hash hash the user id and alone choose the shard; the lower 24
+//! Each entry is 16 bytes (hash, packed location) whatever the ids' length, plus a tag byte per slot that lets a
+//! lookup pass other entries without reading them (see [`Table`]); full keys live only on disk and are compared
+//! against the record on every read, so two keys with the same hash stay correct (the table simply holds both
+//! entries). The upper 40 bits of the hash hash the user id and alone choose the shard; the lower 24
 //! bits hash the campaign key.
 //!
 //! Each shard has a shared table whose home slots depend only on the user part, so all of a user's mappings sit
@@ -81,9 +82,16 @@ struct Slot {
 /// An open-addressing table with linear probing and backward-shift deletion. `BY_KEY` says how home slots are
 /// chosen: `false` from the user part of the hash alone (the shared table of a shard, where each user's entries
 /// form one run), `true` from the whole hash (one user's own table, where the entries spread out).
+///
+/// Beside the slots, a byte per slot holds a tag of its entry's hash (0 for an empty slot): a lookup walks the
+/// run on the tags and reads a slot only where the tag matches. The tags are a sixteenth of the slots' memory,
+/// so they stay in the cache where the slots do not: a get of a missing key (a user's first visit) then reads
+/// no slot at all, seven times in eight per slot it passes, and a hit reads the one slot of its entry.
 #[derive(Default)]
 struct Table<const BY_KEY: bool> {
     slots: Vec<Slot>,
+    /// [`tag`] of each slot's hash, or 0 where the slot is empty; always as long as `slots`.
+    tags: Vec<u8>,
     len: usize,
     /// Capacity to allocate on the first insert (see [`Table::reserve`]); 0 when none is asked for.
     reserved: usize,
@@ -112,6 +120,12 @@ fn scramble(mut x: u64) -> u64 {
 /// The user part of an index hash (see [`KeyHasher::user_part`]).
 fn user_of(hash: u64) -> u64 {
     hash >> USER_SHIFT
+}
+
+/// The tag of a hash in [`Table::tags`]: its low 7 bits, which come from the item (so the entries of one user,
+/// which share a run, mostly have different tags), with the top bit set so that no tag is 0, the empty slot's.
+fn tag(hash: u64) -> u8 {
+    0x80 | (hash & 0x7f) as u8
 }
 
 impl<const BY_KEY: bool> Table<BY_KEY> {
@@ -156,16 +170,56 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
 
     fn candidates(&self, hash: u64) -> Candidates {
         let mut out = Candidates::new();
-        for (_, slot) in self.probe(hash).filter(|(_, s)| s.hash == hash) {
+        for (_, slot) in self.matches(hash) {
             out.push(Loc(slot.loc));
         }
         out
     }
 
+    /// The slots of the run at the home of `hash` that hold an entry with this very hash, found on the tags.
+    fn matches(&self, hash: u64) -> impl Iterator<Item = (usize, Slot)> + '_ {
+        let mask = self.slots.len().wrapping_sub(1);
+        let start = if self.slots.is_empty() {
+            0
+        } else {
+            self.home(hash)
+        };
+        let want = tag(hash);
+        (0..self.tags.len())
+            .map(move |i| (start + i) & mask)
+            .map(|i| (i, self.tags[i]))
+            .take_while(|&(_, t)| t != 0)
+            .filter(move |&(_, t)| t == want)
+            .map(|(i, _)| (i, self.slots[i]))
+            .filter(move |(_, s)| s.hash == hash)
+    }
+
+    /// [`Table::matches`]`.next()`, written out as a loop: this is the walk of every get, and the iterator's
+    /// adapters do not all inline.
     fn first_candidate(&self, hash: u64) -> Option<Loc> {
-        self.probe(hash)
-            .find(|(_, s)| s.hash == hash)
-            .map(|(_, s)| Loc(s.loc))
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.mask();
+        let want = tag(hash);
+        let mut i = self.home(hash);
+        // The table is at most 3/4 full, so the walk meets an empty slot (tag 0).
+        loop {
+            let t = self.tags[i];
+            if t == 0 {
+                return None;
+            }
+            if t == want && self.slots[i].hash == hash {
+                return Some(Loc(self.slots[i].loc));
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Writes slot `i` and its tag.
+    fn put(&mut self, i: usize, slot: Slot) {
+        self.slots[i] = slot;
+        self.tags[i] = if slot.loc == 0 { 0 } else { tag(slot.hash) };
     }
 
     fn replace(&mut self, hash: u64, old: Loc, new: Loc) -> bool {
@@ -188,18 +242,19 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
         }
     }
 
-    /// Reads the home slot of `hash`, to bring it into the cache.
+    /// Reads the home slot of `hash` and its tag, to bring them into the cache.
     fn touch(&self, hash: u64) -> u64 {
         if self.slots.is_empty() {
             0
         } else {
-            self.slots[self.home(hash)].loc
+            let home = self.home(hash);
+            self.slots[home].loc ^ u64::from(self.tags[home])
         }
     }
 
     fn find(&self, hash: u64, loc: Loc) -> Option<usize> {
-        self.probe(hash)
-            .find(|(_, s)| s.hash == hash && s.loc == loc.0)
+        self.matches(hash)
+            .find(|(_, s)| s.loc == loc.0)
             .map(|(i, _)| i)
     }
 
@@ -216,7 +271,7 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
             same_user += usize::from(user_of(self.slots[i].hash) == user_of(hash));
             i = (i + 1) & mask;
         }
-        self.slots[i] = Slot { hash, loc: loc.0 };
+        self.put(i, Slot { hash, loc: loc.0 });
         self.len += 1;
         same_user
     }
@@ -237,7 +292,7 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
             same_user += usize::from(user_of(self.slots[i].hash) == user_of(hash));
             i = (i + 1) & mask;
         }
-        self.slots[i] = Slot { hash, loc: loc.0 };
+        self.put(i, Slot { hash, loc: loc.0 });
         self.len += 1;
         Some(same_user)
     }
@@ -276,13 +331,14 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
 
     fn resize(&mut self, capacity: usize) {
         let old = std::mem::replace(&mut self.slots, vec![Slot::default(); capacity]);
+        self.tags = vec![0; capacity];
         let mask = self.mask();
         for slot in old.into_iter().filter(|s| s.loc != 0) {
             let mut i = self.home(slot.hash);
-            while self.slots[i].loc != 0 {
+            while self.tags[i] != 0 {
                 i = (i + 1) & mask;
             }
-            self.slots[i] = slot;
+            self.put(i, slot);
         }
     }
 
@@ -300,14 +356,15 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
             let home = self.home(slot.hash);
             // The entry at j may fill the hole at i only if its home is not inside (i, j].
             if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(i) & mask) {
-                self.slots[i] = slot;
+                self.put(i, slot);
                 i = j;
             }
         }
-        self.slots[i] = Slot::default();
+        self.put(i, Slot::default());
         self.len -= 1;
         if self.len == 0 {
             self.slots = Vec::new();
+            self.tags = Vec::new();
         } else if BY_KEY && self.slots.len() > MIN_CAPACITY && self.len * 8 < self.slots.len() {
             // A user's own table is walked whole by `user_candidates`, so it must shrink with the user: a walk
             // then costs in proportion to the entries, not to the most the user ever had.
@@ -316,7 +373,7 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * size_of::<Slot>()
+        self.slots.capacity() * size_of::<Slot>() + self.tags.capacity()
     }
 }
 
@@ -841,12 +898,22 @@ mod tests {
                 model.insert(loc.0, hash);
             }
             assert_eq!(table.len, model.len());
+            assert_tags_mirror_slots(&table);
             if BY_KEY && table.slots.len() > MIN_CAPACITY {
                 assert!(table.len * 8 >= table.slots.len(), "a table by key shrinks");
             }
         }
         for (&loc, &hash) in &model {
             assert!(table.find(hash, Loc(loc)).is_some());
+        }
+    }
+
+    /// Every tag is its slot's: 0 for an empty slot, the hash's tag for a full one.
+    fn assert_tags_mirror_slots<const BY_KEY: bool>(table: &Table<BY_KEY>) {
+        assert_eq!(table.tags.len(), table.slots.len());
+        for (i, (slot, &t)) in table.slots.iter().zip(&table.tags).enumerate() {
+            let want = if slot.loc == 0 { 0 } else { tag(slot.hash) };
+            assert_eq!(t, want, "tag of slot {i}");
         }
     }
 
