@@ -167,9 +167,14 @@ impl Engine {
         if self.forked() {
             return Err(self.forked_error());
         }
-        let Some(shared) = &self.shared else {
-            return Ok(0);
-        };
+        match &self.shared {
+            None => Ok(0),
+            Some(shared) => self.observe_shared(shared),
+        }
+    }
+
+    /// [`Engine::observe`] in the multi-process mode; apart so that a single-process get inlines its two checks.
+    fn observe_shared(&self, shared: &SharedMode) -> Result<u64> {
         let epoch = shared.epoch.load(Ordering::Acquire);
         if shared.control.seq() == shared.seen_seq.load(Ordering::Acquire) && epoch & 1 == 0 {
             return Ok(epoch);

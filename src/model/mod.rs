@@ -20,18 +20,26 @@ pub use feature::{FeatureRecord, Field, FmeField, FmeId, MEG_PREFIXES};
 pub const MAX_ID_LEN: usize = 1024;
 
 /// Checks one id against the limits: [`Error::InvalidKey`] naming `field` if it is empty or too long.
+#[inline]
 pub(crate) fn check_id(field: &'static str, id: &str) -> Result<()> {
-    if id.is_empty() {
-        return Err(Error::invalid_key(field, id, "must not be empty"));
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(id_error(field, id));
     }
-    if id.len() > MAX_ID_LEN {
-        return Err(Error::invalid_key(
+    Ok(())
+}
+
+/// The error of [`check_id`], apart from its inlined test.
+#[cold]
+fn id_error(field: &'static str, id: &str) -> Error {
+    if id.is_empty() {
+        Error::invalid_key(field, id, "must not be empty")
+    } else {
+        Error::invalid_key(
             field,
             id,
             format!("is {} bytes long, the limit is {MAX_ID_LEN}", id.len()),
-        ));
+        )
     }
-    Ok(())
 }
 
 /// What separates goal identifiers in [`CampaignUserMap::goal_identifier`].
