@@ -103,6 +103,9 @@ class UserStorage:
         redis_cluster: Optional[list[str]] = None,
         fresh_for: Optional[float] = None,
         redis_key_prefix: Optional[str] = None,
+        per_worker: bool = False,
+        ship_batch: Optional[int] = None,
+        retry_max: Optional[float] = None,
     ) -> Self: ...
     def get(self, user_id: str, campaign_key: str) -> Optional[_VwoRecord]: ...
     def set(self, data: _RecordIn) -> None: ...

@@ -590,6 +590,12 @@ fn tier_stats_dict<'py>(py: Python<'py>, s: &ussdb::TierStats) -> PyResult<Bound
     Ok(d)
 }
 
+/// How a tier ships to Redis: `UserStorage`'s `ship_batch` and `retry_max` (defaults: the library's).
+struct Shipping {
+    batch: Option<usize>,
+    retry_max: Option<f64>,
+}
+
 /// The most worker directories `UserStorage(..., per_worker=True)` takes under one path.
 const MAX_WORKERS: usize = 256;
 
@@ -606,6 +612,7 @@ fn open_tier(
     fresh_for: Option<f64>,
     key_prefix: Option<String>,
     per_worker: bool,
+    shipping: Shipping,
 ) -> PyResult<(Tier, Store)> {
     let mut config = match (redis_url, redis_cluster) {
         (Some(_), Some(_)) => {
@@ -635,6 +642,21 @@ fn open_tier(
             PyValueError::new_err(format!("fresh_for must be seconds >= 0, not {secs}"))
         })?;
         options = options.fresh_for(fresh);
+    }
+    if let Some(mappings) = shipping.batch {
+        if mappings == 0 {
+            return Err(PyValueError::new_err("ship_batch must be at least 1"));
+        }
+        options = options.ship_batch(mappings);
+    }
+    if let Some(secs) = shipping.retry_max {
+        let wait = std::time::Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|w| !w.is_zero())
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("retry_max must be seconds > 0, not {secs}"))
+            })?;
+        options = options.retry_max(wait);
     }
     let dir = path.clone();
     let tier = py
@@ -685,6 +707,9 @@ impl UserStorage {
     /// Redis helpers write). per_worker: for servers with several worker processes (gunicorn,
     /// uWSGI): each process takes the first free directory path/worker-N (a restarted worker takes
     /// one a stopped worker left, and ships what it left waiting); the workers share Redis.
+    /// ship_batch: how many mappings the shipper sends to Redis at once (default 256).
+    /// retry_max: the longest wait in seconds between two attempts to reach Redis while it is
+    /// down (default 2; the wait starts at 0.05 and doubles).
     #[new]
     #[pyo3(signature = (
         path_or_store,
@@ -695,7 +720,9 @@ impl UserStorage {
         redis_cluster = None,
         fresh_for = None,
         redis_key_prefix = None,
-        per_worker = false
+        per_worker = false,
+        ship_batch = None,
+        retry_max = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -708,6 +735,8 @@ impl UserStorage {
         fresh_for: Option<f64>,
         redis_key_prefix: Option<String>,
         per_worker: bool,
+        ship_batch: Option<usize>,
+        retry_max: Option<f64>,
     ) -> PyResult<Self> {
         let fleet = redis_url.is_some() || redis_cluster.is_some();
         if let Ok(store) = path_or_store.cast::<Store>() {
@@ -735,15 +764,25 @@ impl UserStorage {
                 fresh_for,
                 redis_key_prefix,
                 per_worker,
+                Shipping {
+                    batch: ship_batch,
+                    retry_max,
+                },
             )?;
             return Ok(UserStorage {
                 store: Py::new(py, store)?,
                 tier: Some(tier),
             });
         }
-        if fresh_for.is_some() || redis_key_prefix.is_some() || per_worker {
+        if fresh_for.is_some()
+            || redis_key_prefix.is_some()
+            || per_worker
+            || ship_batch.is_some()
+            || retry_max.is_some()
+        {
             return Err(PyValueError::new_err(
-                "fresh_for, redis_key_prefix and per_worker apply with redis_url or redis_cluster",
+                "fresh_for, redis_key_prefix, per_worker, ship_batch and retry_max apply with redis_url or \
+                 redis_cluster",
             ));
         }
         let store = Store::new(py, path, durability, segment_size, None, true, true)?;

@@ -197,6 +197,14 @@ def test_fleet_arguments_are_checked(tmp_path, redis):
     assert "secret" not in str(refused.value)
     with pytest.raises(ValueError, match="apply with redis_url"):
         ussdb.UserStorage(str(tmp_path / "w"), fresh_for=1)
+    for option in ({"ship_batch": 16}, {"retry_max": 1.0}):
+        with pytest.raises(ValueError, match="apply with redis_url"):
+            ussdb.UserStorage(str(tmp_path / "w"), **option)
+    with pytest.raises(ValueError, match="ship_batch must be at least 1"):
+        ussdb.UserStorage(str(tmp_path / "b0"), redis_url=redis.url, ship_batch=0)
+    for wait in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="retry_max must be seconds > 0"):
+            ussdb.UserStorage(str(tmp_path / "r0"), redis_url=redis.url, retry_max=wait)
     plain = ussdb.UserStorage(str(tmp_path / "v"))
     assert plain.tier_stats() is None
     plain.flush()
@@ -260,3 +268,21 @@ def test_per_worker_gives_each_process_its_own_directory_and_redis_joins_them(tm
         assert again.get("user-2", CAMPAIGN_KEY)["variationName"] == "Control"
     with pytest.raises(ValueError, match="per_worker"):
         ussdb.UserStorage(str(tmp_path / "plain"), per_worker=True)
+
+
+def test_shipping_options_ship_every_mapping_in_small_batches(tmp_path, redis):
+    # A batch smaller than the sets waiting and a short retry_max: every mapping still reaches Redis, the one
+    # set while Redis was down too, once it is back.
+    storage = ussdb.UserStorage(str(tmp_path / "s"), redis_url=redis.url, ship_batch=3, retry_max=0.1)
+    for i in range(20):
+        storage.set({"userId": "u%d" % i, "campaignKey": CAMPAIGN_KEY, "variationName": "Control"})
+    storage.flush(10.0)
+    assert storage.tier_stats()["shipped"] == 20
+    redis.kill()
+    storage.set({"userId": "late", "campaignKey": CAMPAIGN_KEY, "variationName": "Variation-1"})
+    redis.start()
+    storage.flush(10.0)
+    assert json.loads(redis.command("GET", "%s:late" % CAMPAIGN_KEY))["variationName"] == "Variation-1"
+    for i in range(20):
+        assert json.loads(redis.command("GET", "%s:u%d" % (CAMPAIGN_KEY, i)))["variationName"] == "Control"
+    storage.close()
