@@ -122,13 +122,19 @@ fn user_of(hash: u64) -> u64 {
     hash >> USER_SHIFT
 }
 
-/// The tag of a hash in [`Table::tags`]: its low 7 bits, which come from the item (so the entries of one user,
-/// which share a run, mostly have different tags), with the top bit set so that no tag is 0, the empty slot's.
-fn tag(hash: u64) -> u8 {
-    0x80 | (hash & 0x7f) as u8
-}
+/// Tags in [`Table::tags`] have their top bit set, so that none is 0, the empty slot's.
+const TAG_BIT: u8 = 0x80;
 
 impl<const BY_KEY: bool> Table<BY_KEY> {
+    /// The tag of `hash` in [`Table::tags`]: 7 bits of it that do not choose its home slot. In the shared table
+    /// they come from the user part, so a get of a user the table does not hold (a first visit) meets no tag of
+    /// its own and never needs the item's bits of its hash (`Table::first_candidate`); in a user's own table,
+    /// where every entry has the same user part, from the item.
+    fn tag(hash: u64) -> u8 {
+        let bits = if BY_KEY { hash } else { user_of(hash) };
+        TAG_BIT | (bits & 0x7f) as u8
+    }
+
     fn mask(&self) -> usize {
         self.slots.len() - 1
     }
@@ -184,7 +190,7 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
         } else {
             self.home(hash)
         };
-        let want = tag(hash);
+        let want = Self::tag(hash);
         (0..self.tags.len())
             .map(move |i| (start + i) & mask)
             .map(|i| (i, self.tags[i]))
@@ -194,19 +200,22 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
             .filter(move |(_, s)| s.hash == hash)
     }
 
-    /// [`Table::matches`]`.next()`, written out: this is the walk of every get. It reads the tags eight at a
+    /// The first entry with the hash `full()` returns ([`Table::matches`]`.next()`), written out: this is the
+    /// walk of every get. `probe` has the key's home slot and tag: the key's hash, or in the shared table any
+    /// hash of its user, so `full` is called only when an entry of the user is met. It reads the tags eight at a
     /// time as one word (a run of a miss is ~10 slots long at 200k mappings), and byte by byte in the last seven
     /// slots before the table wraps around.
-    fn first_candidate(&self, hash: u64) -> Option<Loc> {
+    fn first_candidate(&self, probe: u64, full: impl Fn() -> u64) -> Option<Loc> {
         const HIGH: u64 = 0x8080_8080_8080_8080;
         const LOW: u64 = 0x7f7f_7f7f_7f7f_7f7f;
         if self.slots.is_empty() {
             return None;
         }
         let mask = self.mask();
-        let want = tag(hash);
+        let want = Self::tag(probe);
         let wanted = u64::from(want) * 0x0101_0101_0101_0101;
-        let mut i = self.home(hash);
+        let mut hash = None;
+        let mut i = self.home(probe);
         // The table is at most 3/4 full, so the walk meets an empty slot (tag 0).
         loop {
             let Some(bytes) = self.tags.get(i..i + 8) else {
@@ -214,7 +223,7 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
                 if t == 0 {
                     return None;
                 }
-                if t == want && self.slots[i].hash == hash {
+                if t == want && self.slots[i].hash == *hash.get_or_insert_with(&full) {
                     return Some(Loc(self.slots[i].loc));
                 }
                 i = (i + 1) & mask;
@@ -238,7 +247,7 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
             let mut candidates = equal & in_run;
             while candidates != 0 {
                 let j = i + (candidates.trailing_zeros() / 8) as usize;
-                if self.slots[j].hash == hash {
+                if self.slots[j].hash == *hash.get_or_insert_with(&full) {
                     return Some(Loc(self.slots[j].loc));
                 }
                 candidates &= candidates - 1;
@@ -253,7 +262,11 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
     /// Writes slot `i` and its tag.
     fn put(&mut self, i: usize, slot: Slot) {
         self.slots[i] = slot;
-        self.tags[i] = if slot.loc == 0 { 0 } else { tag(slot.hash) };
+        self.tags[i] = if slot.loc == 0 {
+            0
+        } else {
+            Self::tag(slot.hash)
+        };
     }
 
     fn replace(&mut self, hash: u64, old: Loc, new: Loc) -> bool {
@@ -520,10 +533,13 @@ impl Tables {
         }
     }
 
-    fn first_candidate(&self, hash: u64) -> Option<Loc> {
-        match self.own(user_of(hash)) {
-            Some(own) => own.first_candidate(hash),
-            None => self.runs.first_candidate(hash),
+    fn first_candidate(&self, prefix: u64, full: impl Fn() -> u64) -> Option<Loc> {
+        match self.own(user_of(prefix)) {
+            Some(own) => {
+                let hash = full();
+                own.first_candidate(hash, || hash)
+            }
+            None => self.runs.first_candidate(prefix, full),
         }
     }
 
@@ -688,10 +704,12 @@ impl Index {
         self.read(hash).candidates(hash)
     }
 
-    /// The first entry with this exact hash, if any: a get's guess, right unless two keys share the hash. It
-    /// stops at the entry instead of walking the rest of the run for others.
-    pub(crate) fn first_candidate(&self, hash: u64) -> Option<Loc> {
-        self.read(hash).first_candidate(hash)
+    /// The first entry with the hash `full()` returns, if any: a get's guess, right unless two keys share the
+    /// hash. It stops at the entry instead of walking the rest of the run for others. `prefix` is the key's
+    /// user prefix ([`crate::seed::UserHash::prefix`]); `full` is called only if the index holds entries of
+    /// that user, so a get of a first-time user never computes its item's bits.
+    pub(crate) fn first_candidate(&self, prefix: u64, full: impl Fn() -> u64) -> Option<Loc> {
+        self.read(prefix).first_candidate(prefix, full)
     }
 
     /// Every entry whose user part is `user_part` (a superset of one user's mappings).
@@ -934,9 +952,19 @@ mod tests {
             assert_eq!(table.len, model.len());
             assert_tags_mirror_slots(&table);
             // The word-wise walk of a get finds what the plain walk finds, for this hash and one never stored.
-            for h in [hash, hash | 0x40] {
+            for h in [hash, hash | 0x40, hash ^ (0x40 << USER_SHIFT)] {
                 let first = table.matches(h).next().map(|(_, s)| Loc(s.loc));
-                assert_eq!(table.first_candidate(h), first, "first entry of {h:#x}");
+                // The shared table finds from any hash of the user; a user's own table needs the key's.
+                let probe = if BY_KEY {
+                    h
+                } else {
+                    crate::seed::user_prefix(h)
+                };
+                assert_eq!(
+                    table.first_candidate(probe, || h),
+                    first,
+                    "first entry of {h:#x}"
+                );
             }
             if BY_KEY && table.slots.len() > MIN_CAPACITY {
                 assert!(table.len * 8 >= table.slots.len(), "a table by key shrinks");
@@ -951,7 +979,11 @@ mod tests {
     fn assert_tags_mirror_slots<const BY_KEY: bool>(table: &Table<BY_KEY>) {
         assert_eq!(table.tags.len(), table.slots.len());
         for (i, (slot, &t)) in table.slots.iter().zip(&table.tags).enumerate() {
-            let want = if slot.loc == 0 { 0 } else { tag(slot.hash) };
+            let want = if slot.loc == 0 {
+                0
+            } else {
+                Table::<BY_KEY>::tag(slot.hash)
+            };
             assert_eq!(t, want, "tag of slot {i}");
         }
     }

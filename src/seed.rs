@@ -165,20 +165,55 @@ impl KeyHasher {
     /// over the user id: its upper 40 bits are the user part, and the whole 64-bit output keys the item's few
     /// bits ([`item_bits`]).
     pub(crate) fn hash(&self, user_id: &[u8], item: &[u8]) -> u64 {
+        self.key_hash(self.user_hash(user_id), item)
+    }
+
+    /// The first half of [`KeyHasher::hash`]: the user id's SipHash pass, which alone places a key in the index.
+    /// A get of a user the index does not hold (a first visit) needs nothing more; [`KeyHasher::key_hash`]
+    /// finishes the hash of one of the user's keys.
+    pub(crate) fn user_hash(&self, user_id: &[u8]) -> UserHash {
         if self.weak {
-            return (self.user_part(user_id) << USER_SHIFT) | weak_bit(item);
+            let part = weak_bit(user_id);
+            return UserHash {
+                sip: part,
+                prefix: part << USER_SHIFT,
+            };
         }
-        let user = self.seed.hash(user_id);
-        ((user >> USER_SHIFT) << USER_SHIFT) | item_bits(user, item)
+        let sip = self.seed.hash(user_id);
+        UserHash {
+            sip,
+            prefix: (sip >> USER_SHIFT) << USER_SHIFT,
+        }
+    }
+
+    /// The hash of the key of `item` of the user of `user` (the second half of [`KeyHasher::hash`]).
+    pub(crate) fn key_hash(&self, user: UserHash, item: &[u8]) -> u64 {
+        if self.weak {
+            return user.prefix | weak_bit(item);
+        }
+        user.prefix | item_bits(user.sip, item)
     }
 
     /// The hash bits shared by all keys of one user (the upper 40 bits of [`KeyHasher::hash`], shifted down).
     pub(crate) fn user_part(&self, user_id: &[u8]) -> u64 {
-        if self.weak {
-            return weak_bit(user_id);
-        }
-        self.seed.hash(user_id) >> USER_SHIFT
+        self.user_hash(user_id).prefix >> USER_SHIFT
     }
+}
+
+/// The bits of a key hash that come from the user id ([`UserHash::prefix`] of its user).
+#[cfg(any(feature = "redis", test))]
+pub(crate) fn user_prefix(hash: u64) -> u64 {
+    (hash >> USER_SHIFT) << USER_SHIFT
+}
+
+/// A user id's hash ([`KeyHasher::user_hash`]): what all the user's key hashes share, and the key to their item
+/// bits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UserHash {
+    /// The user id's whole SipHash (the weak hasher's user part).
+    sip: u64,
+    /// The bits every key hash of the user shares, the item's bits zero.
+    pub(crate) prefix: u64,
 }
 
 /// The weak hasher's part of a user id or item: its first byte's lowest bit.

@@ -235,16 +235,26 @@ impl Engine {
         item: &[u8],
         decode: impl Fn(&[u8]) -> std::result::Result<T, String>,
     ) -> Result<Option<T>> {
-        self.get_hashed(self.key_hash(user_id, item), user_id, item, decode)
+        let hasher = self.index.hasher();
+        let user = hasher.user_hash(user_id.as_bytes());
+        self.get_keyed(
+            user.prefix,
+            || hasher.key_hash(user, item),
+            user_id,
+            item,
+            decode,
+        )
     }
 
     /// The index hash of (`user_id`, `item`): for a caller that keeps tables of its own by key (the tiers) and
     /// hands the hash back to [`Engine::get_hashed`], so a key is hashed once per operation.
+    #[cfg(feature = "redis")]
     pub(crate) fn key_hash(&self, user_id: &str, item: &[u8]) -> u64 {
         self.index.hasher().hash(user_id.as_bytes(), item)
     }
 
     /// [`Engine::get_with`] for a key whose [`Engine::key_hash`] is `hash`.
+    #[cfg(feature = "redis")]
     pub(crate) fn get_hashed<T>(
         &self,
         hash: u64,
@@ -252,9 +262,28 @@ impl Engine {
         item: &[u8],
         decode: impl Fn(&[u8]) -> std::result::Result<T, String>,
     ) -> Result<Option<T>> {
+        self.get_keyed(
+            crate::seed::user_prefix(hash),
+            || hash,
+            user_id,
+            item,
+            decode,
+        )
+    }
+
+    /// A get of the key whose user prefix is `prefix` and whose hash `hash()` gives, computed only if the index
+    /// holds entries of the user ([`Index::first_candidate`]).
+    fn get_keyed<T>(
+        &self,
+        prefix: u64,
+        hash: impl Fn() -> u64,
+        user_id: &str,
+        item: &[u8],
+        decode: impl Fn(&[u8]) -> std::result::Result<T, String>,
+    ) -> Result<Option<T>> {
         loop {
             let epoch = self.observe()?;
-            let found = self.get_once(hash, user_id, item, &decode);
+            let found = self.get_once(prefix, &hash, user_id, item, &decode);
             if self.settled(epoch) {
                 return found;
             }
@@ -263,7 +292,8 @@ impl Engine {
 
     fn get_once<T>(
         &self,
-        hash: u64,
+        prefix: u64,
+        hash: &impl Fn() -> u64,
         user_id: &str,
         item: &[u8],
         decode: &impl Fn(&[u8]) -> std::result::Result<T, String>,
@@ -272,7 +302,7 @@ impl Engine {
         'lookup: for _ in 0..MAX_LOOKUPS {
             // The first entry of the hash is the key's unless another key has the same 64-bit hash: a get that
             // finds its key there is done without walking the rest of the run for the others.
-            let Some(first) = self.index.first_candidate(hash) else {
+            let Some(first) = self.index.first_candidate(prefix, hash) else {
                 return Ok(None);
             };
             let mut rest = None;
@@ -297,7 +327,7 @@ impl Engine {
                     .get_or_insert_with(|| {
                         let others: Vec<Loc> = self
                             .index
-                            .candidates(hash)
+                            .candidates(hash())
                             .iter()
                             .filter(|&l| l != first)
                             .collect();
