@@ -85,8 +85,9 @@ struct Slot {
 ///
 /// Beside the slots, a byte per slot holds a tag of its entry's hash (0 for an empty slot): a lookup walks the
 /// run on the tags and reads a slot only where the tag matches. The tags are a sixteenth of the slots' memory,
-/// so they stay in the cache where the slots do not: a get of a missing key (a user's first visit) then reads
-/// no slot at all, seven times in eight per slot it passes, and a hit reads the one slot of its entry.
+/// so they stay in the cache where the slots do not: a get of a user the table does not hold (a first visit)
+/// reads no slot unless another entry's tag equals its own (one in 128 per entry it passes), and a hit reads the
+/// slots of its user's entries, which lie together.
 #[derive(Default)]
 struct Table<const BY_KEY: bool> {
     slots: Vec<Slot>,
