@@ -91,7 +91,7 @@ struct Slot {
 #[derive(Default)]
 struct Table<const BY_KEY: bool> {
     slots: Vec<Slot>,
-    /// [`tag`] of each slot's hash, or 0 where the slot is empty; always as long as `slots`.
+    /// [`Table::tag`] of each slot's hash, or 0 where the slot is empty; always as long as `slots`.
     tags: Vec<u8>,
     len: usize,
     /// Capacity to allocate on the first insert (see [`Table::reserve`]); 0 when none is asked for.
