@@ -5,6 +5,7 @@
 use crate::codec::{decode_entry, decode_value, encode_key, encode_value, user_prefix, with_key};
 use crate::{CampaignUserMap, Kv, Mode, Res, SYNC_PERIOD};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 pub struct SledStore {
     db: sled::Db,
@@ -14,8 +15,22 @@ pub struct SledStore {
 impl SledStore {
     pub fn open(dir: &Path, mode: Mode) -> Res<SledStore> {
         let every = (mode == Mode::Buffered).then(|| SYNC_PERIOD.as_millis() as u64);
-        let db = sled::Config::new().path(dir).flush_every_ms(every).open()?;
-        Ok(SledStore { db, mode })
+        // sled's flusher thread (buffered mode) keeps the directory's file lock until its next tick
+        // after the last `Db` handle is dropped, so an open right after a close (the conformance
+        // test's reopen, the table's open figure) can find it still held: wait for it to let go.
+        let deadline = Instant::now() + 5 * SYNC_PERIOD;
+        loop {
+            match sled::Config::new().path(dir).flush_every_ms(every).open() {
+                Ok(db) => return Ok(SledStore { db, mode }),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
