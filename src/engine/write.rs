@@ -3,7 +3,8 @@
 //! Every write takes the log mutex, finds the key's current record, appends its own record with one `pwrite`,
 //! and updates the index before unlocking, so the order of records in the log, the order of index updates and
 //! the order in which writers were served are the same. Durability waits happen after the unlock: with
-//! [`Durability::Immediate`] a writer waits in [`GroupCommit`](crate::durability::GroupCommit) until an fsync covers its record.
+//! [`Durability::Immediate`] a writer waits in [`GroupCommit`](crate::durability::GroupCommit) until an fsync
+//! covers its record.
 //!
 //! fsync order: a record is durable once the active segment is `fdatasync`ed. Rotation fsyncs the full segment
 //! before the next one is created (so only the newest segment can ever hold a torn record), and creation writes
