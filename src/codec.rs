@@ -7,6 +7,10 @@
 //! user id and campaign key are not repeated in the value; they are in the key. The encoding is frozen by the
 //! golden vectors in the tests below: a change to them is a change of the on-disk format.
 //!
+//! bincode defines that format and writes it; [`decode_value`] reads it by hand, because it runs on every get and
+//! bincode's decoder costs more than the reading itself. The tests and the `value_codec` fuzz target hold the hand
+//! decoder to bincode's ([`decode_value_bincode`]): the same values from the same bytes, and refusal of the same.
+//!
 //! FME records ([`FeatureRecord`]) live in their own item namespace: their item is `0xFF` followed by the feature
 //! key. `0xFF` never occurs in UTF-8, so no campaign key (always UTF-8) can equal an FME item, and a record's kind
 //! is told from its key alone. Their value is a version byte (`1`) and bincode of [`StoredFeature`].
@@ -25,7 +29,7 @@ pub const MAX_VALUE_LEN: usize = MAX_RECORD_VALUE_LEN;
 
 /// What a record's value holds. Field order is the on-disk order; never reorder, never add serde attributes that
 /// skip fields (bincode is not self-describing, so a skipped field shifts every byte after it). Written through
-/// serde, read by the `BorrowDecode` below.
+/// serde, read by [`decode_value`], and by the `BorrowDecode` below that it is checked against.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct StoredValue<'a> {
     /// The variation the user was assigned.
@@ -36,8 +40,7 @@ pub(crate) struct StoredValue<'a> {
     pub meta_data: Option<Cow<'a, str>>,
 }
 
-/// Decoded with bincode's own decoder instead of through serde: the same bytes (the golden vectors in the tests
-/// below hold both to them), read without serde's visitor calls, on the path of every get.
+/// bincode's reading of the value, field by field: the reference [`decode_value`] is held to (tests and fuzzing).
 impl<'de, Context> bincode::BorrowDecode<'de, Context> for StoredValue<'de> {
     fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = Context>>(
         decoder: &mut D,
@@ -224,8 +227,32 @@ impl bincode::enc::write::Writer for Tail<'_> {
     }
 }
 
-/// Decodes a value; the error text says what is wrong (the caller adds file and offset).
+/// Decodes a value; the error text says what is wrong (the caller adds file and offset). Accepts exactly the bytes
+/// bincode's decoder accepts ([`decode_value_bincode`]), including its non-minimal lengths (`fb 05 00` for 5),
+/// and applies its limit the way it does.
 pub(crate) fn decode_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, String> {
+    let mut reader = ValueReader {
+        rest: bytes,
+        claimed: 0,
+    };
+    let variation_name = reader.string("variation name")?;
+    let goal_identifier = reader.option("goal identifier")?;
+    let meta_data = reader.option("meta data")?;
+    if !reader.rest.is_empty() {
+        return Err(format!(
+            "{} trailing bytes after the value",
+            reader.rest.len()
+        ));
+    }
+    Ok(StoredValue {
+        variation_name: Cow::Borrowed(variation_name),
+        goal_identifier: goal_identifier.map(Cow::Borrowed),
+        meta_data: meta_data.map(Cow::Borrowed),
+    })
+}
+
+/// bincode's own decoding of a value: the definition [`decode_value`] is tested and fuzzed against.
+pub(crate) fn decode_value_bincode(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, String> {
     let (value, used): (StoredValue<'_>, usize) =
         bincode::borrow_decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
     if used != bytes.len() {
@@ -235,6 +262,86 @@ pub(crate) fn decode_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>,
         ));
     }
     Ok(value)
+}
+
+/// The bytes of a value not yet read, and what bincode's limit has counted so far.
+struct ValueReader<'a> {
+    rest: &'a [u8],
+    /// bincode's count against the limit: not the bytes read but 8 per length (the size of the `u64` it decodes,
+    /// whatever the varint's width), 1 per option tag, and each string's length, refused once past
+    /// [`MAX_VALUE_LEN`]. Kept the same way here, so that the same values are refused.
+    claimed: usize,
+}
+
+impl<'a> ValueReader<'a> {
+    fn claim(&mut self, n: usize, what: &str) -> std::result::Result<(), String> {
+        match self.claimed.checked_add(n) {
+            Some(total) if total <= MAX_VALUE_LEN => {
+                self.claimed = total;
+                Ok(())
+            }
+            _ => Err(format!(
+                "the {what} takes the value past its limit of {MAX_VALUE_LEN} bytes"
+            )),
+        }
+    }
+
+    /// A varint length: a byte below 251 is the length; `fb`, `fc`, `fd` are followed by a u16, u32, u64
+    /// (little-endian), not necessarily the shortest form; `fe` (u128) and `ff` are refused.
+    fn length(&mut self, what: &str) -> std::result::Result<usize, String> {
+        self.claim(8, what)?;
+        let ends = || format!("value ends inside the {what}'s length");
+        let (&first, rest) = self.rest.split_first().ok_or_else(ends)?;
+        let (len, rest) = match first {
+            0..=250 => (u64::from(first), rest),
+            251 => {
+                let (b, rest) = rest.split_first_chunk::<2>().ok_or_else(ends)?;
+                (u64::from(u16::from_le_bytes(*b)), rest)
+            }
+            252 => {
+                let (b, rest) = rest.split_first_chunk::<4>().ok_or_else(ends)?;
+                (u64::from(u32::from_le_bytes(*b)), rest)
+            }
+            253 => {
+                let (b, rest) = rest.split_first_chunk::<8>().ok_or_else(ends)?;
+                (u64::from_le_bytes(*b), rest)
+            }
+            _ => {
+                return Err(format!(
+                    "the {what}'s length starts with byte {first}, which begins no length (251-253 do)"
+                ));
+            }
+        };
+        self.rest = rest;
+        usize::try_from(len)
+            .map_err(|_| format!("the {what}'s length {len} is past this machine's"))
+    }
+
+    fn string(&mut self, what: &str) -> std::result::Result<&'a str, String> {
+        let len = self.length(what)?;
+        self.claim(len, what)?;
+        let Some((bytes, rest)) = self.rest.split_at_checked(len) else {
+            return Err(format!(
+                "the {what}'s length is {len} bytes, the value has {} left",
+                self.rest.len()
+            ));
+        };
+        self.rest = rest;
+        std::str::from_utf8(bytes).map_err(|e| format!("the {what} is not UTF-8: {e}"))
+    }
+
+    fn option(&mut self, what: &str) -> std::result::Result<Option<&'a str>, String> {
+        self.claim(1, what)?;
+        let Some((&tag, rest)) = self.rest.split_first() else {
+            return Err(format!("value ends before the {what}'s option tag"));
+        };
+        self.rest = rest;
+        match tag {
+            0 => Ok(None),
+            1 => self.string(what).map(Some),
+            _ => Err(format!("option tag {tag} before the {what} (0 or 1)")),
+        }
+    }
 }
 
 /// Builds the public map from a record's key and value.
@@ -476,7 +583,7 @@ mod tests {
             encode_value(&map(Some("a_vwo_b")), Some("{\"k\":1}")).expect("encodes"),
             b"\x07Control\x01\x07a_vwo_b\x01\x07{\"k\":1}"
         );
-        // And read back by the decoder the read path uses (bincode's own, not serde's).
+        // And read back by the decoder the read path uses (by hand, held to bincode's by the tests below).
         let read = decode_value(b"\x07Control\x01\x07a_vwo_b\x01\x07{\"k\":1}").expect("decodes");
         assert_eq!(read.variation_name, "Control");
         assert_eq!(read.goal_identifier.as_deref(), Some("a_vwo_b"));
@@ -516,6 +623,260 @@ mod tests {
             decode_value(b"\xfd\xff\xff\xff\xff\xff\xff\xff\x7f").is_err(),
             "huge length"
         );
+    }
+
+    /// Both decoders on `bytes`: the same value, or both an error. Returns whether the value was accepted.
+    fn agree(bytes: &[u8]) -> bool {
+        match (decode_value(bytes), decode_value_bincode(bytes)) {
+            (Ok(hand), Ok(bincode)) => {
+                assert_eq!(hand, bincode, "different values from {bytes:02x?}");
+                true
+            }
+            (Err(_), Err(_)) => false,
+            (hand, bincode) => {
+                panic!("decoders disagree on {bytes:02x?}: by hand {hand:?}, bincode {bincode:?}")
+            }
+        }
+    }
+
+    /// xorshift64: a fixed sequence, so a failure repeats.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        /// A string of about `chars` characters of one to four UTF-8 bytes each.
+        fn text(&mut self, chars: usize) -> String {
+            const CHARS: [char; 8] = ['a', 'Z', '_', '{', '\u{0}', 'ü', '€', '😀'];
+            (0..chars).map(|_| CHARS[self.below(CHARS.len())]).collect()
+        }
+
+        /// A length that often sits at a border of the varint's forms.
+        fn len(&mut self) -> usize {
+            match self.below(8) {
+                0 => 0,
+                1 => 245 + self.below(12),
+                _ => self.below(20),
+            }
+        }
+
+        fn value(&mut self) -> StoredValue<'static> {
+            let n = self.len();
+            let variation_name = Cow::Owned(self.text(n));
+            let field = |rng: &mut Self| {
+                (rng.below(3) > 0).then(|| {
+                    let n = rng.len();
+                    Cow::Owned(rng.text(n))
+                })
+            };
+            StoredValue {
+                variation_name,
+                goal_identifier: field(self),
+                meta_data: field(self),
+            }
+        }
+    }
+
+    fn bincode_bytes(value: &StoredValue<'_>) -> Vec<u8> {
+        bincode::serde::encode_to_vec(value, config()).expect("encodes")
+    }
+
+    /// Every truncation, every single-byte change to one of a few telling bytes or a random one, and a byte too
+    /// many: the two decoders agree on all of them. Returns (accepted, refused) counts.
+    fn agree_around(bytes: &[u8], rng: &mut Rng) -> (usize, usize) {
+        let mut counts = (0, 0);
+        let mut tally = |ok: bool| {
+            if ok {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
+        };
+        tally(agree(bytes));
+        for end in 0..bytes.len() {
+            tally(agree(&bytes[..end]));
+        }
+        let mut changed = bytes.to_vec();
+        for at in 0..bytes.len() {
+            let was = bytes[at];
+            let random = rng.next() as u8;
+            for b in [
+                0,
+                1,
+                2,
+                7,
+                250,
+                251,
+                252,
+                253,
+                254,
+                255,
+                was ^ 1,
+                was ^ 0x80,
+                random,
+            ] {
+                changed[at] = b;
+                tally(agree(&changed));
+            }
+            changed[at] = was;
+        }
+        changed.push(rng.next() as u8);
+        tally(agree(&changed));
+        counts
+    }
+
+    #[test]
+    fn hand_decoder_reads_what_bincode_reads() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let golden: [&[u8]; 2] = [
+            b"\x07Control\x00\x00",
+            b"\x07Control\x01\x07a_vwo_b\x01\x07{\"k\":1}",
+        ];
+        let mut counts = (0, 0);
+        let mut add = |c: (usize, usize)| {
+            counts.0 += c.0;
+            counts.1 += c.1;
+        };
+        for bytes in golden {
+            add(agree_around(bytes, &mut rng));
+        }
+        for _ in 0..1500 {
+            let value = rng.value();
+            let bytes = bincode_bytes(&value);
+            assert_eq!(decode_value(&bytes), Ok(value.clone()), "{bytes:02x?}");
+            add(agree_around(&bytes, &mut rng));
+        }
+        // Strings with a u16 or u32 length: whole, cut just before and after the length, and with its bytes changed.
+        for n in [65_535, 65_536, 70_000] {
+            let value = StoredValue {
+                variation_name: Cow::Owned("v".repeat(n)),
+                goal_identifier: Some(Cow::Owned(rng.text(n / 4))),
+                meta_data: None,
+            };
+            let bytes = bincode_bytes(&value);
+            assert!(agree(&bytes));
+            for end in (0..8).chain(bytes.len() - 8..bytes.len()) {
+                assert!(!agree(&bytes[..end]));
+            }
+            let mut changed = bytes.clone();
+            for at in 0..5 {
+                for b in [0, 1, 250, 251, 252, 253, 254, 255] {
+                    changed[at] = b;
+                    agree(&changed);
+                }
+                changed[at] = bytes[at];
+            }
+        }
+        // Both outcomes are exercised at length, or the agreement above proves little.
+        assert!(counts.0 > 10_000 && counts.1 > 100_000, "{counts:?}");
+    }
+
+    /// A value whose variation name has the length prefix `len` before `body`, then no goals and no metadata.
+    fn named(len: &[u8], body: &[u8]) -> Vec<u8> {
+        [len, body, b"\x00\x00"].concat()
+    }
+
+    #[test]
+    fn hand_decoder_reads_bincodes_varints() {
+        let hello = b"hello";
+        let a250 = [b'a'; 250];
+        // Shortest and longer forms of one length: bincode reads them all the same.
+        for len in [
+            &[5][..],
+            &[251, 5, 0],
+            &[252, 5, 0, 0, 0],
+            &[253, 5, 0, 0, 0, 0, 0, 0, 0],
+        ] {
+            let bytes = named(len, hello);
+            assert!(agree(&bytes), "{bytes:02x?}");
+            assert_eq!(
+                decode_value(&bytes).expect("decodes").variation_name,
+                "hello"
+            );
+        }
+        assert!(agree(&named(&[250], &a250)));
+        assert!(agree(&named(&[251, 250, 0], &a250)));
+        assert!(agree(&named(&[251, 251, 0], &[b'a'; 251])));
+        assert!(agree(&named(&[251, 0xff, 0xff], &[b'a'; 65_535])));
+        assert!(agree(&named(&[252, 0, 0, 1, 0], &[b'a'; 65_536])));
+        // Lengths that are u128 or reserved, that promise more than there is, or that pass the limit.
+        for len in [
+            &[254, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            &[255, 5],
+            &[251, 6, 0],
+            &[251, 0xff, 0xff],
+            &[252, 0xff, 0xff, 0xff, 0xff],
+            &[253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &[253, 0xf7, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &[253, 0, 0, 0, 0, 0, 0, 0, 1],
+            &[251, 5],
+            &[252, 5, 0, 0],
+            &[253, 5, 0, 0, 0, 0, 0, 0],
+        ] {
+            let bytes = named(len, hello);
+            assert!(!agree(&bytes), "{bytes:02x?}");
+        }
+        // The same lengths in the second and third field.
+        for (len, ok) in [
+            (&[5][..], true),
+            (&[251, 5, 0], true),
+            (&[252, 5, 0, 0, 0], true),
+            (&[253, 5, 0, 0, 0, 0, 0, 0, 0], true),
+            (
+                &[254, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                false,
+            ),
+            (&[255], false),
+            (
+                &[253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                false,
+            ),
+        ] {
+            let goal = [b"\x01v\x01", len, hello, b"\x00"].concat();
+            let meta = [b"\x01v\x00\x01", len, hello].concat();
+            assert_eq!(agree(&goal), ok, "{goal:02x?}");
+            assert_eq!(agree(&meta), ok, "{meta:02x?}");
+        }
+        // bincode's limit counts 8 bytes per length whatever its width, 1 per option tag, and the strings: a
+        // value whose count is the limit is read, one more byte of string is refused, by both.
+        let name_at_limit = MAX_VALUE_LEN - (8 + 1 + 1);
+        let goal_at_limit = MAX_VALUE_LEN - (8 + 5 + 1 + 8 + 1);
+        for extra in [0, 1] {
+            let n = name_at_limit + extra;
+            let len = u32::try_from(n).expect("fits").to_le_bytes();
+            let bytes = named(&[&[252][..], &len].concat(), &vec![b'x'; n]);
+            assert_eq!(agree(&bytes), extra == 0, "variation name of {n} bytes");
+            let n = goal_at_limit + extra;
+            let len = u64::try_from(n).expect("fits").to_le_bytes();
+            let split = [b"\x05hello\x01\xfd", &len[..], &vec![b'x'; n], b"\x00"].concat();
+            assert_eq!(agree(&split), extra == 0, "goal identifier of {n} bytes");
+        }
+    }
+
+    #[test]
+    fn hand_decoder_says_what_is_wrong() {
+        let error = |bytes: &[u8]| decode_value(bytes).expect_err("refused");
+        assert!(error(b"\x07Control\x07").contains("option tag 7"));
+        assert!(
+            error(b"\x07Control\x01\xfb\x01").contains("ends inside the goal identifier's length")
+        );
+        assert!(error(b"\x07Control\x00").contains("meta data's option tag"));
+        assert!(
+            error(b"\x07Control\x00\x01\xfe").contains("meta data's length starts with byte 254")
+        );
+        assert!(error(b"\x02\xff\xfe\x00\x00").contains("variation name is not UTF-8"));
+        assert!(error(b"\x0aControl\x00\x00").contains("length is 10 bytes, the value has 9 left"));
+        assert!(error(b"\xfc\x00\x00\x10\x00").contains("past its limit"));
+        assert!(error(b"\x07Control\x00\x00\x00").contains("1 trailing bytes"));
     }
 
     #[test]

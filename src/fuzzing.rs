@@ -84,12 +84,15 @@ pub fn segment_header(data: &[u8]) {
 
 /// Key and value codecs: never panic; a decoded key encodes back to the same bytes, and a decoded value (of a
 /// campaign mapping or of an FME record) survives an encode/decode round trip unchanged, and an FME record its
-/// JSON form too. The first byte of `data` splits it into a key and a value.
+/// JSON form too. The hand decoder of a mapping's value reads what bincode's reads, and refuses what it refuses.
+/// The first byte of `data` splits it into a key and a value.
 pub fn value_codec(data: &[u8]) {
+    same_value_decoding(data);
     let Some((&split, rest)) = data.split_first() else {
         return;
     };
     let (key, value) = rest.split_at(usize::from(split).min(rest.len()));
+    same_value_decoding(value);
     if let Ok(rec) = codec::decode_feature("u", "f", value) {
         let again = codec::encode_feature(&rec).expect("a decoded FME value fits the format");
         let back = codec::decode_feature("u", "f", &again).expect("an encoded FME value decodes");
@@ -129,6 +132,22 @@ pub fn value_codec(data: &[u8]) {
         codec::encode_value(&map, meta.as_deref()).expect("a decoded value fits the format");
     let back = codec::decode_value(&again).expect("an encoded value decodes");
     assert_eq!(back, stored, "encode/decode round trip changed the value");
+}
+
+/// The value decoder of the read path and bincode's agree: the same value, or both an error.
+fn same_value_decoding(bytes: &[u8]) {
+    match (
+        codec::decode_value(bytes),
+        codec::decode_value_bincode(bytes),
+    ) {
+        (Ok(hand), Ok(bincode)) => {
+            assert_eq!(hand, bincode, "the two decoders read different values")
+        }
+        (Err(_), Err(_)) => {}
+        (hand, bincode) => {
+            panic!("the decoders disagree on {bytes:02x?}: by hand {hand:?}, bincode {bincode:?}")
+        }
+    }
 }
 
 /// Hint file decoder: never panics; an accepted hint lays its entries end to end from the segment header to the
