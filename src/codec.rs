@@ -231,24 +231,7 @@ impl bincode::enc::write::Writer for Tail<'_> {
 /// bincode's decoder accepts ([`decode_value_bincode`]), including its non-minimal lengths (`fb 05 00` for 5),
 /// and applies its limit the way it does.
 pub(crate) fn decode_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, String> {
-    let mut reader = ValueReader {
-        rest: bytes,
-        claimed: 0,
-    };
-    let variation_name = reader.string("variation name")?;
-    let goal_identifier = reader.option("goal identifier")?;
-    let meta_data = reader.option("meta data")?;
-    if !reader.rest.is_empty() {
-        return Err(format!(
-            "{} trailing bytes after the value",
-            reader.rest.len()
-        ));
-    }
-    Ok(StoredValue {
-        variation_name: Cow::Borrowed(variation_name),
-        goal_identifier: goal_identifier.map(Cow::Borrowed),
-        meta_data: meta_data.map(Cow::Borrowed),
-    })
+    read_value(bytes).map_err(|damage| damage.to_string())
 }
 
 /// bincode's own decoding of a value: the definition [`decode_value`] is tested and fuzzed against.
@@ -264,83 +247,162 @@ pub(crate) fn decode_value_bincode(bytes: &[u8]) -> std::result::Result<StoredVa
     Ok(value)
 }
 
-/// The bytes of a value not yet read, and what bincode's limit has counted so far.
-struct ValueReader<'a> {
-    rest: &'a [u8],
-    /// bincode's count against the limit: not the bytes read but 8 per length (the size of the `u64` it decodes,
-    /// whatever the varint's width), 1 per option tag, and each string's length, refused once past
-    /// [`MAX_VALUE_LEN`]. Kept the same way here, so that the same values are refused.
-    claimed: usize,
+/// The fields of a value, in their order, to name the one that is damaged.
+#[derive(Clone, Copy, Debug)]
+enum ValueField {
+    VariationName,
+    GoalIdentifier,
+    MetaData,
 }
 
-impl<'a> ValueReader<'a> {
-    fn claim(&mut self, n: usize, what: &str) -> std::result::Result<(), String> {
-        match self.claimed.checked_add(n) {
-            Some(total) if total <= MAX_VALUE_LEN => {
-                self.claimed = total;
-                Ok(())
+impl std::fmt::Display for ValueField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ValueField::VariationName => "variation name",
+            ValueField::GoalIdentifier => "goal identifier",
+            ValueField::MetaData => "meta data",
+        })
+    }
+}
+
+/// What is wrong with a value: small and plain, so the read path returns it cheaply, and put into words only
+/// when a value is damaged.
+#[derive(Debug)]
+enum ValueDamage {
+    EndsInLength(ValueField),
+    /// A length's first byte is `fe` (a u128, which no length is) or `ff` (reserved).
+    LengthTag(ValueField, u8),
+    Short {
+        field: ValueField,
+        len: u64,
+        left: usize,
+    },
+    NotUtf8(ValueField, std::str::Utf8Error),
+    EndsBeforeTag(ValueField),
+    OptionTag(ValueField, u8),
+    Trailing(usize),
+    /// bincode's count against its limit (see [`read_value`]).
+    OverLimit(usize),
+}
+
+impl std::fmt::Display for ValueDamage {
+    #[cold]
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueDamage::EndsInLength(field) => write!(f, "value ends inside the {field}'s length"),
+            ValueDamage::LengthTag(field, byte) => write!(
+                f,
+                "the {field}'s length starts with byte {byte}, which starts no length (251 to 253 do)"
+            ),
+            ValueDamage::Short { field, len, left } => write!(
+                f,
+                "the {field}'s length is {len} bytes, the value has {left} left"
+            ),
+            ValueDamage::NotUtf8(field, e) => write!(f, "the {field} is not UTF-8: {e}"),
+            ValueDamage::EndsBeforeTag(field) => {
+                write!(f, "value ends before the {field}'s option tag")
             }
-            _ => Err(format!(
-                "the {what} takes the value past its limit of {MAX_VALUE_LEN} bytes"
-            )),
+            ValueDamage::OptionTag(field, tag) => {
+                write!(f, "option tag {tag} before the {field} (0 or 1)")
+            }
+            ValueDamage::Trailing(n) => write!(f, "{n} trailing bytes after the value"),
+            ValueDamage::OverLimit(claimed) => write!(
+                f,
+                "value counts {claimed} bytes by bincode's measure, past its limit of {MAX_VALUE_LEN}"
+            ),
         }
     }
+}
 
-    /// A varint length: a byte below 251 is the length; `fb`, `fc`, `fd` are followed by a u16, u32, u64
-    /// (little-endian), not necessarily the shortest form; `fe` (u128) and `ff` are refused.
-    fn length(&mut self, what: &str) -> std::result::Result<usize, String> {
-        self.claim(8, what)?;
-        let ends = || format!("value ends inside the {what}'s length");
-        let (&first, rest) = self.rest.split_first().ok_or_else(ends)?;
-        let (len, rest) = match first {
-            0..=250 => (u64::from(first), rest),
-            251 => {
-                let (b, rest) = rest.split_first_chunk::<2>().ok_or_else(ends)?;
-                (u64::from(u16::from_le_bytes(*b)), rest)
-            }
-            252 => {
-                let (b, rest) = rest.split_first_chunk::<4>().ok_or_else(ends)?;
-                (u64::from(u32::from_le_bytes(*b)), rest)
-            }
-            253 => {
-                let (b, rest) = rest.split_first_chunk::<8>().ok_or_else(ends)?;
-                (u64::from_le_bytes(*b), rest)
-            }
-            _ => {
-                return Err(format!(
-                    "the {what}'s length starts with byte {first}, which begins no length (251-253 do)"
-                ));
-            }
-        };
-        self.rest = rest;
-        usize::try_from(len)
-            .map_err(|_| format!("the {what}'s length {len} is past this machine's"))
+/// Reads bincode's encoding of [`StoredValue`] as bincode 2.0.1 reads it (standard configuration, limit
+/// [`MAX_VALUE_LEN`]).
+fn read_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, ValueDamage> {
+    let mut rest = bytes;
+    let variation_name = read_str(&mut rest, ValueField::VariationName)?;
+    let goal_identifier = read_option(&mut rest, ValueField::GoalIdentifier)?;
+    let meta_data = read_option(&mut rest, ValueField::MetaData)?;
+    if !rest.is_empty() {
+        return Err(ValueDamage::Trailing(rest.len()));
     }
-
-    fn string(&mut self, what: &str) -> std::result::Result<&'a str, String> {
-        let len = self.length(what)?;
-        self.claim(len, what)?;
-        let Some((bytes, rest)) = self.rest.split_at_checked(len) else {
-            return Err(format!(
-                "the {what}'s length is {len} bytes, the value has {} left",
-                self.rest.len()
-            ));
-        };
-        self.rest = rest;
-        std::str::from_utf8(bytes).map_err(|e| format!("the {what} is not UTF-8: {e}"))
+    // bincode's limit counts 8 bytes per length (the u64 it decodes, whatever the varint's width), 1 per option
+    // tag and each string's bytes, and refuses a value once the count passes the limit. The count only grows,
+    // so checking its total once, here, refuses the same values. (The strings lie within `bytes`: no overflow.)
+    let lengths = 1 + usize::from(goal_identifier.is_some()) + usize::from(meta_data.is_some());
+    let claimed = 8 * lengths
+        + 2
+        + variation_name.len()
+        + goal_identifier.map_or(0, str::len)
+        + meta_data.map_or(0, str::len);
+    if claimed > MAX_VALUE_LEN {
+        return Err(ValueDamage::OverLimit(claimed));
     }
+    Ok(StoredValue {
+        variation_name: Cow::Borrowed(variation_name),
+        goal_identifier: goal_identifier.map(Cow::Borrowed),
+        meta_data: meta_data.map(Cow::Borrowed),
+    })
+}
 
-    fn option(&mut self, what: &str) -> std::result::Result<Option<&'a str>, String> {
-        self.claim(1, what)?;
-        let Some((&tag, rest)) = self.rest.split_first() else {
-            return Err(format!("value ends before the {what}'s option tag"));
-        };
-        self.rest = rest;
-        match tag {
-            0 => Ok(None),
-            1 => self.string(what).map(Some),
-            _ => Err(format!("option tag {tag} before the {what} (0 or 1)")),
+/// A varint length: a byte below 251 is the length; `fb`, `fc`, `fd` are followed by a u16, u32, u64
+/// (little-endian), which bincode reads even when a shorter form would do; `fe` (u128) and `ff` are refused.
+#[inline]
+fn read_len(rest: &mut &[u8], field: ValueField) -> std::result::Result<u64, ValueDamage> {
+    let ends = ValueDamage::EndsInLength(field);
+    let (&first, after) = rest.split_first().ok_or(ValueDamage::EndsInLength(field))?;
+    let (len, after) = match first {
+        0..=250 => (u64::from(first), after),
+        251 => {
+            let (b, after) = after.split_first_chunk::<2>().ok_or(ends)?;
+            (u64::from(u16::from_le_bytes(*b)), after)
         }
+        252 => {
+            let (b, after) = after.split_first_chunk::<4>().ok_or(ends)?;
+            (u64::from(u32::from_le_bytes(*b)), after)
+        }
+        253 => {
+            let (b, after) = after.split_first_chunk::<8>().ok_or(ends)?;
+            (u64::from_le_bytes(*b), after)
+        }
+        _ => return Err(ValueDamage::LengthTag(field, first)),
+    };
+    *rest = after;
+    Ok(len)
+}
+
+/// A string: its varint length, then that many bytes of UTF-8.
+#[inline(always)]
+fn read_str<'a>(
+    rest: &mut &'a [u8],
+    field: ValueField,
+) -> std::result::Result<&'a str, ValueDamage> {
+    let len = read_len(rest, field)?;
+    // A length past the address space is past the bytes too.
+    let (bytes, after) = usize::try_from(len)
+        .ok()
+        .and_then(|n| rest.split_at_checked(n))
+        .ok_or(ValueDamage::Short {
+            field,
+            len,
+            left: rest.len(),
+        })?;
+    *rest = after;
+    std::str::from_utf8(bytes).map_err(|e| ValueDamage::NotUtf8(field, e))
+}
+
+/// An option: tag `00` for none, `01` and the string for some; any other tag is refused.
+#[inline(always)]
+fn read_option<'a>(
+    rest: &mut &'a [u8],
+    field: ValueField,
+) -> std::result::Result<Option<&'a str>, ValueDamage> {
+    let (&tag, after) = rest
+        .split_first()
+        .ok_or(ValueDamage::EndsBeforeTag(field))?;
+    *rest = after;
+    match tag {
+        0 => Ok(None),
+        1 => read_str(rest, field).map(Some),
+        _ => Err(ValueDamage::OptionTag(field, tag)),
     }
 }
 
@@ -875,7 +937,9 @@ mod tests {
         );
         assert!(error(b"\x02\xff\xfe\x00\x00").contains("variation name is not UTF-8"));
         assert!(error(b"\x0aControl\x00\x00").contains("length is 10 bytes, the value has 9 left"));
-        assert!(error(b"\xfc\x00\x00\x10\x00").contains("past its limit"));
+        assert!(error(b"\xfc\x00\x00\x10\x00").contains("the value has 0 left"));
+        let over = named(&[252, 0xf7, 0xff, 0x0f, 0], &vec![b'x'; MAX_VALUE_LEN - 9]);
+        assert!(error(&over).contains("counts 1048577 bytes by bincode's measure, past its limit"));
         assert!(error(b"\x07Control\x00\x00\x00").contains("1 trailing bytes"));
     }
 
