@@ -53,8 +53,18 @@ impl<'de, Context> bincode::BorrowDecode<'de, Context> for StoredValue<'de> {
     }
 }
 
+/// bincode's limit when reading a value. It does not count bytes read but what the decoder claims: 8 per length
+/// whatever its width, a whole container before its elements. A limit of [`MAX_VALUE_LEN`] therefore refused some
+/// values that the writer accepts (a variation name 9 bytes short of 1 MiB was written and then unreadable), so
+/// the readers' limit is far above any count that a value of at most [`MAX_VALUE_LEN`] bytes can make; all it
+/// must do is stop a damaged length from making the decoder allocate without bound. (The tests write values of
+/// the largest size, of either kind, and read them back.)
+const DECODE_LIMIT: usize = 32 * MAX_VALUE_LEN;
+
+/// bincode's configuration: the standard one, with [`DECODE_LIMIT`] (writes are checked against
+/// [`MAX_VALUE_LEN`] on their length; the limit applies to reading only).
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ MAX_VALUE_LEN }>()
+    bincode::config::standard().with_limit::<{ DECODE_LIMIT }>()
 }
 
 /// Refuses an empty variation name, as empty ids are refused: the SDKs never store one, so it can only come from
@@ -308,14 +318,14 @@ impl std::fmt::Display for ValueDamage {
             ValueDamage::Trailing(n) => write!(f, "{n} trailing bytes after the value"),
             ValueDamage::OverLimit(claimed) => write!(
                 f,
-                "value counts {claimed} bytes by bincode's measure, past its limit of {MAX_VALUE_LEN}"
+                "value counts {claimed} bytes by bincode's measure, past its limit of {DECODE_LIMIT}"
             ),
         }
     }
 }
 
 /// Reads bincode's encoding of [`StoredValue`] as bincode 2.0.1 reads it (standard configuration, limit
-/// [`MAX_VALUE_LEN`]).
+/// [`DECODE_LIMIT`]).
 fn read_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, ValueDamage> {
     let mut rest = bytes;
     let variation_name = read_str(&mut rest, ValueField::VariationName)?;
@@ -333,7 +343,7 @@ fn read_value(bytes: &[u8]) -> std::result::Result<StoredValue<'_>, ValueDamage>
         + variation_name.len()
         + goal_identifier.map_or(0, str::len)
         + meta_data.map_or(0, str::len);
-    if claimed > MAX_VALUE_LEN {
+    if claimed > DECODE_LIMIT {
         return Err(ValueDamage::OverLimit(claimed));
     }
     Ok(StoredValue {
@@ -910,8 +920,8 @@ mod tests {
         }
         // bincode's limit counts 8 bytes per length whatever its width, 1 per option tag, and the strings: a
         // value whose count is the limit is read, one more byte of string is refused, by both.
-        let name_at_limit = MAX_VALUE_LEN - (8 + 1 + 1);
-        let goal_at_limit = MAX_VALUE_LEN - (8 + 5 + 1 + 8 + 1);
+        let name_at_limit = DECODE_LIMIT - (8 + 1 + 1);
+        let goal_at_limit = DECODE_LIMIT - (8 + 5 + 1 + 8 + 1);
         for extra in [0, 1] {
             let n = name_at_limit + extra;
             let len = u32::try_from(n).expect("fits").to_le_bytes();
@@ -938,8 +948,12 @@ mod tests {
         assert!(error(b"\x02\xff\xfe\x00\x00").contains("variation name is not UTF-8"));
         assert!(error(b"\x0aControl\x00\x00").contains("length is 10 bytes, the value has 9 left"));
         assert!(error(b"\xfc\x00\x00\x10\x00").contains("the value has 0 left"));
-        let over = named(&[252, 0xf7, 0xff, 0x0f, 0], &vec![b'x'; MAX_VALUE_LEN - 9]);
-        assert!(error(&over).contains("counts 1048577 bytes by bincode's measure, past its limit"));
+        let n = DECODE_LIMIT - 9;
+        let len = u32::try_from(n).expect("fits").to_le_bytes();
+        let over = named(&[&[252][..], &len].concat(), &vec![b'x'; n]);
+        assert!(
+            error(&over).contains("counts 33554433 bytes by bincode's measure, past its limit")
+        );
         assert!(error(b"\x07Control\x00\x00\x00").contains("1 trailing bytes"));
     }
 
@@ -1024,6 +1038,33 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn values_of_the_largest_size_read_back() {
+        // Every length the writer accepts, up to the last byte, reads back: bincode's limit counts 8 bytes per
+        // length, so a reader limited to the writer's size refused names 9 bytes short of it.
+        for short in [0, 1, 7, 9, 10, 30] {
+            // 5 bytes of length and 2 option tags besides the name.
+            let mut name = "v".repeat(MAX_VALUE_LEN - 7 - short);
+            let mut m = map(None);
+            m.variation_name = std::mem::take(&mut name);
+            let bytes = encode_value(&m, None).expect("fits");
+            let read = decode_value(&bytes).expect("reads back");
+            assert_eq!(read.variation_name.len(), m.variation_name.len());
+            assert!(agree(&bytes));
+        }
+        // An FME record whose value is all small ids: 2 bytes each on disk, far more by bincode's count.
+        let mut ids = MAX_VALUE_LEN / 2;
+        let (rec, bytes) = loop {
+            let rec = feature(|r| r.is_in_holdout_id = Field::Value(vec![FmeId::from(1); ids]));
+            match encode_feature(&rec) {
+                Ok(bytes) => break (rec, bytes),
+                Err(_) => ids -= 1,
+            }
+        };
+        assert!(bytes.len() + 16 > MAX_VALUE_LEN, "{} bytes", bytes.len());
+        assert_eq!(decode_feature("u", "f", &bytes), Ok(rec));
     }
 
     #[test]
