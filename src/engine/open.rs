@@ -156,10 +156,11 @@ impl Engine {
             shared,
             lock: Mutex::new(Some(lock)),
         };
-        // Size the index once for everything the hints list, instead of doubling every shard ~20 times and
+        // Size the index once for everything the hints list, instead of growing every shard step by step and
         // rehashing what it holds at each step. Hints list live records (compaction output) or at most about
-        // 1 / (1 - compaction threshold) times the live ones (sealed segments), so this stays within one
-        // doubling of the need; segments that are scanned grow the index as they go.
+        // 1 / (1 - compaction threshold) times the live ones (sealed segments); segments that are scanned grow
+        // the index as they go, by doubling while the build lasts, and its end fits each table to its entries.
+        engine.index.unshared().bulk(true);
         let hinted: u64 = sealed_order
             .iter()
             .filter(|s| s.hint != 0)
@@ -184,6 +185,7 @@ impl Engine {
         if let Some(bytes) = newest_bytes {
             engine.replay_all(active.id(), &bytes)?;
         }
+        engine.index.unshared().bulk(false);
         // The torn tail is cut below only after the last read of the newest segment's bytes past its length.
         if let Some(torn) = torn {
             match read_only {
