@@ -606,6 +606,7 @@ pub(crate) fn decode_feature_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Rng;
 
     fn map(goal: Option<&str>) -> CampaignUserMap {
         CampaignUserMap {
@@ -711,50 +712,34 @@ mod tests {
         }
     }
 
-    /// xorshift64: a fixed sequence, so a failure repeats.
-    struct Rng(u64);
+    /// A string of about `chars` characters of one to four UTF-8 bytes each.
+    fn text(rng: &mut Rng, chars: usize) -> String {
+        const CHARS: [char; 8] = ['a', 'Z', '_', '{', '\u{0}', 'ü', '€', '😀'];
+        (0..chars).map(|_| CHARS[rng.below(CHARS.len())]).collect()
+    }
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
+    /// A length that often sits at a border of the varint's forms.
+    fn varint_len(rng: &mut Rng) -> usize {
+        match rng.below(8) {
+            0 => 0,
+            1 => 245 + rng.below(12),
+            _ => rng.below(20),
         }
+    }
 
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        /// A string of about `chars` characters of one to four UTF-8 bytes each.
-        fn text(&mut self, chars: usize) -> String {
-            const CHARS: [char; 8] = ['a', 'Z', '_', '{', '\u{0}', 'ü', '€', '😀'];
-            (0..chars).map(|_| CHARS[self.below(CHARS.len())]).collect()
-        }
-
-        /// A length that often sits at a border of the varint's forms.
-        fn len(&mut self) -> usize {
-            match self.below(8) {
-                0 => 0,
-                1 => 245 + self.below(12),
-                _ => self.below(20),
-            }
-        }
-
-        fn value(&mut self) -> StoredValue<'static> {
-            let n = self.len();
-            let variation_name = Cow::Owned(self.text(n));
-            let field = |rng: &mut Self| {
-                (rng.below(3) > 0).then(|| {
-                    let n = rng.len();
-                    Cow::Owned(rng.text(n))
-                })
-            };
-            StoredValue {
-                variation_name,
-                goal_identifier: field(self),
-                meta_data: field(self),
-            }
+    fn random_value(rng: &mut Rng) -> StoredValue<'static> {
+        let n = varint_len(rng);
+        let variation_name = Cow::Owned(text(rng, n));
+        let field = |rng: &mut Rng| {
+            (rng.below(3) > 0).then(|| {
+                let n = varint_len(rng);
+                Cow::Owned(text(rng, n))
+            })
+        };
+        StoredValue {
+            variation_name,
+            goal_identifier: field(rng),
+            meta_data: field(rng),
         }
     }
 
@@ -822,7 +807,7 @@ mod tests {
             add(agree_around(bytes, &mut rng));
         }
         for _ in 0..1500 {
-            let value = rng.value();
+            let value = random_value(&mut rng);
             let bytes = bincode_bytes(&value);
             assert_eq!(decode_value(&bytes), Ok(value.clone()), "{bytes:02x?}");
             add(agree_around(&bytes, &mut rng));
@@ -831,7 +816,7 @@ mod tests {
         for n in [65_535, 65_536, 70_000] {
             let value = StoredValue {
                 variation_name: Cow::Owned("v".repeat(n)),
-                goal_identifier: Some(Cow::Owned(rng.text(n / 4))),
+                goal_identifier: Some(Cow::Owned(text(&mut rng, n / 4))),
                 meta_data: None,
             };
             let bytes = bincode_bytes(&value);

@@ -984,14 +984,10 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    /// xorshift64: a fixed sequence, so a failure replays.
-    fn rng(mut seed: u64) -> impl FnMut() -> u64 {
-        move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        }
+    /// A fixed sequence, so a failure replays.
+    fn rng(seed: u64) -> impl FnMut() -> u64 {
+        let mut rng = crate::testing::Rng(seed);
+        move || rng.next()
     }
 
     fn table_matches_a_model<const BY_KEY: bool>() {

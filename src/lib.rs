@@ -114,6 +114,8 @@ mod tiers;
 /// Fuzzing entry points over the private decoders. Not part of the API: it may change in any release.
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod testing;
 
 pub use codec::{MAX_ID_LEN, MAX_VALUE_LEN};
 pub use durability::{DEFAULT_PERIODIC_INTERVAL, Durability};
