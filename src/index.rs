@@ -108,7 +108,7 @@ type Own = Table<true>;
 /// The capacity after `capacity` (one of the sequence below): a quarter of the power of two at or below it more.
 /// The capacities run 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, …: four steps per doubling, so a table that has
 /// just grown (at 3/4 load) is still at least 3/5 full, where doubling would leave it 3/8 full. With 17 bytes per
-/// slot that bounds the index at 28 bytes per mapping at every size, where doubling swung between 23 and 45.
+/// slot that bounds the index at about 28 bytes per mapping at every size, where doubling swung between 23 and 45.
 /// The price: an entry is moved by ~5 resizes over a table's growth instead of ~1, sequentially (an entry's
 /// home in the shared table is ordered by its mixed hash at every capacity, so a resize streams the table).
 fn next_capacity(capacity: usize) -> usize {
@@ -378,6 +378,7 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
+        // Never `None`: no hash is refused here.
         let (i, same_user) = self.free_slot(hash, false).unwrap_or_default();
         self.put(i, Slot { hash, loc: loc.0 });
         self.len += 1;
@@ -469,8 +470,10 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
         self.slots.capacity() * size_of::<Slot>() + self.tags.capacity()
     }
 
-    /// Shrinks the table to the smallest capacity that holds its entries, if it is larger.
+    /// Shrinks the table to the smallest capacity that holds its entries, if it is larger, and drops a
+    /// reservation that no insert took up (a shard that got no entry holds no memory later either).
     fn fit(&mut self) {
+        self.reserved = 0;
         if let Some(capacity) = capacity_for(self.len).filter(|&c| c < self.slots.len()) {
             self.resize(capacity);
         }
