@@ -606,6 +606,7 @@ pub(crate) fn decode_feature_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::same_value_decoding as agree;
     use crate::testing::Rng;
 
     fn map(goal: Option<&str>) -> CampaignUserMap {
@@ -696,20 +697,6 @@ mod tests {
             decode_value(b"\xfd\xff\xff\xff\xff\xff\xff\xff\x7f").is_err(),
             "huge length"
         );
-    }
-
-    /// Both decoders on `bytes`: the same value, or both an error. Returns whether the value was accepted.
-    fn agree(bytes: &[u8]) -> bool {
-        match (decode_value(bytes), decode_value_bincode(bytes)) {
-            (Ok(hand), Ok(bincode)) => {
-                assert_eq!(hand, bincode, "different values from {bytes:02x?}");
-                true
-            }
-            (Err(_), Err(_)) => false,
-            (hand, bincode) => {
-                panic!("decoders disagree on {bytes:02x?}: by hand {hand:?}, bincode {bincode:?}")
-            }
-        }
     }
 
     /// A string of about `chars` characters of one to four UTF-8 bytes each.

@@ -182,7 +182,7 @@ impl KeyHasher {
         let sip = self.seed.hash(user_id);
         UserHash {
             sip,
-            prefix: (sip >> USER_SHIFT) << USER_SHIFT,
+            prefix: user_prefix(sip),
         }
     }
 
@@ -201,7 +201,6 @@ impl KeyHasher {
 }
 
 /// The bits of a key hash that come from the user id ([`UserHash::prefix`] of its user).
-#[cfg(any(feature = "redis", test))]
 pub(crate) fn user_prefix(hash: u64) -> u64 {
     (hash >> USER_SHIFT) << USER_SHIFT
 }
