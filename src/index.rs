@@ -53,6 +53,14 @@ impl Loc {
         debug_assert!(segment != 0 && segment <= MAX_SEGMENT_ID && offset <= MAX_OFFSET);
         Loc((u64::from(segment) << OFFSET_BITS) | offset)
     }
+    /// The packed form (for the index file).
+    pub(crate) fn bits(self) -> u64 {
+        self.0
+    }
+    /// A location from its packed form; the caller checks it names a segment of the store.
+    pub(crate) fn from_bits(bits: u64) -> Loc {
+        Loc(bits)
+    }
     /// The segment id.
     pub(crate) fn segment(self) -> u32 {
         (self.0 >> OFFSET_BITS) as u32
@@ -64,6 +72,8 @@ impl Loc {
 }
 
 const SHARD_BITS: u32 = 6;
+/// How many shards the index has (the index file saves each in a section of its own).
+pub(crate) const SHARD_COUNT: usize = 1 << SHARD_BITS;
 const MIN_CAPACITY: usize = 16;
 /// A user with more entries than this in the shared table of a shard gets a table of its own: past this, walking
 /// the user's run on every insert and lookup would cost more than one map lookup.
@@ -124,6 +134,15 @@ fn capacity_for(entries: usize) -> Option<usize> {
         capacity = next_capacity(capacity);
     }
     Some(capacity)
+}
+
+/// True when `capacity` is one of the sequence [`next_capacity`] makes (or 0, a table never allocated).
+fn is_capacity(capacity: usize) -> bool {
+    let mut c = MIN_CAPACITY;
+    while c < capacity {
+        c = next_capacity(c);
+    }
+    capacity == 0 || c == capacity
 }
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -478,6 +497,58 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
             self.resize(capacity);
         }
     }
+
+    /// Replaces the table with the saved slots `slots` ((hash, packed location) in slot order, (0, 0) where
+    /// empty) if they make a sound table: a capacity of the sequence, at most 3/4 full, every entry taken by
+    /// `accept` and reachable from its home slot (every slot between the two taken). Else the table is left
+    /// empty and the reason returned.
+    fn restore(
+        &mut self,
+        slots: impl ExactSizeIterator<Item = (u64, u64)>,
+        accept: impl Fn(u64, Loc) -> bool,
+    ) -> std::result::Result<(), String> {
+        *self = Table::default();
+        let capacity = slots.len();
+        if !is_capacity(capacity) {
+            return Err(format!("{capacity} is not a table capacity"));
+        }
+        let mut restored = Table::<BY_KEY> {
+            slots: Vec::with_capacity(capacity),
+            tags: Vec::with_capacity(capacity),
+            ..Table::default()
+        };
+        for (i, (hash, loc)) in slots.enumerate() {
+            if loc != 0 && !accept(hash, Loc(loc)) {
+                return Err(format!("slot {i} holds an entry of another shard or segment"));
+            }
+            if loc == 0 && hash != 0 {
+                return Err(format!("empty slot {i} has a hash"));
+            }
+            restored.len += usize::from(loc != 0);
+            restored.slots.push(Slot { hash, loc });
+            restored.tags.push(if loc == 0 { 0 } else { Self::tag(hash) });
+        }
+        if restored.len.saturating_mul(4) > capacity.saturating_mul(3) {
+            return Err(format!("{} entries in {capacity} slots", restored.len));
+        }
+        // Reachability: walking from an empty slot, each entry's home lies in the run it belongs to.
+        if let Some(empty) = restored.tags.iter().position(|&t| t == 0) {
+            let mut run_start = restored.next(empty);
+            for step in 1..=capacity {
+                let i = restored.wrap(empty + step);
+                if restored.tags[i] == 0 {
+                    run_start = restored.next(i);
+                    continue;
+                }
+                let home = restored.home(restored.slots[i].hash);
+                if restored.distance(home, i) > restored.distance(run_start, i) {
+                    return Err(format!("slot {i} cannot be reached from its home slot {home}"));
+                }
+            }
+        }
+        *self = restored;
+        Ok(())
+    }
 }
 
 /// Hashes a user part for [`OwnTables`]: it is already a keyed SipHash output (`seed.rs`), so hashing it again
@@ -729,6 +800,13 @@ impl Index {
         Index { shards, hasher }
     }
 
+    /// Empties the index.
+    pub(crate) fn clear(&mut self) {
+        for shard in self.shards.iter_mut() {
+            *shard.0.get_mut().unwrap_or_else(|e| e.into_inner()) = Tables::default();
+        }
+    }
+
     /// The hasher whose hashes this index takes.
     pub(crate) fn hasher(&self) -> &KeyHasher {
         &self.hasher
@@ -753,6 +831,42 @@ impl Index {
             shards: &mut self.shards,
             first: 0,
         }
+    }
+
+    /// Shard `i` as the index file saves it: `slot` gets its shared table's slots in order as (hash, packed
+    /// location), (0, 0) where empty, then `own` the entries of its users' own tables. Returns the counts of
+    /// each, which [`Index::shard_shape`] gave before if the index did not change in between.
+    pub(crate) fn save_shard(
+        &self,
+        i: usize,
+        mut slot: impl FnMut(u64, u64),
+        mut own: impl FnMut(u64, u64),
+    ) -> (usize, usize) {
+        let Some(shard) = self.shards.get(i) else {
+            return (0, 0);
+        };
+        let tables = shard.0.read().unwrap_or_else(|e| e.into_inner());
+        for s in &tables.runs.slots {
+            slot(s.hash, s.loc);
+        }
+        let mut owned = 0;
+        for t in tables.own.as_deref().into_iter().flat_map(|o| o.users.values()) {
+            for (hash, loc) in t.entries() {
+                own(hash, loc.0);
+                owned += 1;
+            }
+        }
+        (tables.runs.slots.len(), owned)
+    }
+
+    /// The sizes [`Index::save_shard`] visits for shard `i`: slots of its shared table, entries of own tables.
+    pub(crate) fn shard_shape(&self, i: usize) -> (usize, usize) {
+        let Some(shard) = self.shards.get(i) else {
+            return (0, 0);
+        };
+        let tables = shard.0.read().unwrap_or_else(|e| e.into_inner());
+        let own = tables.own.as_deref().map_or(0, |o| o.users.values().map(|t| t.len).sum());
+        (tables.runs.slots.len(), own)
     }
 
     /// Locations of every entry with this exact hash (usually zero or one).
@@ -922,6 +1036,39 @@ impl<'a> Unshared<'a> {
                 .runs
                 .reserve(per_shard);
         }
+    }
+
+    /// The shards of this view, as numbers of the whole index.
+    pub(crate) fn shard_numbers(&self) -> std::ops::Range<usize> {
+        self.first..self.first + self.shards.len()
+    }
+
+    /// Restores shard `i` (one of [`Unshared::shard_numbers`]) from what [`Index::save_shard`] visited: the
+    /// shared table's `slots`, then the `own` tables' entries. Every entry must belong to the shard and be taken
+    /// by `accept` (a location in a segment of the store), and the table must be sound (`Table::restore`); else
+    /// the shard is left empty and the reason returned.
+    pub(crate) fn restore_shard(
+        &mut self,
+        i: usize,
+        slots: impl ExactSizeIterator<Item = (u64, u64)>,
+        own: impl Iterator<Item = (u64, u64)>,
+        accept: impl Fn(Loc) -> bool,
+    ) -> std::result::Result<(), String> {
+        let Some(shard) = i.checked_sub(self.first).and_then(|k| self.shards.get_mut(k)) else {
+            return Err(format!("shard {i} is not one of this part's"));
+        };
+        let tables = shard.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        *tables = Tables::default();
+        let accept = |hash: u64, loc: Loc| shard_of(hash) == i && loc.segment() != 0 && accept(loc);
+        tables.runs.restore(slots, accept)?;
+        for (hash, loc) in own {
+            if loc == 0 || !accept(hash, Loc(loc)) {
+                *tables = Tables::default();
+                return Err("an own table's entry of another shard or segment".into());
+            }
+            tables.insert(hash, Loc(loc));
+        }
+        Ok(())
     }
 
     /// As [`Index::candidates`].

@@ -94,6 +94,7 @@ mod control;
 mod dir;
 mod hint;
 mod index;
+mod index_file;
 mod manifest;
 mod map;
 mod seed;
@@ -124,7 +125,9 @@ pub use error::{BackendErrorKind, Error, Result};
 pub use model::{
     CampaignUserMap, FeatureRecord, Field, FmeField, FmeId, GOAL_DELIMITER, MEG_PREFIXES, SdkField,
 };
-pub use options::{DEFAULT_COMPACTION_THRESHOLD, DEFAULT_SEGMENT_SIZE, Options};
+pub use options::{
+    DEFAULT_COMPACTION_THRESHOLD, DEFAULT_SAVE_INDEX_FROM, DEFAULT_SEGMENT_SIZE, Options,
+};
 pub use repair::{Lost, RepairReport};
 pub use sdk::{FeatureStorage, UserStorageService};
 #[cfg(feature = "json")]

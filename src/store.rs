@@ -544,6 +544,16 @@ impl Drop for Shared {
         {
             log::error!("final fsync of {} failed: {e}", self.engine.dir.display());
         }
+        // Last: the index no longer changes.
+        if !self.engine.poisoned()
+            && !self.engine.options.read_only
+            && let Err(e) = self.engine.save_index()
+        {
+            log::warn!(
+                "{}: the index was not saved, the next open rebuilds it from hint files: {e}",
+                self.engine.dir.display()
+            );
+        }
     }
 }
 

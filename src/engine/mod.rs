@@ -12,6 +12,7 @@
 mod backup;
 mod compaction;
 mod open;
+mod saved_index;
 mod shared;
 mod waiters;
 mod write;
@@ -70,6 +71,13 @@ pub(crate) struct Engine {
 pub(crate) struct Quiet<'a> {
     _pass: MutexGuard<'a, ()>,
     _log: LogGuard<'a>,
+}
+
+impl Quiet<'_> {
+    /// The log's state, which stands still while this lives.
+    pub(crate) fn log(&self) -> &LogState {
+        &self._log
+    }
 }
 
 /// The log mutex held; in the multi-process mode also the append lock, with the index caught up with the other

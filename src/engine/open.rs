@@ -161,31 +161,30 @@ impl Engine {
         // 1 / (1 - compaction threshold) times the live ones (sealed segments); segments that are scanned grow
         // the index as they go, by doubling while the build lasts, and its end fits each table to its entries.
         engine.index.unshared().bulk(true);
-        let hinted: u64 = sealed_order
-            .iter()
-            .filter(|s| s.hint != 0)
-            .filter_map(|s| {
-                hint::entry_count(&*engine.vfs, &dir.join(dir::hint_file_name(s.file_id)))
-            })
-            .sum();
-        engine
-            .index
-            .unshared()
-            .reserve(usize::try_from(hinted).unwrap_or(usize::MAX));
-        let fresh_from = sealed_order.len().saturating_sub(FRESH_WITHOUT_HINT);
-        for (i, entry) in sealed_order.iter().enumerate() {
-            let hint = match entry.hint != 0 {
-                true => Hint::Present(entry.hint),
-                // The background thread leaves the newest sealed segments without hints on purpose.
-                false if i >= fresh_from => Hint::NotYet,
-                false => Hint::Missing,
-            };
-            dirty |= engine.recover_sealed(*entry, hint)?;
-        }
-        if let Some(bytes) = newest_bytes {
-            engine.replay_all(active.id(), &bytes)?;
+        // The index a clean close saved, if the store is still as that close left it.
+        let saved = match (&newest_bytes, dirty, engine.options.shared) {
+            (Some(bytes), false, false) => {
+                let mut sealed = Vec::with_capacity(sealed_order.len());
+                for entry in &sealed_order {
+                    sealed.push((*entry, engine.open_sealed(*entry)?));
+                }
+                engine.load_saved_index(&sealed, &active, bytes)?
+            }
+            _ => false,
+        };
+        if !saved {
+            dirty |= engine.rebuild_index(&sealed_order, &active, newest_bytes.as_deref())?;
         }
         engine.index.unshared().bulk(false);
+        if !preserve {
+            // Gone before the first append: a saved index is only ever there for the state it was made for.
+            let path = dir.join(crate::index_file::INDEX_FILE);
+            if let Err(e) = engine.vfs.remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                log::warn!("could not remove {}: {e}", path.display());
+            }
+        }
         // The torn tail is cut below only after the last read of the newest segment's bytes past its length.
         if let Some(torn) = torn {
             match read_only {
@@ -219,9 +218,44 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Reads a sealed segment into the index: through its hint file if there is a sound one, else by scanning.
-    /// Returns true when the manifest's entry changed (its hint was dropped or adopted).
-    fn recover_sealed(&mut self, entry: manifest::Sealed, hint: Hint) -> Result<bool> {
+    /// Builds the index from the sealed segments (`sealed`, in the manifest's order: from their hint files
+    /// where sound ones exist, else by scanning) and the newest segment's intact records (`newest`). Returns
+    /// true when the manifest changed (a hint dropped or adopted).
+    fn rebuild_index(
+        &mut self,
+        sealed_order: &[manifest::Sealed],
+        active: &Segment,
+        newest: Option<&[u8]>,
+    ) -> Result<bool> {
+        let mut dirty = false;
+        let hinted: u64 = sealed_order
+            .iter()
+            .filter(|s| s.hint != 0)
+            .filter_map(|s| {
+                hint::entry_count(&*self.vfs, &self.dir.join(dir::hint_file_name(s.file_id)))
+            })
+            .sum();
+        self.index
+            .unshared()
+            .reserve(usize::try_from(hinted).unwrap_or(usize::MAX));
+        let fresh_from = sealed_order.len().saturating_sub(FRESH_WITHOUT_HINT);
+        for (i, entry) in sealed_order.iter().enumerate() {
+            let hint = match entry.hint != 0 {
+                true => Hint::Present(entry.hint),
+                // The background thread leaves the newest sealed segments without hints on purpose.
+                false if i >= fresh_from => Hint::NotYet,
+                false => Hint::Missing,
+            };
+            dirty |= self.recover_sealed(*entry, hint)?;
+        }
+        if let Some(bytes) = newest {
+            self.replay_all(active.id(), bytes)?;
+        }
+        Ok(dirty)
+    }
+
+    /// Opens sealed segment `entry`, whose length must be the manifest's, and adds it to the segment table.
+    fn open_sealed(&mut self, entry: manifest::Sealed) -> Result<Arc<Segment>> {
         let id = entry.file_id;
         let segment = Segment::open(&*self.vfs, &self.dir, id)?;
         if segment.len() != entry.len {
@@ -242,11 +276,19 @@ impl Engine {
             ));
         }
         let segment = Arc::new(segment.seal());
-        let path = segment.path().to_owned();
         self.segments
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Arc::clone(&segment));
+        Ok(segment)
+    }
+
+    /// Reads a sealed segment into the index: through its hint file if there is a sound one, else by scanning.
+    /// Returns true when the manifest's entry changed (its hint was dropped or adopted).
+    fn recover_sealed(&mut self, entry: manifest::Sealed, hint: Hint) -> Result<bool> {
+        let id = entry.file_id;
+        let segment = self.open_sealed(entry)?;
+        let path = segment.path().to_owned();
         let hint_path = segment.hint_path();
         let mut changed = false;
         if let Hint::Present(identity) = hint {
