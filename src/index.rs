@@ -519,14 +519,18 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
         };
         for (i, (hash, loc)) in slots.enumerate() {
             if loc != 0 && !accept(hash, Loc(loc)) {
-                return Err(format!("slot {i} holds an entry of another shard or segment"));
+                return Err(format!(
+                    "slot {i} holds an entry of another shard or segment"
+                ));
             }
             if loc == 0 && hash != 0 {
                 return Err(format!("empty slot {i} has a hash"));
             }
             restored.len += usize::from(loc != 0);
             restored.slots.push(Slot { hash, loc });
-            restored.tags.push(if loc == 0 { 0 } else { Self::tag(hash) });
+            restored
+                .tags
+                .push(if loc == 0 { 0 } else { Self::tag(hash) });
         }
         if restored.len.saturating_mul(4) > capacity.saturating_mul(3) {
             return Err(format!("{} entries in {capacity} slots", restored.len));
@@ -542,7 +546,9 @@ impl<const BY_KEY: bool> Table<BY_KEY> {
                 }
                 let home = restored.home(restored.slots[i].hash);
                 if restored.distance(home, i) > restored.distance(run_start, i) {
-                    return Err(format!("slot {i} cannot be reached from its home slot {home}"));
+                    return Err(format!(
+                        "slot {i} cannot be reached from its home slot {home}"
+                    ));
                 }
             }
         }
@@ -757,6 +763,29 @@ impl Tables {
         tables.users.insert(user_part, own);
     }
 
+    /// Puts an entry of a saved own table back into its user's own table, which it makes on the user's first
+    /// entry. A user is in one place only: one with entries in the shared table cannot have an own table too.
+    fn restore_own(&mut self, hash: u64, loc: Loc) -> std::result::Result<(), String> {
+        let user = user_of(hash);
+        if self.own(user).is_none() {
+            let probe_hash = user << USER_SHIFT;
+            if self
+                .runs
+                .probe(probe_hash)
+                .any(|(_, s)| user_of(s.hash) == user)
+            {
+                return Err(format!("user {user:#x} has entries in both tables"));
+            }
+            let tables = self.own.get_or_insert_with(Box::default);
+            tables.buckets[bucket_of(user)] += 1;
+            tables.users.insert(user, Own::default());
+        }
+        if let Some(own) = self.own_mut(user) {
+            own.insert(hash, loc);
+        }
+        Ok(())
+    }
+
     /// Moves the entries of `user_part`'s own table back into the shared table.
     fn back_to_shared(&mut self, user_part: u64) {
         let Some(tables) = self.own.as_deref_mut() else {
@@ -850,7 +879,12 @@ impl Index {
             slot(s.hash, s.loc);
         }
         let mut owned = 0;
-        for t in tables.own.as_deref().into_iter().flat_map(|o| o.users.values()) {
+        for t in tables
+            .own
+            .as_deref()
+            .into_iter()
+            .flat_map(|o| o.users.values())
+        {
             for (hash, loc) in t.entries() {
                 own(hash, loc.0);
                 owned += 1;
@@ -865,7 +899,10 @@ impl Index {
             return (0, 0);
         };
         let tables = shard.0.read().unwrap_or_else(|e| e.into_inner());
-        let own = tables.own.as_deref().map_or(0, |o| o.users.values().map(|t| t.len).sum());
+        let own = tables
+            .own
+            .as_deref()
+            .map_or(0, |o| o.users.values().map(|t| t.len).sum());
         (tables.runs.slots.len(), own)
     }
 
@@ -1054,21 +1091,26 @@ impl<'a> Unshared<'a> {
         own: impl Iterator<Item = (u64, u64)>,
         accept: impl Fn(Loc) -> bool,
     ) -> std::result::Result<(), String> {
-        let Some(shard) = i.checked_sub(self.first).and_then(|k| self.shards.get_mut(k)) else {
+        let Some(shard) = i
+            .checked_sub(self.first)
+            .and_then(|k| self.shards.get_mut(k))
+        else {
             return Err(format!("shard {i} is not one of this part's"));
         };
         let tables = shard.0.get_mut().unwrap_or_else(|e| e.into_inner());
         *tables = Tables::default();
         let accept = |hash: u64, loc: Loc| shard_of(hash) == i && loc.segment() != 0 && accept(loc);
         tables.runs.restore(slots, accept)?;
-        for (hash, loc) in own {
+        let restored = own.into_iter().try_for_each(|(hash, loc)| {
             if loc == 0 || !accept(hash, Loc(loc)) {
-                *tables = Tables::default();
-                return Err("an own table's entry of another shard or segment".into());
+                return Err("an own table's entry of another shard or segment".to_owned());
             }
-            tables.insert(hash, Loc(loc));
+            tables.restore_own(hash, Loc(loc))
+        });
+        if restored.is_err() {
+            *tables = Tables::default();
         }
-        Ok(())
+        restored
     }
 
     /// As [`Index::candidates`].
@@ -1347,6 +1389,160 @@ mod tests {
             check_against(&index, &model, &users, ITEMS);
         }
         assert!(moved_out > 10, "the rounds exercised own tables");
+    }
+
+    /// What `Index::save_shard` visits for shard `i`: its shared table's slots, then its own tables' entries.
+    fn saved(index: &Index, i: usize) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+        let (mut slots, mut own) = (Vec::new(), Vec::new());
+        let shape = index.save_shard(i, |h, l| slots.push((h, l)), |h, l| own.push((h, l)));
+        assert_eq!(shape, (slots.len(), own.len()));
+        assert_eq!(shape, index.shard_shape(i));
+        (slots, own)
+    }
+
+    #[test]
+    fn a_saved_index_restores_to_the_same_entries() {
+        // Users of one shard with a few entries each, users with tables of their own, colliding hashes
+        // (few item values), removals; then every shard saved and restored into a new index, on two parts.
+        const ITEMS: u64 = 40;
+        let index = Index::new(KeyHasher::new(crate::seed::Seed::random(), false));
+        let users = users_of_one_shard(60);
+        let mut model: HashMap<u64, u64> = HashMap::new();
+        let mut next = rng(0x5eed);
+        for step in 1..6000u64 {
+            let user = users[(next() % users.len() as u64) as usize];
+            let hash = (user << USER_SHIFT) | (next() % ITEMS);
+            let loc = Loc::new(1 + (step % 3) as u32, step);
+            index.insert(hash, loc);
+            model.insert(loc.0, hash);
+            if next().is_multiple_of(4) {
+                let (&l, &h) = model.iter().next().expect("an entry");
+                assert!(index.remove(h, Loc(l)));
+                model.remove(&l);
+            }
+        }
+        // Other shards too.
+        for step in 1..3000u64 {
+            let hash = next();
+            let loc = Loc::new(4, step);
+            index.insert(hash, loc);
+            model.insert(loc.0, hash);
+        }
+        let mut all_users = users.clone();
+        all_users.extend(model.values().map(|h| user_of(*h)));
+        all_users.sort_unstable();
+        all_users.dedup();
+        let owned = index
+            .shards
+            .iter()
+            .filter_map(|s| s.0.read().ok()?.own.as_deref().map(|o| o.users.len()))
+            .sum::<usize>();
+        assert!(owned > 0, "some users have tables of their own");
+        let mut restored = Index::new(index.hasher().clone());
+        let parts = restored.unshared().split(2);
+        for mut part in parts {
+            for i in part.shard_numbers() {
+                let (slots, own) = saved(&index, i);
+                part.restore_shard(i, slots.into_iter(), own.into_iter(), |l| l.segment() <= 4)
+                    .expect("a sound shard");
+            }
+        }
+        check_against(&restored, &model, &all_users, ITEMS);
+        for i in 0..SHARD_COUNT {
+            let (mut back, mut before) = (saved(&restored, i), saved(&index, i));
+            assert_eq!(
+                back.0, before.0,
+                "shard {i}: the shared table slot for slot"
+            );
+            back.1.sort_unstable();
+            before.1.sort_unstable();
+            assert_eq!(back.1, before.1, "shard {i}: the own tables' entries");
+        }
+        // A user in both tables is refused.
+        let shard = shard_of(users[0] << USER_SHIFT);
+        let (slots, mut own) = saved(&index, shard);
+        let &(in_runs, _) = slots
+            .iter()
+            .find(|s| s.1 != 0)
+            .expect("an entry in the shared table");
+        own.push((in_runs, Loc::new(1, 1).0));
+        let mut again = Index::new(index.hasher().clone());
+        let result =
+            again
+                .unshared()
+                .restore_shard(shard, slots.into_iter(), own.into_iter(), |_| true);
+        assert!(result.is_err() && again.len() == 0, "{result:?}");
+    }
+
+    #[test]
+    fn a_restore_refuses_what_no_table_could_hold() {
+        let index = Index::new(KeyHasher::new(crate::seed::Seed::random(), false));
+        let users = users_of_one_shard(20);
+        let shard = shard_of(users[0] << USER_SHIFT);
+        for (k, &user) in users.iter().enumerate() {
+            index.insert(user << USER_SHIFT, Loc::new(1, k as u64 + 1));
+        }
+        let (slots, own) = saved(&index, shard);
+        assert!(own.is_empty());
+        let restore = |slots: Vec<(u64, u64)>, accept: &dyn Fn(Loc) -> bool| {
+            let mut fresh = Index::new(index.hasher().clone());
+            let result = fresh.unshared().restore_shard(
+                shard,
+                slots.into_iter(),
+                std::iter::empty(),
+                accept,
+            );
+            (result, fresh.len())
+        };
+        assert_eq!(restore(slots.clone(), &|_| true), (Ok(()), 20));
+        let occupied =
+            |slots: &[(u64, u64)]| slots.iter().position(|s| s.1 != 0).expect("an entry");
+        let mut damaged: Vec<(&str, Vec<(u64, u64)>)> = Vec::new();
+        // A capacity not of the sequence.
+        let mut longer = slots.clone();
+        longer.push((0, 0));
+        damaged.push(("capacity", longer));
+        // An entry moved to the slot before its home's run: unreachable.
+        let mut moved = slots.clone();
+        let i = occupied(&moved);
+        let home = moved.len() - 1 + i;
+        let entry = moved[i];
+        let empty_before = (0..moved.len())
+            .map(|k| (home - k) % moved.len())
+            .find(|&k| moved[k].1 == 0)
+            .expect("an empty slot");
+        moved[i] = (0, 0);
+        moved[empty_before] = entry;
+        damaged.push(("unreachable", moved));
+        // An empty slot with a hash.
+        let mut ghost = slots.clone();
+        let e = ghost.iter().position(|s| s.1 == 0).expect("an empty slot");
+        ghost[e].0 = 7;
+        damaged.push(("hash in an empty slot", ghost));
+        // An entry of another shard.
+        let mut stranger = slots.clone();
+        let i = occupied(&stranger);
+        stranger[i].0 = (1..)
+            .map(|u: u64| u << USER_SHIFT)
+            .find(|&h| shard_of(h) != shard)
+            .expect("a hash");
+        damaged.push(("another shard's", stranger));
+        // More than 3/4 full.
+        let full: Vec<(u64, u64)> = (0..16u64)
+            .map(|k| {
+                let user = users[k as usize % users.len()];
+                (user << USER_SHIFT | k, Loc::new(1, k + 1).0)
+            })
+            .collect();
+        damaged.push(("full", full));
+        for (what, slots) in damaged {
+            let (result, len) = restore(slots, &|_| true);
+            assert!(result.is_err(), "{what}: refused");
+            assert_eq!(len, 0, "{what}: the shard is left empty");
+        }
+        // An entry in a segment the store does not have.
+        let (result, len) = restore(slots, &|l| l.segment() != 1);
+        assert!(result.is_err() && len == 0);
     }
 
     #[test]

@@ -56,7 +56,10 @@ pub(crate) struct State {
 /// where the ids lie close together (they do, short of a store compacted many times over), else a sorted one
 /// searched.
 enum IdMap {
-    Dense { first: u32, values: Vec<Option<u64>> },
+    Dense {
+        first: u32,
+        values: Vec<Option<u64>>,
+    },
     Sparse(Vec<(u32, u64)>),
 }
 
@@ -96,7 +99,11 @@ impl IdMap {
 
 /// The checksum a [`SavedSegment`] keeps of a segment whose bytes are `bytes`.
 pub(crate) fn tail_crc(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes.get(bytes.len().saturating_sub(TAIL_LEN)..).unwrap_or_default())
+    crc32fast::hash(
+        bytes
+            .get(bytes.len().saturating_sub(TAIL_LEN)..)
+            .unwrap_or_default(),
+    )
 }
 
 /// One shard's place in the file.
@@ -266,14 +273,23 @@ fn write_to(
             section.extend_from_slice(&loc.to_le_bytes());
         }
         let problem = match (unknown, shape) {
-            (Some(loc), _) => Some(format!("an entry points into segment {}, not one of the store's", loc.segment())),
-            (None, (capacity, owned)) if (capacity as u64, owned as u64) != (entry.capacity, entry.own) => {
+            (Some(loc), _) => Some(format!(
+                "an entry points into segment {}, not one of the store's",
+                loc.segment()
+            )),
+            (None, (capacity, owned))
+                if (capacity as u64, owned as u64) != (entry.capacity, entry.own) =>
+            {
                 Some("the index changed while it was saved".to_owned())
             }
             (None, _) => None,
         };
         if let Some(problem) = problem {
-            return Err(Error::io("write index file", path, std::io::Error::other(problem)));
+            return Err(Error::io(
+                "write index file",
+                path,
+                std::io::Error::other(problem),
+            ));
         }
         entry.crc = crc32fast::hash(&section);
         file.write_all_at(&section, entry.offset)
@@ -332,7 +348,10 @@ fn load_from(
         return Err("header checksum mismatch".into());
     }
     if u32_at(&head, 12) as usize != SHARD_COUNT {
-        return Err(format!("{} shards, the index has {SHARD_COUNT}", u32_at(&head, 12)));
+        return Err(format!(
+            "{} shards, the index has {SHARD_COUNT}",
+            u32_at(&head, 12)
+        ));
     }
     if u64_at(&head, 16) != state.hasher {
         return Err("made under another hash function".into());
@@ -426,7 +445,9 @@ fn load_from(
         results.extend(views.iter().map(pass));
         results
     });
-    results.into_iter().collect::<std::result::Result<(), String>>()?;
+    results
+        .into_iter()
+        .collect::<std::result::Result<(), String>>()?;
     Ok(dead)
 }
 
@@ -457,18 +478,18 @@ fn load_shards(
             i,
             runs.chunks_exact(SLOT_LEN).map(pair),
             own.chunks_exact(SLOT_LEN).map(pair),
-            |loc| lengths.get(loc.segment()).is_some_and(|len| loc.offset() < len),
+            |loc| {
+                lengths
+                    .get(loc.segment())
+                    .is_some_and(|len| loc.offset() < len)
+            },
         )
         .map_err(|reason| format!("shard {i}: {reason}"))?;
     }
     Ok(())
 }
 
-fn read_exact_at(
-    file: &dyn VFile,
-    buf: &mut [u8],
-    offset: u64,
-) -> std::result::Result<(), String> {
+fn read_exact_at(file: &dyn VFile, buf: &mut [u8], offset: u64) -> std::result::Result<(), String> {
     let mut done = 0;
     while done < buf.len() {
         let rest = buf.get_mut(done..).unwrap_or_default();
@@ -480,4 +501,139 @@ fn read_exact_at(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seed::{KeyHasher, Seed};
+    use crate::vfs::StdVfs;
+
+    fn state() -> State {
+        State {
+            hasher: 0x1234,
+            generation: 9,
+            segments: vec![
+                SavedSegment {
+                    id: 3,
+                    active: false,
+                    len: 5000,
+                    tail_crc: 11,
+                },
+                SavedSegment {
+                    id: 1,
+                    active: false,
+                    len: 7000,
+                    tail_crc: 12,
+                },
+                SavedSegment {
+                    id: 8,
+                    active: true,
+                    len: 300,
+                    tail_crc: 13,
+                },
+            ],
+        }
+    }
+
+    fn index() -> Index {
+        let index = Index::new(KeyHasher::new(Seed::random(), false));
+        let mut rng = crate::testing::Rng(7);
+        for k in 1..2000u64 {
+            let (id, len) = [(3, 5000), (1, 7000), (8, 300)][(k % 3) as usize];
+            index.insert(rng.next(), Loc::new(id, rng.next() % len));
+        }
+        index
+    }
+
+    fn entries(index: &Index) -> Vec<(u64, u64)> {
+        let mut all: Vec<(u64, u64)> = (0..SHARD_COUNT)
+            .flat_map(|i| index.shard_entries(i))
+            .map(|(h, l)| (h, l.bits()))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    #[test]
+    fn the_file_loads_only_for_the_state_it_was_made_for() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let index = index();
+        let dead = [100, 200, 0];
+        // In memory segment 8 is segment 8, the others keep their ids.
+        let ids = [(3, 3), (1, 1), (8, 8)];
+        write(&StdVfs, dir.path(), &index, &state(), &dead, &ids).expect("write");
+        for parts in [1, 3] {
+            let mut loaded = Index::new(index.hasher().clone());
+            let got = load(&StdVfs, dir.path(), &mut loaded, &state(), parts).expect("load");
+            assert_eq!(got, Some(Ok(dead.to_vec())));
+            assert_eq!(entries(&loaded), entries(&index));
+        }
+        let changes: [(&str, fn(&mut State)); 8] = [
+            ("hasher", |s| s.hasher ^= 1),
+            ("generation", |s| s.generation += 1),
+            ("a segment more", |s| {
+                s.segments.insert(
+                    0,
+                    SavedSegment {
+                        id: 9,
+                        active: false,
+                        len: 20,
+                        tail_crc: 0,
+                    },
+                )
+            }),
+            ("a segment less", |s| {
+                s.segments.remove(0);
+            }),
+            ("another order", |s| s.segments.swap(0, 1)),
+            ("a length", |s| s.segments[2].len += 39),
+            ("the last bytes", |s| s.segments[0].tail_crc ^= 1),
+            ("which is active", |s| s.segments[2].active = false),
+        ];
+        for (what, change) in changes {
+            let mut other = state();
+            change(&mut other);
+            let mut loaded = Index::new(index.hasher().clone());
+            let got = load(&StdVfs, dir.path(), &mut loaded, &other, 2).expect("load");
+            assert!(matches!(got, Some(Err(_))), "{what}: {got:?}");
+            assert_eq!(loaded.len(), 0, "{what}: the index is left empty");
+        }
+    }
+
+    #[test]
+    fn locations_are_saved_under_their_segments_file_ids() {
+        // A compaction output has an id of its own in memory; the file and the next open know it by its file id.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let index = Index::new(KeyHasher::new(Seed::random(), false));
+        index.insert(42, Loc::new(20, 100));
+        index.insert(43, Loc::new(8, 50));
+        let ids = [(20, 3), (8, 8)];
+        write(
+            &StdVfs,
+            dir.path(),
+            &index,
+            &state(),
+            &[0, 0, 0],
+            &[(20, 3), (1, 1), (8, 8)],
+        )
+        .expect("write");
+        let mut loaded = Index::new(index.hasher().clone());
+        load(&StdVfs, dir.path(), &mut loaded, &state(), 1)
+            .expect("load")
+            .expect("a file")
+            .expect("loaded");
+        assert_eq!(
+            loaded.candidates(42).iter().collect::<Vec<_>>(),
+            vec![Loc::new(3, 100)]
+        );
+        assert_eq!(
+            loaded.candidates(43).iter().collect::<Vec<_>>(),
+            vec![Loc::new(8, 50)]
+        );
+        // An entry in a segment the store does not name is not saved.
+        index.insert(44, Loc::new(5, 1));
+        let err = write(&StdVfs, dir.path(), &index, &state(), &[0, 0, 0], &ids);
+        assert!(err.is_err());
+    }
 }

@@ -93,6 +93,13 @@ pub(crate) fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
     }
     let vfs = &*options.vfs;
     let _lock = dir::lock(dir, false)?;
+    // A saved index describes the store as a clean close left it, which a repair may change.
+    let saved = dir.join(crate::index_file::INDEX_FILE);
+    if let Err(e) = vfs.remove_file(&saved)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(Error::io("remove saved index", &saved, e));
+    }
     let listing = dir::list(vfs, dir)?;
     let manifest = match manifest::read(vfs, dir) {
         Ok(Some(manifest)) => Some(manifest),

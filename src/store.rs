@@ -61,6 +61,9 @@ pub struct Stats {
     pub reclaimed_bytes: u64,
     /// Sealed segments that have a hint file (the rest are scanned on open).
     pub hint_files: u64,
+    /// The open loaded the index a clean close saved ([`Options::save_index_from`](crate::Options::save_index_from))
+    /// instead of rebuilding it from hint files and segments.
+    pub index_loaded: bool,
 }
 
 /// An open store: the user storage of an A/B-testing SDK, embedded in the process.
@@ -471,6 +474,7 @@ impl Store {
             last_compaction: engine.compaction.last_duration(),
             reclaimed_bytes: engine.compaction.reclaimed.load(Ordering::Relaxed),
             hint_files,
+            index_loaded: engine.index_loaded,
         }
     }
 

@@ -89,6 +89,8 @@ export interface Stats {
   lastCompactionSeconds: number | null;
   reclaimedBytes: number;
   hintFiles: number;
+  /** The open loaded the index the last clean close saved (instead of rebuilding it from hint files). */
+  indexLoaded: boolean;
 }
 
 /** The `code` of an error from the engine (the `Error`'s message is the engine's). */

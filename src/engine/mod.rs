@@ -65,6 +65,8 @@ pub(crate) struct Engine {
     /// Held (flock) for the engine's lifetime, so a second process cannot open the directory; taken out only by
     /// [`Engine::release_in_forked_child`].
     lock: Mutex<Option<DirLock>>,
+    /// The open loaded the saved index (`saved_index.rs`).
+    pub(crate) index_loaded: bool,
 }
 
 /// While it lives, no write and no compaction runs; readers go on.

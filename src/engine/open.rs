@@ -155,6 +155,7 @@ impl Engine {
             forks: crate::map::fork_generation(),
             shared,
             lock: Mutex::new(Some(lock)),
+            index_loaded: false,
         };
         // Size the index once for everything the hints list, instead of growing every shard step by step and
         // rehashing what it holds at each step. Hints list live records (compaction output) or at most about
@@ -162,8 +163,9 @@ impl Engine {
         // the index as they go, by doubling while the build lasts, and its end fits each table to its entries.
         engine.index.unshared().bulk(true);
         // The index a clean close saved, if the store is still as that close left it.
-        let saved = match (&newest_bytes, dirty, engine.options.shared) {
-            (Some(bytes), false, false) => {
+        // (What `reconcile` may have changed, left-over files and hint flags, is not what the index holds.)
+        let saved = match (&newest_bytes, engine.options.shared) {
+            (Some(bytes), false) => {
                 let mut sealed = Vec::with_capacity(sealed_order.len());
                 for entry in &sealed_order {
                     sealed.push((*entry, engine.open_sealed(*entry)?));
@@ -172,6 +174,7 @@ impl Engine {
             }
             _ => false,
         };
+        engine.index_loaded = saved;
         if !saved {
             dirty |= engine.rebuild_index(&sealed_order, &active, newest_bytes.as_deref())?;
         }

@@ -73,7 +73,11 @@ impl Engine {
         active: &Segment,
         active_bytes: &[u8],
     ) -> Result<bool> {
-        let generation = self.manifest.get_mut().unwrap_or_else(|e| e.into_inner()).generation;
+        let generation = self
+            .manifest
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation;
         let mut state = State {
             hasher: self.index.hasher().identity(),
             generation,

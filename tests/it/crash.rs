@@ -27,10 +27,13 @@ const CHILD_START_VAR: &str = "USSDB_CRASH_CHILD_START";
 fn options() -> Options {
     // Small segments, so kills also land during rotation (fsync, create, rename, directory fsync). Every open
     // replays its hints on two threads (the path of large hints; the missing-file loop keeps the one-thread one).
+    // The parent's checking open closes cleanly and saves the index, which the next child loads; the parent's own
+    // opens after a kill rebuild it (the child's open removed the file).
     Options::default()
         .durability(Durability::Immediate)
         .segment_size(4096)
         .parallel_hint_replay_for_tests(2)
+        .save_index_from(0)
 }
 
 /// The operation writer `w` performs as its `seq`-th, a pure function so the parent can replay it.

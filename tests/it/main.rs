@@ -33,6 +33,7 @@ mod model;
 mod multiprocess;
 mod recovery;
 mod repair;
+mod saved_index;
 mod scale;
 mod sdk;
 mod simfs;

@@ -727,6 +727,8 @@ pub struct Stats {
     pub last_compaction_seconds: Option<f64>,
     pub reclaimed_bytes: f64,
     pub hint_files: f64,
+    /// The open loaded the index the last clean close saved.
+    pub index_loaded: bool,
 }
 
 impl From<ussdb::Stats> for Stats {
@@ -746,6 +748,7 @@ impl From<ussdb::Stats> for Stats {
             last_compaction_seconds: s.last_compaction.map(|d| d.as_secs_f64()),
             reclaimed_bytes: s.reclaimed_bytes as f64,
             hint_files: s.hint_files as f64,
+            index_loaded: s.index_loaded,
         }
     }
 }

@@ -227,6 +227,7 @@ fn stats_to_dict<'py>(py: Python<'py>, s: &ussdb::Stats) -> PyResult<Bound<'py, 
     )?;
     d.set_item("reclaimed_bytes", s.reclaimed_bytes)?;
     d.set_item("hint_files", s.hint_files)?;
+    d.set_item("index_loaded", s.index_loaded)?;
     Ok(d)
 }
 

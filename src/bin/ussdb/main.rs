@@ -817,4 +817,12 @@ fn print_stats(store: &Store) {
     out!("space amplification  {:.2}", s.space_amplification);
     out!("index heap bytes     {}", s.index_heap_bytes);
     out!("hint files           {}", s.hint_files);
+    out!(
+        "index loaded         {}",
+        if s.index_loaded {
+            "from the index saved at the last clean close"
+        } else {
+            "rebuilt from hint files and segments"
+        }
+    );
 }
