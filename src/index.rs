@@ -1391,8 +1391,11 @@ mod tests {
         assert!(moved_out > 10, "the rounds exercised own tables");
     }
 
+    /// (hash, packed location) pairs.
+    type Pairs = Vec<(u64, u64)>;
+
     /// What `Index::save_shard` visits for shard `i`: its shared table's slots, then its own tables' entries.
-    fn saved(index: &Index, i: usize) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    fn saved(index: &Index, i: usize) -> (Pairs, Pairs) {
         let (mut slots, mut own) = (Vec::new(), Vec::new());
         let shape = index.save_shard(i, |h, l| slots.push((h, l)), |h, l| own.push((h, l)));
         assert_eq!(shape, (slots.len(), own.len()));

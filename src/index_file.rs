@@ -569,7 +569,8 @@ mod tests {
             assert_eq!(got, Some(Ok(dead.to_vec())));
             assert_eq!(entries(&loaded), entries(&index));
         }
-        let changes: [(&str, fn(&mut State)); 8] = [
+        type Change = (&'static str, fn(&mut State));
+        let changes: [Change; 8] = [
             ("hasher", |s| s.hasher ^= 1),
             ("generation", |s| s.generation += 1),
             ("a segment more", |s| {

@@ -168,7 +168,8 @@ fn check_reads(store: &Store, model: &Model) {
 fn a_saved_index_of_an_earlier_state_is_not_used() {
     // Each way the store can move on from the saved state: appends to the same active segment (nothing else
     // changes), appends that seal segments, a compaction; the old file put back each time must be refused.
-    let moves: [(&str, fn(&Store, &mut Model, &mut Rng)); 3] = [
+    type Move = (&'static str, fn(&Store, &mut Model, &mut Rng));
+    let moves: [Move; 3] = [
         ("one more set", |store, model, _| {
             let m = map("user-1", "campaign-new", "v", None);
             store.set(&m).expect("set");
