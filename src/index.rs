@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::seed::{KeyHasher, USER_SHIFT};
 
@@ -1040,6 +1040,46 @@ impl<'a> Unshared<'a> {
                 part
             })
             .collect()
+    }
+
+    /// Splits this view into at most `parts` (as [`Unshared::split`]) and runs `work` on each: the first on this
+    /// thread, the others on threads of their own; a part whose thread cannot be started is done on this thread
+    /// afterwards. The results come in no particular order. A panic in a part goes on on this thread.
+    pub(crate) fn in_parts<T: Send>(
+        self,
+        parts: usize,
+        work: impl Fn(Unshared<'a>) -> T + Sync,
+    ) -> Vec<T> {
+        let views: Vec<Mutex<Option<Unshared<'a>>>> = self
+            .split(parts)
+            .into_iter()
+            .map(|view| Mutex::new(Some(view)))
+            .collect();
+        let pass = |slot: &Mutex<Option<Unshared<'a>>>| {
+            let view = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            view.map(&work)
+        };
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = views
+                .iter()
+                .skip(1)
+                .filter_map(|slot| {
+                    std::thread::Builder::new()
+                        .name("ussdb-open".into())
+                        .spawn_scoped(scope, || pass(slot))
+                        .ok()
+                })
+                .collect();
+            let mut results: Vec<T> = views.iter().take(1).filter_map(pass).collect();
+            for helper in helpers {
+                match helper.join() {
+                    Ok(result) => results.extend(result),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            results.extend(views.iter().filter_map(pass));
+            results
+        })
     }
 
     /// Loads the home slots of `hashes` into the cache, so that the lookups that follow do not each wait for

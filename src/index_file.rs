@@ -13,7 +13,6 @@
 //! be mistaken for a current one.
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use crate::index::{Index, Loc, SHARD_COUNT, Unshared};
 use crate::vfs::{VFile, Vfs};
@@ -411,40 +410,10 @@ fn load_from(
         return Err(format!("{file_len} bytes, its sections end at {offset}"));
     }
     let lengths = IdMap::new(state.segments.iter().map(|s| (s.id, s.len)));
-    // Each part restores the shards it owns; a part whose thread cannot be started stays in its slot and is
-    // done on this thread afterwards.
-    let views: Vec<Mutex<Option<Unshared<'_>>>> = index
+    // Each part restores the shards it owns.
+    let results = index
         .unshared()
-        .split(parts)
-        .into_iter()
-        .map(|view| Mutex::new(Some(view)))
-        .collect();
-    let pass = |slot: &Mutex<Option<Unshared<'_>>>| {
-        let view = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        view.map_or(Ok(()), |view| load_shards(file, view, &shards, &lengths))
-    };
-    let results: Vec<std::result::Result<(), String>> = std::thread::scope(|scope| {
-        let helpers: Vec<_> = views
-            .iter()
-            .skip(1)
-            .filter_map(|slot| {
-                std::thread::Builder::new()
-                    .name("ussdb-open".into())
-                    .spawn_scoped(scope, || pass(slot))
-                    .ok()
-            })
-            .collect();
-        let mut results: Vec<_> = views.iter().take(1).map(pass).collect();
-        for helper in helpers {
-            match helper.join() {
-                Ok(result) => results.push(result),
-                // A panic there is a bug, as it would be on this thread: it goes on here.
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        results.extend(views.iter().map(pass));
-        results
-    });
+        .in_parts(parts, |view| load_shards(file, view, &shards, &lengths));
     results
         .into_iter()
         .collect::<std::result::Result<(), String>>()?;

@@ -165,12 +165,12 @@ impl Engine {
         // The index a clean close saved, if the store is still as that close left it.
         // (What `reconcile` may have changed, left-over files and hint flags, is not what the index holds.)
         let saved = match (&newest_bytes, engine.options.shared) {
-            (Some(bytes), false) => {
+            (Some(_), false) => {
                 let mut sealed = Vec::with_capacity(sealed_order.len());
                 for entry in &sealed_order {
                     sealed.push((*entry, engine.open_sealed(*entry)?));
                 }
-                engine.load_saved_index(&sealed, &active, bytes)?
+                engine.load_saved_index(&sealed, &active)?
             }
             _ => false,
         };
@@ -407,46 +407,13 @@ impl Engine {
         };
         // Each part walks all entries and takes those whose hash it owns: decoding an entry costs less than
         // sorting the entries out between parts first.
-        let views: Vec<Mutex<Option<Unshared<'_>>>> = self
+        let mut keyed: Vec<(usize, hint::HintEntry)> = self
             .index
             .unshared()
-            .split(parts)
+            .in_parts(parts, |view| new_hashes(view, segment, entries))
             .into_iter()
-            .map(|view| Mutex::new(Some(view)))
+            .flatten()
             .collect();
-        let pass = |slot: &Mutex<Option<Unshared<'_>>>| {
-            let view = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            view.map(|view| new_hashes(view, segment, entries))
-                .unwrap_or_default()
-        };
-        let mut keyed = Vec::new();
-        std::thread::scope(|scope| {
-            // The first part on this thread, the others on threads of their own; a part whose thread cannot be
-            // started stays in its slot and is done here afterwards.
-            let helpers: Vec<_> = views
-                .iter()
-                .skip(1)
-                .filter_map(|slot| {
-                    std::thread::Builder::new()
-                        .name("ussdb-open".into())
-                        .spawn_scoped(scope, || pass(slot))
-                        .ok()
-                })
-                .collect();
-            for slot in views.iter().take(1) {
-                keyed.extend(pass(slot));
-            }
-            for helper in helpers {
-                match helper.join() {
-                    Ok(part) => keyed.extend(part),
-                    // A panic there is a bug, as it would be on this thread: it goes on here.
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            for slot in &views {
-                keyed.extend(pass(slot));
-            }
-        });
         keyed.sort_unstable_by_key(|&(i, _)| i);
         for (_, entry) in keyed {
             let loc = Loc::new(segment.id(), entry.offset);

@@ -50,12 +50,7 @@ impl Engine {
         let mut dead = Vec::with_capacity(order.len());
         let mut ids = Vec::with_capacity(order.len());
         for (segment, is_active) in order {
-            state.segments.push(SavedSegment {
-                id: segment.file_id(),
-                active: is_active,
-                len: segment.len(),
-                tail_crc: tail_crc(segment)?,
-            });
+            state.segments.push(saved(segment, is_active)?);
             dead.push(segment.dead());
             ids.push((segment.id(), segment.file_id()));
         }
@@ -65,13 +60,13 @@ impl Engine {
     }
 
     /// Loads the saved index if it was made for the store as it is now: `sealed` in the manifest's order and
-    /// `active`, opened and checked, with the manifest unchanged since it was read. Returns true when the index
-    /// holds it; false when there is none or it does not fit (said in a warning), and the index is empty.
+    /// `active` (its length that of its intact records), opened and checked, with the manifest as read. Returns
+    /// true when the index holds it; false when there is none or it does not fit (said in a warning), and the
+    /// index is empty.
     pub(crate) fn load_saved_index(
         &mut self,
         sealed: &[(manifest::Sealed, Arc<Segment>)],
         active: &Segment,
-        active_bytes: &[u8],
     ) -> Result<bool> {
         let generation = self
             .manifest
@@ -84,19 +79,9 @@ impl Engine {
             segments: Vec::with_capacity(sealed.len() + 1),
         };
         for (_, segment) in sealed {
-            state.segments.push(SavedSegment {
-                id: segment.file_id(),
-                active: false,
-                len: segment.len(),
-                tail_crc: tail_crc(segment)?,
-            });
+            state.segments.push(saved(segment, false)?);
         }
-        state.segments.push(SavedSegment {
-            id: active.file_id(),
-            active: true,
-            len: active.len(),
-            tail_crc: index_file::tail_crc(active_bytes),
-        });
+        state.segments.push(saved(active, true)?);
         let parts = match self.options.hint_replay_parts {
             Some(parts) => parts,
             None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
@@ -123,6 +108,16 @@ impl Engine {
             }
         }
     }
+}
+
+/// What the index file records of `segment`.
+fn saved(segment: &Segment, active: bool) -> Result<SavedSegment> {
+    Ok(SavedSegment {
+        id: segment.file_id(),
+        active,
+        len: segment.len(),
+        tail_crc: tail_crc(segment)?,
+    })
 }
 
 /// [`index_file::tail_crc`] of a segment's bytes, read through its map or with one `pread` of the last ones.
