@@ -157,13 +157,9 @@ impl Engine {
             lock: Mutex::new(Some(lock)),
             index_loaded: false,
         };
-        // Size the index once for everything the hints list, instead of growing every shard step by step and
-        // rehashing what it holds at each step. Hints list live records (compaction output) or at most about
-        // 1 / (1 - compaction threshold) times the live ones (sealed segments); segments that are scanned grow
-        // the index as they go, by doubling while the build lasts, and its end fits each table to its entries.
-        engine.index.unshared().bulk(true);
-        // The index a clean close saved, if the store is still as that close left it.
-        // (What `reconcile` may have changed, left-over files and hint flags, is not what the index holds.)
+        // The index a clean close saved, if the store is still as that close left it (what `reconcile` may have
+        // changed, left-over files and hint flags, is not what the index holds). If it is refused, the sealed
+        // segments it opened are opened again below: the refusal is rare, the opens cheap.
         let saved = match (&newest_bytes, engine.options.shared) {
             (Some(_), false) => {
                 let mut sealed = Vec::with_capacity(sealed_order.len());
@@ -231,6 +227,12 @@ impl Engine {
         newest: Option<&[u8]>,
     ) -> Result<bool> {
         let mut dirty = false;
+        // Size the index once for everything the hints list, instead of growing every shard step by step and
+        // rehashing what it holds at each step. Hints list live records (compaction output) or at most about
+        // 1 / (1 - compaction threshold) times the live ones (sealed segments); segments that are scanned grow
+        // the index as they go, by doubling while the build lasts (ended by the caller, which fits each table
+        // to its entries).
+        self.index.unshared().bulk(true);
         let hinted: u64 = sealed_order
             .iter()
             .filter(|s| s.hint != 0)
