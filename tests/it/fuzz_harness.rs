@@ -12,8 +12,9 @@ use std::path::Path;
 use ussdb::{CampaignUserMap, Durability, Error, Options, Store};
 
 /// File names an `open_dir` input can create: segments (in and out of the id range), hint files, leftovers of
-/// interrupted writes and compactions, a lock file with content, and a stranger.
-pub const OPEN_DIR_NAMES: [&str; 14] = [
+/// interrupted writes and compactions, a lock file with content, a stranger, and a saved index (last, so the
+/// names of earlier inputs keep their numbers).
+pub const OPEN_DIR_NAMES: [&str; 15] = [
     "0000000001.seg",
     "0000000002.seg",
     "0000000003.seg",
@@ -28,6 +29,7 @@ pub const OPEN_DIR_NAMES: [&str; 14] = [
     "0000000003.hint",
     "0000000001.compact.tmp",
     "0000000002.hint.tmp",
+    "INDEX",
 ];
 
 /// Serialises a directory as an `open_dir` input: per file, a name index, a u16 length and the bytes.
@@ -53,10 +55,12 @@ pub fn clear_dir(dir: &Path) {
 fn options() -> Options {
     // No background compaction: a fuzz input must replay the same way every time; the targets compact on
     // purpose instead.
+    // Every close saves the index, so the reopens below load what the close before saved.
     Options::default()
         .segment_size(4096)
         .durability(Durability::Never)
         .auto_compaction(false)
+        .save_index_from(0)
 }
 
 /// Lays out the files `data` describes in the empty directory `dir` and opens it as a store: `open` must return
