@@ -185,8 +185,9 @@ fn head_crc(head: &[u8]) -> u32 {
 
 /// Writes `index` to the index file in `dir` (through a temporary file and a rename), for a store in `state`
 /// whose segments have `dead` dead bytes each (in the order of `state.segments`). `ids` maps the segment ids of
-/// the index's locations to the segments' file ids, which `state` names and the next open gives them (the two
-/// differ for compaction outputs). Returns the file's length.
+/// the index's locations to the segments' file ids, which `state` names and the next open gives them (a
+/// `Segment` keeps the two apart; today a compaction output gets the same number for both). Returns the file's
+/// length.
 ///
 /// Not fsynced: the file only saves time, and one that did not reach the disk whole fails its checksums at the
 /// next open, which then rebuilds the index as it would without it. The caller keeps the index from changing
