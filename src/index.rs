@@ -864,7 +864,7 @@ impl Index {
 
     /// Shard `i` as the index file saves it: `slot` gets its shared table's slots in order as (hash, packed
     /// location), (0, 0) where empty, then `own` the entries of its users' own tables. Returns the counts of
-    /// each, which [`Index::shard_shape`] gave before if the index did not change in between.
+    /// each.
     pub(crate) fn save_shard(
         &self,
         i: usize,
@@ -891,19 +891,6 @@ impl Index {
             }
         }
         (tables.runs.slots.len(), owned)
-    }
-
-    /// The sizes [`Index::save_shard`] visits for shard `i`: slots of its shared table, entries of own tables.
-    pub(crate) fn shard_shape(&self, i: usize) -> (usize, usize) {
-        let Some(shard) = self.shards.get(i) else {
-            return (0, 0);
-        };
-        let tables = shard.0.read().unwrap_or_else(|e| e.into_inner());
-        let own = tables
-            .own
-            .as_deref()
-            .map_or(0, |o| o.users.values().map(|t| t.len).sum());
-        (tables.runs.slots.len(), own)
     }
 
     /// Locations of every entry with this exact hash (usually zero or one).
@@ -1128,7 +1115,7 @@ impl<'a> Unshared<'a> {
         &mut self,
         i: usize,
         slots: impl ExactSizeIterator<Item = (u64, u64)>,
-        own: impl Iterator<Item = (u64, u64)>,
+        mut own: impl Iterator<Item = (u64, u64)>,
         accept: impl Fn(Loc) -> bool,
     ) -> std::result::Result<(), String> {
         let Some(shard) = i
@@ -1141,7 +1128,7 @@ impl<'a> Unshared<'a> {
         *tables = Tables::default();
         let accept = |hash: u64, loc: Loc| shard_of(hash) == i && loc.segment() != 0 && accept(loc);
         tables.runs.restore(slots, accept)?;
-        let restored = own.into_iter().try_for_each(|(hash, loc)| {
+        let restored = own.try_for_each(|(hash, loc)| {
             if loc == 0 || !accept(hash, Loc(loc)) {
                 return Err("an own table's entry of another shard or segment".to_owned());
             }
@@ -1439,7 +1426,6 @@ mod tests {
         let (mut slots, mut own) = (Vec::new(), Vec::new());
         let shape = index.save_shard(i, |h, l| slots.push((h, l)), |h, l| own.push((h, l)));
         assert_eq!(shape, (slots.len(), own.len()));
-        assert_eq!(shape, index.shard_shape(i));
         (slots, own)
     }
 

@@ -228,23 +228,14 @@ fn write_to(
 ) -> Result<u64> {
     let head_len =
         HEADER_LEN + state.segments.len() * SEGMENT_ENTRY_LEN + SHARD_COUNT * SHARD_ENTRY_LEN;
+    // The head's size does not depend on the sections: they are written one after the other behind it, and the
+    // head, with their places and checksums, last.
     let mut shards = Vec::with_capacity(SHARD_COUNT);
     let mut offset = head_len as u64;
-    for i in 0..SHARD_COUNT {
-        let (capacity, own) = index.shard_shape(i);
-        let entry = ShardEntry {
-            offset,
-            capacity: capacity as u64,
-            own: own as u64,
-            crc: 0,
-        };
-        offset += entry.len().unwrap_or(u64::MAX);
-        shards.push(entry);
-    }
     let mut section = Vec::new();
     let mut own = Vec::new();
     let mut unknown = None;
-    for (i, entry) in shards.iter_mut().enumerate() {
+    for i in 0..SHARD_COUNT {
         section.clear();
         own.clear();
         // A location names its segment by the id it has in memory; the file names it by its file id.
@@ -258,7 +249,7 @@ fn write_to(
                 }
             }
         };
-        let shape = index.save_shard(
+        let (capacity, owned) = index.save_shard(
             i,
             |hash, loc| {
                 let loc = if loc == 0 { 0 } else { file_loc(loc) };
@@ -272,28 +263,25 @@ fn write_to(
             section.extend_from_slice(&hash.to_le_bytes());
             section.extend_from_slice(&loc.to_le_bytes());
         }
-        let problem = match (unknown, shape) {
-            (Some(loc), _) => Some(format!(
-                "an entry points into segment {}, not one of the store's",
-                loc.segment()
-            )),
-            (None, (capacity, owned))
-                if (capacity as u64, owned as u64) != (entry.capacity, entry.own) =>
-            {
-                Some("the index changed while it was saved".to_owned())
-            }
-            (None, _) => None,
-        };
-        if let Some(problem) = problem {
+        if let Some(loc) = unknown {
             return Err(Error::io(
                 "write index file",
                 path,
-                std::io::Error::other(problem),
+                std::io::Error::other(format!(
+                    "an entry points into segment {}, not one of the store's",
+                    loc.segment()
+                )),
             ));
         }
-        entry.crc = crc32fast::hash(&section);
-        file.write_all_at(&section, entry.offset)
+        file.write_all_at(&section, offset)
             .map_err(|e| Error::io("write index file", path, e))?;
+        shards.push(ShardEntry {
+            offset,
+            capacity: capacity as u64,
+            own: owned as u64,
+            crc: crc32fast::hash(&section),
+        });
+        offset += section.len() as u64;
     }
     file.write_all_at(&encode_head(state, dead, &shards), 0)
         .map_err(|e| Error::io("write index file", path, e))?;
@@ -302,25 +290,25 @@ fn write_to(
 
 /// Loads the index file of `dir` into `index` (empty) if it was made for a store in `state`, on `parts` threads.
 /// Returns the dead bytes of each segment of `state`, or why the file was not used, after which `index` is empty
-/// again. `Ok(None)` when there is no index file.
+/// again. `None` when there is no index file.
 pub(crate) fn load(
     vfs: &dyn Vfs,
     dir: &Path,
     index: &mut Index,
     state: &State,
     parts: usize,
-) -> Result<Option<std::result::Result<Vec<u64>, String>>> {
+) -> Option<std::result::Result<Vec<u64>, String>> {
     let path = dir.join(INDEX_FILE);
     let file = match vfs.open(&path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Ok(Some(Err(format!("unreadable: {e}")))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("unreadable: {e}"))),
     };
     let loaded = load_from(&*file, index, state, parts);
     if loaded.is_err() {
         index.clear();
     }
-    Ok(Some(loaded))
+    Some(loaded)
 }
 
 fn load_from(
@@ -535,7 +523,7 @@ mod tests {
         write(&StdVfs, dir.path(), &index, &state(), &dead, &ids).expect("write");
         for parts in [1, 3] {
             let mut loaded = Index::new(index.hasher().clone());
-            let got = load(&StdVfs, dir.path(), &mut loaded, &state(), parts).expect("load");
+            let got = load(&StdVfs, dir.path(), &mut loaded, &state(), parts);
             assert_eq!(got, Some(Ok(dead.to_vec())));
             assert_eq!(entries(&loaded), entries(&index));
         }
@@ -566,7 +554,7 @@ mod tests {
             let mut other = state();
             change(&mut other);
             let mut loaded = Index::new(index.hasher().clone());
-            let got = load(&StdVfs, dir.path(), &mut loaded, &other, 2).expect("load");
+            let got = load(&StdVfs, dir.path(), &mut loaded, &other, 2);
             assert!(matches!(got, Some(Err(_))), "{what}: {got:?}");
             assert_eq!(loaded.len(), 0, "{what}: the index is left empty");
         }
@@ -591,7 +579,6 @@ mod tests {
         .expect("write");
         let mut loaded = Index::new(index.hasher().clone());
         load(&StdVfs, dir.path(), &mut loaded, &state(), 1)
-            .expect("load")
             .expect("a file")
             .expect("loaded");
         assert_eq!(

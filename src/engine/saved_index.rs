@@ -28,7 +28,8 @@ impl Engine {
         let segments = self.segments();
         let mut sealed = Vec::with_capacity(manifest.sealed.len());
         for entry in &manifest.sealed {
-            let Some(segment) = segments.values().find(|s| s.file_id() == entry.file_id) else {
+            // Keyed by file id, as `Engine::sealed_in_order` reads it (which takes the log mutex this holds).
+            let Some(segment) = segments.get(&entry.file_id) else {
                 return Err(Error::corrupted(
                     self.dir.join(crate::dir::segment_file_name(entry.file_id)),
                     0,
@@ -86,7 +87,7 @@ impl Engine {
             Some(parts) => parts,
             None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         };
-        match index_file::load(&*self.vfs, &self.dir, &mut self.index, &state, parts)? {
+        match index_file::load(&*self.vfs, &self.dir, &mut self.index, &state, parts) {
             None => Ok(false),
             Some(Ok(dead)) => {
                 for ((entry, segment), dead) in sealed.iter().zip(&dead) {
