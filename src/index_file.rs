@@ -140,11 +140,19 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Where the shard directory starts in a file of a store with `segments` segments.
+fn directory_at(segments: usize) -> usize {
+    HEADER_LEN + segments * SEGMENT_ENTRY_LEN
+}
+
+/// The length of the head (header, segment table, shard directory) of such a file; the sections follow it.
+fn head_len(segments: usize) -> usize {
+    directory_at(segments) + SHARD_COUNT * SHARD_ENTRY_LEN
+}
+
 /// Header, segment table and shard directory, with the header's checksum over all three.
 fn encode_head(state: &State, dead: &[u64], shards: &[ShardEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        HEADER_LEN + state.segments.len() * SEGMENT_ENTRY_LEN + shards.len() * SHARD_ENTRY_LEN,
-    );
+    let mut out = Vec::with_capacity(head_len(state.segments.len()));
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(shards.len() as u32).to_le_bytes());
@@ -226,8 +234,7 @@ fn write_to(
     dead: &[u64],
     ids: &IdMap,
 ) -> Result<u64> {
-    let head_len =
-        HEADER_LEN + state.segments.len() * SEGMENT_ENTRY_LEN + SHARD_COUNT * SHARD_ENTRY_LEN;
+    let head_len = head_len(state.segments.len());
     // The head's size does not depend on the sections: they are written one after the other behind it, and the
     // head, with their places and checksums, last.
     let mut shards = Vec::with_capacity(SHARD_COUNT);
@@ -318,8 +325,7 @@ fn load_from(
     parts: usize,
 ) -> std::result::Result<Vec<u64>, String> {
     let file_len = file.len().map_err(|e| format!("unreadable: {e}"))?;
-    let head_len =
-        HEADER_LEN + state.segments.len() * SEGMENT_ENTRY_LEN + SHARD_COUNT * SHARD_ENTRY_LEN;
+    let head_len = head_len(state.segments.len());
     if file_len < head_len as u64 {
         return Err(format!("{file_len} bytes: too short for its header"));
     }
@@ -375,7 +381,7 @@ fn load_from(
         }
         dead.push(u64_at(&head, at + 16));
     }
-    let directory = HEADER_LEN + state.segments.len() * SEGMENT_ENTRY_LEN;
+    let directory = directory_at(state.segments.len());
     let mut shards = Vec::with_capacity(SHARD_COUNT);
     let mut offset = head_len as u64;
     for i in 0..SHARD_COUNT {
