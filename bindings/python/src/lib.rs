@@ -6,6 +6,8 @@
 //! `UserStorage` translates, `Store` speaks the engine's shape. `ussdb.FmeStorage` is the connector the
 //! current VWO FME Python SDK (`vwo-fme-python-sdk`, `vwo.init({..., "storage": ...})`) calls.
 
+mod durable;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
@@ -375,6 +377,19 @@ impl Store {
     /// "goalIdentifier" (or the VWO SDK's "goalIdentifiers"); other keys are ignored.
     fn set(&self, data: &Bound<'_, PyDict>) -> PyResult<()> {
         self.set_dict(data)
+    }
+
+    /// Stores a record like `set` at once and returns an awaitable that completes when the write is
+    /// durable: under "immediate", when the group commit covering it has fsynced (many writes in
+    /// flight share one fsync; no thread waits per write); under "periodic" and "never", at once.
+    /// Raises the write's ussdb.Error if it failed. Call it from a coroutine on a running asyncio loop.
+    fn set_async<'py>(&self, data: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+        let py = data.py();
+        let record = dict_to_record(data)?;
+        // Before the write: outside a running loop nothing is written.
+        let event_loop = durable::running_loop(py)?;
+        let written = self.call(py, |s| Ok(s.set_async(&record)))?;
+        durable::awaitable(py, event_loop, written)
     }
 
     /// Erases one record; True if it existed.
