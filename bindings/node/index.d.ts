@@ -154,6 +154,10 @@ export declare class Store {
   close(): void;
 
   getAsync(userId: string, campaignKey: string): Promise<CampaignUserMap | undefined>;
+  /**
+   * Appends at once (on the calling thread) and settles when the write is durable: under "immediate", once the
+   * group commit covering it has fsynced, with no thread of the pool waiting for it; at once otherwise.
+   */
   setAsync(map: CampaignUserMapInput): Promise<void>;
   deleteAsync(userId: string, campaignKey: string): Promise<boolean>;
   forgetUserAsync(userId: string): Promise<number>;

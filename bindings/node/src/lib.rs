@@ -6,13 +6,17 @@
 //! `TypeError`, so a wrong argument that slips past `index.js` is an exception, never a crash.
 //!
 //! Every operation has a synchronous form (runs on the calling thread, like `fs.readFileSync`) and an `...Async`
-//! form that runs on the libuv thread pool and returns a Promise, so an fsync never blocks the event loop.
+//! form that runs on the libuv thread pool and returns a Promise, so an fsync never blocks the event loop; but
+//! `setAsync`, which appends at once and settles when its write is durable without holding a pool thread
+//! (`durable.rs`).
 //! Errors are JS `Error`s whose `code` names the engine's error variant (`USSDB_IO`, `USSDB_LOCKED`, ...).
 //!
 //! `get` and `set` are plain N-API callbacks instead of `#[napi]` functions: they are the calls an SDK makes per
 //! request, and the generated argument handling cost about a third of a `get`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod durable;
 
 use std::borrow::Cow;
 use std::ffi::{CStr, c_void};
@@ -873,6 +877,8 @@ pub fn get_async(
     call(&env, &handle, Op::Get(user_id, campaign_key))
 }
 
+/// Appends at once on the calling thread and settles when the write is durable (`durable.rs`): no pool thread
+/// waits out an fsync, so writes in flight share the store's group commits whatever their number.
 #[napi(ts_return_type = "Promise<void>")]
 pub fn set_async(
     env: Env,
@@ -881,14 +887,21 @@ pub fn set_async(
     campaign_key: String,
     variation_name: String,
     goal_identifier: Option<String>,
-) -> Result<AsyncTask<Call>> {
+) -> Result<Raw> {
+    let h = self::handle(&env, &handle)?;
     let map = ussdb::CampaignUserMap {
         user_id,
         campaign_key,
         variation_name,
         goal_identifier,
     };
-    call(&env, &handle, Op::Set(map))
+    let (deferred, promise) = env.create_deferred::<(), durable::Settle>()?;
+    let path = Arc::clone(&h.path);
+    match with_store(&h.shared, |s| Ok(s.set_async(&map))) {
+        Ok(written) => durable::settle_when_durable(written, deferred, path),
+        Err(failure) => durable::settle(deferred, Err(failure), path),
+    }
+    Ok(Raw(promise.raw()))
 }
 
 #[napi(ts_return_type = "Promise<boolean>")]

@@ -2,7 +2,7 @@
 // The Store API: what it stores, what it refuses (and how), and that async calls behave like sync ones.
 
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 const { test } = require('node:test');
@@ -341,13 +341,59 @@ test('async calls run off the event loop: it turns while immediate-durability wr
   for (let i = 0; i < 300; i++) {
     writes.push(store.setAsync(map(`user-${i}`, 'c', 'v')).then(() => completed++));
   }
-  // Writes done on the calling thread would all have finished (and their Promises settled) before the loop's
-  // next turn; on the thread pool, each waits for an fsync while the loop goes on.
+  // Each write is appended at once, but its Promise settles only once an fsync covered it, which the commit
+  // thread runs while the loop goes on; settled Promises before the next turn would mean no wait for the fsync.
   const completedAtNextTurn = await new Promise((resolve) => setImmediate(() => resolve(completed)));
   await Promise.all(writes);
   assert.ok(completedAtNextTurn < 300, `all 300 writes had finished before the event loop turned`);
   assert.equal(store.stats().mappings, 300);
   assert.ok(store.stats().fsyncs >= 1);
+});
+
+test('a thousand setAsync calls in flight share a few fsyncs and hold no pool thread', async (t) => {
+  const dir = tempDir(t);
+  const store = new Store(dir, { durability: 'immediate' });
+  t.after(() => store.close());
+  const before = store.stats().fsyncs;
+  await Promise.all(Array.from({ length: 1000 }, (_, i) => store.setAsync(map(`user-${i}`, 'c', 'v'))));
+  const fsyncs = store.stats().fsyncs - before;
+  // Every write is appended before the first fsync ends, so a few group commits cover them all; writes that each
+  // held one of the libuv pool's four threads through their fsync would need at least 250.
+  assert.ok(fsyncs >= 1 && fsyncs <= 50, `${fsyncs} fsyncs for 1000 writes`);
+  assert.equal(store.stats().mappings, 1000);
+  for (let i = 0; i < 1000; i++) assert.equal(store.get(`user-${i}`, 'c').variationName, 'v');
+});
+
+test('setAsync settles only after an fsync covered its write (immediate durability)', async (t) => {
+  const store = new Store(tempDir(t), { durability: 'immediate' });
+  t.after(() => store.close());
+  for (let i = 0; i < 20; i++) {
+    const before = store.stats().fsyncs;
+    await store.setAsync(map(`user-${i}`, 'c', 'v'));
+    assert.ok(store.stats().fsyncs > before, `write ${i} settled before any fsync`);
+  }
+});
+
+test('setAsync writes survive a SIGKILL once settled (immediate durability)', async (t) => {
+  const dir = tempDir(t);
+  const writer = `
+    const { Store } = require(${JSON.stringify(path.join(__dirname, '..'))});
+    const store = new Store(${JSON.stringify(dir)}, { durability: 'immediate' });
+    (async () => {
+      for (let batch = 0; batch < 10; batch++) {
+        await Promise.all(Array.from({ length: 100 }, (_, i) =>
+          store.setAsync({ userId: 'user-' + (batch * 100 + i), campaignKey: 'c', variationName: 'v' })));
+      }
+      process.stdout.write('acked\\n');
+      process.kill(process.pid, 'SIGKILL');
+    })();
+  `;
+  const child = spawnSync(process.execPath, ['-e', writer], { encoding: 'utf8', timeout: 120000 });
+  assert.equal(child.signal, 'SIGKILL', child.stderr);
+  assert.equal(child.stdout.trim(), 'acked');
+  const reopened = new Store(dir);
+  t.after(() => reopened.close());
+  for (let i = 0; i < 1000; i++) assert.equal(reopened.get(`user-${i}`, 'c').variationName, 'v');
 });
 
 test('a killed process loses no acknowledged write (periodic durability)', async (t) => {
