@@ -357,9 +357,10 @@ test('a thousand setAsync calls in flight share a few fsyncs and hold no pool th
   const before = store.stats().fsyncs;
   await Promise.all(Array.from({ length: 1000 }, (_, i) => store.setAsync(map(`user-${i}`, 'c', 'v'))));
   const fsyncs = store.stats().fsyncs - before;
-  // Every write is appended before the first fsync ends, so a few group commits cover them all; writes that each
-  // held one of the libuv pool's four threads through their fsync would need at least 250.
-  assert.ok(fsyncs >= 1 && fsyncs <= 50, `${fsyncs} fsyncs for 1000 writes`);
+  // Each fsync covers every write appended before it began, so a few dozen cover them all (more when appends are
+  // slow, on a busy machine); writes that each held one of the libuv pool's four threads through their fsync
+  // would need at least 250.
+  assert.ok(fsyncs >= 1 && fsyncs <= 200, `${fsyncs} fsyncs for 1000 writes`);
   assert.equal(store.stats().mappings, 1000);
   for (let i = 0; i < 1000; i++) assert.equal(store.get(`user-${i}`, 'c').variationName, 'v');
 });

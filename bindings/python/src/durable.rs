@@ -121,7 +121,7 @@ fn _notify(py: Python<'_>, inbox: &Bound<'_, Inbox>) {
     loop {
         let ready = py.detach(|| {
             let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
-            // Every sender gone: the process is a forked child whose notifier was replaced.
+            // Every sender gone: a notifier that lost the race to start, or a replaced one in a forked child.
             let first = queue.recv().ok()?;
             let ready: Vec<_> = std::iter::once(first)
                 .chain(queue.try_iter())
@@ -142,12 +142,18 @@ static NOTIFIER: Mutex<Option<(u64, Sender<Arc<Pending>>)>> = Mutex::new(None);
 
 fn notifier(py: Python<'_>) -> PyResult<Sender<Arc<Pending>>> {
     let generation = FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed);
-    let mut slot = NOTIFIER.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((made_in, sender)) = slot.as_ref()
-        && *made_in == generation
-    {
-        return Ok(sender.clone());
+    let current = || {
+        let slot = NOTIFIER.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            Some((made_in, sender)) if *made_in == generation => Some(sender.clone()),
+            _ => None,
+        }
+    };
+    if let Some(sender) = current() {
+        return Ok(sender);
     }
+    // Started with no lock held: `Thread.start` lets go of the GIL until the thread runs, and another thread that
+    // took the GIL meanwhile may be waiting here too.
     let (sender, receiver) = std::sync::mpsc::channel();
     let inbox = Py::new(py, Inbox(Mutex::new(Some(receiver))))?;
     let kwargs = PyDict::new(py);
@@ -159,8 +165,15 @@ fn notifier(py: Python<'_>) -> PyResult<Sender<Arc<Pending>>> {
         .getattr("Thread")?
         .call((), Some(&kwargs))?
         .call_method0("start")?;
-    *slot = Some((generation, sender.clone()));
-    Ok(sender)
+    let mut slot = NOTIFIER.lock().unwrap_or_else(PoisonError::into_inner);
+    match slot.as_ref() {
+        // Another thread started one first: that one serves, and this one ends as `sender` is dropped.
+        Some((made_in, theirs)) if *made_in == generation => Ok(theirs.clone()),
+        _ => {
+            *slot = Some((generation, sender.clone()));
+            Ok(sender)
+        }
+    }
 }
 
 /// Starts waiting for `durable` (a write already appended) and returns the asyncio future of the running loop
