@@ -767,7 +767,6 @@ pub fn stats(env: Env, handle: Unknown) -> Result<Stats> {
 /// What an async call does on the thread pool.
 pub enum Op {
     Get(String, String),
-    Set(ussdb::CampaignUserMap),
     Delete(String, String),
     ForgetUser(String),
     CampaignsOf(String),
@@ -814,7 +813,6 @@ impl Task for Call {
         let shared = &self.shared;
         Ok(match op {
             Op::Get(u, c) => with_store(shared, |s| s.get(&u, &c)).map(Answer::Map),
-            Op::Set(map) => with_store(shared, |s| s.set(&map)).map(|()| Answer::Nothing),
             Op::Delete(u, c) => with_store(shared, |s| s.delete(&u, &c)).map(Answer::Bool),
             Op::ForgetUser(u) => with_store(shared, |s| s.forget_user(&u)).map(Answer::Count),
             Op::CampaignsOf(u) => with_store(shared, |s| s.campaigns_of(&u)).map(Answer::Maps),
