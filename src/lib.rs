@@ -104,6 +104,7 @@ mod tail;
 mod engine;
 mod repair;
 // checks and the handle
+mod notifier;
 mod store;
 mod verify;
 // fronts

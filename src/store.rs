@@ -11,6 +11,7 @@ use crate::codec;
 use crate::durability::{Durability, PeriodicSync};
 use crate::engine::{BackupReport, Batch, Committer, CompactionWorker, Engine, Scan};
 use crate::model::{CampaignUserMap, FeatureRecord, check_id};
+use crate::notifier;
 use crate::options::Options;
 use crate::record::SEGMENT_HEADER_LEN;
 use crate::repair::{self, RepairReport};
@@ -587,6 +588,33 @@ pub struct Durable {
     position: u64,
 }
 
+impl Durable {
+    /// The write's outcome if it is settled now (durable, or failed), without waiting and without registering
+    /// anything: always under [`Durability::Periodic`] and [`Durability::Never`]. As with a future that returned
+    /// `Ready`, the outcome is handed over once: once this returned `Some`, use the `Durable` no more.
+    pub fn now(&mut self) -> Option<Result<()>> {
+        if let Some(written) = self.written.take() {
+            match written {
+                Ok(position) => self.position = position,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        match self.store.engine().is_durable(self.position) {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Calls `done` with the write's outcome once it is durable (or has failed): at once on the calling thread if
+    /// it already is, else on a thread of the library's (`ussdb-callbacks`, one per process). For callers without an
+    /// async runtime, such as the Python and Node bindings: no thread waits per write, and the commit thread never
+    /// runs `done`. `done` should be quick: the callbacks of other writes wait for it.
+    pub fn then(self, done: impl FnOnce(Result<()>) + Send + 'static) {
+        notifier::when_ready(Box::pin(self), Box::new(done));
+    }
+}
+
 impl std::future::Future for Durable {
     type Output = Result<()>;
 
@@ -595,17 +623,8 @@ impl std::future::Future for Durable {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<()>> {
         use std::task::Poll;
-        if let Some(written) = self.written.take() {
-            match written {
-                Ok(position) => self.position = position,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        let engine = self.store.engine();
-        match engine.is_durable(self.position) {
-            Ok(true) => return Poll::Ready(Ok(())),
-            Ok(false) => {}
-            Err(e) => return Poll::Ready(Err(e)),
+        if let Some(settled) = self.now() {
+            return Poll::Ready(settled);
         }
         if let Err(e) = self
             .store
@@ -614,10 +633,9 @@ impl std::future::Future for Durable {
             return Poll::Ready(Err(e));
         }
         // The commit may have covered the position between the check and the registration.
-        match engine.is_durable(self.position) {
-            Ok(true) => Poll::Ready(Ok(())),
-            Ok(false) => Poll::Pending,
-            Err(e) => Poll::Ready(Err(e)),
+        match self.now() {
+            Some(settled) => Poll::Ready(settled),
+            None => Poll::Pending,
         }
     }
 }

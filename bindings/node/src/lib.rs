@@ -8,15 +8,13 @@
 //! Every operation has a synchronous form (runs on the calling thread, like `fs.readFileSync`) and an `...Async`
 //! form that runs on the libuv thread pool and returns a Promise, so an fsync never blocks the event loop; but
 //! `setAsync`, which appends at once and settles when its write is durable without holding a pool thread
-//! (`durable.rs`).
+//! (`ussdb::Durable::then`).
 //! Errors are JS `Error`s whose `code` names the engine's error variant (`USSDB_IO`, `USSDB_LOCKED`, ...).
 //!
 //! `get` and `set` are plain N-API callbacks instead of `#[napi]` functions: they are the calls an SDK makes per
 //! request, and the generated argument handling cost about a third of a `get`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
-
-mod durable;
 
 use std::borrow::Cow;
 use std::ffi::{CStr, c_void};
@@ -875,8 +873,21 @@ pub fn get_async(
     call(&env, &handle, Op::Get(user_id, campaign_key))
 }
 
-/// Appends at once on the calling thread and settles when the write is durable (`durable.rs`): no pool thread
-/// waits out an fsync, so writes in flight share the store's group commits whatever their number.
+/// What settles a `setAsync` Promise, on the JS thread.
+type Settle = Box<dyn FnOnce(Env) -> Result<()> + Send>;
+
+/// Resolves `deferred`, or rejects it with the JS `Error` (and its `code`) of the failure. Any thread: the error
+/// object can only be made on the JS thread, so the resolver makes it there and rejects with it.
+fn settle(deferred: napi::JsDeferred<(), Settle>, result: Outcome<()>, path: Arc<str>) {
+    match result {
+        Ok(()) => deferred.resolve(Box::new(|_| Ok(()))),
+        Err(failure) => deferred.resolve(Box::new(move |env| Err(failure.into_napi(&env, &path)))),
+    }
+}
+
+/// Appends at once on the calling thread and settles when the write is durable (`ussdb::Durable::then`, called
+/// back from one thread of the library's): no pool thread waits out an fsync, so writes in flight share the
+/// store's group commits whatever their number.
 #[napi(ts_return_type = "Promise<void>")]
 pub fn set_async(
     env: Env,
@@ -893,11 +904,13 @@ pub fn set_async(
         variation_name,
         goal_identifier,
     };
-    let (deferred, promise) = env.create_deferred::<(), durable::Settle>()?;
+    let (deferred, promise) = env.create_deferred::<(), Settle>()?;
     let path = Arc::clone(&h.path);
     match with_store(&h.shared, |s| Ok(s.set_async(&map))) {
-        Ok(written) => durable::settle_when_durable(written, deferred, path),
-        Err(failure) => durable::settle(deferred, Err(failure), path),
+        Ok(written) => {
+            written.then(move |result| settle(deferred, result.map_err(Failure::Engine), path))
+        }
+        Err(failure) => settle(deferred, Err(failure), path),
     }
     Ok(Raw(promise.raw()))
 }

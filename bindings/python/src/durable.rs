@@ -1,81 +1,27 @@
 //! `Store.set_async`: a write whose asyncio future completes when the group commit covering it is durable.
 //!
-//! The engine's [`ussdb::Durable`] future is woken by the engine's commit thread, which must never wait for the
-//! GIL (it serves every waiter of the store). So each woken write is handed to one Python thread of this module's
-//! own (`ussdb-notify`, a daemon thread started on first use in each process): it polls the write again and, once
-//! it is durable or has failed, schedules the result on the write's event loop with `call_soon_threadsafe`. A
-//! thousand writes in flight are a thousand small objects and no thread each; they share the store's fsyncs.
+//! A write that is settled at once (under "periodic" and "never", or refused) completes its future here, on the
+//! loop's thread. Any other is handed to [`ussdb::Durable::then`], whose callback runs on a thread of the
+//! library's once the write is durable (never on the engine's commit thread, which serves every waiter). That
+//! callback does not take the GIL: it queues the outcome for one Python thread of this module's (`ussdb-notify`,
+//! a daemon thread started on first use in each process), which takes the GIL once for all the outcomes queued
+//! and schedules each on its event loop with `call_soon_threadsafe` (a GIL hand-over per write halved the writes
+//! per second of a busy loop). A thousand writes in flight are a thousand small objects and no thread each; they
+//! share the store's fsyncs.
 //!
-//! The notifier is a Python thread, not a Rust one, so that interpreter shutdown treats it as it treats every
-//! daemon thread.
+//! The queue's reader is a Python thread, not a Rust one, so that interpreter shutdown treats it as it treats
+//! every daemon thread.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::{Mutex, PoisonError};
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::{FORK_GENERATION, engine_error};
 
-/// One write waiting to be durable.
-struct Pending {
-    /// `None` once it resolved.
-    durable: Mutex<Option<ussdb::Durable>>,
-    /// The event loop and the asyncio future to complete; taken (under the GIL) when the result is handed over.
-    target: Mutex<Option<(Py<PyAny>, Py<PyAny>)>>,
-    /// Where a wake sends it: the notifier of the process that made it.
-    notify: Sender<Arc<Pending>>,
-}
-
-impl Wake for Pending {
-    fn wake(self: Arc<Self>) {
-        // A failed send means the notifier is gone (a forked child's copy of a parent's write): nobody is left
-        // to await it.
-        let _ = self.notify.clone().send(self);
-    }
-}
-
-impl Pending {
-    /// Polls the write once; its result when it is ready (only the first time).
-    fn poll(self: &Arc<Self>) -> Option<ussdb::Result<()>> {
-        let mut slot = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
-        let durable = slot.as_mut()?;
-        let waker = Waker::from(Arc::clone(self));
-        match Pin::new(durable).poll(&mut Context::from_waker(&waker)) {
-            Poll::Ready(result) => {
-                *slot = None;
-                Some(result)
-            }
-            Poll::Pending => None,
-        }
-    }
-
-    /// Hands the result to the event loop that awaits it. Under the GIL, on any thread.
-    fn resolve(&self, py: Python<'_>, result: ussdb::Result<()>) {
-        let Some((event_loop, future)) = self
-            .target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
-            return;
-        };
-        let error = match result {
-            Ok(()) => py.None(),
-            Err(e) => engine_error(e).into_value(py).into_any(),
-        };
-        let scheduled = wrap_pyfunction!(_complete, py).and_then(|complete| {
-            event_loop.call_method1(py, "call_soon_threadsafe", (complete, future, error))
-        });
-        // An error here means the loop is closed: nothing can await the future any more.
-        if let Err(e) = scheduled {
-            log_unraisable(py, e);
-        }
-    }
-}
+/// A durable (or failed) write: its event loop, its asyncio future and its outcome.
+type Settled = (Py<PyAny>, Py<PyAny>, ussdb::Result<()>);
 
 /// Completes `future` on its own loop, unless it was cancelled meanwhile.
 #[pyfunction]
@@ -91,20 +37,29 @@ fn _complete(future: &Bound<'_, PyAny>, error: &Bound<'_, PyAny>) -> PyResult<()
     Ok(())
 }
 
-/// Reports an error that has no caller to go to, as Python reports errors in callbacks.
-fn log_unraisable(py: Python<'_>, e: PyErr) {
-    if e.is_instance_of::<pyo3::exceptions::PyRuntimeError>(py) {
-        // `call_soon_threadsafe` on a closed loop: the program has moved on; not worth a report.
-        return;
+/// Hands an outcome to the event loop that awaits it.
+fn schedule(py: Python<'_>, (event_loop, future, result): Settled) {
+    let error = match result {
+        Ok(()) => py.None(),
+        Err(e) => engine_error(e).into_value(py).into_any(),
+    };
+    let scheduled = wrap_pyfunction!(_complete, py).and_then(|complete| {
+        event_loop.call_method1(py, "call_soon_threadsafe", (complete, future, error))
+    });
+    // A `RuntimeError` is `call_soon_threadsafe` on a closed loop: the program has moved on. Anything else has no
+    // caller to go to, and is reported as Python reports errors in callbacks.
+    if let Err(e) = scheduled
+        && !e.is_instance_of::<pyo3::exceptions::PyRuntimeError>(py)
+    {
+        e.write_unraisable(py, None);
     }
-    e.write_unraisable(py, None);
 }
 
-/// The receiving end of the notifier's queue, handed to its thread as a Python object.
+/// The receiving end of the queue, handed to its thread as a Python object.
 #[pyclass(frozen)]
-struct Inbox(Mutex<Option<Receiver<Arc<Pending>>>>);
+struct Inbox(Mutex<Option<Receiver<Settled>>>);
 
-/// The notifier thread's body: wait (without the GIL) for woken writes, poll them, hand over the ready ones.
+/// The `ussdb-notify` thread's body: wait (without the GIL) for settled writes, then schedule every one queued.
 #[pyfunction]
 fn _notify(py: Python<'_>, inbox: &Bound<'_, Inbox>) {
     let Some(queue) = inbox
@@ -119,31 +74,31 @@ fn _notify(py: Python<'_>, inbox: &Bound<'_, Inbox>) {
     // A `Receiver` may move between threads but not be shared; the lock makes the borrow below shareable.
     let queue = Mutex::new(queue);
     loop {
-        let ready = py.detach(|| {
+        let settled = py.detach(|| {
             let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
-            // Every sender gone: a notifier that lost the race to start, or a replaced one in a forked child.
+            // Every sender gone: a thread that lost the race to start, or a replaced one in a forked child.
             let first = queue.recv().ok()?;
-            let ready: Vec<_> = std::iter::once(first)
-                .chain(queue.try_iter())
-                .filter_map(|pending| pending.poll().map(|result| (pending, result)))
-                .collect();
-            Some(ready)
+            Some(
+                std::iter::once(first)
+                    .chain(queue.try_iter())
+                    .collect::<Vec<_>>(),
+            )
         });
-        let Some(ready) = ready else { return };
-        for (pending, result) in ready {
-            pending.resolve(py, result);
+        let Some(settled) = settled else { return };
+        for one in settled {
+            schedule(py, one);
         }
     }
 }
 
-/// The notifier of this process (started on first use, and again in a forked child, where the parent's thread
-/// does not exist), as the sender a write is woken into.
-static NOTIFIER: Mutex<Option<(u64, Sender<Arc<Pending>>)>> = Mutex::new(None);
+/// The queue into this process's `ussdb-notify` thread (started on first use, and again in a forked child, where
+/// the parent's thread does not exist), with the fork generation it was started in.
+static QUEUE: Mutex<Option<(u64, Sender<Settled>)>> = Mutex::new(None);
 
-fn notifier(py: Python<'_>) -> PyResult<Sender<Arc<Pending>>> {
+fn queue(py: Python<'_>) -> PyResult<Sender<Settled>> {
     let generation = FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed);
     let current = || {
-        let slot = NOTIFIER.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = QUEUE.lock().unwrap_or_else(PoisonError::into_inner);
         match slot.as_ref() {
             Some((made_in, sender)) if *made_in == generation => Some(sender.clone()),
             _ => None,
@@ -165,7 +120,7 @@ fn notifier(py: Python<'_>) -> PyResult<Sender<Arc<Pending>>> {
         .getattr("Thread")?
         .call((), Some(&kwargs))?
         .call_method0("start")?;
-    let mut slot = NOTIFIER.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut slot = QUEUE.lock().unwrap_or_else(PoisonError::into_inner);
     match slot.as_ref() {
         // Another thread started one first: that one serves, and this one ends as `sender` is dropped.
         Some((made_in, theirs)) if *made_in == generation => Ok(theirs.clone()),
@@ -176,32 +131,29 @@ fn notifier(py: Python<'_>) -> PyResult<Sender<Arc<Pending>>> {
     }
 }
 
-/// Starts waiting for `durable` (a write already appended) and returns the asyncio future of the running loop
-/// that completes when it is durable. Raises `RuntimeError` outside a running event loop (before appending).
+/// The asyncio future of `event_loop` (the running loop) that completes when `durable` (a write already appended)
+/// is durable, or with its `ussdb.Error`.
 pub(crate) fn awaitable<'py>(
     py: Python<'py>,
     event_loop: Bound<'py, PyAny>,
-    durable: ussdb::Durable,
+    mut durable: ussdb::Durable,
 ) -> PyResult<Bound<'py, PyAny>> {
     let future = event_loop.call_method0("create_future")?;
-    let pending = Arc::new(Pending {
-        durable: Mutex::new(Some(durable)),
-        target: Mutex::new(Some((event_loop.unbind(), future.clone().unbind()))),
-        notify: notifier(py)?,
-    });
-    // Ready at once under "periodic" and "never" durability (a write there is as durable as it gets when it
-    // is written), or when the write failed.
-    if let Some(result) = py.detach(|| pending.poll()) {
-        pending
-            .target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+    if let Some(result) = durable.now() {
         match result {
             Ok(()) => future.call_method1("set_result", (py.None(),))?,
             Err(e) => future.call_method1("set_exception", (engine_error(e).into_value(py),))?,
         };
+        return Ok(future);
     }
+    let queue = queue(py)?;
+    let (event_loop, target) = (event_loop.unbind(), future.clone().unbind());
+    py.detach(|| {
+        durable.then(move |result| {
+            // A failed send is a forked child's copy of a parent's write: nobody in the child awaits it.
+            let _ = queue.send((event_loop, target, result));
+        });
+    });
     Ok(future)
 }
 
